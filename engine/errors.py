@@ -1,0 +1,21 @@
+"""Errors a user can cause. The CLI and the dashboard show `str(err)` as one line; anything else is a bug."""
+
+
+class UserError(Exception):
+    """Bad input or an environment problem the user can fix; the message says how."""
+
+
+class SpecError(UserError, ValueError):
+    """A pruning specification that cannot be run (ratios, N:M, block size, K, ...)."""
+
+
+class ModelLoadError(UserError):
+    """The model could not be found, downloaded, read, or is not a causal LM."""
+
+
+class DataError(UserError):
+    """A text source is missing, unreadable, empty or too short."""
+
+
+class Cancelled(Exception):
+    """Raised inside the layer walk when the caller's cancel flag is set (between layers)."""

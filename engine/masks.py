@@ -1,0 +1,71 @@
+"""Pure mask builders: scores [out, in] -> boolean keep-mask [out, in] (True = the weight stays).
+
+All vectorized (reshape + topk): no Python loops over rows, columns or blocks. Ties are broken by
+`torch.topk`, so every group keeps exactly its quota, never more.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def unstructured_mask(scores: torch.Tensor, sparsity: float, group: str = "row") -> torch.Tensor:
+    """Drop the lowest-scoring `sparsity` share: per output row (Wanda) or over the whole matrix (magnitude)."""
+    out_f, in_f = scores.shape
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if group == "row":
+        n_prune = int(in_f * sparsity)
+        if n_prune:
+            idx = torch.topk(scores, n_prune, dim=1, largest=False).indices
+            keep.scatter_(1, idx, False)
+        return keep
+    n_prune = int(scores.numel() * sparsity)
+    if n_prune:
+        idx = torch.topk(scores.flatten(), n_prune, largest=False).indices
+        keep.view(-1)[idx] = False
+    return keep
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """In each row, every group of m consecutive input columns keeps its n highest scores.
+
+    A trailing partial group (in % m != 0) of g columns keeps min(n, g): the padding scores -inf, so it
+    is never chosen over a real weight.
+    """
+    out_f, in_f = scores.shape
+    pad = (-in_f) % m
+    s = torch.nn.functional.pad(scores.float(), (0, pad), value=-math.inf).view(out_f, -1, m)
+    keep = torch.zeros_like(s, dtype=torch.bool)
+    if n:
+        keep.scatter_(2, torch.topk(s, n, dim=2).indices, True)
+    return keep.view(out_f, -1)[:, :in_f]
+
+
+def topk_block_mask(scores: torch.Tensor, block: int, k: int) -> torch.Tensor:
+    """Cut [out, in] into block x block tiles; each keeps exactly its k highest scores (min(k, size) at edges)."""
+    blocks = to_blocks(scores.float(), block, fill=-math.inf)  # [R, C, B*B]
+    keep = torch.zeros_like(blocks, dtype=torch.bool)
+    if k:
+        keep.scatter_(2, torch.topk(blocks, k, dim=2).indices, True)
+    return from_blocks(keep, block, scores.shape)
+
+
+def to_blocks(x: torch.Tensor, block: int, fill: float = 0.0) -> torch.Tensor:
+    """[out, in] -> [ceil(out/B), ceil(in/B), B*B], edge tiles padded with `fill`."""
+    out_f, in_f = x.shape
+    x = torch.nn.functional.pad(x, (0, (-in_f) % block, 0, (-out_f) % block), value=fill)
+    r, c = x.shape[0] // block, x.shape[1] // block
+    return x.view(r, block, c, block).permute(0, 2, 1, 3).reshape(r, c, block * block)
+
+
+def from_blocks(x: torch.Tensor, block: int, shape) -> torch.Tensor:
+    """Inverse of `to_blocks`, cropped back to `shape`."""
+    r, c, _ = x.shape
+    full = x.view(r, c, block, block).permute(0, 2, 1, 3).reshape(r * block, c * block)
+    return full[: shape[0], : shape[1]]
+
+
+def expand_blocks(grid: torch.Tensor, block: int, shape) -> torch.Tensor:
+    """A per-block value grid [R, C] -> per-weight [out, in]."""
+    return grid.repeat_interleave(block, 0).repeat_interleave(block, 1)[: shape[0], : shape[1]]

@@ -1,0 +1,62 @@
+"""One matrix: scores -> mask -> (optional OBS update) -> pruned weight. Composes any method with any pattern."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .masks import nm_mask, unstructured_mask
+from .scores import SCORES
+from .sparsegpt import sparsegpt_prune
+from .spec import PruneSpec, tier_counts
+from .stats import LinearStats
+from .three_tier import assign_tiers, block_importance, three_tier_mask
+
+
+@dataclass
+class MatrixResult:
+    W: torch.Tensor                         # pruned (and, with an OBS update, reconstructed) weight [out, in]
+    keep: torch.Tensor                      # bool [out, in]
+    tiers: torch.Tensor | None = None       # int8 [rows/B, cols/B] for three-tier
+    importance: torch.Tensor | None = None  # float [rows/B, cols/B]: what the blocks were ranked by
+
+
+def matrix_scores(W: torch.Tensor, stats: LinearStats | None, spec: PruneSpec) -> torch.Tensor:
+    """The method's importance of each weight [out, in] (float32)."""
+    if spec.method == "sparsegpt":
+        stats._hinv_diag = stats.hinv_diag(spec.damp)  # computed once with the spec's damping
+    return SCORES[spec.method](W, stats)
+
+
+def prune_matrix(W: torch.Tensor, stats: LinearStats | None, spec: PruneSpec, *, scores: torch.Tensor | None = None,
+                 tiers: torch.Tensor | None = None, tier_budget: tuple[int, int, int] | None = None) -> MatrixResult:
+    """Prune one matrix W [out, in]. For three-tier, `tiers` (a grid decided jointly with other matrices) or
+    `tier_budget` (block counts) override the per-matrix rule of the ratios."""
+    W = W.float()
+    if spec.method == "sparsegpt" and spec.pattern != "three_tier":
+        # SparseGPT chooses its own mask column block by column block while it updates the weights.
+        kw = {"sparsity": spec.sparsity} if spec.pattern == "unstructured" else \
+             {"prune_n": spec.m - spec.n, "prune_m": spec.m}
+        W_new, keep = sparsegpt_prune(W, stats.hessian(), blocksize=spec.obs_blocksize, damp=spec.damp, **kw)
+        return MatrixResult(W_new, keep)
+
+    if scores is None:
+        scores = matrix_scores(W, stats, spec)
+    importance = None
+    if spec.pattern == "unstructured":
+        keep = unstructured_mask(scores, spec.sparsity, spec.unstructured_group)
+    elif spec.pattern == "nm":
+        keep = nm_mask(scores, spec.n, spec.m)
+    else:
+        importance = block_importance(scores, spec.block)
+        if tiers is None:
+            budget = tier_budget or tier_counts(importance.numel(), spec.ratios)
+            tiers = assign_tiers(importance, budget)
+        select = scores if spec.within_block == "score" else W.abs()
+        keep = three_tier_mask(select, tiers, spec.block, spec.keep)
+
+    if spec.updates_weights:
+        W_new, keep = sparsegpt_prune(W, stats.hessian(), keep_mask=keep, blocksize=spec.obs_blocksize, damp=spec.damp)
+    else:
+        W_new = W * keep
+    return MatrixResult(W_new, keep, tiers, importance)

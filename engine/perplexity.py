@@ -1,0 +1,86 @@
+"""Perplexity by the Wanda protocol (locuslab/wanda, lib/eval.py: eval_ppl_wikitext).
+
+The evaluation text, tokenized once, is cut into non-overlapping windows of seqlen tokens (the remainder
+is dropped). Each window's loss is the mean cross-entropy of its seqlen-1 next-token predictions; Wanda
+weights it by seqlen (`neg_log_likelihood = loss * seqlen`) and reports
+
+    ppl = exp(sum(neg_log_likelihood) / (nsamples * seqlen))
+
+i.e. exp of the mean window loss. We replicate that formula exactly, with the loss computed here from the
+logits in float32, so the number never depends on a model family's own loss code.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import Cancelled, DataError, UserError
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    ppl: float
+    windows: int    # windows evaluated
+    tokens: int     # windows * seqlen
+    seconds: float  # wall time of the whole evaluation
+
+
+def window_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """logits [B, S, V], ids [B, S] -> [B] float32: mean shift-by-one cross-entropy of each window."""
+    B, S, V = logits.shape
+    labels = ids[:, 1:].to(logits.device).reshape(-1)
+    nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, V), labels, reduction="none")
+    return nll.view(B, S - 1).mean(dim=1)
+
+
+def perplexity(model, input_ids: torch.Tensor, seqlen: int, max_windows: int | None = None,
+               batch_size: int = 1, progress=None, cancel=None) -> PerplexityResult:
+    """Wanda's perplexity of `model` on `input_ids` [1, T] in windows of `seqlen` tokens.
+
+    max_windows   evaluate at most this many windows (Wanda's C4 evaluation uses 256)
+    batch_size    windows per forward pass; the result does not depend on it
+    progress      called as progress(windows_done, windows_total) after each forward pass
+    cancel        a threading.Event, checked between forward passes; when set, raises Cancelled
+    Inputs go to the device of the input embeddings, so `device_map="auto"` models work. The model is put in
+    eval mode for the evaluation and returned to its previous mode.
+    """
+    start = time.perf_counter()
+    if input_ids.dim() > 2 or (input_ids.dim() == 2 and input_ids.shape[0] != 1):
+        raise UserError(f"perplexity expects token ids of shape [1, T], got {list(input_ids.shape)}")
+    if seqlen < 2 or batch_size < 1 or (max_windows is not None and max_windows < 1):
+        raise UserError(f"need seqlen >= 2, batch_size >= 1, max_windows >= 1; got seqlen={seqlen}, "
+                        f"batch_size={batch_size}, max_windows={max_windows}")
+    ids = input_ids.reshape(-1)
+    nsamples = ids.numel() // seqlen
+    if nsamples == 0:
+        raise DataError(f"evaluation text has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}")
+    if max_windows is not None:
+        nsamples = min(nsamples, max_windows)
+    windows = ids[: nsamples * seqlen].view(nsamples, seqlen)
+    device = model.get_input_embeddings().weight.device
+
+    was_training = model.training
+    model.eval()
+    nlls = []
+    try:
+        with torch.inference_mode():
+            for i in range(0, nsamples, batch_size):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"perplexity cancelled after {i} of {nsamples} windows")
+                inputs = windows[i: i + batch_size].to(device)
+                logits = model(inputs, use_cache=False).logits
+                # Wanda: neg_log_likelihood = loss * seqlen, per window. Summed on the device: no sync here.
+                nlls.append(window_losses(logits, inputs).sum() * seqlen)
+                del logits
+                if progress is not None:
+                    progress(min(i + batch_size, nsamples), nsamples)
+    finally:
+        model.train(was_training)
+    total = torch.stack([n.to(nlls[0].device, torch.float64) for n in nlls]).sum().item()
+    ppl = math.exp(total / (nsamples * seqlen))
+    return PerplexityResult(ppl=ppl, windows=nsamples, tokens=nsamples * seqlen,
+                            seconds=time.perf_counter() - start)

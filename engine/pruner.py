@@ -1,0 +1,181 @@
+"""The layer-by-layer walk (Wanda / SparseGPT): capture the first layer's inputs, then for each decoder layer
+collect statistics, prune every target matrix, and re-run the pruned layer to make the next layer's inputs.
+
+Progress goes to a callback per decoder layer; a cancel flag is checked between layers, so a stopped run leaves
+layers [0, layers_done) pruned and the rest untouched.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .discovery import find_decoder_layers, find_targets, layer_device
+from .errors import Cancelled, UserError
+from .matrix import matrix_scores, prune_matrix
+from .record import encode_array, encode_tier_map
+from .spec import PruneSpec
+from .three_tier import assign_tiers_jointly, block_importance, tier_census
+from .walk import StatsHooks, capture_layer_inputs, run_layer
+
+Progress = Callable[[dict], None]
+
+
+@dataclass
+class PruneResult:
+    spec: PruneSpec
+    n_layers: int
+    layers_done: int = 0
+    status: str = "running"            # completed | cancelled | failed
+    message: str | None = None
+    matrices: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def zeros(self) -> int:
+        return sum(m["zeros"] for m in self.matrices)
+
+    @property
+    def numel(self) -> int:
+        return sum(m["numel"] for m in self.matrices)
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+
+@torch.no_grad()
+def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None, *, progress: Progress | None = None,
+                cancel: threading.Event | None = None, offload_device: str | torch.device | None = None) -> PruneResult:
+    """Prune `model` in place. windows: calibration token ids [nsamples, seqlen] (None for magnitude).
+    offload_device: keep the model where it is (CPU) and move one decoder layer at a time there to compute."""
+    progress = progress or (lambda event: None)
+    _, layers = find_decoder_layers(model)
+    result = PruneResult(spec, len(layers))
+    t0 = time.perf_counter()
+    if spec.uses_calibration and windows is None:
+        raise UserError(f"{spec.method} needs calibration data")
+
+    use_cache = getattr(model.config, "use_cache", None)
+    model.config.use_cache = False
+    try:
+        inputs = None
+        if spec.uses_calibration:
+            progress({"stage": "calibration", "message": f"capturing inputs of {len(windows)} calibration windows"})
+            inputs = capture_layer_inputs(model, layers, windows)
+            if offload_device is not None:
+                inputs.hidden = [h.to(offload_device) for h in inputs.hidden]
+        result.timings["capture_s"] = time.perf_counter() - t0
+
+        budgets = None
+        if spec.pattern == "three_tier" and spec.tier_scope == "model":
+            budgets = _model_scope_budgets(layers, spec, inputs, progress, cancel, offload_device)
+
+        walk_start = time.perf_counter()
+        for i, layer in enumerate(layers):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"stopped after {i} of {len(layers)} layers")
+            home = layer_device(layer)
+            if offload_device is not None:
+                layer.to(offload_device)
+            try:
+                entries = _prune_layer(i, layer, spec, inputs, budgets)
+                if inputs is not None:
+                    inputs.hidden = run_layer(layer, inputs)
+            except torch.OutOfMemoryError as e:
+                raise UserError(f"out of memory in decoder layer {i}: lower nsamples or seqlen, "
+                                "or prune layer by layer from CPU (--offload)") from e
+            finally:
+                if offload_device is not None:
+                    layer.to(home)
+            result.matrices.extend(entries)
+            result.layers_done = i + 1
+            elapsed = time.perf_counter() - walk_start
+            progress({"stage": "prune", "layer": i, "n_layers": len(layers), "elapsed_s": elapsed,
+                      "eta_s": elapsed / (i + 1) * (len(layers) - i - 1), "matrices": entries})
+        result.status = "completed"
+    except Cancelled as e:
+        result.status, result.message = "cancelled", str(e)
+    finally:
+        model.config.use_cache = use_cache
+        result.timings["prune_s"] = time.perf_counter() - t0
+    return result
+
+
+def _prune_layer(index: int, layer: nn.Module, spec: PruneSpec, inputs, budgets) -> list[dict]:
+    targets = find_targets(layer, spec.prune_router)
+    stats = _collect(layer, targets, spec, inputs)
+    scores, tiers = {}, {}
+    if spec.pattern == "three_tier":
+        for t in targets:
+            scores[t.name] = matrix_scores(t.weight(), stats.get(t.name), spec)
+        if spec.tier_scope == "layer":
+            grids = assign_tiers_jointly([block_importance(scores[t.name], spec.block) for t in targets], spec.ratios)
+            tiers = {t.name: g for t, g in zip(targets, grids)}
+    entries = []
+    for t in targets:
+        budget = budgets.get((index, t.name)) if budgets else None
+        res = prune_matrix(t.weight(), stats.get(t.name), spec, scores=scores.get(t.name),
+                           tiers=tiers.get(t.name), tier_budget=budget)
+        t.set_weight(res.W)
+        entries.append(_entry(index, t, res, spec))
+        stats.pop(t.name, None)  # free the Hessian as soon as its matrix is done
+    return entries
+
+
+def _collect(layer: nn.Module, targets, spec: PruneSpec, inputs) -> dict:
+    if inputs is None:
+        return {}
+    hooks = StatsHooks(targets, hessian=spec.updates_weights)
+    try:
+        run_layer(layer, inputs)
+    finally:
+        hooks.remove()
+    return hooks.stats
+
+
+def _model_scope_budgets(layers, spec: PruneSpec, inputs, progress, cancel, offload_device) -> dict:
+    """Tier budgets for ranking blocks across the whole model: one dense pass scores every matrix, all blocks
+    are ranked together (importance normalised per matrix), and each matrix gets the block counts it won.
+    The pruning walk then re-ranks inside each matrix with those counts, using its post-upstream-pruning scores."""
+    hidden = list(inputs.hidden) if inputs is not None else None
+    keys, importances = [], []
+    for i, layer in enumerate(layers):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"stopped while ranking blocks across the model ({i} of {len(layers)} layers scored)")
+        progress({"stage": "calibration", "message": f"scoring layer {i + 1}/{len(layers)} to rank blocks model-wide"})
+        home = layer_device(layer)
+        if offload_device is not None:
+            layer.to(offload_device)
+        try:
+            targets = find_targets(layer, spec.prune_router)
+            stats = _collect(layer, targets, spec, inputs)
+            for t in targets:
+                imp = block_importance(matrix_scores(t.weight(), stats.get(t.name), spec), spec.block)
+                keys.append((i, t.name))
+                importances.append(imp.cpu())
+            if inputs is not None:
+                inputs.hidden = run_layer(layer, inputs)
+        finally:
+            if offload_device is not None:
+                layer.to(home)
+    if inputs is not None:
+        inputs.hidden = hidden  # the pruning walk starts again from the first layer's inputs
+    grids = assign_tiers_jointly(importances, spec.ratios)
+    return {k: tuple(tier_census(g).values()) for k, g in zip(keys, grids)}
+
+
+def _entry(layer: int, target, res, spec: PruneSpec) -> dict:
+    numel = res.keep.numel()
+    zeros = int(numel - res.keep.sum().item())
+    entry = {"layer": layer, "module": target.name, "shape": list(res.keep.shape), "numel": numel, "zeros": zeros,
+             "sparsity": zeros / numel, "tiers": None, "tier_map": None, "block_importance": None}
+    if res.tiers is not None:
+        entry["tiers"] = tier_census(res.tiers)
+        entry["tier_map"] = encode_tier_map(res.tiers.cpu().numpy())
+        entry["block_importance"] = encode_array(res.importance.cpu().numpy())
+    return entry

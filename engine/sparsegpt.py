@@ -1,0 +1,62 @@
+"""SparseGPT (Frantar & Alistarh, 2023): prune with the OBS update of the remaining weights.
+
+Variables follow the paper: W [out, in], H = 2 X X^T, Hinv the upper Cholesky factor of H^-1. The column
+loop is the algorithm itself (each column's error is propagated to the columns after it); the lazy batch
+update touches the rest of the matrix once per block of `blocksize` columns.
+"""
+from __future__ import annotations
+
+import torch
+
+from .stats import dampened
+
+
+def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, *, sparsity: float = 0.0, prune_n: int = 0, prune_m: int = 0,
+                    keep_mask: torch.Tensor | None = None, blocksize: int = 128, damp: float = 0.01
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (updated W, keep-mask). One of:
+      keep_mask          a fixed mask (True = keep): only reconstruct the kept weights;
+      prune_n, prune_m   prune prune_n of every prune_m columns, chosen by w^2 / [Hinv]_jj^2 (N:M);
+      sparsity           adaptive unstructured mask, chosen per block of columns (the paper's default).
+    """
+    W = W.clone().float()
+    rows, cols = W.shape
+    H = H.to(W.device, torch.float32)
+    W[:, H.diagonal() == 0] = 0
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(dampened(H, damp))), upper=True)
+    fixed = keep_mask is not None
+    prune = ~keep_mask.to(W.device) if fixed else torch.zeros_like(W, dtype=torch.bool)
+    if prune_m:  # N:M groups must not straddle two blocks of columns
+        blocksize = max(prune_m, blocksize - blocksize % prune_m)
+
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        d = Hinv1.diagonal()
+        mask1 = prune[:, i1:i2]  # a view: choices made below land in `prune`
+        if not fixed and not prune_n:
+            saliency = W1 ** 2 / d.unsqueeze(0) ** 2
+            n_prune = int(saliency.numel() * sparsity)
+            if n_prune:
+                chosen = torch.zeros(saliency.numel(), dtype=torch.bool, device=W.device)
+                chosen[torch.topk(saliency.flatten(), n_prune, largest=False).indices] = True
+                mask1 |= chosen.view_as(mask1)
+        for i in range(i2 - i1):
+            if prune_n and not fixed and i % prune_m == 0:
+                saliency = W1[:, i:i + prune_m] ** 2 / d[i:i + prune_m].unsqueeze(0) ** 2
+                k = min(prune_n, saliency.shape[1])
+                mask1.scatter_(1, i + torch.topk(saliency, k, dim=1, largest=False).indices, True)
+            w = W1[:, i]
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err = (w - q) / d[i]
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    W[prune] = 0
+    return W, ~prune

