@@ -30,7 +30,6 @@ import torch
 from .errors import DataError, UserError
 
 SPLITS = ("calibration", "evaluation")
-NAMED_SOURCES = ("wikitext2", "c4", "pydoc", "auto")
 SHARED_WIKITEXT = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2-v1"
 
 WIKITEXT_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")
@@ -75,15 +74,13 @@ def resolve_text(source: str, split: str) -> TextSource:
     source = str(source).strip()
     if not source:
         raise DataError("no text source given; use wikitext2, c4, pydoc, auto or a local path")
-    if source == "auto":
-        return _wikitext2(split) if hub_reachable() else _pydoc(split, why="offline fallback, ")
-    if source == "wikitext2":
-        return _wikitext2(split)
-    if source == "c4":
-        return _c4(split)
-    if source == "pydoc":
-        return _pydoc(split)
+    if source in _NAMED:
+        return _NAMED[source](split)
     return _local(Path(source).expanduser(), split)
+
+
+def _auto(split: str) -> TextSource:
+    return _wikitext2(split) if hub_reachable() else _pydoc(split, why="offline fallback, ")
 
 
 def _wikitext2(split: str) -> TextSource:
@@ -156,6 +153,10 @@ def _pydoc(split: str, why: str = "") -> TextSource:
     return TextSource(name=f"pydoc ({why}{which})", text="\n\n".join(topics[k] for k in chosen),
                       detail=f"{len(chosen)} of {len(topics)} pydoc_data topics "
                              f"({chosen[0]!r}..{chosen[-1]!r}) joined with '\\n\\n'")
+
+
+_NAMED = {"wikitext2": _wikitext2, "c4": _c4, "pydoc": _pydoc, "auto": _auto}
+NAMED_SOURCES = tuple(_NAMED)
 
 
 # ------------------------------------------------------------------------------------------ local files

@@ -13,7 +13,7 @@ import torch
 def unstructured_mask(scores: torch.Tensor, sparsity: float, group: str = "row") -> torch.Tensor:
     """Drop the lowest-scoring `sparsity` share: per output row (Wanda) or over the whole matrix (magnitude)."""
     out_f, in_f = scores.shape
-    keep = torch.ones_like(scores, dtype=torch.bool)
+    keep = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)  # contiguous even for W.T views
     if group == "row":
         n_prune = int(in_f * sparsity)
         if n_prune:

@@ -1,0 +1,247 @@
+"""One pruning run end to end, as the CLI and the dashboard both start it:
+load (or reuse) the model -> baselines (cached) -> calibration windows -> layer walk -> perplexity -> save.
+
+`run(request)` returns the run record (engine/record.py). Bad input raises a UserError before any work;
+a Stop returns a record with status "cancelled"; after any failure the cached model is restored to its
+dense weights, so the next run never starts from a half-pruned model.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import data as textdata
+from .baselines import BaselineCache, baseline_key, model_fingerprint
+from .discovery import find_decoder_layers
+from .errors import Cancelled, UserError
+from .models import LoadedModel, load_model
+from .perplexity import perplexity
+from .pruner import prune_model
+from .record import RECORD_VERSION, new_run_id, versions, write_json_atomic
+from .save import check_save_dir, save_pretrained_atomic
+from .spec import PruneSpec
+
+SNAPSHOT_LIMIT_BYTES = 8 << 30  # above this, restoring dense weights means reloading instead of a RAM copy
+
+
+@dataclass
+class RunRequest:
+    model: str | None = None            # hub id, local dir, .gguf path; None = the embedded SmolLM2
+    spec: PruneSpec = field(default_factory=PruneSpec)
+    calib: str = "auto"                 # auto | wikitext2 | c4 | pydoc | a local path
+    eval: str | None = "auto"           # same, or None for no evaluation
+    eval_windows: int | None = None     # None = every window of the evaluation text (the paper)
+    baselines: bool = True              # dense and magnitude (same pattern) perplexity, cached on disk
+    device: str = "auto"
+    dtype: str = "auto"
+    save_dir: str | None = None         # results.json (+ the model unless save_model is False)
+    save_model: bool = True
+    save_model_dir: str | None = None   # put the model here instead of save_dir
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    cache_dir: str | None = None
+    baseline_cache_dir: str | None = None
+
+    def validate(self) -> None:
+        if self.eval_windows is not None and (not isinstance(self.eval_windows, int) or self.eval_windows < 1):
+            raise UserError(f"eval windows must be a whole number >= 1, got {self.eval_windows!r}")
+        if self.save_dir:
+            check_save_dir(self.save_dir, self.overwrite)
+        if self.save_model_dir:
+            check_save_dir(self.save_model_dir, self.overwrite)
+
+
+class ModelCache:
+    """Keeps the last loaded model in memory between runs and its dense weights beside it."""
+
+    def __init__(self):
+        self._key = None
+        self.loaded: LoadedModel | None = None
+        self._dense: dict | None = None
+        self.lock = threading.Lock()
+
+    def get(self, request: RunRequest, progress=None) -> LoadedModel:
+        key = (request.model, request.device, request.dtype, request.trust_remote_code)
+        if self._key == key and self.loaded is not None:
+            self.restore()
+            return self.loaded
+        self.drop()
+        if progress:
+            progress({"stage": "load", "message": f"loading {request.model or 'the embedded SmolLM2-135M-Instruct'}"})
+        lm = load_model(request.model, request.device, request.dtype, request.trust_remote_code, request.cache_dir)
+        find_decoder_layers(lm.model)  # refuse a model with no layer stack before any work
+        self.loaded, self._key = lm, key
+        self._dense = _snapshot(lm.model)
+        return lm
+
+    def restore(self) -> None:
+        """Put the dense weights back (or drop the model so the next get() reloads it)."""
+        if self.loaded is None:
+            return
+        if self._dense is None:
+            self.drop()
+            return
+        with torch.no_grad():
+            for name, p in self.loaded.model.named_parameters():
+                if name in self._dense:
+                    p.copy_(self._dense[name].to(p.device))
+
+    def drop(self) -> None:
+        self.loaded, self._key, self._dense = None, None, None
+
+
+def run(request: RunRequest, progress=None, cancel: threading.Event | None = None,
+        models: ModelCache | None = None) -> dict:
+    progress = progress or (lambda event: None)
+    cancel = cancel or threading.Event()
+    models = models or ModelCache()
+    spec = request.spec
+    request.validate()
+    t_start = time.perf_counter()
+    timings: dict = {}
+    record = _new_record(request)
+
+    lm = models.get(request, progress)
+    timings["load_s"] = time.perf_counter() - t_start
+    model, tok = lm.model, lm.tokenizer
+    seqlen = textdata.default_seqlen(model.config, spec.seqlen)
+    record["model"] = {"name": lm.name, "source": lm.source, "model_type": model.config.model_type,
+                       "n_layers": len(find_decoder_layers(model)[1]), "dtype": lm.dtype, "device": lm.device,
+                       "compute_device": lm.compute_device}
+    record["spec"]["seqlen"] = seqlen
+    offload = lm.compute_device if lm.offload else None
+    try:
+        eval_ids, eval_name = None, None
+        if request.eval:
+            progress({"stage": "eval", "message": "reading the evaluation text"})
+            src = textdata.resolve_text(request.eval, "evaluation")
+            eval_ids, eval_name = textdata.evaluation_ids(tok, src), src.name
+            record["data"]["evaluation"] = src.name
+            if eval_ids.numel() < seqlen:
+                raise UserError(f"evaluation text {src.name} has {eval_ids.numel()} tokens, fewer than one window "
+                                f"of seqlen={seqlen}; lower seqlen or use a longer text")
+        windows = None
+        if spec.uses_calibration:
+            t = time.perf_counter()
+            progress({"stage": "calibration", "message": f"sampling {spec.nsamples} windows of {seqlen} tokens"})
+            src = textdata.resolve_text(request.calib, "calibration")
+            windows = textdata.calibration_windows(tok, src, spec.nsamples, seqlen, spec.seed)
+            record["data"]["calibration"] = src.name
+            timings["calibration_data_s"] = time.perf_counter() - t
+
+        if eval_ids is not None and request.baselines:
+            t = time.perf_counter()
+            record["ppl"]["dense"], record["ppl"]["magnitude"] = _baselines(
+                request, lm, models, eval_ids, eval_name, seqlen, progress, cancel)
+            timings["baselines_s"] = time.perf_counter() - t
+
+        torch.manual_seed(spec.seed)
+        result = prune_model(model, spec, windows, progress=progress, cancel=cancel, offload_device=offload)
+        timings.update(result.timings)
+        record.update(status=result.status, message=result.message, layers_done=result.layers_done,
+                      n_layers=result.n_layers, sparsity=result.sparsity, matrices=result.matrices)
+        record["model"]["n_params_pruned"] = result.numel
+        if result.status != "completed":
+            record["message"] = (f"{result.message}; layers 0-{result.layers_done - 1} are pruned, the rest dense. "
+                                 "The in-memory model will be restored to dense weights before the next run.")
+            return _finish(record, timings, t_start, request)
+
+        if eval_ids is not None:
+            t = time.perf_counter()
+            res = _ppl(model, eval_ids, seqlen, request.eval_windows, "pruned", progress, cancel)
+            record["ppl"]["pruned"] = res.ppl
+            record["eval"] = {"windows": res.windows, "tokens": res.tokens, "seqlen": seqlen}
+            timings["eval_s"] = time.perf_counter() - t
+        _save(request, lm, record, progress)
+        return _finish(record, timings, t_start, request)
+    except Cancelled as e:
+        record.update(status="cancelled", message=f"{e}; the in-memory model will be restored to dense weights")
+        models.restore()
+        return _finish(record, timings, t_start, request)
+    except BaseException:
+        models.restore()  # never leave a half-pruned model for the next run
+        raise
+
+
+def _baselines(request, lm, models, eval_ids, eval_name, seqlen, progress, cancel):
+    cache = BaselineCache(request.baseline_cache_dir)
+    n_windows = eval_ids.numel() // seqlen
+    if request.eval_windows:
+        n_windows = min(n_windows, request.eval_windows)
+    fingerprint = model_fingerprint(lm.model)
+    mag_spec = request.spec.replace(method="magnitude", reconstruct=False, group=None)
+    out = []
+    for what in ("dense", "magnitude"):
+        kind = "dense" if what == "dense" else "magnitude/" + _spec_key(mag_spec)
+        key = baseline_key(lm.source, fingerprint, eval_name, seqlen, n_windows, kind)
+        hit = cache.get(key)
+        if hit is not None:
+            progress({"stage": "baseline", "message": f"{what} perplexity from cache: {hit['ppl']:.2f}"})
+            out.append(hit["ppl"])
+            continue
+        if what == "magnitude":
+            progress({"stage": "baseline", "message": "pruning by magnitude for the baseline"})
+            prune_model(lm.model, mag_spec, None, cancel=cancel)
+        try:
+            res = _ppl(lm.model, eval_ids, seqlen, request.eval_windows, what, progress, cancel)
+        finally:
+            if what == "magnitude":
+                models.restore()
+        cache.put(key, {"ppl": res.ppl, "windows": res.windows})
+        out.append(res.ppl)
+    return out
+
+
+def _spec_key(spec: PruneSpec) -> str:
+    d = spec.to_dict()
+    keys = ["pattern", "sparsity", "n", "m", "ratios", "block", "keep", "tier_scope", "within_block", "group"]
+    return ",".join(f"{k}={d[k]}" for k in keys)
+
+
+def _ppl(model, eval_ids, seqlen, max_windows, what, progress, cancel):
+    def tick(done, total):
+        progress({"stage": "eval", "what": what, "done": done, "total": total})
+    progress({"stage": "eval", "message": f"perplexity of the {what} model"})
+    return perplexity(model, eval_ids, seqlen, max_windows=max_windows, progress=tick, cancel=cancel)
+
+
+def _save(request: RunRequest, lm: LoadedModel, record: dict, progress) -> None:
+    target = request.save_model_dir or request.save_dir
+    if request.save_model and target:
+        progress({"stage": "save", "message": f"saving the pruned model to {target}"})
+        save_pretrained_atomic(lm.model, lm.tokenizer, target, overwrite=True)
+        record["saved_model"] = str(Path(target).expanduser().resolve())
+
+
+def _new_record(request: RunRequest) -> dict:
+    return {"record_version": RECORD_VERSION, "run_id": new_run_id(), "status": "running", "message": None,
+            "spec": request.spec.to_dict(), "model": {"name": request.model}, "data": {"calibration": None,
+            "evaluation": None}, "versions": versions(), "timings": {}, "layers_done": 0, "n_layers": None,
+            "sparsity": None, "nominal_sparsity": request.spec.nominal_sparsity(),
+            "ppl": {"pruned": None, "dense": None, "magnitude": None}, "eval": None,
+            "request": {"calib": request.calib, "eval": request.eval, "eval_windows": request.eval_windows,
+                        "baselines": request.baselines, "device": request.device, "dtype": request.dtype},
+            "saved_model": None, "matrices": []}
+
+
+def _finish(record: dict, timings: dict, t_start: float, request: RunRequest) -> dict:
+    timings["total_s"] = time.perf_counter() - t_start
+    record["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    # the flat names Wanda users look for in results.json
+    record.update(actual_sparsity=record["sparsity"], ppl_test=record["ppl"]["pruned"],
+                  ppl_dense=record["ppl"]["dense"], ppl_magnitude=record["ppl"]["magnitude"])
+    if request.save_dir:
+        write_json_atomic(str(Path(request.save_dir).expanduser() / "results.json"), record)
+    return record
+
+
+def _snapshot(model) -> dict | None:
+    params = dict(model.named_parameters())
+    size = sum(p.numel() * p.element_size() for p in params.values())
+    if size > SNAPSHOT_LIMIT_BYTES:
+        return None
+    return {n: p.detach().to("cpu", copy=True) for n, p in params.items()}

@@ -1,0 +1,139 @@
+"""Exact masks on hand-made tensors, and invariants on random ones, for every pattern."""
+import math
+
+import pytest
+import torch
+
+from engine.masks import nm_mask, topk_block_mask, unstructured_mask
+from engine.spec import PruneSpec, tier_counts
+from engine.three_tier import (DENSE, TOPK, TWO_FOUR, assign_tiers, assign_tiers_jointly, block_importance,
+                               three_tier_mask)
+
+
+def test_two_four_exact():
+    scores = torch.tensor([[1., 2., 3., 4., 8., 7., 6., 5.]])
+    W = torch.arange(1., 9.).unsqueeze(0)
+    assert (W * nm_mask(scores, 2, 4)).tolist() == [[0, 0, 3, 4, 5, 6, 0, 0]]
+
+
+def test_four_eight_exact():
+    scores = torch.tensor([[5., 1., 7., 2., 8., 3., 6., 4.]])
+    assert nm_mask(scores, 4, 8).int().tolist() == [[1, 0, 1, 0, 1, 0, 1, 0]]
+
+
+def test_nm_trailing_partial_group_keeps_min_n_g():
+    scores = torch.tensor([[4., 3., 2., 1., 9., 8., 7., 1., 5.]])  # groups: 4 | 4 | 1
+    assert nm_mask(scores, 2, 4).int().tolist() == [[1, 1, 0, 0, 1, 1, 0, 0, 1]]
+
+
+def test_unstructured_per_row_exact():
+    scores = torch.tensor([[4., 1., 3., 2.], [1., 2., 3., 4.]])
+    assert unstructured_mask(scores, 0.5, "row").int().tolist() == [[1, 0, 1, 0], [0, 0, 1, 1]]
+
+
+def test_unstructured_per_matrix_exact():
+    scores = torch.tensor([[4., 1., 3., 2.], [5., 6., 7., 8.]])
+    # the 4 lowest of the matrix go, wherever they are: the whole first row except 4
+    assert unstructured_mask(scores, 0.5, "matrix").int().tolist() == [[0, 0, 0, 0], [1, 1, 1, 1]]
+
+
+def test_topk_block_exact():
+    scores = torch.tensor([[1., 9., 2., 8.],
+                           [3., 4., 7., 6.]])
+    # 2x2 blocks, keep 2 per block: block (0,0) {1,9,3,4} keeps 9,4; block (0,1) {2,8,7,6} keeps 8,7
+    assert topk_block_mask(scores, 2, 2).int().tolist() == [[0, 1, 0, 1], [0, 1, 1, 0]]
+
+
+def test_topk_block_ties_keep_exactly_k():
+    mask = topk_block_mask(torch.ones(16, 16), 16, 15)
+    assert int(mask.sum()) == 15
+
+
+def test_topk_partial_edge_blocks_keep_min_k_size():
+    mask = topk_block_mask(torch.rand(5, 5), 4, 3)  # blocks 4x4, 4x1, 1x4, 1x1
+    per_block = [mask[:4, :4].sum(), mask[:4, 4:].sum(), mask[4:, :4].sum(), mask[4:, 4:].sum()]
+    assert [int(x) for x in per_block] == [3, 3, 3, 1]
+
+
+def test_block_importance_and_tier_assignment_exact():
+    scores = torch.tensor([[1., 1., 5., 5., 2., 2.],
+                           [1., 1., 5., 5., 2., 2.]])
+    imp = block_importance(scores, 2)
+    assert imp.tolist() == [[4., 20., 8.]]
+    assert assign_tiers(imp, (1, 1, 1)).tolist() == [[TOPK, DENSE, TWO_FOUR]]
+
+
+def test_three_tier_mask_exact():
+    # one row of blocks (B=4): dense | 2:4 | top-K with K=3
+    scores = torch.tensor([[9., 9., 9., 9., 1., 2., 3., 4., 5., 1., 1., 1.]] * 4)
+    scores[:, 8:] = torch.arange(16.).view(4, 4)  # top-K block: keep 13, 14, 15
+    tiers = torch.tensor([[DENSE, TWO_FOUR, TOPK]], dtype=torch.int8)
+    mask = three_tier_mask(scores, tiers, 4, 3).int()
+    assert mask[:, :4].tolist() == [[1] * 4] * 4
+    assert mask[:, 4:8].tolist() == [[0, 0, 1, 1]] * 4
+    assert mask[:, 8:].tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (48, 80), (37, 53)])
+def test_nm_invariants_random(shape):
+    mask = nm_mask(torch.rand(shape), 2, 4)
+    full = mask[:, : shape[1] // 4 * 4].reshape(shape[0], -1, 4).sum(-1)
+    assert (full == 2).all()
+
+
+@pytest.mark.parametrize("ratios,keep", [((0.35, 0.45, 0.20), 15), ((0.0, 0.0, 1.0), 0), ((1.0, 0.0, 0.0), 15),
+                                         ((0.2, 0.3, 0.5), 64)])
+def test_three_tier_invariants_and_count_based_sparsity(ratios, keep):
+    torch.manual_seed(0)
+    scores = torch.rand(96, 160)
+    B = 16
+    imp = block_importance(scores, B)
+    counts = tier_counts(imp.numel(), ratios)
+    tiers = assign_tiers(imp, counts)
+    assert torch.bincount(tiers.flatten().long(), minlength=3).tolist() == list(counts)
+    mask = three_tier_mask(scores, tiers, B, keep)
+    blocks = mask.view(6, B, 10, B).permute(0, 2, 1, 3).reshape(6, 10, B * B)
+    kept = blocks.sum(-1)
+    assert (kept[tiers == DENSE] == B * B).all()
+    assert (kept[tiers == TWO_FOUR] == B * B // 2).all()
+    assert (kept[tiers == TOPK] == keep).all()
+    n_dense, n_24, n_top = counts
+    expected_zeros = n_24 * (B * B // 2) + n_top * (B * B - keep)
+    assert int((~mask).sum()) == expected_zeros
+    # every 2:4 block keeps exactly 2 of each 4 consecutive columns in each row
+    in_24 = blocks[tiers == TWO_FOUR].view(-1, B, B // 4, 4).sum(-1)
+    assert (in_24 == 2).all()
+
+
+def test_three_tier_ranks_most_important_blocks_dense():
+    scores = torch.ones(32, 32)
+    scores[:16, :16] = 100.0  # one block far more important than the other three
+    tiers = assign_tiers(block_importance(scores, 16), tier_counts(4, (0.25, 0.5, 0.25)))
+    assert tiers[0, 0] == DENSE
+    assert (tiers == TWO_FOUR).sum() == 2 and (tiers == TOPK).sum() == 1
+
+
+def test_joint_assignment_normalises_scale_and_keeps_global_counts():
+    torch.manual_seed(0)
+    a = torch.rand(4, 4) * 1000  # a matrix with 1000x larger activations must not take every dense slot
+    b = torch.rand(4, 4)
+    ga, gb = assign_tiers_jointly([a, b], (0.25, 0.5, 0.25))
+    both = torch.cat([ga.flatten(), gb.flatten()])
+    assert torch.bincount(both.long(), minlength=3).tolist() == [8, 16, 8]
+    assert 0 < int((ga == DENSE).sum()) < 8
+
+
+def test_nominal_sparsity_formula():
+    spec = PruneSpec(pattern="three_tier", ratios=(0.35, 0.45, 0.20), keep=15)
+    assert math.isclose(spec.nominal_sparsity(), 0.45 / 2 + 0.20 * (1 - 15 / 256))
+    assert abs(spec.nominal_sparsity() - 0.41328) < 1e-5
+
+
+
+def test_builders_accept_transposed_views():
+    """Regression: a Conv1D weight seen as W.T is non-contiguous; the per-matrix mask once failed on it."""
+    scores = torch.rand(8, 12).T
+    for mask in (unstructured_mask(scores, 0.5, "matrix"), unstructured_mask(scores, 0.5, "row"),
+                 nm_mask(scores, 2, 4), topk_block_mask(scores, 4, 3)):
+        assert mask.shape == (12, 8)
+    assert int((~unstructured_mask(scores, 0.5, "matrix")).sum()) == 48
