@@ -90,6 +90,13 @@ def _main(args) -> int:
                          dtype=args.dtype, save_dir=args.save, save_model=not args.no_save_model,
                          save_model_dir=args.save_model, overwrite=args.overwrite,
                          trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir)
+    if args.quiet:
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        disable_progress_bars()
     bars = _Bars(disabled=args.quiet)
     try:
         record = run(request, progress=bars)

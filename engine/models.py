@@ -99,6 +99,8 @@ def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto
     except Exception as e:  # corrupt files, unsupported GGUF quantization, missing shards...
         raise ModelLoadError(f"could not load {name or EMBEDDED} from {where}: {_first_line(e)}") from e
     model.eval()
+    if "gguf_file" in kwargs:
+        _forget_gguf_quantizer(model)
     if not spread and device not in ("cpu", "offload"):
         try:
             model.to(device)
@@ -108,6 +110,18 @@ def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto
     placed = "auto" if spread else ("cpu" if device == "offload" else device)
     return LoadedModel(model, tokenizer, name or EMBEDDED, _describe(where, kwargs), placed,
                        "auto" if spread else compute, str(torch_dtype).replace("torch.", ""))
+
+
+def _forget_gguf_quantizer(model) -> None:
+    """transformers dequantizes GGUF weights into plain float tensors but keeps the model marked as quantized,
+    which makes save_pretrained refuse it. The weights are ordinary floats: drop the mark."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    try:
+        model.is_quantized = False
+    except AttributeError:  # a read-only property in some versions: derived from hf_quantizer then
+        pass
 
 
 def _locate(name: str | None, cache_dir: str | None) -> tuple[str, dict]:

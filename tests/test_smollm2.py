@@ -1,0 +1,87 @@
+"""End to end on the real embedded model (SmolLM2-135M-Instruct) and real text (WikiText-2, local)."""
+import pytest
+import torch
+
+from conftest import SHARED_WIKITEXT, requires_smollm2, requires_wikitext
+from engine.discovery import find_decoder_layers, find_targets
+from engine.run import RunRequest, run
+from engine.spec import PruneSpec, tier_counts
+
+pytestmark = [requires_smollm2, requires_wikitext]
+DATA = str(SHARED_WIKITEXT)
+
+
+def _req(tmp_path, **spec):
+    return RunRequest(model=None, device="cpu", spec=PruneSpec(**spec), calib=DATA, eval=DATA, eval_windows=4,
+                      baseline_cache_dir=str(tmp_path / "baselines"))
+
+
+def test_wanda_half_beats_magnitude_half(smollm2, tmp_path):
+    req = _req(tmp_path, method="wanda", sparsity=0.5, nsamples=4, seqlen=128)
+    record = run(req, models=smollm2)
+    assert record["status"] == "completed"
+    assert abs(record["sparsity"] - 0.5) <= 0.001
+    assert record["data"] == {"calibration": f"local:{SHARED_WIKITEXT / 'valid.txt'}",
+                              "evaluation": f"local:{SHARED_WIKITEXT / 'test.txt'}"}
+    ppl = record["ppl"]
+    assert ppl["dense"] < ppl["pruned"] < ppl["magnitude"], ppl
+    assert 5 < ppl["dense"] < 100
+
+
+def test_three_tier_sparsity_is_the_count_based_value(smollm2, tmp_path):
+    req = _req(tmp_path, method="magnitude", pattern="three_tier", ratios=(0.35, 0.45, 0.20), keep=15, seqlen=128)
+    req.eval = None
+    record = run(req, models=smollm2)
+    zeros = numel = 0
+    for m in record["matrices"]:
+        r, c = m["shape"][0] // 16, m["shape"][1] // 16
+        n_d, n_24, n_top = tier_counts(r * c, (0.35, 0.45, 0.20))
+        assert m["tiers"] == {"dense": n_d, "2:4": n_24, "topk": n_top}
+        zeros += n_24 * 128 + n_top * (256 - 15)
+        numel += m["numel"]
+    assert record["sparsity"] == zeros / numel
+    assert round(record["sparsity"], 5) == 0.41357
+    assert len(record["matrices"]) == 30 * 7
+
+
+def test_sparsegpt_two_four_is_exact_and_restored_after(smollm2, tmp_path):
+    smollm2.get(RunRequest(model=None, device="cpu"))  # a finished run leaves its pruned model: restore
+    dense_q = smollm2.loaded.model.model.layers[3].self_attn.q_proj.weight.detach().clone()
+    req = _req(tmp_path, method="sparsegpt", pattern="nm", n=2, m=4, nsamples=4, seqlen=128)
+    req.baselines = False
+    record = run(req, models=smollm2)
+    assert record["status"] == "completed" and record["sparsity"] == 0.5
+    assert record["ppl"]["pruned"] < 1000
+    q = smollm2.loaded.model.model.layers[3].self_attn.q_proj.weight
+    assert ((q != 0).view(576, -1, 4).sum(-1) <= 2).all()
+    assert not torch.equal(q[q != 0], dense_q[q != 0])  # SparseGPT updated the kept weights
+    smollm2.get(RunRequest(model=None, device="cpu"))  # the next run starts from dense weights
+    assert torch.equal(smollm2.loaded.model.model.layers[3].self_attn.q_proj.weight, dense_q)
+
+
+def test_failure_mid_run_restores_dense_weights(smollm2, tmp_path, monkeypatch):
+    import engine.pruner as pruner
+
+    model = smollm2.get(RunRequest(model=None, device="cpu")).model
+    dense = {n: p.detach().clone() for n, p in model.model.layers[1].named_parameters()}
+    real = pruner._prune_layer
+
+    def exploding(index, *a, **kw):
+        if index == 2:
+            raise RuntimeError("injected fault in layer 2")
+        return real(index, *a, **kw)
+    monkeypatch.setattr(pruner, "_prune_layer", exploding)
+    req = _req(tmp_path, method="magnitude", seqlen=128)
+    req.eval = None
+    with pytest.raises(RuntimeError, match="injected"):
+        run(req, models=smollm2)
+    for n, p in model.model.layers[1].named_parameters():
+        assert torch.equal(p, dense[n]), n
+
+
+def test_discovery_on_the_real_model(smollm2):
+    path, layers = find_decoder_layers(smollm2.loaded.model)
+    assert path == "model.layers" and len(layers) == 30
+    assert [t.name for t in find_targets(layers[0])] == [
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
