@@ -17,31 +17,31 @@ from .spec import PruneSpec, parse_sparsity_type
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="main.py", description="Prune a causal LM layer by layer (magnitude, Wanda, "
-                                "SparseGPT; unstructured, N:M, three-tier) and measure WikiText-2 perplexity.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                "SparseGPT; unstructured, N:M, three-tier) and measure WikiText-2 perplexity.")
     w = p.add_argument_group("Wanda's flags")
     w.add_argument("--model", default=None, help="hub id, local directory or .gguf file (default: the embedded "
                    "SmolLM2-135M-Instruct)")
-    w.add_argument("--seed", type=int, default=0, help="seed for the calibration windows")
-    w.add_argument("--nsamples", type=int, default=128, help="calibration windows")
-    w.add_argument("--sparsity_ratio", type=float, default=0.5, help="unstructured sparsity")
-    w.add_argument("--sparsity_type", default="unstructured", help="unstructured | 2:4 | 4:8 | N:M | three_tier")
-    w.add_argument("--prune_method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"])
+    w.add_argument("--seed", type=int, default=0, help="seed for the calibration windows (default 0)")
+    w.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
+    w.add_argument("--sparsity_ratio", type=float, default=0.5, help="unstructured sparsity (default 0.5)")
+    w.add_argument("--sparsity_type", default="unstructured", help="unstructured (default) | 2:4 | 4:8 | N:M | three_tier")
+    w.add_argument("--prune_method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"],
+                   help="default wanda")
     w.add_argument("--cache_dir", default=None, help="Hugging Face download cache")
     w.add_argument("--save", default=None, metavar="DIR", help="write results.json, a log line and the pruned model here")
     w.add_argument("--save_model", default=None, metavar="DIR2", help="put the pruned model here instead of --save")
     o = p.add_argument_group("three-tier")
     o.add_argument("--sparsity_ratios", type=float, nargs=3, default=[0.35, 0.45, 0.20], metavar=("DENSE", "2:4", "TOPK"),
-                   help="share of 16x16 blocks kept dense, made 2:4, and top-K (sum to 1)")
-    o.add_argument("--block_size", type=int, default=16, help="block side B")
-    o.add_argument("--topk_per_block", type=int, default=15, help="weights K kept in each top-K block")
+                   help="share of 16x16 blocks kept dense, made 2:4, and top-K; sum to 1 (default 0.35 0.45 0.20)")
+    o.add_argument("--block_size", type=int, default=16, help="block side B (default 16)")
+    o.add_argument("--topk_per_block", type=int, default=15, help="weights K kept in each top-K block (default 15)")
     o.add_argument("--tier_scope", default="matrix", choices=["matrix", "layer", "model"],
-                   help="where blocks compete for tiers: each matrix (the seed), each decoder layer, the whole model")
+                   help="where blocks compete for tiers: each matrix (the seed), each decoder layer, the whole model (default matrix)")
     o.add_argument("--within_block", default="score", choices=["score", "magnitude"],
-                   help="pick weights inside 2:4 and top-K blocks by the method's score or by |W| (the seed's rule)")
+                   help="pick weights inside 2:4 and top-K blocks by the method's score or by |W| (the seed's rule) (default score)")
     e = p.add_argument_group("data, evaluation, hardware")
-    e.add_argument("--calib_dataset", default="auto", help="auto | c4 | wikitext2 | pydoc | local path")
-    e.add_argument("--eval_dataset", default="auto", help="auto | wikitext2 | c4 | pydoc | local path | none")
+    e.add_argument("--calib_dataset", default="auto", help="auto (default: c4 as in the paper; pydoc offline) | c4 | wikitext2 | pydoc | local path")
+    e.add_argument("--eval_dataset", default="auto", help="auto (default: wikitext2; pydoc offline) | wikitext2 | c4 | pydoc | local path | none")
     e.add_argument("--eval_windows", type=int, default=None, help="evaluate at most N windows (default: all)")
     e.add_argument("--seqlen", type=int, default=None, help="tokens per window (default: min(model context, 2048))")
     e.add_argument("--baselines", action="store_true", help="also report dense and magnitude perplexity (cached)")

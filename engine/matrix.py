@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .masks import nm_mask, unstructured_mask
-from .scores import SCORES
+from .scores import SCORES, obs_scores
 from .sparsegpt import sparsegpt_prune
 from .spec import PruneSpec, tier_counts
 from .stats import LinearStats
@@ -24,7 +24,7 @@ class MatrixResult:
 def matrix_scores(W: torch.Tensor, stats: LinearStats | None, spec: PruneSpec) -> torch.Tensor:
     """The method's importance of each weight [out, in] (float32)."""
     if spec.method == "sparsegpt":
-        stats._hinv_diag = stats.hinv_diag(spec.damp)  # computed once with the spec's damping
+        return obs_scores(W, stats, spec.damp)
     return SCORES[spec.method](W, stats)
 
 

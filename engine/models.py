@@ -54,7 +54,7 @@ def embedded_gguf() -> Path | None:
 def resolve_device(device: str = "auto") -> str:
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if (device.startswith("cuda") or device == "offload") and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} asked for, but no CUDA GPU is visible to torch")
     if device not in ("cpu", "offload") and not re.match(r"^cuda(:\d+)?$", device):
         raise ModelLoadError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or offload")

@@ -15,10 +15,10 @@ def wanda_scores(W: torch.Tensor, stats: LinearStats) -> torch.Tensor:
     return W.abs().float() * stats.input_norm().to(W.device).unsqueeze(0)
 
 
-def obs_scores(W: torch.Tensor, stats: LinearStats) -> torch.Tensor:
+def obs_scores(W: torch.Tensor, stats: LinearStats, damp: float = 0.01) -> torch.Tensor:
     """|W_ij| / sqrt([H^-1]_jj): the square root of the OBS saliency w^2 / [H^-1]_jj (SparseGPT's measure,
     here for a whole matrix at once). Same units as Wanda's score, so block sums compare alike."""
-    return W.abs().float() / stats.hinv_diag().to(W.device).sqrt().unsqueeze(0)
+    return W.abs().float() / stats.hinv_diag(damp).to(W.device).sqrt().unsqueeze(0)
 
 
 SCORES = {"magnitude": magnitude_scores, "wanda": wanda_scores, "sparsegpt": obs_scores}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 from .errors import SpecError
 
@@ -47,7 +47,6 @@ class PruneSpec:
     damp: float = 0.01
     obs_blocksize: int = 128
     prune_router: bool = False
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))

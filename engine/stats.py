@@ -33,10 +33,10 @@ class LinearStats:
 
     def hinv_diag(self, damp: float = 0.01) -> torch.Tensor:
         """diag of (H + damp * mean(diag H) * I)^-1, dead channels (never active) get 1."""
-        if self._hinv_diag is None:
+        if self._hinv_diag is None or self._hinv_diag[0] != damp:
             H = dampened(self.hessian(), damp)
-            self._hinv_diag = torch.cholesky_inverse(torch.linalg.cholesky(H)).diagonal().clone()
-        return self._hinv_diag
+            self._hinv_diag = (damp, torch.cholesky_inverse(torch.linalg.cholesky(H)).diagonal().clone())
+        return self._hinv_diag[1]
 
     def free(self) -> None:
         self.XtX = None
