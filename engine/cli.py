@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no_save_model", action="store_true", help="with --save: write results only, not the model")
     e.add_argument("--overwrite", action="store_true", help="allow a non-empty --save directory")
     e.add_argument("--trust_remote_code", action="store_true", help="run a model repository's own code")
+    e.add_argument("--runs_dir", default=None, help="run store folder (default: $SPARSITY_RUNS or "
+                   "~/.cache/sparsity-explorer/runs); every run is recorded there, the dashboard lists them")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> int:
 
 def _main(args) -> int:
     from .run import RunRequest, run  # heavy imports after argument errors are reported
+    from .store import RunStore
 
     spec = spec_from_args(args)
     eval_source = None if str(args.eval_dataset).lower() == "none" else args.eval_dataset
@@ -89,7 +92,8 @@ def _main(args) -> int:
                          eval_windows=args.eval_windows, baselines=args.baselines, device=args.device,
                          dtype=args.dtype, save_dir=args.save, save_model=not args.no_save_model,
                          save_model_dir=args.save_model, overwrite=args.overwrite,
-                         trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir)
+                         trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir,
+                         store=RunStore(args.runs_dir))
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars
         from transformers.utils import logging as hf_logging

@@ -45,6 +45,7 @@ class RunRequest:
     trust_remote_code: bool = False
     cache_dir: str | None = None
     baseline_cache_dir: str | None = None
+    store: object | None = None         # a RunStore: the record is written at start, per layer, and at the end
 
     def validate(self) -> None:
         if self.eval_windows is not None and (not isinstance(self.eval_windows, int) or self.eval_windows < 1):
@@ -104,6 +105,10 @@ def run(request: RunRequest, progress=None, cancel: threading.Event | None = Non
     t_start = time.perf_counter()
     timings: dict = {}
     record = _new_record(request)
+    store = request.store
+    if store is not None:
+        store.save(record)
+        progress = _recording(progress, record, store)
 
     # read the text sources first: a missing file or an unreachable hub is reported before minutes of loading
     eval_src = textdata.resolve_text(request.eval, "evaluation") if request.eval else None
@@ -165,8 +170,11 @@ def run(request: RunRequest, progress=None, cancel: threading.Event | None = Non
         record.update(status="cancelled", message=f"{e}; the in-memory model will be restored to dense weights")
         models.restore()
         return _finish(record, timings, t_start, request)
-    except BaseException:
+    except BaseException as e:
         models.restore()  # never leave a half-pruned model for the next run
+        if store is not None:
+            record.update(status="failed", message=f"{type(e).__name__}: {e}"[:500])
+            _finish(record, timings, t_start, request)
         raise
 
 
@@ -231,12 +239,25 @@ def _new_record(request: RunRequest) -> dict:
             "saved_model": None, "matrices": []}
 
 
+def _recording(progress, record: dict, store):
+    """Wrap the progress callback: keep the stored record up to date as layers finish (throttled)."""
+    def wrapped(event: dict) -> None:
+        if event.get("stage") == "prune":
+            record["matrices"] = record.get("matrices", []) + list(event.get("matrices", []))
+            record["layers_done"], record["n_layers"] = event["layer"] + 1, event["n_layers"]
+            store.save(record, force=False)
+        progress(event)
+    return wrapped
+
+
 def _finish(record: dict, timings: dict, t_start: float, request: RunRequest) -> dict:
     timings["total_s"] = time.perf_counter() - t_start
     record["timings"] = {k: round(v, 3) for k, v in timings.items()}
     # the flat names Wanda users look for in results.json
     record.update(actual_sparsity=record["sparsity"], ppl_test=record["ppl"]["pruned"],
                   ppl_dense=record["ppl"]["dense"], ppl_magnitude=record["ppl"]["magnitude"])
+    if request.store is not None:
+        request.store.save(record)
     if request.save_dir:
         write_json_atomic(str(Path(request.save_dir).expanduser() / "results.json"), record)
     return record

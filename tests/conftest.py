@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never wait on the hub
+_SCRATCH = tempfile.mkdtemp(prefix="sparsity-tests-")
+os.environ.setdefault("SPARSITY_RUNS", os.path.join(_SCRATCH, "runs"))  # never the user's run store
+os.environ.setdefault("SPARSITY_CACHE", os.path.join(_SCRATCH, "baselines"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
