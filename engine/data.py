@@ -369,12 +369,18 @@ def default_seqlen(model_config, requested: int | None) -> int:
         if int(requested) < 2:
             raise UserError(f"seqlen must be at least 2 tokens, got {requested}")
         return int(requested)
+    context = model_context(model_config)
+    return min(context, 2048) if context is not None else 2048
+
+
+def model_context(model_config) -> int | None:
+    """The model's context length in tokens, if its config says."""
     config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     for attr in ("max_position_embeddings", "n_positions", "seq_length", "max_seq_len"):
         context = getattr(config, attr, None)
         if isinstance(context, int) and context > 0:
-            return min(context, 2048)
-    return 2048
+            return context
+    return None
 
 
 def _first_line(err: BaseException) -> str:

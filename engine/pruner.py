@@ -59,6 +59,8 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
     t0 = time.perf_counter()
     if spec.uses_calibration and windows is None:
         raise UserError(f"{spec.method} needs calibration data")
+    if spec.pattern == "three_tier":
+        _check_block_fits(layers, spec)
 
     use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = False
@@ -104,6 +106,13 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
         model.config.use_cache = use_cache
         result.timings["prune_s"] = time.perf_counter() - t0
     return result
+
+
+def _check_block_fits(layers, spec: PruneSpec) -> None:
+    for target in find_targets(layers[0], spec.prune_router):
+        if min(target.shape) < spec.block:
+            raise UserError(f"block size {spec.block} is larger than matrix {target.name} {list(target.shape)}; "
+                            f"choose a block size of at most {min(target.shape)}")
 
 
 def _prune_layer(index: int, layer: nn.Module, spec: PruneSpec, inputs, budgets) -> list[dict]:

@@ -100,16 +100,28 @@ def run(request: RunRequest, progress=None, cancel: threading.Event | None = Non
     progress = progress or (lambda event: None)
     cancel = cancel or threading.Event()
     models = models or ModelCache()
-    spec = request.spec
     request.validate()
     t_start = time.perf_counter()
     timings: dict = {}
     record = _new_record(request)
-    store = request.store
-    if store is not None:
-        store.save(record)
-        progress = _recording(progress, record, store)
+    if request.store is not None:
+        request.store.save(record)
+        progress = _recording(progress, record, request.store)
+    try:
+        _run(request, record, timings, t_start, progress, cancel, models)
+    except Cancelled as e:
+        record.update(status="cancelled", message=f"{e}; the in-memory model will be restored to dense weights")
+        models.restore()
+    except BaseException as e:
+        models.restore()  # never leave a half-pruned model for the next run
+        record.update(status="failed", message=(str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}")[:500])
+        _finish(record, timings, t_start, request)
+        raise
+    return _finish(record, timings, t_start, request)
 
+
+def _run(request: RunRequest, record: dict, timings: dict, t_start: float, progress, cancel, models) -> None:
+    spec = request.spec
     # read the text sources first: a missing file or an unreachable hub is reported before minutes of loading
     eval_src = textdata.resolve_text(request.eval, "evaluation") if request.eval else None
     calib_src = textdata.resolve_text(request.calib, "calibration") if spec.uses_calibration else None
@@ -121,61 +133,51 @@ def run(request: RunRequest, progress=None, cancel: threading.Event | None = Non
                        "n_layers": len(find_decoder_layers(model)[1]), "dtype": lm.dtype, "device": lm.device,
                        "compute_device": lm.compute_device}
     record["spec"]["seqlen"] = seqlen
+    context = textdata.model_context(model.config)
+    if context is not None and seqlen > context:
+        raise UserError(f"seqlen {seqlen} is longer than the model's context of {context} tokens")
     offload = lm.compute_device if lm.offload else None
-    try:
-        eval_ids, eval_name = None, None
-        if request.eval:
-            progress({"stage": "eval", "message": "tokenizing the evaluation text"})
-            src = eval_src
-            eval_ids, eval_name = textdata.evaluation_ids(tok, src), src.name
-            record["data"]["evaluation"] = src.name
-            if eval_ids.numel() < seqlen:
-                raise UserError(f"evaluation text {src.name} has {eval_ids.numel()} tokens, fewer than one window "
-                                f"of seqlen={seqlen}; lower seqlen or use a longer text")
-        windows = None
-        if spec.uses_calibration:
-            t = time.perf_counter()
-            progress({"stage": "calibration", "message": f"sampling {spec.nsamples} windows of {seqlen} tokens"})
-            src = calib_src
-            windows = textdata.calibration_windows(tok, src, spec.nsamples, seqlen, spec.seed)
-            record["data"]["calibration"] = src.name
-            timings["calibration_data_s"] = time.perf_counter() - t
 
-        if eval_ids is not None and request.baselines:
-            t = time.perf_counter()
-            record["ppl"]["dense"], record["ppl"]["magnitude"] = _baselines(
-                request, lm, models, eval_ids, eval_name, seqlen, progress, cancel)
-            timings["baselines_s"] = time.perf_counter() - t
+    eval_ids, eval_name = None, None
+    if eval_src is not None:
+        progress({"stage": "eval", "message": "tokenizing the evaluation text"})
+        eval_ids, eval_name = textdata.evaluation_ids(tok, eval_src), eval_src.name
+        record["data"]["evaluation"] = eval_src.name
+        if eval_ids.numel() < seqlen:
+            raise UserError(f"evaluation text {eval_src.name} has {eval_ids.numel()} tokens, fewer than one window "
+                            f"of seqlen={seqlen}; lower seqlen or use a longer text")
+    windows = None
+    if calib_src is not None:
+        t = time.perf_counter()
+        progress({"stage": "calibration", "message": f"sampling {spec.nsamples} windows of {seqlen} tokens"})
+        windows = textdata.calibration_windows(tok, calib_src, spec.nsamples, seqlen, spec.seed)
+        record["data"]["calibration"] = calib_src.name
+        timings["calibration_data_s"] = time.perf_counter() - t
 
-        torch.manual_seed(spec.seed)
-        result = prune_model(model, spec, windows, progress=progress, cancel=cancel, offload_device=offload)
-        timings.update(result.timings)
-        record.update(status=result.status, message=result.message, layers_done=result.layers_done,
-                      n_layers=result.n_layers, sparsity=result.sparsity, matrices=result.matrices)
-        record["model"]["n_params_pruned"] = result.numel
-        if result.status != "completed":
-            record["message"] = (f"{result.message}; layers 0-{result.layers_done - 1} are pruned, the rest dense. "
-                                 "The in-memory model will be restored to dense weights before the next run.")
-            return _finish(record, timings, t_start, request)
+    if eval_ids is not None and request.baselines:
+        t = time.perf_counter()
+        record["ppl"]["dense"], record["ppl"]["magnitude"] = _baselines(
+            request, lm, models, eval_ids, eval_name, seqlen, progress, cancel)
+        timings["baselines_s"] = time.perf_counter() - t
 
-        if eval_ids is not None:
-            t = time.perf_counter()
-            res = _ppl(model, eval_ids, seqlen, request.eval_windows, "pruned", progress, cancel)
-            record["ppl"]["pruned"] = res.ppl
-            record["eval"] = {"windows": res.windows, "tokens": res.tokens, "seqlen": seqlen}
-            timings["eval_s"] = time.perf_counter() - t
-        _save(request, lm, record, progress)
-        return _finish(record, timings, t_start, request)
-    except Cancelled as e:
-        record.update(status="cancelled", message=f"{e}; the in-memory model will be restored to dense weights")
-        models.restore()
-        return _finish(record, timings, t_start, request)
-    except BaseException as e:
-        models.restore()  # never leave a half-pruned model for the next run
-        if store is not None:
-            record.update(status="failed", message=f"{type(e).__name__}: {e}"[:500])
-            _finish(record, timings, t_start, request)
-        raise
+    torch.manual_seed(spec.seed)
+    result = prune_model(model, spec, windows, progress=progress, cancel=cancel, offload_device=offload)
+    timings.update(result.timings)
+    record.update(status=result.status, message=result.message, layers_done=result.layers_done,
+                  n_layers=result.n_layers, sparsity=result.sparsity, matrices=result.matrices)
+    record["model"]["n_params_pruned"] = result.numel
+    if result.status != "completed":
+        record["message"] = (f"{result.message}; layers 0-{result.layers_done - 1} are pruned, the rest dense. "
+                             "The in-memory model will be restored to dense weights before the next run.")
+        return
+
+    if eval_ids is not None:
+        t = time.perf_counter()
+        res = _ppl(model, eval_ids, seqlen, request.eval_windows, "pruned", progress, cancel)
+        record["ppl"]["pruned"] = res.ppl
+        record["eval"] = {"windows": res.windows, "tokens": res.tokens, "seqlen": seqlen}
+        timings["eval_s"] = time.perf_counter() - t
+    _save(request, lm, record, progress)
 
 
 def _baselines(request, lm, models, eval_ids, eval_name, seqlen, progress, cancel):

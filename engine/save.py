@@ -21,9 +21,12 @@ def check_save_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
         raise UserError(f"save path {path} exists and is a file")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise UserError(f"save directory {path} exists and is not empty; pass --overwrite or choose another")
-    parent = path if path.is_dir() else _existing_parent(path)
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write to {parent} (read-only or no permission); choose another save directory")
+    try:  # a real write, not os.access: as root, access() says yes to read-only and virtual file systems
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to {path} ({e.strerror or e}); choose another save directory") from e
     return path
 
 
@@ -57,10 +60,3 @@ def save_pretrained_atomic(model, tokenizer, path: str | os.PathLike, overwrite:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def _existing_parent(path: Path) -> Path:
-    for p in [path, *path.parents]:
-        if p.exists():
-            return p
-    return Path(".")
