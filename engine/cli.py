@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where blocks compete for tiers: each matrix (the seed), each decoder layer, the whole model (default matrix)")
     o.add_argument("--within_block", default="score", choices=["score", "magnitude"],
                    help="pick weights inside 2:4 and top-K blocks by the method's score or by |W| (the seed's rule) (default score)")
+    o.add_argument("--tier_assignment", default="importance", choices=["importance", "cost"],
+                   help="which blocks get which tier: by summed importance (the seed's rule) or by the squared "
+                   "score mass each tier would drop (default importance)")
     e = p.add_argument_group("data, evaluation, hardware")
     e.add_argument("--calib_dataset", default="auto", help="auto (default: c4 as in the paper; pydoc offline) | c4 | wikitext2 | pydoc | local path")
     e.add_argument("--eval_dataset", default="auto", help="auto (default: wikitext2; pydoc offline) | wikitext2 | c4 | pydoc | local path | none")
@@ -63,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def spec_from_args(a: argparse.Namespace) -> PruneSpec:
     return PruneSpec(method=a.prune_method, sparsity=a.sparsity_ratio, ratios=tuple(a.sparsity_ratios),
                      block=a.block_size, keep=a.topk_per_block, tier_scope=a.tier_scope, within_block=a.within_block,
+                     assignment=a.tier_assignment,
                      group=a.group, reconstruct=a.reconstruct, nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed,
                      **parse_sparsity_type(a.sparsity_type))
 

@@ -10,7 +10,8 @@ from .scores import SCORES, obs_scores
 from .sparsegpt import sparsegpt_prune
 from .spec import PruneSpec, tier_counts
 from .stats import LinearStats
-from .three_tier import assign_tiers, block_importance, three_tier_mask
+from .three_tier import assign_tiers, assign_tiers_by_cost, block_importance, three_tier_mask, tier_costs
+from .variant import wanda_variant_mask
 
 
 @dataclass
@@ -43,7 +44,9 @@ def prune_matrix(W: torch.Tensor, stats: LinearStats | None, spec: PruneSpec, *,
     if scores is None:
         scores = matrix_scores(W, stats, spec)
     importance = None
-    if spec.pattern == "unstructured":
+    if spec.pattern == "unstructured" and spec.use_variant:
+        keep, _alpha = wanda_variant_mask(scores, spec.sparsity)
+    elif spec.pattern == "unstructured":
         keep = unstructured_mask(scores, spec.sparsity, spec.unstructured_group)
     elif spec.pattern == "nm":
         keep = nm_mask(scores, spec.n, spec.m)
@@ -51,7 +54,8 @@ def prune_matrix(W: torch.Tensor, stats: LinearStats | None, spec: PruneSpec, *,
         importance = block_importance(scores, spec.block)
         if tiers is None:
             budget = tier_budget or tier_counts(importance.numel(), spec.ratios)
-            tiers = assign_tiers(importance, budget)
+            tiers = assign_tiers_by_cost(tier_costs(scores, spec.block, spec.keep), budget) \
+                if spec.assignment == "cost" else assign_tiers(importance, budget)
         select = scores if spec.within_block == "score" else W.abs()
         keep = three_tier_mask(select, tiers, spec.block, spec.keep)
 

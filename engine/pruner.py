@@ -19,7 +19,7 @@ from .errors import Cancelled, UserError
 from .matrix import matrix_scores, prune_matrix
 from .record import encode_array, encode_tier_map
 from .spec import PruneSpec
-from .three_tier import assign_tiers_jointly, block_importance, tier_census
+from .three_tier import assign_jointly_by_cost, assign_tiers_jointly, block_importance, tier_census, tier_costs
 from .walk import StatsHooks, capture_layer_inputs, run_layer
 
 Progress = Callable[[dict], None]
@@ -54,7 +54,7 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
     """Prune `model` in place. windows: calibration token ids [nsamples, seqlen] (None for magnitude).
     offload_device: keep the model where it is (CPU) and move one decoder layer at a time there to compute."""
     progress = progress or (lambda event: None)
-    _, layers = find_decoder_layers(model)
+    layers_path, layers = find_decoder_layers(model)
     result = PruneResult(spec, len(layers))
     t0 = time.perf_counter()
     if spec.uses_calibration and windows is None:
@@ -97,7 +97,8 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
             result.matrices.extend(entries)
             result.layers_done = i + 1
             elapsed = time.perf_counter() - walk_start
-            progress({"stage": "prune", "layer": i, "n_layers": len(layers), "elapsed_s": elapsed,
+            progress({"stage": "prune", "layer": i, "name": f"{layers_path}.{i}", "n_layers": len(layers),
+                      "elapsed_s": elapsed,
                       "eta_s": elapsed / (i + 1) * (len(layers) - i - 1), "matrices": entries})
         result.status = "completed"
     except Cancelled as e:
@@ -123,7 +124,7 @@ def _prune_layer(index: int, layer: nn.Module, spec: PruneSpec, inputs, budgets)
         for t in targets:
             scores[t.name] = matrix_scores(t.weight(), stats.get(t.name), spec)
         if spec.tier_scope == "layer":
-            grids = assign_tiers_jointly([block_importance(scores[t.name], spec.block) for t in targets], spec.ratios)
+            grids = _assign_jointly([scores[t.name] for t in targets], spec)
             tiers = {t.name: g for t, g in zip(targets, grids)}
     entries = []
     for t in targets:
@@ -164,9 +165,9 @@ def _model_scope_budgets(layers, spec: PruneSpec, inputs, progress, cancel, offl
             targets = find_targets(layer, spec.prune_router)
             stats = _collect(layer, targets, spec, inputs)
             for t in targets:
-                imp = block_importance(matrix_scores(t.weight(), stats.get(t.name), spec), spec.block)
+                scores = matrix_scores(t.weight(), stats.get(t.name), spec)
                 keys.append((i, t.name))
-                importances.append(imp.cpu())
+                importances.append(_ranking_input(scores, spec).cpu())
             if inputs is not None:
                 inputs.hidden = run_layer(layer, inputs)
         finally:
@@ -174,8 +175,20 @@ def _model_scope_budgets(layers, spec: PruneSpec, inputs, progress, cancel, offl
                 layer.to(home)
     if inputs is not None:
         inputs.hidden = hidden  # the pruning walk starts again from the first layer's inputs
-    grids = assign_tiers_jointly(importances, spec.ratios)
+    grids = (assign_jointly_by_cost if spec.assignment == "cost" else assign_tiers_jointly)(importances, spec.ratios)
     return {k: tuple(tier_census(g).values()) for k, g in zip(keys, grids)}
+
+
+def _ranking_input(scores: torch.Tensor, spec: PruneSpec) -> torch.Tensor:
+    """What blocks are ranked by: their summed score, or (assignment "cost") what each tier would lose."""
+    if spec.assignment == "cost":
+        return tier_costs(scores, spec.block, spec.keep)
+    return block_importance(scores, spec.block)
+
+
+def _assign_jointly(scores: list[torch.Tensor], spec: PruneSpec) -> list[torch.Tensor]:
+    inputs = [_ranking_input(s, spec) for s in scores]
+    return (assign_jointly_by_cost if spec.assignment == "cost" else assign_tiers_jointly)(inputs, spec.ratios)
 
 
 def _entry(layer: int, target, res, spec: PruneSpec) -> dict:

@@ -32,8 +32,11 @@ def check_save_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
 
 def save_pretrained_atomic(model, tokenizer, path: str | os.PathLike, overwrite: bool = False) -> Path:
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    except OSError as e:
+        raise UserError(f"cannot write to {path.parent} ({e.strerror or e}); choose another save directory") from e
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:

@@ -11,6 +11,7 @@ PATTERNS = ("unstructured", "nm", "three_tier")
 TIER_SCOPES = ("matrix", "layer", "model")
 WITHIN_BLOCK = ("score", "magnitude")
 GROUPS = ("row", "matrix")
+ASSIGNMENTS = ("importance", "cost")
 TIER_NAMES = ("dense", "2:4", "topk")  # tier ids 0, 1, 2 in every tier map
 SEED_RATIOS = (0.35, 0.45, 0.20)
 
@@ -25,8 +26,12 @@ class PruneSpec:
     block, keep three-tier block side B and weights K kept in each top-K block (0 <= K <= B*B)
     tier_scope  where blocks compete for tiers: each matrix (the seed's rule), a decoder layer, the whole model
     within_block weights chosen inside 2:4 / top-K blocks by the method's score, or by |W| (the seed)
+    assignment  how blocks get tiers: "importance" (most important dense, next 2:4: the seed's rule) or
+                "cost" (keep the squared score mass lost by 2:4 / top-K small under the same counts)
     group       unstructured comparison group; None = the paper's (wanda/sparsegpt: row, magnitude: matrix)
     reconstruct OBS weight update for masks chosen by magnitude/wanda (None = off; sparsegpt always updates)
+    use_variant Wanda's variant for unstructured: per row, prune where the sorted scores' running sum stays under
+                alpha x the row total, alpha bisected to reach `sparsity` (engine/variant.py)
     """
 
     method: str = "wanda"
@@ -39,6 +44,7 @@ class PruneSpec:
     keep: int = 15
     tier_scope: str = "matrix"
     within_block: str = "score"
+    assignment: str = "importance"
     group: str | None = None
     reconstruct: bool = False
     nsamples: int = 128
@@ -47,6 +53,7 @@ class PruneSpec:
     damp: float = 0.01
     obs_blocksize: int = 128
     prune_router: bool = False
+    use_variant: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
@@ -63,6 +70,12 @@ class PruneSpec:
             _check(_finite(self.sparsity) and 0.0 <= self.sparsity < 1.0,
                    f"sparsity ratio must lie in [0, 1), got {self.sparsity}")
             _check(self.group in (None,) + GROUPS, f"group must be one of {', '.join(GROUPS)}, got {self.group!r}")
+        _check(not self.use_variant or self.pattern == "unstructured",
+               f"the Wanda variant (use_variant) is for unstructured sparsity, not {self.sparsity_type}")
+        _check(not self.use_variant or self.method != "sparsegpt",
+               "the Wanda variant (use_variant) chooses a mask from scores; SparseGPT chooses its own, use wanda or magnitude")
+        _check(not self.use_variant or self.group != "matrix",
+               "the Wanda variant (use_variant) prunes per row; it cannot be combined with group 'matrix'")
         if self.pattern == "nm":
             _check(isinstance(self.n, int) and isinstance(self.m, int) and self.m >= 1 and 0 <= self.n < self.m,
                    f"N:M needs 0 <= N < M, got {self.n}:{self.m}")
@@ -78,6 +91,8 @@ class PruneSpec:
                    f"K (weights kept per top-K block) must lie in [0, {self.block * self.block}] for {self.block}x{self.block} blocks, got {self.keep}")
             _check(self.tier_scope in TIER_SCOPES, f"tier scope must be one of {', '.join(TIER_SCOPES)}, got {self.tier_scope!r}")
             _check(self.within_block in WITHIN_BLOCK, f"within-block choice must be one of {', '.join(WITHIN_BLOCK)}")
+            _check(self.assignment in ASSIGNMENTS, f"tier assignment must be one of {', '.join(ASSIGNMENTS)}, "
+                   f"got {self.assignment!r}")
 
     # -- derived ------------------------------------------------------------------------------------
     @property
@@ -109,10 +124,11 @@ class PruneSpec:
     def label(self) -> str:
         if self.pattern == "three_tier":
             d, s, t = self.ratios
-            return f"{self.method} three-tier {d:g}/{s:g}/{t:g} K={self.keep} ({self.tier_scope})"
+            extra = "".join([", by cost" if self.assignment == "cost" else "", ", +OBS" if self.reconstruct else ""])
+            return f"{self.method} three-tier {d:g}/{s:g}/{t:g} K={self.keep} ({self.tier_scope}{extra})"
         if self.pattern == "nm":
             return f"{self.method} {self.n}:{self.m}"
-        return f"{self.method} unstructured {self.sparsity:g}"
+        return f"{self.method} unstructured {self.sparsity:g}" + (" (variant)" if self.use_variant else "")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -6,6 +6,8 @@ are partial: their importance sums only real weights, their 2:4 groups follow ab
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .masks import expand_blocks, nm_mask, to_blocks, topk_block_mask
@@ -41,10 +43,6 @@ def assign_tiers_jointly(importances: list[torch.Tensor], ratios) -> list[torch.
     return [t.view(imp.shape).to(imp.device) for t, imp in zip(torch.split(tiers, [x.numel() for x in normed]), importances)]
 
 
-def normalised_importance(importance: torch.Tensor) -> torch.Tensor:
-    return importance.float() / importance.float().mean().clamp_min(1e-30)
-
-
 def three_tier_mask(select: torch.Tensor, tiers: torch.Tensor, block: int, keep: int) -> torch.Tensor:
     """Keep-mask for a tier grid: dense blocks keep all, 2:4 blocks keep 2 of every 4 columns per row,
     top-K blocks keep their `keep` highest `select` scores."""
@@ -58,3 +56,52 @@ def three_tier_mask(select: torch.Tensor, tiers: torch.Tensor, block: int, keep:
 def tier_census(tiers: torch.Tensor) -> dict:
     counts = torch.bincount(tiers.flatten().long(), minlength=3).tolist()
     return {"dense": counts[0], "2:4": counts[1], "topk": counts[2]}
+
+
+# --- assignment by cost: which blocks can afford each tier --------------------------------------------------
+
+def tier_costs(scores: torch.Tensor, block: int, keep: int) -> torch.Tensor:
+    """[3, R, C]: the squared score mass each block would lose as dense (0), 2:4, and top-K.
+
+    A weight's score s = |w| * ||x|| (Wanda) is the size of its contribution to the layer output, so s^2 is the
+    output error of dropping it (the OBS saliency for a diagonal Hessian)."""
+    s2 = to_blocks(scores.float() ** 2, block, fill=0.0)  # [R, C, B*B]
+    R, C, _ = s2.shape
+    total = s2.sum(dim=2)
+    groups = s2.view(R, C, block, block // 4, 4)
+    kept_24 = groups.topk(2, dim=4).values.sum(dim=(2, 3, 4))
+    kept_top = s2.topk(min(keep, block * block), dim=2).values.sum(dim=2) if keep else torch.zeros_like(total)
+    return torch.stack([torch.zeros_like(total), total - kept_24, total - kept_top])
+
+
+def assign_tiers_by_cost(costs: torch.Tensor, counts: tuple[int, int, int]) -> torch.Tensor:
+    """Tier grid that keeps the lost score mass small under fixed block counts. costs [3, ...] from tier_costs.
+
+    Two greedy orders are tried and the cheaper kept: (a) dense where 2:4 would cost most, then top-K where it
+    costs least over 2:4 among the rest; (b) top-K first where it costs least over 2:4, then dense among the rest.
+    """
+    c24, ctop = costs[1].flatten(), costs[2].flatten()
+    n_dense, n_24, n_top = counts
+    extra = ctop - c24
+    candidates = []
+    for dense_first in (True, False):
+        tiers = torch.full_like(c24, TWO_FOUR, dtype=torch.int8)
+        free = torch.ones_like(c24, dtype=torch.bool)
+        for tier in ((DENSE, TOPK) if dense_first else (TOPK, DENSE)):
+            key = -c24 if tier == DENSE else extra  # ascending order of key = preference
+            n = n_dense if tier == DENSE else n_top
+            order = torch.argsort(torch.where(free, key, torch.full_like(key, math.inf)), stable=True)[:n]
+            tiers[order] = tier
+            free[order] = False
+        cost = c24[tiers == TWO_FOUR].sum() + ctop[tiers == TOPK].sum()
+        candidates.append((float(cost), tiers))
+    return min(candidates, key=lambda c: c[0])[1].view(costs.shape[1:])
+
+
+def assign_jointly_by_cost(costs: list[torch.Tensor], ratios) -> list[torch.Tensor]:
+    """Cost-based assignment over several matrices; each matrix's costs are relative to its mean block mass."""
+    normed = [c.flatten(1).float() / (c[1] + 1e-30).mean().clamp_min(1e-30) for c in costs]
+    flat = torch.cat([x.cpu() for x in normed], dim=1)
+    tiers = assign_tiers_by_cost(flat, tier_counts(flat.shape[1], ratios))
+    sizes = [x.shape[1] for x in normed]
+    return [t.view(c.shape[1:]).to(c.device) for t, c in zip(torch.split(tiers, sizes), costs)]

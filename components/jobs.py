@@ -1,0 +1,178 @@
+"""Run the engine in a background thread and fold its progress events into something a page can show.
+
+The Gradio handler that starts a job stays a generator: it polls the job a few times a second and streams
+what changed, so the page stays responsive and Stop (which only sets `job.cancel`) is handled at once.
+"""
+from __future__ import annotations
+
+import html
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from engine.errors import UserError
+
+log = logging.getLogger("dashboard")
+
+# The Gradio queue already runs one heavy job at a time (concurrency_id "engine"). This lock also covers a
+# thread whose page went away: the next job waits until that thread has seen its cancel flag and returned.
+ENGINE_LOCK = threading.Lock()
+
+
+class Job:
+    """One call of `target(progress, cancel)` on a worker thread.
+
+    The engine calls `progress(event)` from the worker; the page reads `events` from the handler's thread.
+    list.append and slicing are atomic under the GIL, so no lock is needed for that hand-over.
+    """
+
+    def __init__(self, target, name: str = "engine-job"):
+        self.cancel = threading.Event()
+        self.done = threading.Event()
+        self.events: list[dict] = []
+        self.result = None
+        self.error: str | None = None      # one line for the page
+        self.user_error = False            # the user can fix it (UserError), as opposed to a bug
+        self.started = time.monotonic()
+        self._target = target
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def start(self) -> "Job":
+        self._thread.start()
+        return self
+
+    def progress(self, event: dict) -> None:
+        self.events.append(event)
+
+    def stop(self) -> None:
+        self.cancel.set()
+
+    @property
+    def running(self) -> bool:
+        return not self.done.is_set()
+
+    def _main(self):
+        try:
+            if not ENGINE_LOCK.acquire(blocking=False):
+                self.progress({"stage": "wait", "message": "waiting for the previous run to stop"})
+                ENGINE_LOCK.acquire()
+            try:
+                if self.cancel.is_set():
+                    self.error = "Stopped before it started."
+                    self.user_error = True
+                    return
+                self.result = self._target(self.progress, self.cancel)
+            finally:
+                ENGINE_LOCK.release()
+        except UserError as err:
+            self.error, self.user_error = str(err), True
+        except Exception as err:  # a bug: keep the page alive, put the traceback in the server log
+            log.error("engine job failed\n%s", traceback.format_exc())
+            self.error = f"Internal error ({type(err).__name__}: {err}). The server log has the traceback."
+        finally:
+            self.done.set()
+
+    def watch(self, interval: float = 0.25, heartbeat: float = 1.0):
+        """Yield lists of new events until the job ends (an empty list now and then, so clocks keep ticking)."""
+        seen, last = 0, time.monotonic()
+        while True:
+            finished = self.done.wait(interval)
+            new = self.events[seen:]
+            seen += len(new)
+            if new or finished or time.monotonic() - last >= heartbeat:
+                last = time.monotonic()
+                yield new
+            if finished:
+                return
+
+
+# -- progress shown on the page ---------------------------------------------------------------------------------
+
+STAGE_TITLES = {"wait": "Waiting", "load": "Loading model", "calibration": "Calibration data", "baseline": "Baselines",
+                "prune": "Pruning", "eval": "Evaluating", "save": "Saving", "done": "Done", "cancelled": "Stopped",
+                "failed": "Failed", "queued": "Starting"}
+
+
+@dataclass
+class Progress:
+    """What the progress bar shows, folded from engine events."""
+    stage: str = "queued"
+    message: str = ""
+    layer: int | None = None         # last decoder layer finished
+    n_layers: int | None = None
+    eta_s: float | None = None
+    elapsed_s: float | None = None
+    eval_done: int | None = None
+    eval_total: int | None = None
+    eval_what: str | None = None
+    sweep: tuple[int, int] | None = None
+    matrices: list[dict] = field(default_factory=list)
+    new_layers: int = 0              # layers finished since the page last drew the heatmap
+
+    def update(self, event: dict) -> None:
+        stage = event.get("stage", self.stage)
+        if "sweep" in event:
+            self.sweep = tuple(event["sweep"])
+        if stage == "sweep_point":
+            return
+        if stage != self.stage and stage != "prune":
+            self.eval_done = self.eval_total = None
+        self.stage = stage
+        if event.get("message"):
+            self.message = event["message"]
+        if stage == "prune":
+            self.layer, self.n_layers = event.get("layer"), event.get("n_layers")
+            self.eta_s, self.elapsed_s = event.get("eta_s"), event.get("elapsed_s")
+            self.message = event.get("message") or ""
+            if event.get("matrices"):
+                self.matrices.extend(event["matrices"])
+                self.new_layers += 1
+        if stage == "eval" and "total" in event:
+            self.eval_done, self.eval_total, self.eval_what = event.get("done"), event.get("total"), event.get("what")
+
+    def fraction(self) -> float | None:
+        if self.stage == "eval" and self.eval_total:
+            return self.eval_done / self.eval_total
+        if self.stage == "prune" and self.n_layers:
+            return (self.layer + 1) / self.n_layers
+        return None
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return ""
+    s = max(0.0, float(s))
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+
+
+def progress_html(p: Progress | None, elapsed: float | None = None) -> str:
+    """A bar with the stage, the decoder layer, time per layer and time left."""
+    if p is None:
+        return "<div class='prog idle'><div class='prog-head'><span class='prog-stage'>Idle</span>" \
+               "<span class='prog-detail'>press Run to prune</span></div><div class='prog-track'></div></div>"
+    frac = p.fraction()
+    detail, right = html.escape(p.message or ""), ""
+    if p.stage == "prune" and p.n_layers:
+        detail = f"decoder layer {p.layer + 1} / {p.n_layers} done" + (f" · {html.escape(p.message)}" if p.message else "")
+        if p.elapsed_s is not None and p.layer is not None:
+            right = f"{p.elapsed_s / (p.layer + 1):.1f} s/layer"
+        if p.eta_s is not None:
+            right += f" · about {_duration(p.eta_s)} left"
+    elif p.stage == "eval" and p.eval_total:
+        what = {"pruned": "pruned model", "dense": "dense baseline", "magnitude": "magnitude baseline"}.get(p.eval_what, p.eval_what or "")
+        detail = f"perplexity of the {what}: window {p.eval_done} / {p.eval_total}"
+    if elapsed is not None:
+        right = (right + " · " if right else "") + f"{_duration(elapsed)} elapsed"
+    if p.sweep:
+        detail = f"sweep point {p.sweep[0] + 1} / {p.sweep[1]} · " + detail
+    state = {"done": "ok", "cancelled": "warn", "failed": "err"}.get(p.stage, "busy" if frac is None else "")
+    width = 100 if p.stage in ("done", "cancelled", "failed") else (frac or 0) * 100
+    return (f"<div class='prog {state}'><div class='prog-head'><span class='prog-stage'>{STAGE_TITLES.get(p.stage, p.stage)}</span>"
+            f"<span class='prog-detail'>{detail}</span><span class='prog-eta'>{right}</span></div>"
+            f"<div class='prog-track'><div class='prog-fill' style='width:{width:.1f}%'></div></div></div>")
