@@ -1,17 +1,21 @@
 """Per-browser-session state and the translation of the set-up form into engine arguments.
 
-Validation is the engine's (PruneSpec checks itself); this module only turns widget values into the types the
-engine expects and says in one line what is wrong when it cannot.
+Validation is the engine's (PruneSpec checks itself) and, on a public server, components/policy.py's; this module
+only turns widget values into the types the engine expects and says in one line what is wrong when it cannot.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
+import torch
+
 from engine.errors import UserError
-from engine.run import RunRequest
+from engine.run import ModelCache, RunRequest
 from engine.spec import SEED_RATIOS, PruneSpec
 
+from . import policy
 from .jobs import Job
 
 EMBEDDED = "embedded"
@@ -25,15 +29,24 @@ MODEL_PRESETS = [
     ("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-hf"),
     ("mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-v0.1"),
 ]
+PUBLIC_PRESETS = MODEL_PRESETS[:-2]  # a public server takes models up to 2B parameters (components/policy.py)
 METHOD_CHOICES = [("Magnitude |W|", "magnitude"), ("Wanda |W|·‖X‖", "wanda"), ("SparseGPT (OBS update)", "sparsegpt")]
 PATTERN_CHOICES = [("Three-tier blocks", "three_tier"), ("Unstructured", "unstructured"), ("N:M", "nm")]
 SCOPE_CHOICES = [("each matrix (seed)", "matrix"), ("each decoder layer", "layer"), ("whole model", "model")]
 WITHIN_CHOICES = [("method's score", "score"), ("|W| (seed's rule)", "magnitude")]
-SOURCE_CHOICES = [("auto (paper: C4 calibration, WikiText-2 evaluation; offline: Python docs)", "auto"), ("WikiText-2", "wikitext2"), ("C4", "c4"),
-                  ("Python docs (offline)", "pydoc"), ("local file / folder ↓", "path")]
-EVAL_CHOICES = SOURCE_CHOICES[:-1] + [("local file / folder ↓", "path"), ("skip evaluation", "none")]
+ASSIGNMENT_CHOICES = [("importance: most important dense, next 2:4 (seed's rule)", "importance"),
+                      ("cost: by the squared score mass each tier would drop", "cost")]
+NAMED_SOURCES = [("auto (paper: C4 calibration, WikiText-2 evaluation; offline: Python docs)", "auto"),
+                 ("WikiText-2", "wikitext2"), ("C4", "c4"), ("Python docs (offline)", "pydoc")]
+LOCAL_SOURCE = ("local file / folder ↓", "path")
+SKIP_EVAL = ("skip evaluation", "none")
+SOURCE_CHOICES = NAMED_SOURCES + [LOCAL_SOURCE]
+EVAL_CHOICES = NAMED_SOURCES + [LOCAL_SOURCE, SKIP_EVAL]
 DEVICE_CHOICES = ["auto", "cpu", "cuda", "mps"]
 DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
+
+
+MAX_SESSION_RUNS = 100  # a tab keeps its newest runs in memory; every run stays in the run store (Past runs)
 
 
 @dataclass
@@ -46,15 +59,25 @@ class Session:
     shown_module: str | None = None
     view: str = "realised sparsity"    # what colours the layer map
 
-    def run_choices(self) -> list[tuple[str, int]]:
-        from .figures import run_label
-        return [(f"#{i} {run_label(r)} · {r.get('status')}", i - 1) for i, r in enumerate(self.runs, 1)]
+    def add(self, record: dict) -> None:
+        """A finished (or reopened) run becomes this tab's latest; the same run id is never listed twice."""
+        runs = [r for r in self.runs if r.get("run_id") != record.get("run_id")] + [record]
+        self.runs = runs[-MAX_SESSION_RUNS:]  # rebinding, not mutating: a page may be reading the old list
 
-    def get(self, index) -> dict | None:
-        if index is None or not self.runs:
-            return None
-        i = int(index)
-        return self.runs[i] if 0 <= i < len(self.runs) else None
+    def run_choices(self) -> list[tuple[str, str]]:
+        from .figures import run_label
+        return [(f"#{i} {run_label(r)} · {r.get('status')}", r.get("run_id")) for i, r in enumerate(self.runs, 1)]
+
+    def number(self, run_id) -> int | None:
+        """The run's place in this tab's list, counting from 1."""
+        return next((i for i, r in enumerate(self.runs, 1) if r.get("run_id") == run_id), None)
+
+    def get(self, run_id) -> dict | None:
+        return next((r for r in self.runs if r.get("run_id") == run_id), None) if run_id else None
+
+    def busy(self) -> bool:
+        """A job of this tab is waiting or running and nobody asked it to stop."""
+        return self.job is not None and self.job.running and not self.job.cancel.is_set()
 
 
 def rebalance(changed: int, values) -> tuple[float, float, float]:
@@ -83,15 +106,16 @@ def _int(value, name: str, allow_none: bool = False) -> int | None:
     return int(f)
 
 
-def spec_from_form(method, pattern, sparsity, n, m, r_dense, r_24, r_topk, block, keep, tier_scope, within_block,
-                   nsamples, seqlen, reconstruct=False, seed=0) -> PruneSpec:
+def spec_from_form(form: dict) -> PruneSpec:
     """Widget values -> a validated PruneSpec (raises SpecError with the engine's message)."""
-    seqlen = _int(seqlen, "sequence length", allow_none=True)
-    return PruneSpec(method=method, pattern=pattern, sparsity=float(sparsity), n=_int(n, "N"), m=_int(m, "M"),
-                     ratios=(float(r_dense), float(r_24), float(r_topk)), block=_int(block, "block size"),
-                     keep=_int(keep, "K"), tier_scope=tier_scope, within_block=within_block,
-                     nsamples=_int(nsamples, "calibration samples"), seqlen=seqlen or None,
-                     reconstruct=bool(reconstruct), seed=_int(seed, "seed"))
+    seqlen = _int(form["seqlen"], "sequence length", allow_none=True)
+    return PruneSpec(method=form["method"], pattern=form["pattern"], sparsity=float(form["sparsity"]),
+                     n=_int(form["n"], "N"), m=_int(form["m"], "M"),
+                     ratios=(float(form["ratio_dense"]), float(form["ratio_24"]), float(form["ratio_topk"])),
+                     block=_int(form["block"], "block size"), keep=_int(form["keep"], "K"),
+                     tier_scope=form["tier_scope"], within_block=form["within_block"], assignment=form["assignment"],
+                     nsamples=_int(form["nsamples"], "calibration samples"), seqlen=seqlen or None,
+                     reconstruct=bool(form["reconstruct"]), seed=_int(form["seed"], "seed"))
 
 
 def source_from_form(choice: str, path: str, what: str) -> str | None:
@@ -113,22 +137,58 @@ def model_from_form(preset: str, custom: str) -> str | None:
     return None if preset in (EMBEDDED, None, "") else preset
 
 
-def request_from_form(*, model, model_path, device, dtype, method, pattern, sparsity, n, m, ratio_dense, ratio_24,
-                      ratio_topk, block, keep, tier_scope, within_block, calib, calib_path, nsamples, seqlen,
-                      eval_source, eval_path, eval_windows, baselines, reconstruct, seed, trust_remote_code,
-                      save_dir, overwrite) -> RunRequest:
-    """The whole set-up form -> a RunRequest, checked as far as can be without loading anything."""
-    spec = spec_from_form(method, pattern, sparsity, n, m, ratio_dense, ratio_24, ratio_topk, block, keep,
-                          tier_scope, within_block, nsamples, seqlen, reconstruct, seed)
-    windows = _int(eval_windows, "evaluation windows", allow_none=True) or None
+def request_from_form(form: dict, **server) -> RunRequest:
+    """The set-up form (field name -> widget value) -> a RunRequest, checked as far as can be without loading
+    anything. `server`: RunRequest fields only the server decides (trust_remote_code, safetensors_only, store)."""
+    spec = spec_from_form(form)
+    windows = _int(form["eval_windows"], "evaluation windows", allow_none=True) or None
     request = RunRequest(
-        model=model_from_form(model, model_path), spec=spec,
-        calib=source_from_form(calib, calib_path, "calibration") if spec.uses_calibration else "auto",
-        eval=source_from_form(eval_source, eval_path, "evaluation"), eval_windows=windows,
-        baselines=bool(baselines), device=device or "auto", dtype=dtype or "auto",
-        save_dir=(save_dir or "").strip() or None, overwrite=bool(overwrite), trust_remote_code=bool(trust_remote_code))
+        model=model_from_form(form["model"], form["model_path"]), spec=spec,
+        calib=source_from_form(form["calib"], form["calib_path"], "calibration") if spec.uses_calibration else "auto",
+        eval=source_from_form(form["eval_source"], form["eval_path"], "evaluation"), eval_windows=windows,
+        baselines=bool(form["baselines"]), device=form["device"] or "auto", dtype=form["dtype"] or "auto",
+        save_dir=(form["save_dir"] or "").strip() or None, overwrite=bool(form["overwrite"]), **server)
     request.validate()
     return request
+
+
+def config_param_count(name: str | None, trust_remote_code: bool = False) -> int | None:
+    """Parameters of model `name`, counted from its config on the meta device: no weights are read or allocated.
+    None when the config cannot be read here (offline, a GGUF file, the embedded model): the engine then says why,
+    or the loaded model is measured instead (size_guard)."""
+    if name is None or name.lower().endswith(".gguf"):
+        return None
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(os.path.expanduser(name), trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
+def size_guard(request: RunRequest, progress, max_params: int | None, models: ModelCache):
+    """Refuse a model above `max_params`: by its config before any weights are downloaded, and by the loaded
+    weights (unloading them) at the first event after loading, for models whose config could not be counted."""
+    if max_params is None:
+        return progress
+    n = config_param_count(request.model, request.trust_remote_code)
+    if n is not None:
+        policy.check_model_size(n, max_params, request.model)
+    checked = False
+
+    def guarded(event: dict) -> None:
+        nonlocal checked
+        if not checked and event.get("stage") != "load" and models.loaded is not None:
+            checked = True
+            n = sum(p.numel() for p in models.loaded.model.parameters())
+            if n > max_params:
+                models.drop()
+                policy.check_model_size(n, max_params, request.model or "the embedded model")
+        progress(event)
+    return guarded
 
 
 def nominal_text(pattern, sparsity, n, m, r_dense, r_24, r_topk, block, keep) -> str:

@@ -13,6 +13,7 @@ import sys
 
 from .errors import UserError
 from .spec import PruneSpec, parse_sparsity_type
+from .zeroshot import PAPER_TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--cache_dir", default=None, help="Hugging Face download cache")
     w.add_argument("--save", default=None, metavar="DIR", help="write results.json, a log line and the pruned model here")
     w.add_argument("--save_model", default=None, metavar="DIR2", help="put the pruned model here instead of --save")
+    w.add_argument("--use_variant", action="store_true", help="unstructured: Wanda's variant, per row prune while the "
+                   "sorted scores' running sum stays under alpha x the row total, alpha bisected to the target sparsity")
+    w.add_argument("--eval_zero_shot", nargs="*", default=None, metavar="TASK",
+                   help="zero-shot accuracy of the pruned model with lm-evaluation-harness (pip install -r "
+                   "requirements-eval.txt); no TASK = the paper's seven: " + ", ".join(PAPER_TASKS))
+    w.add_argument("--zero_shot_limit", type=int, default=None, metavar="N",
+                   help="evaluate at most N items per zero-shot task (recorded; default: all)")
+    w.add_argument("--zero_shot_include", default=None, metavar="DIR",
+                   help="a folder of extra lm-eval task YAMLs (their relative data_files are read from the working directory)")
     o = p.add_argument_group("three-tier")
     o.add_argument("--sparsity_ratios", type=float, nargs=3, default=[0.35, 0.45, 0.20], metavar=("DENSE", "2:4", "TOPK"),
                    help="share of 16x16 blocks kept dense, made 2:4, and top-K; sum to 1 (default 0.35 0.45 0.20)")
@@ -68,7 +78,7 @@ def spec_from_args(a: argparse.Namespace) -> PruneSpec:
                      block=a.block_size, keep=a.topk_per_block, tier_scope=a.tier_scope, within_block=a.within_block,
                      assignment=a.tier_assignment,
                      group=a.group, reconstruct=a.reconstruct, nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed,
-                     **parse_sparsity_type(a.sparsity_type))
+                     use_variant=a.use_variant, **parse_sparsity_type(a.sparsity_type))
 
 
 def main(argv: list[str] | None = None, defaults: dict | None = None) -> int:
@@ -97,6 +107,8 @@ def _main(args) -> int:
                          dtype=args.dtype, save_dir=args.save, save_model=not args.no_save_model,
                          save_model_dir=args.save_model, overwrite=args.overwrite,
                          trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir,
+                         zero_shot_tasks=zero_shot_tasks(args.eval_zero_shot), zero_shot_limit=args.zero_shot_limit,
+                         zero_shot_include=args.zero_shot_include,
                          store=RunStore(args.runs_dir))
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars
@@ -118,6 +130,14 @@ def _main(args) -> int:
     return 0 if record["status"] == "completed" else 1
 
 
+def zero_shot_tasks(values: list[str] | None) -> list[str] | None:
+    """--eval_zero_shot values -> task names: absent = None (off), given bare = the paper's seven; commas split."""
+    if values is None:
+        return None
+    names = [t.strip() for v in values for t in v.split(",") if t.strip()]
+    return names or list(PAPER_TASKS)
+
+
 def summary_line(record: dict) -> str:
     spec = PruneSpec.from_dict(record["spec"])
     ppl = record["ppl"]
@@ -127,6 +147,8 @@ def summary_line(record: dict) -> str:
     for k in ("dense", "magnitude"):
         if ppl[k] is not None:
             parts.append(f"ppl_{k} {ppl[k]:.3f}")
+    for task, scores in (record.get("zero_shot") or {}).items():
+        parts.append(f"{task} acc {scores['acc']:.4f}")
     parts.append(f"time {record['timings'].get('total_s', 0):.1f}s")
     if record.get("data", {}).get("evaluation"):
         parts.append(f"eval {record['data']['evaluation']}")

@@ -74,9 +74,11 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 
 def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto",
-               trust_remote_code: bool = False, cache_dir: str | None = None) -> LoadedModel:
+               trust_remote_code: bool = False, cache_dir: str | None = None,
+               safetensors_only: bool = False) -> LoadedModel:
     """Load model + tokenizer. device: auto | cpu | cuda[:N] | offload (weights on CPU, layers computed on
-    the GPU one at a time). With several GPUs, `auto` spreads the model with device_map="auto"."""
+    the GPU one at a time). With several GPUs, `auto` spreads the model with device_map="auto".
+    safetensors_only: refuse pickled weights (.bin), which can run code when loaded (a public server's choice)."""
     device = resolve_device(device)
     compute = "cuda" if device == "offload" else device
     torch_dtype = resolve_dtype(dtype, "cpu" if device == "cpu" else "cuda")
@@ -84,6 +86,8 @@ def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto
     kwargs.update(dtype=torch_dtype, trust_remote_code=trust_remote_code)
     if cache_dir:
         kwargs["cache_dir"] = cache_dir
+    if safetensors_only and "gguf_file" not in kwargs:  # a GGUF file holds tensors only, no pickle
+        kwargs["use_safetensors"] = True
     _check_causal(where, kwargs)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -24,6 +24,7 @@ from .pruner import prune_model
 from .record import RECORD_VERSION, new_run_id, versions, write_json_atomic
 from .save import check_save_dir, save_pretrained_atomic
 from .spec import PruneSpec
+from .zeroshot import evaluate_zero_shot, resolve_tasks
 
 SNAPSHOT_LIMIT_BYTES = 8 << 30  # above this, restoring dense weights means reloading instead of a RAM copy
 
@@ -43,13 +44,19 @@ class RunRequest:
     save_model_dir: str | None = None   # put the model here instead of save_dir
     overwrite: bool = False
     trust_remote_code: bool = False
+    safetensors_only: bool = False      # never unpickle weights (.bin): a public server loads safetensors only
     cache_dir: str | None = None
     baseline_cache_dir: str | None = None
     store: object | None = None         # a RunStore: the record is written at start, per layer, and at the end
+    zero_shot_tasks: list[str] | None = None  # lm-eval tasks after perplexity; None = off, [] = the paper's seven
+    zero_shot_limit: int | None = None  # at most N items per task
+    zero_shot_include: str | None = None  # a folder of extra lm-eval task YAMLs
 
     def validate(self) -> None:
         if self.eval_windows is not None and (not isinstance(self.eval_windows, int) or self.eval_windows < 1):
             raise UserError(f"eval windows must be a whole number >= 1, got {self.eval_windows!r}")
+        if self.zero_shot_limit is not None and (not isinstance(self.zero_shot_limit, int) or self.zero_shot_limit < 1):
+            raise UserError(f"zero-shot limit must be a whole number >= 1, got {self.zero_shot_limit!r}")
         if self.save_dir:
             check_save_dir(self.save_dir, self.overwrite)
         if self.save_model_dir:
@@ -66,14 +73,15 @@ class ModelCache:
         self.lock = threading.Lock()
 
     def get(self, request: RunRequest, progress=None) -> LoadedModel:
-        key = (request.model, request.device, request.dtype, request.trust_remote_code)
+        key = (request.model, request.device, request.dtype, request.trust_remote_code, request.safetensors_only)
         if self._key == key and self.loaded is not None:
             self.restore()
             return self.loaded
         self.drop()
         if progress:
             progress({"stage": "load", "message": f"loading {request.model or 'the embedded SmolLM2-135M-Instruct'}"})
-        lm = load_model(request.model, request.device, request.dtype, request.trust_remote_code, request.cache_dir)
+        lm = load_model(request.model, request.device, request.dtype, request.trust_remote_code, request.cache_dir,
+                        safetensors_only=request.safetensors_only)
         find_decoder_layers(lm.model)  # refuse a model with no layer stack before any work
         self.loaded, self._key = lm, key
         self._dense = _snapshot(lm.model)
@@ -125,6 +133,8 @@ def _run(request: RunRequest, record: dict, timings: dict, t_start: float, progr
     # read the text sources first: a missing file or an unreachable hub is reported before minutes of loading
     eval_src = textdata.resolve_text(request.eval, "evaluation") if request.eval else None
     calib_src = textdata.resolve_text(request.calib, "calibration") if spec.uses_calibration else None
+    zero_shot = None if request.zero_shot_tasks is None else \
+        resolve_tasks(request.zero_shot_tasks, request.zero_shot_include)
     lm = models.get(request, progress)
     timings["load_s"] = time.perf_counter() - t_start
     model, tok = lm.model, lm.tokenizer
@@ -159,6 +169,8 @@ def _run(request: RunRequest, record: dict, timings: dict, t_start: float, progr
         record["ppl"]["dense"], record["ppl"]["magnitude"] = _baselines(
             request, lm, models, eval_ids, eval_name, seqlen, progress, cancel)
         timings["baselines_s"] = time.perf_counter() - t
+    if zero_shot is not None and request.baselines:  # the model is still dense here; not cached (unlike perplexity)
+        record["zero_shot_dense"] = _zero_shot(lm, zero_shot, request, "dense", timings, progress, cancel)
 
     torch.manual_seed(spec.seed)
     result = prune_model(model, spec, windows, progress=progress, cancel=cancel, offload_device=offload)
@@ -177,6 +189,8 @@ def _run(request: RunRequest, record: dict, timings: dict, t_start: float, progr
         record["ppl"]["pruned"] = res.ppl
         record["eval"] = {"windows": res.windows, "tokens": res.tokens, "seqlen": seqlen}
         timings["eval_s"] = time.perf_counter() - t
+    if zero_shot is not None:
+        record["zero_shot"] = _zero_shot(lm, zero_shot, request, "pruned", timings, progress, cancel)
     _save(request, lm, record, progress)
 
 
@@ -186,7 +200,7 @@ def _baselines(request, lm, models, eval_ids, eval_name, seqlen, progress, cance
     if request.eval_windows:
         n_windows = min(n_windows, request.eval_windows)
     fingerprint = model_fingerprint(lm.model)
-    mag_spec = request.spec.replace(method="magnitude", reconstruct=False, group=None)
+    mag_spec = request.spec.replace(method="magnitude", reconstruct=False, group=None, use_variant=False)
     out = []
     for what in ("dense", "magnitude"):
         kind = "dense" if what == "dense" else "magnitude/" + _spec_key(mag_spec)
@@ -222,6 +236,16 @@ def _ppl(model, eval_ids, seqlen, max_windows, what, progress, cancel):
     return perplexity(model, eval_ids, seqlen, max_windows=max_windows, progress=tick, cancel=cancel)
 
 
+def _zero_shot(lm, tasks, request, what, timings, progress, cancel) -> dict:
+    if cancel.is_set():
+        raise Cancelled(f"stopped before the zero-shot evaluation of the {what} model")
+    t = time.perf_counter()
+    scores = evaluate_zero_shot(lm.model, lm.tokenizer, tasks, limit=request.zero_shot_limit, progress=progress,
+                                what=what)
+    timings["zero_shot_dense_s" if what == "dense" else "zero_shot_s"] = time.perf_counter() - t
+    return scores
+
+
 def _save(request: RunRequest, lm: LoadedModel, record: dict, progress) -> None:
     target = request.save_model_dir or request.save_dir
     if request.save_model and target:
@@ -236,8 +260,11 @@ def _new_record(request: RunRequest) -> dict:
             "evaluation": None}, "versions": versions(), "timings": {}, "layers_done": 0, "n_layers": None,
             "sparsity": None, "nominal_sparsity": request.spec.nominal_sparsity(),
             "ppl": {"pruned": None, "dense": None, "magnitude": None}, "eval": None,
+            "zero_shot": None, "zero_shot_dense": None,
             "request": {"calib": request.calib, "eval": request.eval, "eval_windows": request.eval_windows,
-                        "baselines": request.baselines, "device": request.device, "dtype": request.dtype},
+                        "baselines": request.baselines, "device": request.device, "dtype": request.dtype,
+                        "zero_shot_tasks": request.zero_shot_tasks, "zero_shot_limit": request.zero_shot_limit,
+                        "zero_shot_include": request.zero_shot_include},
             "saved_model": None, "matrices": []}
 
 

@@ -1,0 +1,113 @@
+"""Three-tier quality on the embedded SmolLM2-135M: the issue's table, then one row per variant.
+
+Protocol (issue #6): calibration 32 windows x 512 tokens of valid.txt, evaluation 40 windows x 512 of test.txt,
+Wanda scores unless the row says otherwise. Every row runs through the product's own path (engine.run.run).
+
+    python bench/hybrid_quality.py                 # every row, writes bench/HYBRID.md and bench/results/hybrid.json
+    python bench/hybrid_quality.py --rows tt-       # rows whose key starts with tt-
+    python bench/hybrid_quality.py --quick          # 8 x 256 calibration, 10 x 512 evaluation: for exploring
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import DEFAULT_DATA, RESULTS, REPO  # noqa: E402
+from engine.perplexity import perplexity  # noqa: E402
+from engine import data as textdata  # noqa: E402
+from engine.run import ModelCache, RunRequest, run  # noqa: E402
+from engine.spec import PruneSpec  # noqa: E402
+
+TT = dict(pattern="three_tier", ratios=(0.35, 0.45, 0.20), keep=15)
+ROWS = [  # key, label, spec keyword arguments (None = dense)
+    ("dense", "dense", None),
+    ("un50", "Wanda unstructured 50%", dict(method="wanda", sparsity=0.5)),
+    ("un50-obs", "Wanda unstructured 50% + OBS update", dict(method="wanda", sparsity=0.5, reconstruct=True)),
+    ("24", "Wanda 2:4", dict(method="wanda", pattern="nm", n=2, m=4)),
+    ("24-obs", "Wanda 2:4 + OBS update", dict(method="wanda", pattern="nm", n=2, m=4, reconstruct=True)),
+    ("mag50", "magnitude unstructured 50%", dict(method="magnitude", sparsity=0.5)),
+    ("tt-seed", "three-tier, seed rule (matrix scope, importance)", dict(method="wanda", **TT)),
+    ("tt-seed-obs", "three-tier, seed rule + OBS update", dict(method="wanda", reconstruct=True, **TT)),
+    ("tt-seedw", "three-tier, seed rule, |W| inside blocks (the seed's code)", dict(method="wanda", within_block="magnitude", **TT)),
+    ("tt-layer", "three-tier, layer scope", dict(method="wanda", tier_scope="layer", **TT)),
+    ("tt-model", "three-tier, model scope", dict(method="wanda", tier_scope="model", **TT)),
+    ("tt-cost", "three-tier, cost assignment", dict(method="wanda", assignment="cost", **TT)),
+    ("tt-cost-layer", "three-tier, cost assignment, layer scope", dict(method="wanda", assignment="cost", tier_scope="layer", **TT)),
+    ("tt-cost-model", "three-tier, cost assignment, model scope", dict(method="wanda", assignment="cost", tier_scope="model", **TT)),
+    ("tt-cost-obs", "three-tier, cost assignment + OBS update", dict(method="wanda", assignment="cost", reconstruct=True, **TT)),
+    ("tt-cost-layer-obs", "three-tier, cost, layer scope + OBS update", dict(method="wanda", assignment="cost", tier_scope="layer", reconstruct=True, **TT)),
+    ("tt-sgpt", "three-tier, SparseGPT (OBS saliency ranks, OBS update)", dict(method="sparsegpt", **TT)),
+    ("tt-sgpt-cost-layer", "three-tier, SparseGPT, cost, layer scope", dict(method="sparsegpt", assignment="cost", tier_scope="layer", **TT)),
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--rows", default="", help="comma-separated key prefixes (default: all)")
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--eval_windows", type=int, default=40)
+    p.add_argument("--quick", action="store_true", help="8 calibration windows, 10 evaluation windows")
+    p.add_argument("--out", default=str(RESULTS / "hybrid.json"))
+    p.add_argument("--md", default=str(REPO / "bench" / "HYBRID.md"))
+    a = p.parse_args()
+    if a.quick:
+        a.nsamples, a.eval_windows = 8, 10
+        a.out, a.md = a.out.replace(".json", "-quick.json"), a.md.replace(".md", "-quick.md")
+    prefixes = [x for x in a.rows.split(",") if x]
+    rows = [r for r in ROWS if not prefixes or any(r[0].startswith(x) for x in prefixes)]
+
+    models = ModelCache()
+    results = _load(a.out)
+    for key, label, kw in rows:
+        t = time.perf_counter()
+        if kw is None:
+            lm = models.get(RunRequest(model=None, device="cpu"))
+            src = textdata.resolve_text(a.data, "evaluation")
+            ids = textdata.evaluation_ids(lm.tokenizer, src)
+            ppl, sparsity = perplexity(lm.model, ids, a.seqlen, max_windows=a.eval_windows).ppl, 0.0
+        else:
+            spec = PruneSpec(nsamples=a.nsamples, seqlen=a.seqlen, **kw)
+            rec = run(RunRequest(model=None, device="cpu", spec=spec, calib=a.data, eval=a.data,
+                                 eval_windows=a.eval_windows, baselines=False), models=models)
+            ppl, sparsity = rec["ppl"]["pruned"], rec["sparsity"]
+        results[key] = {"label": label, "spec": kw, "ppl": ppl, "sparsity": sparsity,
+                        "seconds": round(time.perf_counter() - t, 1)}
+        print(f"{key:20s} {label:60s} sparsity {sparsity:.4f}  ppl {ppl:10.2f}  ({results[key]['seconds']} s)",
+              flush=True)
+        _write(a, results)
+
+
+def _load(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _write(a, results: dict) -> None:
+    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "nsamples": a.nsamples, "seqlen": a.seqlen,
+            "eval_windows": a.eval_windows, "data": a.data, "machine": "2 CPU cores, float32"}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
+    order = [k for k, _, _ in ROWS if k in results]
+    lines = [f"# Three-tier quality on SmolLM2-135M-Instruct", "",
+             f"Calibration {a.nsamples} windows x {a.seqlen} tokens of valid.txt, evaluation {a.eval_windows} "
+             f"windows x {a.seqlen} of test.txt (local WikiText-2), {meta['machine']}, {meta['date']}.",
+             "", "Command: `python bench/hybrid_quality.py" + (" --quick" if a.quick else "") + "`", "",
+             "| row | variant | sparsity | perplexity | time (s) |", "|---|---|---|---|---|"]
+    for k in order:
+        r = results[k]
+        lines.append(f"| `{k}` | {r['label']} | {r['sparsity']:.4f} | {r['ppl']:.2f} | {r['seconds']} |")
+    Path(a.md).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
