@@ -137,3 +137,26 @@ def test_builders_accept_transposed_views():
                  nm_mask(scores, 2, 4), topk_block_mask(scores, 4, 3)):
         assert mask.shape == (12, 8)
     assert int((~unstructured_mask(scores, 0.5, "matrix")).sum()) == 48
+
+
+def test_tier_costs_exact():
+    from engine.three_tier import tier_costs
+    # one 4x4 block; squared scores per row [16, 9, 4, 1] -> 2:4 keeps 16+9 per row, top-2 keeps two 16s overall
+    scores = torch.tensor([[4., 3., 2., 1.]] * 4)
+    costs = tier_costs(scores, 4, 2)
+    assert costs[:, 0, 0].tolist() == [0.0, 4 * (4 + 1), 4 * 30 - 32]
+
+
+def test_cost_assignment_gives_top_k_to_blocks_whose_mass_is_concentrated():
+    from engine.three_tier import assign_tiers_by_cost, tier_costs
+    B = 4
+    flat = torch.ones(B, B)            # mass spread evenly: top-K would lose most of it
+    peaked = torch.full((B, B), 0.01)  # all mass in two weights: top-2 loses almost nothing
+    peaked[0, 0] = peaked[3, 3] = 10.0
+    strong = torch.full((B, B), 5.0)   # the most important block: 2:4 would cost the most
+    scores = torch.cat([flat, peaked, strong], dim=1)
+    tiers = assign_tiers_by_cost(tier_costs(scores, B, 2), (1, 1, 1))
+    assert tiers.tolist() == [[TWO_FOUR, TOPK, DENSE]]
+    # ranking by summed importance instead sends the least total mass (here the peaked block, 20.14 vs 16) ...
+    by_importance = assign_tiers(block_importance(scores, B), (1, 1, 1))
+    assert by_importance.tolist() == [[TOPK, TWO_FOUR, DENSE]]  # ... to 2:4, and the flat block loses 14/16 to top-K
