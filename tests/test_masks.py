@@ -160,3 +160,29 @@ def test_cost_assignment_gives_top_k_to_blocks_whose_mass_is_concentrated():
     # ranking by summed importance instead sends the least total mass (here the peaked block, 20.14 vs 16) ...
     by_importance = assign_tiers(block_importance(scores, B), (1, 1, 1))
     assert by_importance.tolist() == [[TOPK, TWO_FOUR, DENSE]]  # ... to 2:4, and the flat block loses 14/16 to top-K
+
+
+def test_unstructured_ties_are_cut_to_the_exact_count():
+    scores = torch.tensor([[1., 1., 1., 1., 0., 2.], [3., 3., 3., 3., 3., 3.]])
+    mask = unstructured_mask(scores, 0.5, "row")
+    assert mask.int().tolist() == [[0, 0, 1, 1, 0, 1], [0, 0, 0, 1, 1, 1]]
+    flat = unstructured_mask(torch.zeros(4, 4), 0.25, "matrix")
+    assert int((~flat).sum()) == 4
+
+
+@pytest.mark.parametrize("group", ["row", "matrix"])
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.9])
+def test_unstructured_exact_counts_random_with_ties(group, sparsity):
+    torch.manual_seed(0)
+    scores = torch.randint(0, 5, (7, 40)).float()  # many ties
+    keep = unstructured_mask(scores, sparsity, group)
+    if group == "row":
+        assert ((~keep).sum(1) == int(40 * sparsity)).all()
+    else:
+        assert int((~keep).sum()) == int(280 * sparsity)
+    # nothing kept scores lower than anything dropped in its group
+    if sparsity:
+        if group == "row":
+            assert (scores.masked_fill(~keep, float("inf")).min(1).values >= scores.masked_fill(keep, -1).max(1).values).all()
+        else:
+            assert scores[keep].min() >= scores[~keep].max()
