@@ -2,6 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 STAMP := .cache/installed.stamp
+EVAL_STAMP := .cache/installed-eval.stamp
 
 .PHONY: install run cli test bench clean
 
@@ -13,13 +14,17 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
+$(EVAL_STAMP): requirements-eval.txt   # lm-evaluation-harness, for --eval_zero_shot and its tests
+	$(PIP) install -r requirements-eval.txt
+	@mkdir -p .cache && touch $(EVAL_STAMP)
+
 run: install            ## the dashboard on http://127.0.0.1:7860
 	$(PYTHON) app.py
 
 cli: install            ## the command line on the embedded model (Wanda 50%, quick evaluation)
 	$(PYTHON) main.py --prune_method wanda --sparsity_ratio 0.5 --sparsity_type unstructured --eval_windows 16 --baselines
 
-test: install           ## the whole suite (about 10 minutes on 2 cores)
+test: install $(EVAL_STAMP)  ## the whole suite (about 10 minutes on 2 cores)
 	$(PYTHON) -m pytest -q
 
 clean:

@@ -189,9 +189,9 @@ def _run(request: RunRequest, record: dict, timings: dict, t_start: float, progr
         record["ppl"]["pruned"] = res.ppl
         record["eval"] = {"windows": res.windows, "tokens": res.tokens, "seqlen": seqlen}
         timings["eval_s"] = time.perf_counter() - t
+    _save(request, lm, record, progress)  # before zero-shot, which can take hours: a failure there keeps the model
     if zero_shot is not None:
         record["zero_shot"] = _zero_shot(lm, zero_shot, request, "pruned", timings, progress, cancel)
-    _save(request, lm, record, progress)
 
 
 def _baselines(request, lm, models, eval_ids, eval_name, seqlen, progress, cancel):

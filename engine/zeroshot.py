@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import data as textdata
 from .errors import UserError
 
 PAPER_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
@@ -46,7 +45,7 @@ def resolve_tasks(tasks: list[str] | tuple[str, ...] | None = None, include_path
     manager = _task_manager(names, include)
     unknown = [n for n in names if n not in manager.all_tasks]
     if unknown:
-        where = f" or in {include_path}" if include_path else ""
+        where = f" nor in {include_path}" if include_path else ""
         raise UserError(f"unknown zero-shot task {', '.join(map(repr, unknown))}: not an lm-eval task{where}; "
                         "`lm-eval ls tasks` lists the names, --zero_shot_include DIR adds your own task YAMLs")
     hub = {}
@@ -55,7 +54,9 @@ def resolve_tasks(tasks: list[str] | tuple[str, ...] | None = None, include_path
             dataset = _hub_dataset(name, cfg)
             if dataset:
                 hub.setdefault(name, dataset)
-    if hub and not textdata.hub_reachable():
+    from .data import hub_reachable  # here, not at the top: the CLI imports this module before torch
+
+    if hub and not hub_reachable():
         listed = ", ".join(f"{n} ({d})" for n, d in hub.items())
         raise UserError(f"zero-shot task(s) {listed} read their data from the Hugging Face hub, which cannot be "
                         "reached; connect (or pre-download the datasets into the HF cache), or evaluate a local "
@@ -77,7 +78,14 @@ def evaluate_zero_shot(model, tokenizer, tasks: ZeroShotTasks | list[str] | None
     from lm_eval.models.huggingface import HFLM
 
     # lm-eval sets a pad token on the tokenizer it is given; a copy keeps the run's (and the saved) tokenizer as is.
-    lm = HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size)
+    # Its two warnings about being handed a model object rather than a name describe exactly what we mean to do.
+    hf_log = logging.getLogger("lm_eval.models.huggingface")
+    level = hf_log.level
+    hf_log.setLevel(logging.ERROR)
+    try:
+        lm = HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size)
+    finally:
+        hf_log.setLevel(level)
     out: dict = {}
     for i, name in enumerate(plan.names):
         progress({"stage": "zero_shot", "message": f"zero-shot {name} on the {what} model ({i + 1}/{len(plan.names)})"})
@@ -100,7 +108,7 @@ def accuracies(results: dict) -> dict:
         if "acc" not in entry:
             continue  # a group's summary or a task without accuracy
         n = (results.get("n-samples") or {}).get(task) or {}
-        entry["n"] = int(n.get("effective", n.get("original", 0)) or 0) or None
+        entry["n"] = n.get("effective", n.get("original"))  # items scored (after --zero_shot_limit)
         out[task] = entry
     return out
 
