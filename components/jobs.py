@@ -1,10 +1,14 @@
-"""Run the engine in a background thread and fold its progress events into something a page can show.
+"""Run the engine in a background thread, one job at a time in first-come order, and fold its progress events into
+something a page can show.
 
 The Gradio handler that starts a job stays a generator: it polls the job a few times a second and streams
-what changed, so the page stays responsive and Stop (which only sets `job.cancel`) is handled at once.
+what changed (its place in the queue, then its progress), so the page stays responsive and Stop (which only sets
+`job.cancel`) is handled at once.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import html
 import logging
 import threading
@@ -16,13 +20,57 @@ from engine.errors import UserError
 
 log = logging.getLogger("dashboard")
 
-# The Gradio queue already runs one heavy job at a time (concurrency_id "engine"). This lock also covers a
-# thread whose page went away: the next job waits until that thread has seen its cancel flag and returned.
-ENGINE_LOCK = threading.Lock()
+
+class EngineQueue:
+    """First come, first served turns at the process's one engine (one model in memory, one run at a time).
+
+    Jobs line up when they start; the first holds the engine until its target returns, including a job whose
+    page went away and which is only finishing its current layer. A waiting job knows its place and leaves the
+    line at once when stopped. `max_waiting` bounds the line: beyond it a new job is refused, not queued.
+    """
+
+    def __init__(self):
+        self._line: list[Job] = []
+        self._changed = threading.Condition()
+
+    def join(self, job: "Job", max_waiting: int | None = None) -> None:
+        with self._changed:
+            if max_waiting is not None and len(self._line) > max_waiting:
+                raise UserError(f"the queue is full ({len(self._line) - 1} runs waiting); try again in a few minutes")
+            self._line.append(job)
+
+    def ahead(self, job: "Job") -> int:
+        """Jobs before `job` in the line (0: its turn)."""
+        with self._changed:
+            return self._line.index(job) if job in self._line else 0
+
+    def wait_turn(self, job: "Job", on_wait=None) -> bool:
+        """Block until `job` is first in line (True) or stopped while waiting (False, and out of the line)."""
+        with self._changed:
+            reported = None
+            while self._line[0] is not job:
+                if job.cancel.is_set():
+                    self._line.remove(job)
+                    self._changed.notify_all()
+                    return False
+                if on_wait and reported != self._line.index(job):
+                    reported = self._line.index(job)
+                    on_wait(reported)
+                self._changed.wait(0.2)
+            return True
+
+    def leave(self, job: "Job") -> None:
+        with self._changed:
+            if job in self._line:
+                self._line.remove(job)
+            self._changed.notify_all()
+
+
+ENGINE = EngineQueue()  # one per process, like the model cache it guards
 
 
 class Job:
-    """One call of `target(progress, cancel)` on a worker thread.
+    """One call of `target(progress, cancel)` on a worker thread, after its turn in ENGINE's line.
 
     The engine calls `progress(event)` from the worker; the page reads `events` from the handler's thread.
     list.append and slicing are atomic under the GIL, so no lock is needed for that hand-over.
@@ -35,11 +83,15 @@ class Job:
         self.result = None
         self.error: str | None = None      # one line for the page
         self.user_error = False            # the user can fix it (UserError), as opposed to a bug
+        self.started_work = False          # False: stopped while it waited for its turn
         self.started = time.monotonic()
+        self.stop_requested: float | None = None
         self._target = target
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
-    def start(self) -> "Job":
+    def start(self, max_waiting: int | None = None) -> "Job":
+        """Take a place in the engine's line (UserError when it is full) and start the worker."""
+        ENGINE.join(self, max_waiting)
         self._thread.start()
         return self
 
@@ -47,32 +99,36 @@ class Job:
         self.events.append(event)
 
     def stop(self) -> None:
+        if self.stop_requested is None:
+            self.stop_requested = time.monotonic()
         self.cancel.set()
 
     @property
     def running(self) -> bool:
         return not self.done.is_set()
 
+    @property
+    def stopping(self) -> bool:
+        return self.running and self.cancel.is_set()
+
     def _main(self):
         try:
-            if not ENGINE_LOCK.acquire(blocking=False):
-                self.progress({"stage": "wait", "message": "waiting for the previous run to stop"})
-                ENGINE_LOCK.acquire()
-            try:
-                if self.cancel.is_set():
-                    self.error = "Stopped before it started."
-                    self.user_error = True
-                    return
+            def waiting(ahead):
+                self.progress({"stage": "wait", "ahead": ahead,
+                               "message": f"{ahead} run{'s' if ahead > 1 else ''} ahead of this one in the queue"})
+            if ENGINE.wait_turn(self, waiting):
+                self.started_work = True
+                self.progress({"stage": "queued", "message": "starting"})
                 self.result = self._target(self.progress, self.cancel)
-            finally:
-                ENGINE_LOCK.release()
         except UserError as err:
             self.error, self.user_error = str(err), True
         except Exception as err:  # a bug: keep the page alive, put the traceback in the server log
             log.error("engine job failed\n%s", traceback.format_exc())
             self.error = f"Internal error ({type(err).__name__}: {err}). The server log has the traceback."
         finally:
+            ENGINE.leave(self)
             self.done.set()
+            release_memory()
 
     def watch(self, interval: float = 0.25, heartbeat: float = 1.0):
         """Yield lists of new events until the job ends (an empty list now and then, so clocks keep ticking)."""
@@ -88,9 +144,19 @@ class Job:
                 return
 
 
+def release_memory() -> None:
+    """Give the heap a run freed back to the system. glibc keeps freed pages of its per-thread arenas, and every job
+    runs on a new thread, so a long-lived server's resident memory creeps up by the peaks it has seen otherwise."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 # -- progress shown on the page ---------------------------------------------------------------------------------
 
-STAGE_TITLES = {"wait": "Waiting", "load": "Loading model", "calibration": "Calibration data", "baseline": "Baselines",
+STAGE_TITLES = {"wait": "Queued", "load": "Loading model", "calibration": "Calibration data", "baseline": "Baselines",
                 "prune": "Pruning", "eval": "Evaluating", "save": "Saving", "done": "Done", "cancelled": "Stopped",
                 "failed": "Failed", "queued": "Starting"}
 
@@ -101,6 +167,7 @@ class Progress:
     stage: str = "queued"
     message: str = ""
     layer: int | None = None         # last decoder layer finished
+    name: str | None = None          # its module path, e.g. "model.layers.11"
     n_layers: int | None = None
     eta_s: float | None = None
     elapsed_s: float | None = None
@@ -123,7 +190,7 @@ class Progress:
         if event.get("message"):
             self.message = event["message"]
         if stage == "prune":
-            self.layer, self.n_layers = event.get("layer"), event.get("n_layers")
+            self.layer, self.n_layers, self.name = event.get("layer"), event.get("n_layers"), event.get("name")
             self.eta_s, self.elapsed_s = event.get("eta_s"), event.get("elapsed_s")
             self.message = event.get("message") or ""
             if event.get("matrices"):
@@ -159,7 +226,9 @@ def progress_html(p: Progress | None, elapsed: float | None = None) -> str:
     frac = p.fraction()
     detail, right = html.escape(p.message or ""), ""
     if p.stage == "prune" and p.n_layers:
-        detail = f"decoder layer {p.layer + 1} / {p.n_layers} done" + (f" · {html.escape(p.message)}" if p.message else "")
+        detail = (f"decoder layer {p.layer + 1} / {p.n_layers} done"
+                  + (f" · <code>{html.escape(p.name)}</code>" if p.name else "")
+                  + (f" · {html.escape(p.message)}" if p.message else ""))
         if p.elapsed_s is not None and p.layer is not None:
             right = f"{p.elapsed_s / (p.layer + 1):.1f} s/layer"
         if p.eta_s is not None:

@@ -8,6 +8,8 @@ import tempfile
 
 import pandas as pd
 
+from engine.store import RUN_ID
+
 from .figures import run_label
 
 RUN_COLUMNS = ["#", "status", "model", "spec", "nominal sparsity", "sparsity", "ppl", "ppl dense",
@@ -34,6 +36,19 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
             "calibration": (r.get("data") or {}).get("calibration"), "evaluation": (r.get("data") or {}).get("evaluation"),
             "run id": r.get("run_id")})
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+PAST_COLUMNS = ["started (UTC)", "status", "model", "spec", "sparsity", "ppl", "ppl dense", "layers", "time (s)",
+                "run id"]
+
+
+def past_runs_table(summaries: list[dict]) -> pd.DataFrame:
+    """The run store's runs (components/history.py summaries), newest first, whatever their status."""
+    rows = [{"started (UTC)": s["started"], "status": s["status"], "model": s["model"], "spec": s["spec"],
+             "sparsity": _pct(s["sparsity"]), "ppl": _num(s["ppl"]), "ppl dense": _num(s["ppl_dense"]),
+             "layers": s["layers"], "time (s)": round(s["seconds"], 1) if s["seconds"] else None, "run id": s["run_id"]}
+            for s in summaries]
+    return pd.DataFrame(rows, columns=PAST_COLUMNS)
 
 
 def matrices_table(record: dict | None) -> pd.DataFrame:
@@ -95,8 +110,14 @@ def export_dir() -> str:
     return d
 
 
+def file_id(record: dict | None) -> str:
+    """The run id for a file name; a record read back from disk could carry anything, so check it."""
+    run_id = str((record or {}).get("run_id"))
+    return run_id if RUN_ID.fullmatch(run_id) else "unknown"
+
+
 def write_record_json(record: dict) -> str:
-    path = os.path.join(tempfile.mkdtemp(dir=export_dir()), f"run-{record.get('run_id', 'unknown')}.json")
+    path = os.path.join(tempfile.mkdtemp(dir=export_dir()), f"run-{file_id(record)}.json")
     with open(path, "w") as f:
         json.dump(record, f, indent=1)
     return path
@@ -108,7 +129,7 @@ def write_tables_csv(records: list[dict], record: dict | None) -> list[str]:
     paths = [os.path.join(d, "runs.csv")]
     runs_table(records).to_csv(paths[0], index=False)
     if record:
-        mpath = os.path.join(d, f"matrices-{record.get('run_id', 'unknown')}.csv")
+        mpath = os.path.join(d, f"matrices-{file_id(record)}.csv")
         matrices_table(record).to_csv(mpath, index=False)
         paths.append(mpath)
     return paths

@@ -1,12 +1,15 @@
 """The dashboard driven like a client would: launched in-process, called over HTTP with gradio_client.
 
 Uses the real engine on tiny random models saved to disk (tests/conftest.py) and the offline "pydoc" text.
+Public mode is tests/test_public.py; several clients at once, double submits and stop-then-run are
+tests/test_concurrency.py.
 """
 from __future__ import annotations
 
 import json
 import socket
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ import pytest
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client.exceptions import AppError  # noqa: E402
 
+from app import Dashboard, Settings  # noqa: E402
 from components.session import grid_splits, nominal_text, parse_splits, rebalance  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.spec import PruneSpec  # noqa: E402
@@ -58,22 +62,41 @@ def test_sweep_splits_parse_and_refuse_readably():
 
 # -- the app over HTTP -----------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def app_module(tmp_path_factory):
-    import os
-    os.environ["SPARSITY_CACHE"] = str(tmp_path_factory.mktemp("baseline-cache"))  # never the user's cache
-    import app
-    return app
-
-
-@pytest.fixture(scope="module")
-def server(app_module):
+@contextmanager
+def serving(settings: Settings):
+    """A Dashboard for `settings`, launched on a free loopback port: yields (dashboard, url)."""
+    dash = Dashboard(settings)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app_module.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    app_module.demo.close()
+    dash.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        yield dash, f"http://127.0.0.1:{port}/"
+    finally:
+        dash.demo.close()
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, runs_dir):
+    import os
+    os.environ["SPARSITY_CACHE"] = str(tmp_path_factory.mktemp("baseline-cache"))  # never the user's cache
+    with serving(Settings(runs_dir=str(runs_dir))) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def dash(served):
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[1]
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +109,8 @@ def client(url):
     return gradio_client.Client(url, verbose=False)
 
 
-def out(app, result, component):
-    return result[app.JOB_OUTPUTS.index(component)]
+def out(dash, result, component):
+    return result[dash.JOB_OUTPUTS.index(component)]
 
 
 def plot_json(value) -> dict:
@@ -103,41 +126,62 @@ def z_of(trace) -> np.ndarray:
     return np.array(z, dtype=float)
 
 
-def test_a_run_streams_progress_and_returns_heatmap_and_tier_map(app_module, server, tiny_llama_dir):
-    app = app_module
+def last_run_id(dash, result) -> str:
+    return out(dash, result, dash.runs_df)["data"][-1][-1]
+
+
+def test_a_run_streams_progress_and_returns_heatmap_and_tier_map(dash, server, tiny_llama_dir, runs_dir):
     c = client(server)
     job = c.submit(model_path=str(tiny_llama_dir), **FAST, api_name="/run")
     result = job.result(timeout=60)
-    assert "Done" in out(app, result, app.status), out(app, result, app.status)
+    assert "Done" in out(dash, result, dash.status), out(dash, result, dash.status)
     assert len(job.outputs()) >= 2  # streamed (per-layer updates are checked on a longer run below)
-    assert "2 of 2 decoder layers pruned" in out(app, result, app.progress)
+    assert "2 of 2 decoder layers pruned" in out(dash, result, dash.progress)
 
-    heat = plot_json(out(app, result, app.heatmap))["data"][0]
+    heat = plot_json(out(dash, result, dash.heatmap))["data"][0]
     z = z_of(heat)
     assert z.shape == (2, 7) and np.isfinite(z).all() and (z > 0.3).all()  # 2 layers x 7 LLaMA matrices
     assert heat["x"][0] == "self_attn.q_proj" and heat["x"][-1] == "mlp.down_proj"
 
-    tier = plot_json(out(app, result, app.tiermap))
+    tier = plot_json(out(dash, result, dash.tiermap))
     maps = [t for t in tier["data"] if t["type"] == "heatmap"]
     assert [t["name"] for t in maps] == ["dense", "2:4", "top-K"]
     drawn = sum(np.isfinite(z_of(t)) for t in maps)
     assert drawn.shape == (4, 4) and (drawn == 1).all()  # q_proj [64, 64]: 4 x 4 blocks, each in one tier
     assert "layer 0" in tier["layout"]["title"]["text"]
 
-    assert "perplexity" in out(app, result, app.overview)
-    runs = out(app, result, app.runs_df)
+    assert "perplexity" in out(dash, result, dash.overview)
+    runs = out(dash, result, dash.runs_df)
     assert len(runs["data"]) == 1 and runs["data"][0][1] == "completed"
+
+    # recorded in the run store, and listed under Past runs by the same update
+    run_id = last_run_id(dash, result)
+    assert json.loads((runs_dir / f"{run_id}.json").read_text())["status"] == "completed"
+    assert run_id in [row[-1] for row in out(dash, result, dash.past_df)["data"]]
 
     # choosing another matrix in the dropdowns redraws the tier map for it
     fig, note = c.predict(1, "mlp.down_proj", api_name="/tier_map")
     assert "layer 1 · mlp.down_proj" in plot_json(fig)["layout"]["title"]["text"]
     assert "4 × 8 blocks" in note  # [64, 128] in 16 x 16 blocks
 
-    # export: the record as JSON
-    files = c.predict(0, api_name="/export_json")
-    with open(files[0] if isinstance(files[0], str) else files[0]["path"]) as f:
+    # export: the record as JSON, under a generated name
+    files = c.predict(run_id, api_name="/export_json")
+    path = files[0] if isinstance(files[0], str) else files[0]["path"]
+    assert path.endswith(f"run-{run_id}.json")
+    with open(path) as f:
         record = json.load(f)
     assert record["status"] == "completed" and len(record["matrices"]) == 14
+
+
+def test_the_three_tier_options_reach_the_engine(dash, server, tiny_llama_dir):
+    """Cost assignment and the OBS update are form fields; the record's spec says they were used."""
+    c = client(server)
+    result = c.predict(model_path=str(tiny_llama_dir), method="magnitude", assignment="cost", reconstruct=True,
+                       calib="pydoc", nsamples=2, seqlen=32, eval_source="none", api_name="/run")
+    files = c.predict(last_run_id(dash, result), api_name="/export_json")
+    with open(files[0] if isinstance(files[0], str) else files[0]["path"]) as f:
+        spec = json.load(f)["spec"]
+    assert spec["assignment"] == "cost" and spec["reconstruct"] is True
 
 
 def wait_for_layer(job, timeout: float = 60):
@@ -153,41 +197,23 @@ def wait_for_layer(job, timeout: float = 60):
 DEEP_RUN = dict(method="sparsegpt", calib="pydoc", nsamples=8, seqlen=64, eval_source="none")
 
 
-def test_stop_interrupts_a_long_run_between_layers(app_module, server, deep_llama_dir):
-    app = app_module
+def test_stop_interrupts_a_long_run_between_layers(dash, server, deep_llama_dir):
     c = client(server)
     job = c.submit(model_path=str(deep_llama_dir), **DEEP_RUN, api_name="/run")
     wait_for_layer(job)
+    assert any("model.layers." in o[1] for o in job.outputs() if o and o[1])  # the layer's name in the bar
     t_stop = time.monotonic()
     c.predict(api_name="/stop")
     result = job.result(timeout=60)
     assert time.monotonic() - t_stop < 10, "Stop must land between layers, not at the end"
-    text = out(app, result, app.status)
+    text = out(dash, result, dash.status)
     assert "Stopped" in text and "restored to dense weights" in text, text
-    runs = out(app, result, app.runs_df)["data"]
+    runs = out(dash, result, dash.runs_df)["data"]
     assert runs[-1][1] == "cancelled"
-    heat = z_of(plot_json(out(app, result, app.heatmap))["data"][0])
+    heat = z_of(plot_json(out(dash, result, dash.heatmap))["data"][0])
     assert heat.shape[0] == 16
     done = np.isfinite(heat).all(axis=1)
     assert 1 <= done.sum() < 16 and not done[-1]  # the first layers pruned, the rest untouched
-
-
-def test_one_heavy_job_at_a_time_the_next_waits_in_the_queue(app_module, server, deep_llama_dir, tiny_llama_dir):
-    from gradio_client.utils import Status
-
-    app = app_module
-    first, second = client(server), client(server)  # two browser tabs
-    job1 = first.submit(model_path=str(deep_llama_dir), **DEEP_RUN, api_name="/run")
-    wait_for_layer(job1)
-    job2 = second.submit(model_path=str(tiny_llama_dir), **FAST, api_name="/run")
-    time.sleep(1.0)
-    assert job2.status().code == Status.IN_QUEUE and not job1.done()
-    second.predict(api_name="/stop")  # another tab's Stop leaves this run alone
-    time.sleep(0.5)
-    assert not job1.done()
-    first.predict(api_name="/stop")
-    assert "Stopped" in out(app, job1.result(timeout=60), app.status)
-    assert "Done" in out(app, job2.result(timeout=60), app.status)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -207,14 +233,43 @@ def test_bad_input_comes_back_as_one_readable_line(server, tiny_llama_dir, kwarg
     assert "Traceback" not in text and "\n" not in text.strip()
 
 
-def test_sweep_runs_each_split_and_fills_the_triangle(app_module, server, tiny_llama_dir):
-    app = app_module
+def test_sweep_runs_each_split_and_fills_the_triangle(dash, server, tiny_llama_dir):
     c = client(server)
     result = c.predict(splits="0.35/0.45/0.20\n0.6/0.2/0.2", model_path=str(tiny_llama_dir), method="magnitude",
                        **FAST, api_name="/sweep")
-    assert "2 split(s)" in out(app, result, app.status)
-    tern = plot_json(out(app, result, app.ternary))
+    assert "2 split(s)" in out(dash, result, dash.status)
+    tern = plot_json(out(dash, result, dash.ternary))
     (points,) = [t for t in tern["data"] if t.get("name") == "runs"]
     a = points["a"] if isinstance(points["a"], list) else z_of({"z": points["a"]}).tolist()
     assert sorted(np.round(a, 2).tolist()) == [0.35, 0.6]
-    assert len(out(app, result, app.runs_df)["data"]) == 2  # this client's session only
+    assert len(out(dash, result, dash.runs_df)["data"]) == 2  # this client's session only
+
+
+# -- nothing lost: the run store outlives the server ----------------------------------------------------------------
+
+def test_past_runs_survive_a_restart_and_reopen_with_their_figures(tmp_path, tiny_llama_dir):
+    settings = Settings(runs_dir=str(tmp_path / "runs"))
+    with serving(settings) as (dash, url):
+        result = client(url).predict(model_path=str(tiny_llama_dir), calib="pydoc", nsamples=2, seqlen=32,
+                                     eval_source="none", api_name="/run")
+        run_id = last_run_id(dash, result)
+    # a killed run of another process, left "running" in the same store
+    killed = dict(json.loads((tmp_path / "runs" / f"{run_id}.json").read_text()), status="running",
+                  run_id="20000101-000000-deadbeef", owner={"pid": 2 ** 22 + 7, "host": socket.gethostname()})
+    (tmp_path / "runs" / f"{killed['run_id']}.json").write_text(json.dumps(killed))
+
+    with serving(settings) as (dash, url):  # a new server over the same folder: a restart
+        c = client(url)
+        table, picker = c.predict(api_name="/past_runs")
+        rows = {row[-1]: row for row in table["data"]}
+        assert rows[run_id][1] == "completed" and rows[killed["run_id"]][1] == "killed"
+        opened = dict(zip([*dash.RESULT_OUTPUTS, *dash.SESSION_OUTPUTS, dash.tabs],
+                          c.predict(run_id, api_name="/open_run")))
+        assert "realised sparsity" in opened[dash.overview]
+        heat = z_of(plot_json(opened[dash.heatmap])["data"][0])
+        assert heat.shape == (2, 7) and np.isfinite(heat).all()
+        tier = plot_json(opened[dash.tiermap])
+        assert "layer 0" in tier["layout"]["title"]["text"]
+        assert [row[-1] for row in opened[dash.runs_df]["data"]] == [run_id]  # joined this session's runs
+        with pytest.raises(AppError):  # not a run id: never a path
+            c.predict("../../etc/passwd", api_name="/open_run")

@@ -1,0 +1,134 @@
+"""What a public dashboard (a Space, `--public`, SPARSITY_PUBLIC=1) lets a visitor ask for. Pure functions.
+
+A public server runs strangers' requests on its own disk, memory and network, so it takes only hub models (by
+id, never a path), named text sources, no saving, and bounded work. `validate_request` lists every problem of a
+filled-in form at once; the dashboard refuses the run with all of them in one line. Local use has no policy
+beyond the engine's own validation.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from engine.errors import UserError
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+", re.ASCII)  # owner/name, whole string (fullmatch)
+NAMED_SOURCES = ("auto", "wikitext2", "c4", "pydoc")   # text the server fetches itself
+EMBEDDED = "embedded"                                    # the preset for the model shipped with the app
+TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_params: int = 2_000_000_000   # refuse bigger models (config-derived before loading, numel after)
+    nsamples: int = 128               # calibration windows (the paper's 128)
+    seqlen: int = 2048                # tokens per window
+    eval_windows: int = 64            # perplexity windows
+    sweep_splits: int = 16            # tier splits in one sweep
+
+
+PUBLIC_LIMITS = Limits()
+
+
+def public_from_env(env) -> bool:
+    """SPARSITY_PUBLIC=1, or a Hugging Face Space (SPACE_ID set) unless SPARSITY_PUBLIC=0 says otherwise."""
+    flag = env.get("SPARSITY_PUBLIC", "").strip().lower()
+    if flag:
+        return flag in TRUE
+    return bool(env.get("SPACE_ID"))
+
+
+def trust_remote_code_from_env(env) -> bool:
+    """Only the person running the server can allow a model repository's own code (SPARSITY_TRUST_REMOTE_CODE=1)."""
+    return env.get("SPARSITY_TRUST_REMOTE_CODE", "").strip().lower() in TRUE
+
+
+def hub_id_problem(text: str) -> str | None:
+    """Why `text` is not a plain hub id (None when it is one)."""
+    if text.startswith(("/", "~", ".")) or ".." in text or "\\" in text:
+        return f"{text!r} looks like a path; this server loads hub models only, by id (owner/name)"
+    if not HUB_ID.fullmatch(text):
+        return f"{text!r} is not a hub id of the form owner/name"
+    if text.lower().endswith(".gguf"):
+        return f"{text!r} names a .gguf file; this server loads hub models only, by id (owner/name)"
+    return None
+
+
+def _number(value):
+    try:
+        return None if value is None or value == "" else float(value)
+    except (TypeError, ValueError):
+        return None  # not a number: the engine says so in its own words
+
+
+def validate_request(values: dict, public: bool, limits: Limits = PUBLIC_LIMITS, exists=os.path.lexists) -> list[str]:
+    """Problems of the set-up form `values` (the dashboard's FORM names) under the public policy; [] = allowed.
+
+    `exists` is the one look at the disk: the engine loads a local folder before the hub, so an id that is also a
+    path relative to the server's working directory is refused (pass `lambda p: False` to stay pure)."""
+    if not public:
+        return []
+    problems = []
+    custom = str(values.get("model_path") or "").strip()
+    preset = str(values.get("model") or EMBEDDED).strip()
+    model = custom or preset
+    if model != EMBEDDED:
+        why = hub_id_problem(model)
+        if why is None and exists(model):
+            why = f"{model!r} is not a hub id"  # it names a local path, which the engine would load instead
+        if why:
+            problems.append(why)
+    for choice, path, what in ((values.get("calib"), values.get("calib_path"), "calibration"),
+                               (values.get("eval_source"), values.get("eval_path"), "evaluation")):
+        allowed = NAMED_SOURCES + (("none",) if what == "evaluation" else ())
+        if choice not in allowed or str(path or "").strip():
+            problems.append(f"{what} text: only {', '.join(allowed)} on this server, no local files")
+    if str(values.get("save_dir") or "").strip():
+        problems.append("saving the pruned model is off on this server (run locally to keep it)")
+    nsamples, seqlen, windows = (_number(values.get(k)) for k in ("nsamples", "seqlen", "eval_windows"))
+    # "not x <= cap" rather than "x > cap": NaN is refused too
+    if nsamples is not None and not nsamples <= limits.nsamples:
+        problems.append(f"calibration samples: at most {limits.nsamples} on this server, got {nsamples:g}")
+    if seqlen is not None and not seqlen <= limits.seqlen:
+        problems.append(f"tokens per sample: at most {limits.seqlen} on this server, got {seqlen:g}")
+    if values.get("eval_source") != "none":
+        if windows is None and values.get("eval_windows") in (None, ""):
+            problems.append(f"evaluation windows: give at most {limits.eval_windows} (blank means every window)")
+        elif windows is not None and not windows <= limits.eval_windows:
+            problems.append(f"evaluation windows: at most {limits.eval_windows} on this server, got {windows:g}")
+    return problems
+
+
+def check_request(values: dict, public: bool, limits: Limits = PUBLIC_LIMITS, exists=os.path.lexists) -> None:
+    """validate_request, raising one UserError that names every problem."""
+    problems = validate_request(values, public, limits, exists)
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def check_sweep(n_splits: int, public: bool, limits: Limits = PUBLIC_LIMITS) -> None:
+    if public and n_splits > limits.sweep_splits:
+        raise UserError(f"a sweep of {n_splits} splits is too long for this server: at most {limits.sweep_splits}")
+
+
+def check_model_size(n_params: int, max_params: int | None, name: str = "the model") -> None:
+    if max_params is not None and n_params > max_params:
+        raise UserError(f"{name} has {n_params / 1e9:.2f}B parameters; this server takes models up to "
+                        f"{max_params / 1e9:.1f}B")
+
+
+def shareable(record: dict) -> bool:
+    """A stored run a public page may list and reopen: a hub (or the embedded) model and named texts only,
+    so a run started locally with paths in it never shows up there."""
+    model = (record.get("model") or {}).get("name")
+    if model is not None and not str(model).startswith(EMBEDDED) and hub_id_problem(str(model)):
+        return False
+    req = record.get("request") or {}
+    return (req.get("calib", "auto") in NAMED_SOURCES and req.get("eval", "auto") in NAMED_SOURCES + (None,)
+            and not record.get("saved_model"))
+
+
+def redact(record: dict) -> dict:
+    """The record as a public page shows or exports it: without the server's host name and process id."""
+    return {k: v for k, v in record.items() if k != "owner"}
