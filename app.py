@@ -28,6 +28,7 @@ from components.session import (ASSIGNMENT_CHOICES, DEVICE_CHOICES, DTYPE_CHOICE
                                 METHOD_CHOICES, MODEL_PRESETS, NAMED_SOURCES, PATTERN_CHOICES, PUBLIC_PRESETS,
                                 SCOPE_CHOICES, SKIP_EVAL, SOURCE_CHOICES, WITHIN_CHOICES, Session, grid_splits,
                                 nominal_text, parse_splits, rebalance, request_from_form, size_guard)
+from components.zero_shot import zero_shot_figure
 from engine.errors import UserError
 from engine.run import ModelCache, run
 from engine.spec import SEED_RATIOS
@@ -139,7 +140,7 @@ class Dashboard:
             overwrite=self.overwrite)
         self.SESSION_OUTPUTS = [self.runs_df, self.compare_plot, self.ternary, self.shown_run, self.run_a, self.run_b,
                                 self.export_run]
-        self.RESULT_OUTPUTS = [self.overview, self.ppl_plot, self.heatmap, self.heat_view, self.layer_dd,
+        self.RESULT_OUTPUTS = [self.overview, self.ppl_plot, self.zero_shot_plot, self.heatmap, self.heat_view, self.layer_dd,
                                self.module_dd, self.tiermap, self.tiernote, self.matrices_df]
         self.HISTORY_OUTPUTS = [self.past_df, self.past_pick]
         self.JOB_OUTPUTS = [self.status, self.progress, *self.RESULT_OUTPUTS, *self.SESSION_OUTPUTS,
@@ -230,6 +231,8 @@ class Dashboard:
                         self.overview = gr.HTML(tables.overview_html(None), elem_id="overview")
                     with gr.Column(scale=2, min_width=280):
                         self.ppl_plot = gr.Plot(figures.ppl_bars(None), show_label=False)
+                # zero-shot accuracy per task (CLI --eval_zero_shot / engine RunRequest.zero_shot_tasks), when present
+                self.zero_shot_plot = gr.Plot(zero_shot_figure(None), show_label=False, visible=False)
                 self.heat_view = gr.Radio(VIEWS, value=VIEWS[0], label="Colour the layer map by", container=False)
                 self.heatmap = gr.Plot(figures.layer_heatmap(None), show_label=False, elem_id="layer-heatmap")
                 gr.Markdown("Click a cell — or choose a layer and a module — to open that matrix's block tier map.",
@@ -306,7 +309,9 @@ class Dashboard:
         three_tier = bool(record) and record.get("spec", {}).get("pattern") == "three_tier"
         view = view if three_tier else VIEWS[0]
         fig, note = tiermap_for(record, layer, module)
+        has_zero_shot = bool(record) and bool(record.get("zero_shot") or record.get("zero_shot_dense"))
         return {self.overview: tables.overview_html(record), self.ppl_plot: figures.ppl_bars(record),
+                self.zero_shot_plot: gr.Plot(zero_shot_figure(record), visible=has_zero_shot),
                 self.heatmap: heatmap_for(record, view), self.heat_view: gr.Radio(value=view, interactive=three_tier),
                 self.layer_dd: gr.Dropdown(choices=layers, value=layer),
                 self.module_dd: gr.Dropdown(choices=modules, value=module),

@@ -158,7 +158,7 @@ def release_memory() -> None:
 
 STAGE_TITLES = {"wait": "Queued", "load": "Loading model", "calibration": "Calibration data", "baseline": "Baselines",
                 "prune": "Pruning", "eval": "Evaluating", "save": "Saving", "done": "Done", "cancelled": "Stopped",
-                "failed": "Failed", "queued": "Starting"}
+                "failed": "Failed", "queued": "Starting", "zero_shot": "Zero-shot"}
 
 
 @dataclass

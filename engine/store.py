@@ -30,7 +30,7 @@ class RunStore:
         self._last_write: dict[str, float] = {}
 
     def path(self, run_id: str) -> Path:
-        if not RUN_ID.match(str(run_id)):
+        if not RUN_ID.fullmatch(str(run_id)):
             raise ValueError(f"not a run id: {run_id!r}")
         return self.directory / f"{run_id}.json"
 
@@ -58,7 +58,7 @@ class RunStore:
         if not self.directory.is_dir():
             return records
         for p in self.directory.glob("*.json"):
-            if not RUN_ID.match(p.stem):
+            if not RUN_ID.fullmatch(p.stem):
                 continue
             try:
                 records.append(_with_liveness(read_json(str(p))))

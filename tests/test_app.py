@@ -273,3 +273,19 @@ def test_past_runs_survive_a_restart_and_reopen_with_their_figures(tmp_path, tin
         assert [row[-1] for row in opened[dash.runs_df]["data"]] == [run_id]  # joined this session's runs
         with pytest.raises(AppError):  # not a run id: never a path
             c.predict("../../etc/passwd", api_name="/open_run")
+
+
+def test_zero_shot_accuracy_is_shown_when_the_record_has_it(tmp_path):
+    """Issue 7: a record with zero-shot results shows per-task bars (dense beside the run); one without hides them."""
+    from app import Dashboard, Settings
+    from components.session import Session
+
+    board = Dashboard(Settings(runs_dir=str(tmp_path / "runs")))
+    record = {"run_id": "20260101-000000-aaaaaaaa", "status": "completed", "spec": {"method": "wanda"},
+              "matrices": [], "ppl": {}, "zero_shot": {"boolq": {"acc": 0.6, "acc_stderr": 0.05, "n": 40}},
+              "zero_shot_dense": {"boolq": {"acc": 0.7, "acc_stderr": 0.05, "n": 40}}}
+    shown = board.show_record(Session(), record)[board.zero_shot_plot]
+    assert shown.visible is True
+    assert "boolq" in str(shown.value) and "dense" in str(shown.value)
+    hidden = board.show_record(Session(), dict(record, zero_shot=None, zero_shot_dense=None))[board.zero_shot_plot]
+    assert hidden.visible is False
