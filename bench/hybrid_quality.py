@@ -4,7 +4,7 @@ Protocol (issue #6): calibration 32 windows x 512 tokens of valid.txt, evaluatio
 Wanda scores unless the row says otherwise. Every row runs through the product's own path (engine.run.run).
 
     python bench/hybrid_quality.py                 # every row, writes bench/HYBRID.md and bench/results/hybrid.json
-    python bench/hybrid_quality.py --rows tt-       # rows whose key starts with tt-
+    python bench/hybrid_quality.py --rows 'tt-*,24'  # rows whose key starts with tt-, and the row 24
     python bench/hybrid_quality.py --quick          # 8 x 256 calibration, 10 x 512 evaluation: for exploring
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ ROWS = [  # key, label, spec keyword arguments (None = dense)
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--rows", default="", help="comma-separated key prefixes (default: all)")
+    p.add_argument("--rows", default="", help="comma-separated row keys; 'x*' = every key starting with x (default: all)")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--eval_windows", type=int, default=40)
@@ -62,7 +62,8 @@ def main() -> None:
         a.nsamples, a.eval_windows = 8, 10
         a.out, a.md = a.out.replace(".json", "-quick.json"), a.md.replace(".md", "-quick.md")
     prefixes = [x for x in a.rows.split(",") if x]
-    rows = [r for r in ROWS if not prefixes or any(r[0].startswith(x) for x in prefixes)]
+    rows = [r for r in ROWS if not prefixes or any(r[0] == x or (x.endswith("*") and r[0].startswith(x[:-1]))
+                                                   for x in prefixes)]
 
     models = ModelCache()
     results = _load(a.out)
