@@ -86,7 +86,8 @@ def _reset_hwm() -> bool:
 @contextmanager
 def peak_memory(device="cpu"):
     """Peak memory of the code in the `with` block -> the yielded dict, filled on exit:
-    peak_rss_mib (whole process, host), how (what measured it), and on CUDA peak_cuda_mib (allocated tensors).
+    peak_rss_mib (whole process, host), rss_before_mib, how (what measured it), and on CUDA peak_cuda_mib and
+    cuda_before_mib (allocated tensors; the peak counts what was allocated before the block too).
 
     Host peak: the kernel's own high-water mark VmHWM, reset at the start of the block, so it is exact and the
     peak of this block alone. Where that reset is not possible (not Linux), psutil samples RSS every 5 ms;
@@ -96,6 +97,7 @@ def peak_memory(device="cpu"):
     if cuda:
         sync(device)
         torch.cuda.reset_peak_memory_stats()
+        out["cuda_before_mib"] = torch.cuda.memory_allocated() / 2**20  # the peak below includes these
     sampler = None
     if _reset_hwm():
         out["how"] = "VmHWM after clear_refs reset"
@@ -191,6 +193,14 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def command_line() -> str:
+    """How this script was started, as one would type it again (with its nice level when it ran niced)."""
+    import sys
+
+    niceness = os.nice(0) if hasattr(os, "nice") else 0
+    return " ".join(([f"nice -n {niceness}"] if niceness else []) + ["python"] + sys.argv)
 
 
 def write_json(path, obj) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import RESULTS, machine, print_table, time_interleaved, write_json  # noqa: E402
+from bench.common import RESULTS, command_line, machine, print_table, time_interleaved, write_json  # noqa: E402
 from engine.masks import nm_mask, topk_block_mask, unstructured_mask  # noqa: E402
 from engine.sparsegpt import sparsegpt_prune  # noqa: E402
 from engine.spec import SEED_RATIOS, tier_counts  # noqa: E402
@@ -100,14 +100,15 @@ def main() -> None:
 
     cols = [("name", "builder", "s"), ("median_s", "median s", ".3f"), ("min_s", "min s", ".3f"),
             ("sparsity", "sparsity", ".4f"), ("ok", f"< {TARGET_S:g} s", "s")]
-    print(f"\nmask builders, {a.shape[0]}x{a.shape[1]}, median of {a.repeats} interleaved rounds after 1 warm-up, {a.device}")
+    print(f"\nmask builders, {a.shape[0]}x{a.shape[1]}, median of {a.repeats} interleaved rounds after 1 warm-up, "
+          f"{a.device}")
     print_table(masks, cols)
     print(f"\nSparseGPT solver (engine.sparsegpt.sparsegpt_prune), {a.obs_shape[0]}x{a.obs_shape[1]}, "
           f"median of {a.obs_repeats}")
     print_table(obs, cols[:4])
     write_json(a.out, {"benchmark": "masks", "shape": a.shape, "repeats": a.repeats, "target_s": TARGET_S,
                        "machine": info, "masks": masks, "sparsegpt": obs,
-                       "command": " ".join(["python"] + sys.argv)})
+                       "command": command_line()})
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import DEFAULT_DATA, RESULTS, Stopwatch, machine, print_table, write_json  # noqa: E402
+from bench.common import DEFAULT_DATA, RESULTS, Stopwatch, command_line, machine, print_table, write_json  # noqa: E402
 from engine import data as textdata  # noqa: E402
 from engine.perplexity import perplexity, window_losses  # noqa: E402
 
@@ -93,7 +93,8 @@ def main() -> None:
         whole.append({"engine_s": t["engine"].wall, "bare_s": t["bare"].wall, "engine_cpu_s": t["engine"].cpu,
                       "bare_cpu_s": t["bare"].cpu, "overhead_pct": overhead(t["engine"].wall, t["bare"].wall),
                       "overhead_cpu_pct": overhead(t["engine"].cpu, t["bare"].cpu), "order": order})
-        print(f"whole pass {r}: engine {t['engine'].wall:.1f} s, bare {t['bare'].wall:.1f} s", file=sys.stderr, flush=True)
+        print(f"whole pass {r}: engine {t['engine'].wall:.1f} s, bare {t['bare'].wall:.1f} s", file=sys.stderr,
+              flush=True)
 
     pairs = []
     for i in range(a.windows):
@@ -142,7 +143,7 @@ def main() -> None:
     write_json(a.out, {"benchmark": "ppl_throughput", "windows": a.windows, "seqlen": a.seqlen, "tokens": tokens,
                        "dtype": lm.dtype, "data": src.name, "whole": whole, "paired": pairs, "summary": summary,
                        "overhead_pct": direct, "target_pct": TARGET_PCT, "verdict": verdict, "machine": info,
-                       "command": " ".join(["python"] + sys.argv)})
+                       "command": command_line()})
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import engine.pruner as pruner  # noqa: E402
-from bench.common import DEFAULT_DATA, RESULTS, Stopwatch, machine, peak_memory, print_table, sync, write_json  # noqa: E402
+from bench.common import (DEFAULT_DATA, RESULTS, Stopwatch, command_line, machine, peak_memory,  # noqa: E402
+                          print_table, sync, write_json)
 from engine import data as textdata  # noqa: E402
 from engine.spec import PruneSpec  # noqa: E402
 
@@ -124,7 +125,8 @@ def main() -> None:
     t = time.perf_counter()
     if a.random_llama_7b:
         layers = a.layers or LLAMA_7B["num_hidden_layers"]
-        model, name = random_llama_7b(layers, device, dtype), f"random LLaMA-7B shape, {layers} layers"
+        model = random_llama_7b(layers, device, dtype)
+        name = f"random LLaMA-7B shape, {layers} layer{'s' if layers != 1 else ''}"
         windows = torch.randint(0, LLAMA_7B["vocab_size"], (a.nsamples, a.seqlen),
                                 generator=torch.Generator().manual_seed(0))
         data_name = "random token ids"
@@ -161,14 +163,18 @@ def main() -> None:
         row = {"method": method, "prune_s": sw.wall, "forward_s": fwd, "ratio": sw.wall / fwd,
                "prune_cpu_s": sw.cpu, "forward_cpu_s": fwd_cpu, "ratio_cpu": sw.cpu / fwd_cpu,
                "layer_passes": sw.wall / stages["propagate_s"] if stages["propagate_s"] > 0 else None,
-               "sparsity": result.sparsity, "peak_rss_mib": mem["peak_rss_mib"], "rss_before_mib": mem["rss_before_mib"],
-               "peak_over_before_mib": mem["peak_rss_mib"] - mem["rss_before_mib"],
-               "peak_cuda_mib": mem.get("peak_cuda_mib"), "memory_how": mem.get("how"), "stages": stages,
+               "sparsity": result.sparsity, "peak_rss_mib": mem["peak_rss_mib"],
+               "rss_before_mib": mem["rss_before_mib"],
+               "peak_over_before_mib": None if mem["rss_before_mib"] is None
+               else mem["peak_rss_mib"] - mem["rss_before_mib"],
+               "peak_cuda_mib": mem.get("peak_cuda_mib"), "cuda_before_mib": mem.get("cuda_before_mib"),
+               "memory_how": mem.get("how"), "stages": stages,
                "target_ratio": WANDA_TARGET if method == "wanda" else None}
         if method == "wanda":
             row["ok"] = "yes" if row["ratio"] <= WANDA_TARGET else "NO"
         rows.append(row)
-        print(f"{method}: {sw.wall:.1f} s = {row['ratio']:.2f}x forward ({fwd:.1f} s); CPU time {row['ratio_cpu']:.2f}x; "
+        print(f"{method}: {sw.wall:.1f} s = {row['ratio']:.2f}x forward ({fwd:.1f} s); "
+              f"CPU time {row['ratio_cpu']:.2f}x; "
               f"stages {row['stages']}", file=sys.stderr, flush=True)
 
     info = machine(device)
@@ -192,7 +198,7 @@ def main() -> None:
                      "nsamples": a.nsamples, "seqlen": a.seqlen, "data": data_name, "load_s": load_s,
                      "forward_s_each": [f.wall for f in forwards],
                      "forward_cpu_s_each": [f.cpu for f in forwards], "rows": rows, "machine": info,
-                     "command": " ".join(["python"] + sys.argv)})
+                     "command": command_line()})
 
 
 if __name__ == "__main__":
