@@ -47,6 +47,15 @@ class Stopwatch:
         self.cpu = time.process_time() - self._cpu
 
 
+@torch.inference_mode()
+def forward_pass(model, windows: torch.Tensor, device) -> Stopwatch:
+    """Wall and CPU seconds of a plain model(input_ids) over every window, one at a time as the walk captures them."""
+    with Stopwatch(device) as sw:
+        for row in windows:
+            model(row.unsqueeze(0).to(device), use_cache=False)
+    return sw
+
+
 def time_interleaved(fns: dict, device="cpu", repeats: int = 7, warmup: int = 1) -> dict:
     """Median / min wall seconds (and median CPU seconds) of several functions, timed round-robin: every function
     runs once per round, so a neighbour's burst of load lands on all of them alike and their medians compare."""

@@ -23,19 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import DEFAULT_DATA, RESULTS, Stopwatch, command_line, machine, print_table, write_json  # noqa: E402
+from bench.common import (DEFAULT_DATA, RESULTS, Stopwatch, command_line, forward_pass, machine,  # noqa: E402
+                          print_table, write_json)
 from engine import data as textdata  # noqa: E402
 from engine.perplexity import perplexity, window_losses  # noqa: E402
 
 TARGET_PCT = 5.0
-
-
-@torch.inference_mode()
-def bare(model, windows: torch.Tensor, device) -> Stopwatch:
-    with Stopwatch(device) as sw:
-        for row in windows:
-            model(row.unsqueeze(0).to(device), use_cache=False)
-    return sw
 
 
 def engine_ppl(model, windows: torch.Tensor, device) -> tuple[Stopwatch, float]:
@@ -82,13 +75,13 @@ def main() -> None:
     ids = textdata.evaluation_ids(lm.tokenizer, src).reshape(-1)
     windows = ids[: a.windows * a.seqlen].view(a.windows, a.seqlen)
     tokens = windows.numel()
-    bare(model, windows[:1], device)  # warm-up
+    forward_pass(model, windows[:1], device)  # warm-up
     engine_ppl(model, windows[:1], device)
 
     whole = []
     for r in range(a.repeats):
         order = ("engine", "bare") if r % 2 == 0 else ("bare", "engine")
-        t = {what: engine_ppl(model, windows, device)[0] if what == "engine" else bare(model, windows, device)
+        t = {what: engine_ppl(model, windows, device)[0] if what == "engine" else forward_pass(model, windows, device)
              for what in order}
         whole.append({"engine_s": t["engine"].wall, "bare_s": t["bare"].wall, "engine_cpu_s": t["engine"].cpu,
                       "bare_cpu_s": t["bare"].cpu, "overhead_pct": overhead(t["engine"].wall, t["bare"].wall),
@@ -101,9 +94,9 @@ def main() -> None:
         w = windows[i:i + 1]
         if i % 2 == 0:
             te, ppl = engine_ppl(model, w, device)
-            tb = bare(model, w, device)
+            tb = forward_pass(model, w, device)
         else:
-            tb = bare(model, w, device)
+            tb = forward_pass(model, w, device)
             te, ppl = engine_ppl(model, w, device)
         pairs.append({"window": i, "engine_s": te.wall, "bare_s": tb.wall, "engine_cpu_s": te.cpu,
                       "bare_cpu_s": tb.cpu, "ppl": ppl, "loss_s": loss_cost(model, w, device)})

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import engine.pruner as pruner  # noqa: E402
-from bench.common import (DEFAULT_DATA, RESULTS, Stopwatch, command_line, machine, peak_memory,  # noqa: E402
+from bench.common import (DEFAULT_DATA, RESULTS, Stopwatch, command_line, forward_pass, machine, peak_memory,  # noqa: E402
                           print_table, sync, write_json)
 from engine import data as textdata  # noqa: E402
 from engine.spec import PruneSpec  # noqa: E402
@@ -50,15 +50,6 @@ def random_llama_7b(layers: int, device: str, dtype: torch.dtype):
     finally:
         torch.set_default_dtype(default)
     return model.eval()
-
-
-@torch.inference_mode()
-def forward_pass(model, windows: torch.Tensor, device) -> Stopwatch:
-    """Wall and CPU seconds of a plain model(input_ids) over every window, one at a time as the walk captures them."""
-    with Stopwatch(device) as sw:
-        for row in windows:
-            model(row.unsqueeze(0).to(device), use_cache=False)
-    return sw
 
 
 class StageTimers:

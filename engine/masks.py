@@ -69,8 +69,3 @@ def from_blocks(x: torch.Tensor, block: int, shape) -> torch.Tensor:
     r, c, _ = x.shape
     full = x.view(r, c, block, block).permute(0, 2, 1, 3).reshape(r * block, c * block)
     return full[: shape[0], : shape[1]]
-
-
-def expand_blocks(grid: torch.Tensor, block: int, shape) -> torch.Tensor:
-    """A per-block value grid [R, C] -> per-weight [out, in]."""
-    return grid.repeat_interleave(block, 0).repeat_interleave(block, 1)[: shape[0], : shape[1]]

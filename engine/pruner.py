@@ -124,7 +124,7 @@ def _prune_layer(index: int, layer: nn.Module, spec: PruneSpec, inputs, budgets)
         for t in targets:
             scores[t.name] = matrix_scores(t.weight(), stats.get(t.name), spec)
         if spec.tier_scope == "layer":
-            grids = _assign_jointly([scores[t.name] for t in targets], spec)
+            grids = _assign_jointly([_ranking_input(scores[t.name], spec) for t in targets], spec)
             tiers = {t.name: g for t, g in zip(targets, grids)}
     entries = []
     for t in targets:
@@ -175,7 +175,7 @@ def _model_scope_budgets(layers, spec: PruneSpec, inputs, progress, cancel, offl
                 layer.to(home)
     if inputs is not None:
         inputs.hidden = hidden  # the pruning walk starts again from the first layer's inputs
-    grids = (assign_jointly_by_cost if spec.assignment == "cost" else assign_tiers_jointly)(importances, spec.ratios)
+    grids = _assign_jointly(importances, spec)
     return {k: tuple(tier_census(g).values()) for k, g in zip(keys, grids)}
 
 
@@ -186,9 +186,9 @@ def _ranking_input(scores: torch.Tensor, spec: PruneSpec) -> torch.Tensor:
     return block_importance(scores, spec.block)
 
 
-def _assign_jointly(scores: list[torch.Tensor], spec: PruneSpec) -> list[torch.Tensor]:
-    inputs = [_ranking_input(s, spec) for s in scores]
-    return (assign_jointly_by_cost if spec.assignment == "cost" else assign_tiers_jointly)(inputs, spec.ratios)
+def _assign_jointly(rankings: list[torch.Tensor], spec: PruneSpec) -> list[torch.Tensor]:
+    """Tier grids for matrices ranked together (a layer, or the model), from their `_ranking_input`s."""
+    return (assign_jointly_by_cost if spec.assignment == "cost" else assign_tiers_jointly)(rankings, spec.ratios)
 
 
 def _entry(layer: int, target, res, spec: PruneSpec) -> dict:

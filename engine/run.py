@@ -70,7 +70,6 @@ class ModelCache:
         self._key = None
         self.loaded: LoadedModel | None = None
         self._dense: dict | None = None
-        self.lock = threading.Lock()
 
     def get(self, request: RunRequest, progress=None) -> LoadedModel:
         key = (request.model, request.device, request.dtype, request.trust_remote_code, request.safetensors_only)
