@@ -43,6 +43,13 @@ ROWS = [  # key, label, spec keyword arguments (None = dense)
     ("tt-cost-obs", "three-tier, cost assignment + OBS update", dict(method="wanda", assignment="cost", reconstruct=True, **TT)),
     ("tt-cost-layer-obs", "three-tier, cost, layer scope + OBS update", dict(method="wanda", assignment="cost", tier_scope="layer", reconstruct=True, **TT)),
     ("tt-sgpt", "three-tier, SparseGPT (OBS saliency ranks, OBS update)", dict(method="sparsegpt", **TT)),
+    ("fisher-24", "Fisher 2:4 (same scores as the fisher rows)", dict(method="fisher", pattern="nm", n=2, m=4)),
+    ("fisher-24-obs", "Fisher 2:4 + OBS update", dict(method="fisher", pattern="nm", n=2, m=4, reconstruct=True)),
+    ("tt-fisher-matrix", "three-tier, Fisher, cost, matrix scope", dict(method="fisher", assignment="cost", **TT)),
+    ("tt-fisher-layer", "three-tier, Fisher, cost, layer scope", dict(method="fisher", assignment="cost", tier_scope="layer", **TT)),
+    ("tt-fisher-imp", "three-tier, Fisher, importance, model scope", dict(method="fisher", tier_scope="model", **TT)),
+    ("tt-fisher", "three-tier, Fisher, cost, model scope (best masks only)", dict(method="fisher", assignment="cost", tier_scope="model", **TT)),
+    ("tt-fisher-obs", "three-tier, Fisher, cost, model scope + OBS update", dict(method="fisher", assignment="cost", tier_scope="model", reconstruct=True, **TT)),
     ("tt-sgpt-cost-layer", "three-tier, SparseGPT, cost, layer scope", dict(method="sparsegpt", assignment="cost", tier_scope="layer", **TT)),
 ]
 

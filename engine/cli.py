@@ -12,7 +12,7 @@ import os
 import sys
 
 from .errors import UserError
-from .spec import PruneSpec, parse_sparsity_type
+from .spec import METHODS, PruneSpec, parse_sparsity_type
 from .zeroshot import PAPER_TASKS
 
 
@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
     w.add_argument("--sparsity_ratio", type=float, default=0.5, help="unstructured sparsity (default 0.5)")
     w.add_argument("--sparsity_type", default="unstructured", help="unstructured (default) | 2:4 | 4:8 | N:M | three_tier")
-    w.add_argument("--prune_method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"],
-                   help="default wanda")
+    w.add_argument("--prune_method", default="wanda", choices=list(METHODS),
+                   help="default wanda; fisher = |W|*sqrt(empirical Fisher), one backward pass per calibration window")
     w.add_argument("--cache_dir", default=None, help="Hugging Face download cache")
     w.add_argument("--save", default=None, metavar="DIR", help="write results.json, a log line and the pruned model here")
     w.add_argument("--save_model", default=None, metavar="DIR2", help="put the pruned model here instead of --save")

@@ -58,8 +58,16 @@ class Target:
 
     def weight(self) -> torch.Tensor:
         """W [out, in] (a view of the parameter; do not modify in place)."""
-        p = getattr(self.module, self.param)
-        w = p[self.expert] if self.expert is not None else p
+        return self.matrix_of(self.parameter)
+
+    @property
+    def parameter(self) -> nn.Parameter:
+        """The parameter the matrix lives in (shared by all experts of a fused block)."""
+        return getattr(self.module, self.param)
+
+    def matrix_of(self, full: torch.Tensor) -> torch.Tensor:
+        """This target's [out, in] view of a tensor shaped like its parameter (the weight, its gradient, ...)."""
+        w = full[self.expert] if self.expert is not None else full
         return w.T if self.transposed else w
 
     def set_weight(self, W: torch.Tensor) -> None:

@@ -26,6 +26,9 @@ def matrix_scores(W: torch.Tensor, stats: LinearStats | None, spec: PruneSpec) -
     """The method's importance of each weight [out, in] (float32)."""
     if spec.method == "sparsegpt":
         return obs_scores(W, stats, spec.damp)
+    if spec.method == "fisher":
+        raise ValueError("fisher scores come from the whole model's gradients (engine/sensitivity.py), "
+                         "not from one matrix: pass them in")
     return SCORES[spec.method](W, stats)
 
 

@@ -18,6 +18,8 @@ from .discovery import find_decoder_layers, find_targets, layer_device
 from .errors import Cancelled, UserError
 from .matrix import matrix_scores, prune_matrix
 from .record import encode_array, encode_tier_map
+from .scores import fisher_scores
+from .sensitivity import fisher_diagonal
 from .spec import PruneSpec
 from .three_tier import assign_jointly_by_cost, assign_tiers_jointly, block_importance, tier_census, tier_costs
 from .walk import StatsHooks, capture_layer_inputs, run_layer
@@ -65,17 +67,23 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
     use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = False
     try:
+        fixed = None  # {(layer, name): scores} known before the walk (fisher: from the dense model's gradients)
+        if spec.method == "fisher":
+            fixed = _fisher_scores(model, layers, spec, windows, progress, cancel)
         inputs = None
-        if spec.uses_calibration:
+        if spec.needs_layer_stats:
             progress({"stage": "calibration", "message": f"capturing inputs of {len(windows)} calibration windows"})
             inputs = capture_layer_inputs(model, layers, windows)
             if offload_device is not None:
                 inputs.hidden = [h.to(offload_device) for h in inputs.hidden]
         result.timings["capture_s"] = time.perf_counter() - t0
 
-        budgets = None
+        budgets, grids = None, None
         if spec.pattern == "three_tier" and spec.tier_scope == "model":
-            budgets = _model_scope_budgets(layers, spec, inputs, progress, cancel, offload_device)
+            if fixed is not None:  # every block's cost is known: rank them all now, tiers fixed for the walk
+                grids = _model_scope_grids(spec, fixed)
+            else:
+                budgets = _model_scope_budgets(layers, spec, inputs, progress, cancel, offload_device)
 
         walk_start = time.perf_counter()
         for i, layer in enumerate(layers):
@@ -85,7 +93,7 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
             if offload_device is not None:
                 layer.to(offload_device)
             try:
-                entries = _prune_layer(i, layer, spec, inputs, budgets)
+                entries = _prune_layer(i, layer, spec, inputs, budgets, fixed, grids)
                 if inputs is not None:
                     inputs.hidden = run_layer(layer, inputs)
             except torch.OutOfMemoryError as e:
@@ -116,13 +124,18 @@ def _check_block_fits(layers, spec: PruneSpec) -> None:
                             f"choose a block size of at most {min(target.shape)}")
 
 
-def _prune_layer(index: int, layer: nn.Module, spec: PruneSpec, inputs, budgets) -> list[dict]:
+def _prune_layer(index: int, layer: nn.Module, spec: PruneSpec, inputs, budgets, fixed=None, grids=None) -> list[dict]:
     targets = find_targets(layer, spec.prune_router)
     stats = _collect(layer, targets, spec, inputs)
     scores, tiers = {}, {}
-    if spec.pattern == "three_tier":
+    if fixed is not None:
+        scores = {t.name: fixed.pop((index, t.name)).to(t.weight().device) for t in targets}
+    if grids is not None:
+        tiers = {t.name: grids.pop((index, t.name)) for t in targets}
+    elif spec.pattern == "three_tier":
         for t in targets:
-            scores[t.name] = matrix_scores(t.weight(), stats.get(t.name), spec)
+            if t.name not in scores:
+                scores[t.name] = matrix_scores(t.weight(), stats.get(t.name), spec)
         if spec.tier_scope == "layer":
             grids = _assign_jointly([_ranking_input(scores[t.name], spec) for t in targets], spec)
             tiers = {t.name: g for t, g in zip(targets, grids)}
@@ -146,6 +159,20 @@ def _collect(layer: nn.Module, targets, spec: PruneSpec, inputs) -> dict:
     finally:
         hooks.remove()
     return hooks.stats
+
+
+def _fisher_scores(model, layers, spec: PruneSpec, windows, progress, cancel) -> dict:
+    """fisher method: |W| * sqrt(F) of every target from one gradient pass over the calibration windows (CPU)."""
+    targets = {(i, t.name): t for i, layer in enumerate(layers) for t in find_targets(layer, spec.prune_router)}
+    fisher = fisher_diagonal(model, targets, windows, progress=progress, cancel=cancel)
+    return {k: fisher_scores(t.weight().detach().cpu(), fisher.pop(k)) for k, t in targets.items()}
+
+
+def _model_scope_grids(spec: PruneSpec, fixed: dict) -> dict:
+    """Tier grids of every matrix from one ranking of all the model's blocks (scores known before the walk)."""
+    keys = list(fixed)
+    grids = _assign_jointly([_ranking_input(fixed[k], spec) for k in keys], spec)
+    return dict(zip(keys, grids))
 
 
 def _model_scope_budgets(layers, spec: PruneSpec, inputs, progress, cancel, offload_device) -> dict:
@@ -188,7 +215,9 @@ def _ranking_input(scores: torch.Tensor, spec: PruneSpec) -> torch.Tensor:
 
 def _assign_jointly(rankings: list[torch.Tensor], spec: PruneSpec) -> list[torch.Tensor]:
     """Tier grids for matrices ranked together (a layer, or the model), from their `_ranking_input`s."""
-    return (assign_jointly_by_cost if spec.assignment == "cost" else assign_tiers_jointly)(rankings, spec.ratios)
+    assign = assign_jointly_by_cost if spec.assignment == "cost" else assign_tiers_jointly
+    # fisher scores are in units of the model's loss: they compare across matrices as they are
+    return assign(rankings, spec.ratios, normalise=spec.method != "fisher")
 
 
 def _entry(layer: int, target, res, spec: PruneSpec) -> dict:

@@ -21,4 +21,10 @@ def obs_scores(W: torch.Tensor, stats: LinearStats, damp: float = 0.01) -> torch
     return W.abs().float() / stats.hinv_diag(damp).to(W.device).sqrt().unsqueeze(0)
 
 
+def fisher_scores(W: torch.Tensor, fisher: torch.Tensor) -> torch.Tensor:
+    """|W_ij| * sqrt(F_ij): the square root of the Optimal Brain Damage saliency F w^2 with the empirical Fisher F
+    (engine/sensitivity.py). In loss units, so it compares across matrices and layers as it is."""
+    return W.abs().float() * fisher.to(W.device).float().sqrt()
+
+
 SCORES = {"magnitude": magnitude_scores, "wanda": wanda_scores, "sparsegpt": obs_scores}

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, replace
 
 from .errors import SpecError
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
+METHODS = ("magnitude", "wanda", "sparsegpt", "fisher")
 PATTERNS = ("unstructured", "nm", "three_tier")
 TIER_SCOPES = ("matrix", "layer", "model")
 WITHIN_BLOCK = ("score", "magnitude")
@@ -20,7 +20,9 @@ SEED_RATIOS = (0.35, 0.45, 0.20)
 class PruneSpec:
     """A pruning run's recipe. Build with `PruneSpec(...)`; invalid values raise SpecError at once.
 
-    method      how important each weight is: magnitude |W|, wanda |W|*||X||, sparsegpt (OBS, updates weights)
+    method      how important each weight is: magnitude |W|, wanda |W|*||X||, sparsegpt (OBS, updates weights),
+                fisher |W|*sqrt(F) with F the empirical Fisher of the model's loss (one backward pass per
+                calibration window; loss units, so blocks compare across matrices and layers as they are)
     pattern     which weights may stay: unstructured (`sparsity`), nm (`n` of every `m`), three_tier
     ratios      three-tier split of 16x16 blocks into (dense, 2:4, top-K); must sum to 1
     block, keep three-tier block side B and weights K kept in each top-K block (0 <= K <= B*B)
@@ -98,6 +100,16 @@ class PruneSpec:
     @property
     def uses_calibration(self) -> bool:
         return self.method != "magnitude" or self.reconstruct
+
+    @property
+    def needs_layer_stats(self) -> bool:
+        """Whether the layer walk must collect input statistics (Wanda norms, OBS Hessians)."""
+        return self.method in ("wanda", "sparsegpt") or self.reconstruct
+
+    @property
+    def scores_fixed_before_walk(self) -> bool:
+        """Scores known for every matrix before the walk (from the dense model), so tiers can be decided at once."""
+        return self.method in ("magnitude", "fisher")
 
     @property
     def updates_weights(self) -> bool:

@@ -31,13 +31,15 @@ def assign_tiers(importance: torch.Tensor, counts: tuple[int, int, int]) -> torc
     return tiers.view(importance.shape)
 
 
-def assign_tiers_jointly(importances: list[torch.Tensor], ratios) -> list[torch.Tensor]:
+def assign_tiers_jointly(importances: list[torch.Tensor], ratios, normalise: bool = True) -> list[torch.Tensor]:
     """Rank the blocks of several matrices together (a decoder layer, or the model).
 
-    Each matrix's importances are divided by their mean so that matrices of different activation scale
-    compete fairly; the counts of the ratios hold over all blocks together, not per matrix.
+    With `normalise`, each matrix's importances are divided by their mean so that matrices of different
+    activation scale compete fairly (scores in per-matrix units, e.g. Wanda's); without, they compare as they
+    are (scores in units of the model's loss). The counts of the ratios hold over all blocks together.
     """
-    normed = [imp.flatten().float() / imp.float().mean().clamp_min(1e-30) for imp in importances]
+    normed = [imp.flatten().float() / (imp.float().mean().clamp_min(1e-30) if normalise else 1.0)
+              for imp in importances]
     flat = torch.cat([x.cpu() for x in normed])
     tiers = assign_tiers(flat, tier_counts(flat.numel(), ratios))
     return [t.view(imp.shape).to(imp.device) for t, imp in zip(torch.split(tiers, [x.numel() for x in normed]), importances)]
@@ -110,9 +112,10 @@ def assign_tiers_by_cost(costs: torch.Tensor, counts: tuple[int, int, int]) -> t
     return min(candidates, key=lambda c: c[0])[1].view(costs.shape[1:])
 
 
-def assign_jointly_by_cost(costs: list[torch.Tensor], ratios) -> list[torch.Tensor]:
-    """Cost-based assignment over several matrices; each matrix's costs are relative to its mean block mass."""
-    normed = [c.flatten(1).float() / (c[1] + 1e-30).mean().clamp_min(1e-30) for c in costs]
+def assign_jointly_by_cost(costs: list[torch.Tensor], ratios, normalise: bool = True) -> list[torch.Tensor]:
+    """Cost-based assignment over several matrices. With `normalise` each matrix's costs are relative to its mean
+    2:4 cost (per-matrix score units); without, costs compare as they are (loss units: the fisher method)."""
+    normed = [c.flatten(1).float() / ((c[1] + 1e-30).mean().clamp_min(1e-30) if normalise else 1.0) for c in costs]
     flat = torch.cat([x.cpu() for x in normed], dim=1)
     tiers = assign_tiers_by_cost(flat, tier_counts(flat.shape[1], ratios))
     sizes = [x.shape[1] for x in normed]

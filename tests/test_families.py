@@ -61,7 +61,7 @@ def test_discovery_finds_layers_and_skips_embeddings_and_head(family):
 
 
 @pytest.mark.parametrize("pattern", list(SPECS))
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "fisher"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_method_and_pattern(family, method, pattern):
     model = _model(family)
@@ -139,10 +139,11 @@ def test_cancel_between_layers_leaves_consistent_state():
         assert torch.equal(p, second[n])
 
 
+@pytest.mark.parametrize("method", ["wanda", "fisher"])
 @pytest.mark.parametrize("scope", ["layer", "model"])
-def test_three_tier_joint_scopes_keep_global_counts(scope):
+def test_three_tier_joint_scopes_keep_global_counts(scope, method):
     model = _model("llama")
-    spec = PruneSpec(method="wanda", pattern="three_tier", tier_scope=scope, nsamples=4)
+    spec = PruneSpec(method=method, pattern="three_tier", tier_scope=scope, nsamples=4)
     result = prune_model(model, spec, _windows())
     groups = {}
     for e in result.matrices:

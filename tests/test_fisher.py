@@ -1,0 +1,145 @@
+"""The fisher method: loss sensitivity from gradients (engine/sensitivity.py), and tiers ranked across the model."""
+import threading
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import tiny_config
+from engine.discovery import find_decoder_layers, find_targets
+from engine.pruner import prune_model
+from engine.scores import fisher_scores
+from engine.sensitivity import fisher_diagonal
+from engine.spec import PruneSpec, tier_counts
+from engine.three_tier import DENSE, TOPK, TWO_FOUR, assign_jointly_by_cost, assign_tiers_jointly, tier_costs
+
+
+def _model(family="llama", seed=0):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(family)).eval()
+
+
+def _windows(n=3, seqlen=24):
+    return torch.randint(0, 384, (n, seqlen), generator=torch.Generator().manual_seed(1))
+
+
+def _targets(model):
+    _, layers = find_decoder_layers(model)
+    return {(i, t.name): t for i, layer in enumerate(layers) for t in find_targets(layer)}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mixtral"])
+def test_fisher_is_the_mean_squared_gradient_of_each_window(family):
+    """Linear, GPT-2's transposed Conv1D and fused experts: F [out, in] = mean over windows of (dL/dW)^2."""
+    model, windows = _model(family), _windows()
+    targets = _targets(model)
+    got = fisher_diagonal(model, targets, windows)
+    key = next(k for k in targets if k[0] == 1 and ("expert" in k[1] or "c_attn" in k[1] or "v_proj" in k[1]))
+    t = targets[key]
+    want = torch.zeros(t.shape)
+    for w in range(len(windows)):
+        model.zero_grad()
+        with torch.enable_grad():
+            model(input_ids=windows[w:w + 1], labels=windows[w:w + 1]).loss.backward()
+        want += t.matrix_of(t.parameter.grad).float() ** 2
+    model.zero_grad(set_to_none=True)
+    assert got[key].shape == t.shape
+    torch.testing.assert_close(got[key], want / len(windows), rtol=1e-4, atol=1e-12)
+    assert (got[key] > 0).any()
+
+
+def test_fisher_pass_leaves_the_model_as_it_found_it():
+    model = _model()
+    model.lm_head.weight.requires_grad_(False)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fisher_diagonal(model, _targets(model), _windows())
+    for n, p in model.named_parameters():
+        assert p.requires_grad == flags[n] and p.grad is None and torch.equal(p, before[n])
+
+
+def test_fisher_scores_exact():
+    W = torch.tensor([[2.0, -3.0], [0.5, 0.0]])
+    F = torch.tensor([[4.0, 1.0], [16.0, 9.0]])
+    assert fisher_scores(W, F).tolist() == [[4.0, 3.0], [2.0, 0.0]]
+
+
+def test_joint_assignment_without_normalisation_compares_costs_as_they_are():
+    """Loss-unit costs: a matrix whose blocks all cost 100x less takes every top-K slot; normalised per matrix
+    (Wanda's units), the same costs would split the top-K slots evenly."""
+    cheap = torch.ones(2, 2) * 0.01
+    dear = torch.ones(2, 2)
+    costs = [torch.stack([torch.zeros(2, 2), c, 3 * c]) for c in (cheap, dear)]
+    raw = assign_jointly_by_cost(costs, (0.25, 0.25, 0.5), normalise=False)
+    assert (raw[0] == TOPK).all() and not (raw[1] == TOPK).any()
+    assert torch.bincount(torch.cat([g.flatten() for g in raw]).long(), minlength=3).tolist() == [2, 2, 4]
+    normed = assign_jointly_by_cost(costs, (0.25, 0.25, 0.5))
+    assert int((normed[0] == TOPK).sum()) == int((normed[1] == TOPK).sum())
+    # importance assignment: the same rule
+    imp = assign_tiers_jointly([cheap, dear], (0.5, 0.0, 0.5), normalise=False)
+    assert (imp[0] == TOPK).all() and (imp[1] == DENSE).all()
+
+
+def test_model_scope_fisher_tiers_are_the_global_cost_ranking_of_the_dense_gradients():
+    model, windows = _model(), _windows()
+    spec = PruneSpec(method="fisher", pattern="three_tier", tier_scope="model", assignment="cost", nsamples=3)
+    targets = _targets(model)
+    fisher = fisher_diagonal(model, targets, windows)
+    keys = list(targets)
+    costs = [tier_costs(fisher_scores(targets[k].weight().detach(), fisher[k]), spec.block, spec.keep) for k in keys]
+    expected = dict(zip(keys, assign_jointly_by_cost(costs, spec.ratios, normalise=False)))
+    dense = {k: t.weight().detach().clone() for k, t in targets.items()}
+
+    result = prune_model(model, spec, windows)
+    assert result.status == "completed"
+    total = sum(g.numel() for g in expected.values())
+    got = [sum(e["tiers"][n] for e in result.matrices) for n in ("dense", "2:4", "topk")]
+    assert tuple(got) == tier_counts(total, spec.ratios)
+    for e in result.matrices:
+        key = (e["layer"], e["module"])
+        grid = expected[key]
+        assert e["tiers"] == {"dense": int((grid == DENSE).sum()), "2:4": int((grid == TWO_FOUR).sum()),
+                              "topk": int((grid == TOPK).sum())}
+        W, B = targets[key].weight(), spec.block
+        kept = (W != 0).view(W.shape[0] // B, B, W.shape[1] // B, B).sum(dim=(1, 3))
+        assert (kept[grid == DENSE] == B * B).all()  # random weights: no zeros of their own
+        assert (kept[grid == TWO_FOUR] == B * B // 2).all() and (kept[grid == TOPK] == spec.keep).all()
+        # masks only: every kept weight is the dense weight, unchanged
+        nz = W != 0
+        assert torch.equal(W[nz], dense[key][nz])
+    n_dense, n_24, n_top = tier_counts(total, spec.ratios)
+    assert result.zeros == n_24 * B * B // 2 + n_top * (B * B - spec.keep)
+
+
+def test_fisher_without_reconstruction_needs_no_layer_statistics(monkeypatch):
+    import engine.pruner as pruner
+
+    def refuse(*a, **k):
+        raise AssertionError("the layer walk captured inputs it does not need")
+    monkeypatch.setattr(pruner, "capture_layer_inputs", refuse)
+    result = prune_model(_model(), PruneSpec(method="fisher", nsamples=2), _windows(2))
+    assert result.status == "completed" and abs(result.sparsity - 0.5) < 1e-9
+
+
+def test_fisher_with_reconstruction_updates_kept_weights():
+    model = _model()
+    q = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    prune_model(model, PruneSpec(method="fisher", pattern="nm", reconstruct=True, nsamples=3), _windows())
+    W = model.model.layers[0].self_attn.q_proj.weight
+    kept = W != 0
+    assert int((~kept).sum()) == W.numel() // 2
+    assert not torch.allclose(W[kept], q[kept])
+
+
+def test_stop_during_the_gradient_pass_prunes_nothing():
+    model = _model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cancel = threading.Event()
+
+    def progress(event):
+        if "gradient pass 2/" in event.get("message", ""):
+            cancel.set()
+    result = prune_model(model, PruneSpec(method="fisher", nsamples=3), _windows(), progress=progress, cancel=cancel)
+    assert result.status == "cancelled" and result.layers_done == 0 and "gradient pass" in result.message
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) and p.grad is None
