@@ -27,11 +27,11 @@ from components.layout import CSS_PATH, HEATMAP_CLICK_JS, banner, header_html, t
 from components.session import (ASSIGNMENT_CHOICES, DEVICE_CHOICES, DTYPE_CHOICES, EMBEDDED, EVAL_CHOICES,
                                 METHOD_CHOICES, MODEL_PRESETS, NAMED_SOURCES, PATTERN_CHOICES, PUBLIC_PRESETS,
                                 SCOPE_CHOICES, SKIP_EVAL, SOURCE_CHOICES, WITHIN_CHOICES, Session, grid_splits,
-                                nominal_text, parse_splits, rebalance, request_from_form, size_guard)
+                                nominal_text, parse_splits, rebalance, recipe_values, request_from_form, size_guard)
 from components.zero_shot import zero_shot_figure
 from engine.errors import UserError
 from engine.run import ModelCache, run
-from engine.spec import SEED_RATIOS
+from engine.spec import BEST_THREE_TIER as BEST, SEED_RATIOS, SEED_RULE
 from engine.store import RunStore
 
 MODELS = ModelCache()  # one model in memory per process; restored to dense weights before every run
@@ -157,7 +157,7 @@ class Dashboard:
             self.device = gr.Dropdown(DEVICE_CHOICES, value="auto", label="Device", min_width=100)
             self.dtype = gr.Dropdown(DTYPE_CHOICES, value="auto", label="dtype", min_width=100)
         gr.HTML("<div class='section-title'>Method and pattern</div>")
-        self.method = gr.Radio(METHOD_CHOICES, value="wanda", label="Importance (method)")
+        self.method = gr.Radio(METHOD_CHOICES, value=BEST["method"], label="Importance (method)")
         self.pattern = gr.Radio(PATTERN_CHOICES, value="three_tier", label="Pattern")
         with gr.Group(visible=False) as self.unstructured_box:
             self.sparsity = gr.Slider(0, 0.95, value=0.5, step=0.01, label="Sparsity")
@@ -170,14 +170,17 @@ class Dashboard:
             self.ratio_dense = gr.Slider(0, 1, value=SEED_RATIOS[0], step=0.01, label="dense blocks (all kept)")
             self.ratio_24 = gr.Slider(0, 1, value=SEED_RATIOS[1], step=0.01, label="2:4 blocks (half kept)")
             self.ratio_topk = gr.Slider(0, 1, value=SEED_RATIOS[2], step=0.01, label="top-K blocks (K kept)")
-            self.seed_btn = gr.Button("Seed preset 0.35 / 0.45 / 0.20", size="sm")
+            with gr.Row():
+                self.best_btn = gr.Button("Best found: Fisher, ranked model-wide by cost, OBS", size="sm")
+                self.seed_btn = gr.Button("Seed's rule: Wanda, ranked per matrix, masks only", size="sm")
             with gr.Row():
                 self.block = gr.Number(16, precision=0, minimum=4, step=4, label="Block size B")
                 self.keep = gr.Number(15, precision=0, minimum=0, label="K per top-K block")
-            self.tier_scope = gr.Radio(SCOPE_CHOICES, value="matrix", label="Rank blocks across")
-            self.assignment = gr.Radio(ASSIGNMENT_CHOICES, value="importance", label="Give blocks their tier by")
-            self.within_block = gr.Radio(WITHIN_CHOICES, value="score", label="Inside 2:4 / top-K blocks keep by")
-        self.reconstruct = gr.Checkbox(False, label="OBS weight update (reconstruct)",
+            self.tier_scope = gr.Radio(SCOPE_CHOICES, value=BEST["tier_scope"], label="Rank blocks across")
+            self.assignment = gr.Radio(ASSIGNMENT_CHOICES, value=BEST["assignment"], label="Give blocks their tier by")
+            self.within_block = gr.Radio(WITHIN_CHOICES, value=BEST["within_block"],
+                                         label="Inside 2:4 / top-K blocks keep by")
+        self.reconstruct = gr.Checkbox(BEST["reconstruct"], label="OBS weight update (reconstruct)",
                                        info="update the kept weights of the chosen mask (magnitude / Wanda; "
                                             "SparseGPT always does)")
         self.nominal = gr.Markdown(nominal_text("three_tier", 0.5, 2, 4, *SEED_RATIOS, 16, 15), elem_id="nominal")
@@ -531,7 +534,9 @@ class Dashboard:
             for i, slider in enumerate(ratios):
                 slider.input(lambda a, b, c, i=i: rebalance(i, (a, b, c)), ratios, ratios, queue=False,
                              show_progress="hidden", trigger_mode="always_last")
-            ui.seed_btn.click(lambda: SEED_RATIOS, None, ratios, queue=False, show_progress="hidden")
+            recipe_outputs = [ui.method, ui.tier_scope, ui.assignment, ui.within_block, ui.reconstruct, *ratios]
+            ui.seed_btn.click(lambda: recipe_values(SEED_RULE), None, recipe_outputs, queue=False, show_progress="hidden")
+            ui.best_btn.click(lambda: recipe_values(BEST), None, recipe_outputs, queue=False, show_progress="hidden")
             nominal_inputs = [ui.pattern, ui.sparsity, ui.n, ui.m, *ratios, ui.block, ui.keep]
             gr.on([c.change for c in nominal_inputs], nominal_text, nominal_inputs, ui.nominal, queue=False,
                   show_progress="hidden")

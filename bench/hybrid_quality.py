@@ -5,7 +5,7 @@ Wanda scores unless the row says otherwise. Every row runs through the product's
 
     python bench/hybrid_quality.py                 # every row, writes bench/HYBRID.md and bench/results/hybrid.json
     python bench/hybrid_quality.py --rows 'tt-*,24'  # rows whose key starts with tt-, and the row 24
-    python bench/hybrid_quality.py --quick          # 8 x 256 calibration, 10 x 512 evaluation: for exploring
+    python bench/hybrid_quality.py --quick          # 8 x 512 calibration, 10 x 512 evaluation: for exploring
 """
 from __future__ import annotations
 
@@ -22,8 +22,11 @@ from bench.common import DEFAULT_DATA, RESULTS, REPO  # noqa: E402
 from engine.perplexity import perplexity  # noqa: E402
 from engine import data as textdata  # noqa: E402
 from engine.run import ModelCache, RunRequest, run  # noqa: E402
-from engine.spec import PruneSpec  # noqa: E402
+from engine.spec import BEST_THREE_TIER, PruneSpec  # noqa: E402
 
+# The issue's table (an independent layer-wise implementation, same protocol), for the rows that reproduce it.
+ISSUE = {"dense": 25.6, "un50": 49.9, "un50-obs": 45.5, "24": 131.9, "24-obs": 84.4, "tt-seed": 396.3,
+         "tt-seed-obs": 138.5, "mag50": 296.9}
 TT = dict(pattern="three_tier", ratios=(0.35, 0.45, 0.20), keep=15)
 ROWS = [  # key, label, spec keyword arguments (None = dense)
     ("dense", "dense", None),
@@ -49,7 +52,16 @@ ROWS = [  # key, label, spec keyword arguments (None = dense)
     ("tt-fisher-layer", "three-tier, Fisher, cost, layer scope", dict(method="fisher", assignment="cost", tier_scope="layer", **TT)),
     ("tt-fisher-imp", "three-tier, Fisher, importance, model scope", dict(method="fisher", tier_scope="model", **TT)),
     ("tt-fisher", "three-tier, Fisher, cost, model scope (best masks only)", dict(method="fisher", assignment="cost", tier_scope="model", **TT)),
-    ("tt-fisher-obs", "three-tier, Fisher, cost, model scope + OBS update", dict(method="fisher", assignment="cost", tier_scope="model", reconstruct=True, **TT)),
+    ("tt-fisher-obs", "three-tier, Fisher, cost, model scope + OBS update (mask fixed first)", dict(method="fisher", assignment="cost", tier_scope="model", reconstruct=True, **TT)),
+    ("tt-fisher-obsw", "three-tier, Fisher, cost, model scope + OBS update, kept by OBS saliency", dict(method="fisher", assignment="cost", tier_scope="model", reconstruct=True, within_block="obs", **TT)),
+    ("tt-cost-layer-obsw", "three-tier, Wanda, cost, layer scope + OBS update, kept by OBS saliency", dict(method="wanda", assignment="cost", tier_scope="layer", reconstruct=True, within_block="obs", **TT)),
+    ("tt-sgpt-obsw", "three-tier, SparseGPT, seed rule, kept by OBS saliency during the update", dict(method="sparsegpt", within_block="obs", **TT)),
+    ("tt-fw-matrix", "three-tier, Fisher-weighted Wanda, cost, matrix scope", dict(method="fisher_wanda", assignment="cost", **TT)),
+    ("tt-fw-layer", "three-tier, Fisher-weighted Wanda, cost, layer scope", dict(method="fisher_wanda", assignment="cost", tier_scope="layer", **TT)),
+    ("tt-fw-imp", "three-tier, Fisher-weighted Wanda, importance, model scope", dict(method="fisher_wanda", tier_scope="model", **TT)),
+    ("tt-fw", "three-tier, Fisher-weighted Wanda, cost, model scope (best masks only)", dict(method="fisher_wanda", assignment="cost", tier_scope="model", **TT)),
+    ("tt-fw-obs", "three-tier, Fisher-weighted Wanda, cost, model scope + OBS update (mask fixed first)", dict(method="fisher_wanda", assignment="cost", tier_scope="model", reconstruct=True, **TT)),
+    ("tt-best", "three-tier, BEST_THREE_TIER: Fisher-weighted Wanda, cost, model scope, OBS update, kept by OBS saliency", dict(BEST_THREE_TIER, **TT)),
     ("tt-sgpt-cost-layer", "three-tier, SparseGPT, cost, layer scope", dict(method="sparsegpt", assignment="cost", tier_scope="layer", **TT)),
 ]
 
@@ -57,11 +69,12 @@ ROWS = [  # key, label, spec keyword arguments (None = dense)
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--rows", default="", help="comma-separated row keys; 'x*' = every key starting with x (default: all)")
+    p.add_argument("--rows", default="", help="comma-separated row keys, run in that order; 'x*' = every key starting with x (default: all)")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--eval_windows", type=int, default=40)
     p.add_argument("--quick", action="store_true", help="8 calibration windows, 10 evaluation windows")
+    p.add_argument("--report-only", action="store_true", help="rewrite the markdown from the JSON, run nothing")
     p.add_argument("--out", default=str(RESULTS / "hybrid.json"))
     p.add_argument("--md", default=str(REPO / "bench" / "HYBRID.md"))
     a = p.parse_args()
@@ -69,11 +82,15 @@ def main() -> None:
         a.nsamples, a.eval_windows = 8, 10
         a.out, a.md = a.out.replace(".json", "-quick.json"), a.md.replace(".md", "-quick.md")
     prefixes = [x for x in a.rows.split(",") if x]
-    rows = [r for r in ROWS if not prefixes or any(r[0] == x or (x.endswith("*") and r[0].startswith(x[:-1]))
-                                                   for x in prefixes)]
+    rows = ROWS if not prefixes else \
+        list({r[0]: r for x in prefixes for r in ROWS  # in the order asked for
+              if r[0] == x or (x.endswith("*") and r[0].startswith(x[:-1]))}.values())
 
-    models = ModelCache()
     results = _load(a.out)
+    if a.report_only:
+        _write(a, results, _load_meta(a.out))
+        return
+    models = ModelCache()
     for key, label, kw in rows:
         t = time.perf_counter()
         if kw is None:
@@ -93,6 +110,13 @@ def main() -> None:
         _write(a, results)
 
 
+def _load_meta(path: str) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())["meta"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def _load(path: str) -> dict:
     try:
         return json.loads(Path(path).read_text())["rows"]
@@ -100,8 +124,8 @@ def _load(path: str) -> dict:
         return {}
 
 
-def _write(a, results: dict) -> None:
-    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "nsamples": a.nsamples, "seqlen": a.seqlen,
+def _write(a, results: dict, meta: dict | None = None) -> None:
+    meta = meta or {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "nsamples": a.nsamples, "seqlen": a.seqlen,
             "eval_windows": a.eval_windows, "data": a.data, "machine": "2 CPU cores, float32"}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
@@ -109,11 +133,16 @@ def _write(a, results: dict) -> None:
     lines = [f"# Three-tier quality on SmolLM2-135M-Instruct", "",
              f"Calibration {a.nsamples} windows x {a.seqlen} tokens of valid.txt, evaluation {a.eval_windows} "
              f"windows x {a.seqlen} of test.txt (local WikiText-2), {meta['machine']}, {meta['date']}.",
-             "", "Command: `python bench/hybrid_quality.py" + (" --quick" if a.quick else "") + "`", "",
-             "| row | variant | sparsity | perplexity | time (s) |", "|---|---|---|---|---|"]
+             "", "Command: `python bench/hybrid_quality.py" + (" --quick" if a.quick else "") + "`. Column *issue #6*: "
+             "the issue's own numbers (an independent layer-wise implementation) where a row reproduces them.", "",
+             "| row | variant | sparsity | perplexity | issue #6 | time (s) |", "|---|---|---|---|---|---|"]
     for k in order:
         r = results[k]
-        lines.append(f"| `{k}` | {r['label']} | {r['sparsity']:.4f} | {r['ppl']:.2f} | {r['seconds']} |")
+        lines.append(f"| `{k}` | {r['label']} | {r['sparsity']:.4f} | {r['ppl']:.2f} | {'' if a.quick else ISSUE.get(k, '')} "
+                     f"| {r['seconds']} |")
+    findings = REPO / "bench" / "hybrid_findings.md"  # the analysis, kept beside the table it explains
+    if not a.quick and findings.exists():
+        lines += ["", findings.read_text()]
     Path(a.md).write_text("\n".join(lines) + "\n")
 
 

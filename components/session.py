@@ -30,10 +30,13 @@ MODEL_PRESETS = [
     ("mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-v0.1"),
 ]
 PUBLIC_PRESETS = MODEL_PRESETS[:-2]  # a public server takes models up to 2B parameters (components/policy.py)
-METHOD_CHOICES = [("Magnitude |W|", "magnitude"), ("Wanda |W|·‖X‖", "wanda"), ("SparseGPT (OBS update)", "sparsegpt")]
+METHOD_CHOICES = [("Magnitude |W|", "magnitude"), ("Wanda |W|·‖X‖", "wanda"), ("SparseGPT (OBS update)", "sparsegpt"),
+                  ("Fisher |W|·√F (loss gradients)", "fisher"),
+                  ("Fisher-weighted Wanda |W|·‖X‖·√G_row (loss gradients)", "fisher_wanda")]
 PATTERN_CHOICES = [("Three-tier blocks", "three_tier"), ("Unstructured", "unstructured"), ("N:M", "nm")]
 SCOPE_CHOICES = [("each matrix (seed)", "matrix"), ("each decoder layer", "layer"), ("whole model", "model")]
-WITHIN_CHOICES = [("method's score", "score"), ("|W| (seed's rule)", "magnitude")]
+WITHIN_CHOICES = [("method's score", "score"), ("|W| (seed's code)", "magnitude"),
+                  ("OBS saliency during the update (SparseGPT-style; needs the OBS update)", "obs")]
 ASSIGNMENT_CHOICES = [("importance: most important dense, next 2:4 (seed's rule)", "importance"),
                       ("cost: by the squared score mass each tier would drop", "cost")]
 NAMED_SOURCES = [("auto (paper: C4 calibration, WikiText-2 evaluation; offline: Python docs)", "auto"),
@@ -239,5 +242,7 @@ def grid_splits(step: float) -> str:
     return "\n".join(lines)
 
 
-def seed_preset() -> tuple[float, float, float]:
-    return SEED_RATIOS
+def recipe_values(recipe: dict) -> tuple:
+    """Form values (method, tier scope, assignment, within-block, reconstruct, 3 ratios) of a named recipe."""
+    return (recipe["method"], recipe["tier_scope"], recipe["assignment"], recipe["within_block"], recipe["reconstruct"],
+            *SEED_RATIOS)

@@ -47,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--topk_per_block", type=int, default=15, help="weights K kept in each top-K block (default 15)")
     o.add_argument("--tier_scope", default="matrix", choices=["matrix", "layer", "model"],
                    help="where blocks compete for tiers: each matrix (the seed), each decoder layer, the whole model (default matrix)")
-    o.add_argument("--within_block", default="score", choices=["score", "magnitude"],
-                   help="pick weights inside 2:4 and top-K blocks by the method's score or by |W| (the seed's rule) (default score)")
+    o.add_argument("--within_block", default="score", choices=["score", "magnitude", "obs"],
+                   help="pick weights inside 2:4 and top-K blocks by the method's score, by |W| (the seed's rule), or "
+                        "obs: by the OBS saliency while the weights are updated, as SparseGPT picks N:M (needs "
+                        "--reconstruct or sparsegpt) (default score)")
     o.add_argument("--tier_assignment", default="importance", choices=["importance", "cost"],
                    help="which blocks get which tier: by summed importance (the seed's rule) or by the squared "
                    "score mass each tier would drop (default importance)")

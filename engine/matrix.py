@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .masks import nm_mask, unstructured_mask
-from .scores import SCORES, obs_scores
+from .scores import SCORES, fisher_wanda_scores, obs_scores
 from .sparsegpt import sparsegpt_prune
 from .spec import PruneSpec, tier_counts
 from .stats import LinearStats
@@ -22,10 +22,14 @@ class MatrixResult:
     importance: torch.Tensor | None = None  # float [rows/B, cols/B]: what the blocks were ranked by
 
 
-def matrix_scores(W: torch.Tensor, stats: LinearStats | None, spec: PruneSpec) -> torch.Tensor:
-    """The method's importance of each weight [out, in] (float32)."""
+def matrix_scores(W: torch.Tensor, stats: LinearStats | None, spec: PruneSpec,
+                  fisher_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The method's importance of each weight [out, in] (float32). fisher_wanda needs `fisher_rows`
+    (sum_j F_ij per output row, engine/sensitivity.py)."""
     if spec.method == "sparsegpt":
         return obs_scores(W, stats, spec.damp)
+    if spec.method == "fisher_wanda":
+        return fisher_wanda_scores(W, stats, fisher_rows)
     if spec.method == "fisher":
         raise ValueError("fisher scores come from the whole model's gradients (engine/sensitivity.py), "
                          "not from one matrix: pass them in")
@@ -59,6 +63,10 @@ def prune_matrix(W: torch.Tensor, stats: LinearStats | None, spec: PruneSpec, *,
             budget = tier_budget or tier_counts(importance.numel(), spec.ratios)
             tiers = assign_tiers_by_cost(tier_costs(scores, spec.block, spec.keep), budget) \
                 if spec.assignment == "cost" else assign_tiers(importance, budget)
+        if spec.within_block == "obs":  # SparseGPT-style: chosen while the weights are updated
+            W_new, keep = sparsegpt_prune(W, stats.hessian(), tiers=tiers, block=spec.block, keep=spec.keep,
+                                          blocksize=spec.obs_blocksize, damp=spec.damp)
+            return MatrixResult(W_new, keep, tiers, importance)
         select = scores if spec.within_block == "score" else W.abs()
         keep = three_tier_mask(select, tiers, spec.block, spec.keep)
 

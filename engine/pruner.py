@@ -67,9 +67,13 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
     use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = False
     try:
-        fixed = None  # {(layer, name): scores} known before the walk (fisher: from the dense model's gradients)
+        # gradient methods: one backward pass per window first, on the dense model
+        fixed = None  # fisher: {(layer, name): scores}, known before the walk
+        sens = None   # fisher_wanda: {(layer, name): sum_j F_ij per output row}
         if spec.method == "fisher":
             fixed = _fisher_scores(model, layers, spec, windows, progress, cancel)
+        elif spec.method == "fisher_wanda":
+            sens = _fisher_rows(model, layers, spec, windows, progress, cancel)
         inputs = None
         if spec.needs_layer_stats:
             progress({"stage": "calibration", "message": f"capturing inputs of {len(windows)} calibration windows"})
@@ -83,7 +87,8 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
             if fixed is not None:  # every block's cost is known: rank them all now, tiers fixed for the walk
                 grids = _model_scope_grids(spec, fixed)
             else:
-                budgets = _model_scope_budgets(layers, spec, inputs, progress, cancel, offload_device)
+                ranked = _model_scope_ranking(layers, spec, inputs, sens, progress, cancel, offload_device)
+                grids, budgets = (ranked, None) if spec.loss_units else (None, ranked)
 
         walk_start = time.perf_counter()
         for i, layer in enumerate(layers):
@@ -93,7 +98,7 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
             if offload_device is not None:
                 layer.to(offload_device)
             try:
-                entries = _prune_layer(i, layer, spec, inputs, budgets, fixed, grids)
+                entries = _prune_layer(i, layer, spec, inputs, budgets, fixed, grids, sens)
                 if inputs is not None:
                     inputs.hidden = run_layer(layer, inputs)
             except torch.OutOfMemoryError as e:
@@ -124,18 +129,20 @@ def _check_block_fits(layers, spec: PruneSpec) -> None:
                             f"choose a block size of at most {min(target.shape)}")
 
 
-def _prune_layer(index: int, layer: nn.Module, spec: PruneSpec, inputs, budgets, fixed=None, grids=None) -> list[dict]:
+def _prune_layer(index: int, layer: nn.Module, spec: PruneSpec, inputs, budgets, fixed=None, grids=None,
+                 sens=None) -> list[dict]:
     targets = find_targets(layer, spec.prune_router)
     stats = _collect(layer, targets, spec, inputs)
     scores, tiers = {}, {}
     if fixed is not None:
         scores = {t.name: fixed.pop((index, t.name)).to(t.weight().device) for t in targets}
+    elif spec.pattern == "three_tier" or sens is not None:
+        scores = {t.name: matrix_scores(t.weight(), stats.get(t.name), spec,
+                                           None if sens is None else sens.pop((index, t.name)))
+                  for t in targets}
     if grids is not None:
         tiers = {t.name: grids.pop((index, t.name)) for t in targets}
     elif spec.pattern == "three_tier":
-        for t in targets:
-            if t.name not in scores:
-                scores[t.name] = matrix_scores(t.weight(), stats.get(t.name), spec)
         if spec.tier_scope == "layer":
             grids = _assign_jointly([_ranking_input(scores[t.name], spec) for t in targets], spec)
             tiers = {t.name: g for t, g in zip(targets, grids)}
@@ -150,15 +157,22 @@ def _prune_layer(index: int, layer: nn.Module, spec: PruneSpec, inputs, budgets,
     return entries
 
 
-def _collect(layer: nn.Module, targets, spec: PruneSpec, inputs) -> dict:
+def _collect(layer: nn.Module, targets, spec: PruneSpec, inputs, hessian: bool | None = None) -> dict:
+    """Input statistics of every target; Hessians when weights will be updated (or `hessian` says so)."""
     if inputs is None:
         return {}
-    hooks = StatsHooks(targets, hessian=spec.updates_weights)
+    hooks = StatsHooks(targets, hessian=spec.updates_weights if hessian is None else hessian)
     try:
         run_layer(layer, inputs)
     finally:
         hooks.remove()
     return hooks.stats
+
+
+def _fisher_rows(model, layers, spec: PruneSpec, windows, progress, cancel) -> dict:
+    """fisher_wanda: sum_j F_ij per output row of every target (vectors only)."""
+    targets = {(i, t.name): t for i, layer in enumerate(layers) for t in find_targets(layer, spec.prune_router)}
+    return fisher_diagonal(model, targets, windows, rows_only=True, progress=progress, cancel=cancel)
 
 
 def _fisher_scores(model, layers, spec: PruneSpec, windows, progress, cancel) -> dict:
@@ -175,10 +189,13 @@ def _model_scope_grids(spec: PruneSpec, fixed: dict) -> dict:
     return dict(zip(keys, grids))
 
 
-def _model_scope_budgets(layers, spec: PruneSpec, inputs, progress, cancel, offload_device) -> dict:
-    """Tier budgets for ranking blocks across the whole model: one dense pass scores every matrix, all blocks
-    are ranked together (importance normalised per matrix), and each matrix gets the block counts it won.
-    The pruning walk then re-ranks inside each matrix with those counts, using its post-upstream-pruning scores."""
+def _model_scope_ranking(layers, spec: PruneSpec, inputs, sens, progress, cancel, offload_device) -> dict:
+    """Rank blocks across the whole model: one dense pass scores every matrix and all blocks are ranked together.
+
+    Scores in loss units (fisher_wanda) compare as they are, and the winning tier grids are kept as they are:
+    {key: grid}. Scores in per-matrix units (magnitude, Wanda, OBS) are normalised per matrix, and each matrix
+    only keeps the block counts it won, {key: (dense, 2:4, top-K)}: the pruning walk re-ranks inside each
+    matrix with those counts, using its post-upstream-pruning scores."""
     hidden = list(inputs.hidden) if inputs is not None else None
     keys, importances = [], []
     for i, layer in enumerate(layers):
@@ -190,9 +207,10 @@ def _model_scope_budgets(layers, spec: PruneSpec, inputs, progress, cancel, offl
             layer.to(offload_device)
         try:
             targets = find_targets(layer, spec.prune_router)
-            stats = _collect(layer, targets, spec, inputs)
+            stats = _collect(layer, targets, spec, inputs, hessian=spec.method == "sparsegpt")  # scores only
             for t in targets:
-                scores = matrix_scores(t.weight(), stats.get(t.name), spec)
+                scores = matrix_scores(t.weight(), stats.get(t.name), spec,
+                                       None if sens is None else sens.get((i, t.name)))
                 keys.append((i, t.name))
                 importances.append(_ranking_input(scores, spec).cpu())
             if inputs is not None:
@@ -203,6 +221,8 @@ def _model_scope_budgets(layers, spec: PruneSpec, inputs, progress, cancel, offl
     if inputs is not None:
         inputs.hidden = hidden  # the pruning walk starts again from the first layer's inputs
     grids = _assign_jointly(importances, spec)
+    if spec.loss_units:
+        return dict(zip(keys, grids))
     return {k: tuple(tier_census(g).values()) for k, g in zip(keys, grids)}
 
 
@@ -217,7 +237,7 @@ def _assign_jointly(rankings: list[torch.Tensor], spec: PruneSpec) -> list[torch
     """Tier grids for matrices ranked together (a layer, or the model), from their `_ranking_input`s."""
     assign = assign_jointly_by_cost if spec.assignment == "cost" else assign_tiers_jointly
     # fisher scores are in units of the model's loss: they compare across matrices as they are
-    return assign(rankings, spec.ratios, normalise=spec.method != "fisher")
+    return assign(rankings, spec.ratios, normalise=not spec.loss_units)
 
 
 def _entry(layer: int, target, res, spec: PruneSpec) -> dict:

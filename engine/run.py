@@ -199,7 +199,9 @@ def _baselines(request, lm, models, eval_ids, eval_name, seqlen, progress, cance
     if request.eval_windows:
         n_windows = min(n_windows, request.eval_windows)
     fingerprint = model_fingerprint(lm.model)
-    mag_spec = request.spec.replace(method="magnitude", reconstruct=False, group=None, use_variant=False)
+    # the same pattern chosen by |W|, masks only (an OBS choice inside blocks needs the update: |W| instead)
+    mag_spec = request.spec.replace(method="magnitude", reconstruct=False, group=None, use_variant=False,
+                                    within_block="score" if request.spec.within_block == "obs" else request.spec.within_block)
     out = []
     for what in ("dense", "magnitude"):
         kind = "dense" if what == "dense" else "magnitude/" + _spec_key(mag_spec)

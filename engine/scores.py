@@ -27,4 +27,15 @@ def fisher_scores(W: torch.Tensor, fisher: torch.Tensor) -> torch.Tensor:
     return W.abs().float() * fisher.to(W.device).float().sqrt()
 
 
+def fisher_wanda_scores(W: torch.Tensor, stats: LinearStats, fisher_rows: torch.Tensor) -> torch.Tensor:
+    """Wanda's |W_ij| * ||X_j||, each output row i weighted by sqrt(G_i), G_i = sum_j F_ij / sum_j ||X_j||^2.
+
+    F_ij ~ G_i ||X_j||^2 when output gradients and inputs are independent, so G_i is how much the model's loss
+    cares about output i (squared-gradient scale) and G_i (|W_ij| ||X_j||)^2 is the loss cost of dropping W_ij.
+    Inside a row this is Wanda exactly (one factor per row); across rows, matrices and layers it is in loss units."""
+    energy = stats.input_norm().square().sum().clamp_min(1e-30)
+    g = (fisher_rows.to(W.device).float() / energy.to(W.device)).clamp_min(1e-30)  # a row the loss ignores keeps
+    return wanda_scores(W, stats) * g.sqrt().unsqueeze(1)                         # Wanda's order inside it
+
+
 SCORES = {"magnitude": magnitude_scores, "wanda": wanda_scores, "sparsegpt": obs_scores}

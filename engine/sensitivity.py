@@ -21,12 +21,16 @@ from .errors import Cancelled, UserError
 
 
 def fisher_diagonal(model: nn.Module, targets: dict[tuple[int, str], Target], windows: torch.Tensor, *,
-                    progress: Callable[[dict], None] | None = None,
+                    rows_only: bool = False, progress: Callable[[dict], None] | None = None,
                     cancel: threading.Event | None = None) -> dict[tuple[int, str], torch.Tensor]:
-    """{key: F [out, in] float32 on CPU} for every target, from windows [n, seqlen] of token ids."""
+    """{key: F [out, in] float32 on CPU} for every target, from windows [n, seqlen] of token ids.
+    rows_only: {key: sum_j F_ij [out]} instead, without a float32 copy of the weights (fisher_wanda needs no more)."""
     progress = progress or (lambda event: None)
     params = {id(t.parameter): t.parameter for t in targets.values()}
-    acc = {k: torch.zeros(p.shape, dtype=torch.float32) for k, p in params.items()}
+    if rows_only:
+        acc = {key: torch.zeros(t.shape[0], dtype=torch.float32) for key, t in targets.items()}
+    else:
+        acc = {k: torch.zeros(p.shape, dtype=torch.float32) for k, p in params.items()}
     trainable = {p: p.requires_grad for p in model.parameters()}
     device = model.get_input_embeddings().weight.device
     try:
@@ -46,12 +50,19 @@ def fisher_diagonal(model: nn.Module, targets: dict[tuple[int, str], Target], wi
                 except torch.OutOfMemoryError as e:
                     raise UserError("out of memory in the gradient pass of the fisher method: lower seqlen, or use "
                                     "wanda (forward passes only)") from e
-                for k, p in params.items():
-                    acc[k] += p.grad.float().square().cpu()
+                if rows_only:
+                    for key, t in targets.items():
+                        acc[key] += t.matrix_of(t.parameter.grad).float().square().sum(dim=1).cpu()
+                else:
+                    for k, p in params.items():
+                        acc[k] += p.grad.float().square().cpu()
+                for p in params.values():
                     p.grad = None
     finally:
         for p, flag in trainable.items():
             p.requires_grad_(flag)
             p.grad = None
     n = max(len(windows), 1)
+    if rows_only:
+        return {key: v / n for key, v in acc.items()}
     return {key: t.matrix_of(acc[id(t.parameter)]).div(n).contiguous() for key, t in targets.items()}

@@ -9,14 +9,18 @@ from __future__ import annotations
 import torch
 
 from .stats import dampened
+from .three_tier import TOPK, TWO_FOUR
 
 
 def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, *, sparsity: float = 0.0, prune_n: int = 0, prune_m: int = 0,
-                    keep_mask: torch.Tensor | None = None, blocksize: int = 128, damp: float = 0.01
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    keep_mask: torch.Tensor | None = None, tiers: torch.Tensor | None = None, block: int = 16,
+                    keep: int = 15, blocksize: int = 128, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (updated W, keep-mask). One of:
       keep_mask          a fixed mask (True = keep): only reconstruct the kept weights;
       prune_n, prune_m   prune prune_n of every prune_m columns, chosen by w^2 / [Hinv]_jj^2 (N:M);
+      tiers              a three-tier grid [rows/B, cols/B] (block, keep): inside its 2:4 and top-K blocks the
+                         weights are chosen as SparseGPT chooses N:M, by w^2 / [Hinv]_jj^2 of the weights as
+                         updated so far: 2:4 at each group of 4 columns, top-K at the first column of each block;
       sparsity           adaptive unstructured mask, chosen per block of columns (the paper's default).
     """
     W = W.clone().float()
@@ -28,6 +32,9 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, *, sparsity: float = 0.0, 
     prune = ~keep_mask.to(W.device) if fixed else torch.zeros_like(W, dtype=torch.bool)
     if prune_m:  # N:M groups must not straddle two blocks of columns
         blocksize = max(prune_m, blocksize - blocksize % prune_m)
+    if tiers is not None:  # nor may the B columns of a tier block
+        blocksize = max(block, blocksize - blocksize % block)
+        row_tier = tiers.to(W.device).repeat_interleave(block, dim=0)[:rows]  # [rows, cols/B]: tier of each row
 
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
@@ -36,7 +43,7 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, *, sparsity: float = 0.0, 
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = Hinv1.diagonal()
         mask1 = prune[:, i1:i2]  # a view: choices made below land in `prune`
-        if not fixed and not prune_n:
+        if not fixed and not prune_n and tiers is None:
             saliency = W1 ** 2 / d.unsqueeze(0) ** 2
             n_prune = int(saliency.numel() * sparsity)
             if n_prune:
@@ -45,6 +52,17 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, *, sparsity: float = 0.0, 
                 mask1 |= chosen.view_as(mask1)
         pruned1 = mask1.to(W1.dtype)
         for i in range(i2 - i1):
+            if tiers is not None:
+                if (i1 + i) % block == 0:
+                    _choose_top_k(W1[:, i:i + block], d[i:i + block], row_tier[:, (i1 + i) // block] == TOPK,
+                                  keep, block, mask1[:, i:i + block])
+                if (i1 + i) % 4 == 0:
+                    in_24 = (row_tier[:, (i1 + i) // block] == TWO_FOUR).unsqueeze(1)
+                    sal = W1[:, i:i + 4] ** 2 / d[i:i + 4].unsqueeze(0) ** 2
+                    drop = torch.zeros_like(sal, dtype=torch.bool).scatter_(
+                        1, torch.topk(sal, max(sal.shape[1] - 2, 0), dim=1, largest=False).indices, True)
+                    mask1[:, i:i + 4] |= drop & in_24
+                    pruned1[:, i:i + block] = mask1[:, i:i + block].to(W1.dtype)
             if prune_n and not fixed and i % prune_m == 0:
                 saliency = W1[:, i:i + prune_m] ** 2 / d[i:i + prune_m].unsqueeze(0) ** 2
                 k = min(prune_n, saliency.shape[1])
@@ -59,3 +77,19 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, *, sparsity: float = 0.0, 
         W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1.0)
     W[prune] = 0
     return W, ~prune
+
+
+def _choose_top_k(W1: torch.Tensor, d: torch.Tensor, rows_top: torch.Tensor, keep: int, block: int,
+                  prune: torch.Tensor) -> None:
+    """In the B columns W1 [rows, <=B] of one block column, mark for pruning all but the `keep` weights of
+    highest OBS saliency w^2/d^2 in every B x B block whose rows are top-K (rows_top [rows] bool)."""
+    rows, width = W1.shape
+    if not rows_top.any():
+        return
+    sal = W1 ** 2 / d.unsqueeze(0) ** 2
+    pad_rows = -rows % block
+    sal = torch.nn.functional.pad(sal, (0, block - width, 0, pad_rows), value=-1.0)  # padding never wins
+    flat = sal.reshape(-1, block * block)  # one row per block (rows of B consecutive matrix rows x B columns)
+    kept = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, flat.topk(min(keep, block * block), dim=1).indices, True)
+    drop = (~kept).reshape(-1, block)[:rows, :width]
+    prune |= drop & rows_top.unsqueeze(1)

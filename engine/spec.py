@@ -6,14 +6,17 @@ from dataclasses import asdict, dataclass, replace
 
 from .errors import SpecError
 
-METHODS = ("magnitude", "wanda", "sparsegpt", "fisher")
+METHODS = ("magnitude", "wanda", "sparsegpt", "fisher", "fisher_wanda")
 PATTERNS = ("unstructured", "nm", "three_tier")
 TIER_SCOPES = ("matrix", "layer", "model")
-WITHIN_BLOCK = ("score", "magnitude")
+WITHIN_BLOCK = ("score", "magnitude", "obs")
 GROUPS = ("row", "matrix")
 ASSIGNMENTS = ("importance", "cost")
 TIER_NAMES = ("dense", "2:4", "topk")  # tier ids 0, 1, 2 in every tier map
 SEED_RATIOS = (0.35, 0.45, 0.20)
+# Named three-tier recipes (issue 6, bench/HYBRID.md): the seed's rule, and the best variant measured.
+SEED_RULE = dict(method="wanda", tier_scope="matrix", assignment="importance", within_block="score", reconstruct=False)
+BEST_THREE_TIER = dict(method="fisher_wanda", tier_scope="model", assignment="cost", within_block="obs", reconstruct=True)
 
 
 @dataclass(frozen=True)
@@ -22,12 +25,16 @@ class PruneSpec:
 
     method      how important each weight is: magnitude |W|, wanda |W|*||X||, sparsegpt (OBS, updates weights),
                 fisher |W|*sqrt(F) with F the empirical Fisher of the model's loss (one backward pass per
-                calibration window; loss units, so blocks compare across matrices and layers as they are)
+                calibration window; loss units, so blocks compare across matrices and layers as they are),
+                fisher_wanda Wanda with each output row weighted by its loss sensitivity sqrt(G_i) from the same
+                gradients: Wanda inside a row, loss units across rows, matrices and layers
     pattern     which weights may stay: unstructured (`sparsity`), nm (`n` of every `m`), three_tier
     ratios      three-tier split of 16x16 blocks into (dense, 2:4, top-K); must sum to 1
     block, keep three-tier block side B and weights K kept in each top-K block (0 <= K <= B*B)
     tier_scope  where blocks compete for tiers: each matrix (the seed's rule), a decoder layer, the whole model
-    within_block weights chosen inside 2:4 / top-K blocks by the method's score, or by |W| (the seed)
+    within_block weights chosen inside 2:4 / top-K blocks by the method's score, by |W| (the seed), or "obs":
+                with an OBS update, by the OBS saliency of the weights as updated so far, column block by
+                column block as SparseGPT chooses N:M (needs reconstruct or sparsegpt)
     assignment  how blocks get tiers: "importance" (most important dense, next 2:4: the seed's rule) or
                 "cost" (keep the squared score mass lost by 2:4 / top-K small under the same counts)
     group       unstructured comparison group; None = the paper's (wanda/sparsegpt: row, magnitude: matrix)
@@ -93,6 +100,9 @@ class PruneSpec:
                    f"K (weights kept per top-K block) must lie in [0, {self.block * self.block}] for {self.block}x{self.block} blocks, got {self.keep}")
             _check(self.tier_scope in TIER_SCOPES, f"tier scope must be one of {', '.join(TIER_SCOPES)}, got {self.tier_scope!r}")
             _check(self.within_block in WITHIN_BLOCK, f"within-block choice must be one of {', '.join(WITHIN_BLOCK)}")
+            _check(self.within_block != "obs" or self.updates_weights,
+                   "within-block choice 'obs' picks weights while the OBS update runs: turn on reconstruct "
+                   "(or use sparsegpt)")
             _check(self.assignment in ASSIGNMENTS, f"tier assignment must be one of {', '.join(ASSIGNMENTS)}, "
                    f"got {self.assignment!r}")
 
@@ -104,12 +114,16 @@ class PruneSpec:
     @property
     def needs_layer_stats(self) -> bool:
         """Whether the layer walk must collect input statistics (Wanda norms, OBS Hessians)."""
-        return self.method in ("wanda", "sparsegpt") or self.reconstruct
+        return self.method in ("wanda", "sparsegpt", "fisher_wanda") or self.reconstruct
 
     @property
-    def scores_fixed_before_walk(self) -> bool:
-        """Scores known for every matrix before the walk (from the dense model), so tiers can be decided at once."""
-        return self.method in ("magnitude", "fisher")
+    def uses_gradients(self) -> bool:
+        return self.method in ("fisher", "fisher_wanda")
+
+    @property
+    def loss_units(self) -> bool:
+        """Scores in units of the model's loss: blocks of different matrices compare as they are."""
+        return self.uses_gradients
 
     @property
     def updates_weights(self) -> bool:
@@ -136,7 +150,8 @@ class PruneSpec:
     def label(self) -> str:
         if self.pattern == "three_tier":
             d, s, t = self.ratios
-            extra = "".join([", by cost" if self.assignment == "cost" else "", ", +OBS" if self.reconstruct else ""])
+            extra = "".join([", by cost" if self.assignment == "cost" else "", ", +OBS" if self.reconstruct else "",
+                             ", kept by OBS saliency" if self.within_block == "obs" else ""])
             return f"{self.method} three-tier {d:g}/{s:g}/{t:g} K={self.keep} ({self.tier_scope}{extra})"
         if self.pattern == "nm":
             return f"{self.method} {self.n}:{self.m}"

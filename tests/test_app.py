@@ -140,7 +140,9 @@ def test_a_run_streams_progress_and_returns_heatmap_and_tier_map(dash, server, t
 
     heat = plot_json(out(dash, result, dash.heatmap))["data"][0]
     z = z_of(heat)
-    assert z.shape == (2, 7) and np.isfinite(z).all() and (z > 0.3).all()  # 2 layers x 7 LLaMA matrices
+    assert z.shape == (2, 7) and np.isfinite(z).all()  # 2 layers x 7 LLaMA matrices
+    # the default recipe ranks blocks model-wide: per-matrix sparsity varies, every value a real fraction
+    assert ((z >= 0) & (z < 1)).all() and z.max() > 0.3
     assert heat["x"][0] == "self_attn.q_proj" and heat["x"][-1] == "mlp.down_proj"
 
     tier = plot_json(out(dash, result, dash.tiermap))

@@ -143,3 +143,87 @@ def test_stop_during_the_gradient_pass_prunes_nothing():
     assert result.status == "cancelled" and result.layers_done == 0 and "gradient pass" in result.message
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]) and p.grad is None
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mixtral"])
+def test_best_recipe_end_to_end_exact_counts(family):
+    """The dashboard's default (BEST_THREE_TIER): fisher tiers ranked model-wide by cost, weights chosen inside
+    blocks by the OBS saliency while they are updated. Global tier counts exact, block structure exact."""
+    from engine.spec import BEST_THREE_TIER
+    model = _model(family)
+    spec = PruneSpec(pattern="three_tier", nsamples=3, **BEST_THREE_TIER)
+    result = prune_model(model, spec, _windows())
+    assert result.status == "completed"
+    total = sum(e["tier_map"]["shape"][0] * e["tier_map"]["shape"][1] for e in result.matrices)
+    got = tuple(sum(e["tiers"][n] for e in result.matrices) for n in ("dense", "2:4", "topk"))
+    assert got == tier_counts(total, spec.ratios)
+    B = spec.block
+    _, n_24, n_top = got
+    assert result.zeros == n_24 * B * B // 2 + n_top * (B * B - spec.keep)  # 64-wide tiny matrices: no edge blocks
+    with torch.no_grad():
+        assert torch.isfinite(model(_windows(1, 16)).logits).all()
+
+
+def test_obs_choice_inside_blocks_needs_the_update():
+    from engine.errors import SpecError
+    with pytest.raises(SpecError, match="reconstruct"):
+        PruneSpec(method="wanda", pattern="three_tier", within_block="obs")
+    PruneSpec(method="sparsegpt", pattern="three_tier", within_block="obs")
+    PruneSpec(method="wanda", pattern="three_tier", within_block="obs", reconstruct=True)
+
+
+# -- fisher_wanda: Wanda inside each row, loss units across rows ----------------------------------------------------
+
+def test_fisher_wanda_scores_exact():
+    from engine.scores import fisher_wanda_scores
+    from engine.stats import LinearStats
+    stats = LinearStats(2, "cpu", hessian=False)
+    stats.add(torch.tensor([[1.0, 2.0], [1.0, 2.0]]))       # ||X|| = (1, 2), sum of squares 5
+    W = torch.tensor([[1.0, -1.0], [2.0, 0.5]])
+    rows = torch.tensor([20.0, 0.0])                         # G = (4, 0): the second row is ignored by the loss
+    got = fisher_wanda_scores(W, stats, rows)
+    assert got[0].tolist() == [2.0, 4.0]                     # 2 * (|w| * ||x||)
+    assert got[1, 0] > got[1, 1] > 0                         # still Wanda's order inside the ignored row
+
+
+def test_row_sums_mode_is_the_row_sum_of_the_full_fisher():
+    model, windows = _model(), _windows()
+    targets = _targets(model)
+    full = fisher_diagonal(model, targets, windows)
+    rows = fisher_diagonal(model, targets, windows, rows_only=True)
+    for k in targets:
+        torch.testing.assert_close(rows[k], full[k].sum(dim=1), rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("pattern", [dict(pattern="unstructured"), dict(pattern="nm", n=2, m=4)])
+def test_fisher_wanda_per_row_patterns_are_wanda_exactly(pattern):
+    """One positive factor per row never changes a per-row comparison: unstructured (per row) and N:M masks
+    equal Wanda's to the weight."""
+    masks = []
+    for method in ("wanda", "fisher_wanda"):
+        model = _model()
+        prune_model(model, PruneSpec(method=method, nsamples=3, **pattern), _windows())
+        masks.append([t.weight() != 0 for t in _targets(model).values()])
+    assert all(torch.equal(a, b) for a, b in zip(*masks))
+
+
+def test_fisher_wanda_model_scope_ranks_in_loss_units_and_keeps_global_counts():
+    model = _model()
+    spec = PruneSpec(method="fisher_wanda", pattern="three_tier", tier_scope="model", assignment="cost", nsamples=3)
+    result = prune_model(model, spec, _windows())
+    total = sum(e["tier_map"]["shape"][0] * e["tier_map"]["shape"][1] for e in result.matrices)
+    got = tuple(sum(e["tiers"][n] for e in result.matrices) for n in ("dense", "2:4", "topk"))
+    assert got == tier_counts(total, spec.ratios)
+    assert len({tuple(e["tiers"].values()) for e in result.matrices}) > 1
+
+
+def test_best_recipe_run_with_baselines(tiny_llama_dir, tmp_path):
+    """Regression: the magnitude baseline of a run whose weights are kept by OBS saliency once failed (|W| cannot
+    choose 'obs' without an update); it now prunes the same pattern by |W|, masks only."""
+    from engine.run import RunRequest, run
+    from engine.spec import BEST_THREE_TIER
+    spec = PruneSpec(pattern="three_tier", nsamples=2, seqlen=32, **BEST_THREE_TIER)
+    rec = run(RunRequest(model=str(tiny_llama_dir), device="cpu", spec=spec, calib="pydoc", eval="pydoc",
+                         eval_windows=2, baselines=True, baseline_cache_dir=str(tmp_path)))
+    assert rec["status"] == "completed"
+    assert all(rec["ppl"][k] > 0 for k in ("dense", "magnitude", "pruned"))
