@@ -122,3 +122,31 @@ def test_three_tier_on_smollm2_saves_and_reloads(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     # the quantized original already holds a few exact zeros (0.01%): the reloaded share is at least the mask's
     assert res["actual_sparsity"] <= _zeros_share(reloaded) < res["actual_sparsity"] + 0.001
+
+
+def test_best_three_tier_recipe_from_the_command_line(tiny_llama_dir, tmp_path):
+    """The README's best-recipe flags: the spec is recorded as given, tier counts hold model-wide, the pruned model
+    reloads with exactly the zeros the record reports."""
+    out = tmp_path / "best"
+    rc = main(["--model", str(tiny_llama_dir), "--sparsity_type", "three_tier", "--prune_method", "fisher_wanda",
+               "--tier_scope", "model", "--tier_assignment", "cost", "--reconstruct", "--within_block", "obs",
+               "--save", str(out), *QUICK])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    spec = res["spec"]
+    assert (spec["method"], spec["tier_scope"], spec["assignment"], spec["within_block"], spec["reconstruct"]) == \
+        ("fisher_wanda", "model", "cost", "obs", True)
+    total = sum(m["tier_map"]["shape"][0] * m["tier_map"]["shape"][1] for m in res["matrices"])
+    got = tuple(sum(m["tiers"][k] for m in res["matrices"]) for k in ("dense", "2:4", "topk"))
+    from engine.spec import tier_counts
+    assert got == tier_counts(total, (0.35, 0.45, 0.20))
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    zeros = sum(int((p == 0).sum()) for layer in reloaded.model.layers for p in layer.parameters() if p.dim() == 2)
+    assert zeros == sum(m["zeros"] for m in res["matrices"])
+
+
+def test_within_block_obs_without_update_is_a_one_line_error(tiny_llama_dir, capsys):
+    rc = main(["--model", str(tiny_llama_dir), "--sparsity_type", "three_tier", "--within_block", "obs", *QUICK])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "reconstruct" in err[0]

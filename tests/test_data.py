@@ -249,7 +249,7 @@ def test_hf_hub_offline_answers_false_at_once(monkeypatch):
     monkeypatch.setattr(data, "_hub_answer", True)  # even a cached "reachable" must not override the env
     start = time.perf_counter()
     assert hub_reachable() is False
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 2.0  # at once, not after the 3 s probe (margin for loaded machines)
 
 
 def test_hub_probe_gives_up_at_its_timeout(monkeypatch):
@@ -259,7 +259,7 @@ def test_hub_probe_gives_up_at_its_timeout(monkeypatch):
     monkeypatch.setattr(data.urllib.request, "urlopen", hang)
     start = time.perf_counter()
     assert data._probe("https://huggingface.co", timeout=0.3) is False
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 3.0  # long before the 5 s hang ends (margin for loaded machines)
 
 
 def test_wikitext2_from_hub_joins_rows_like_wanda(monkeypatch):

@@ -61,7 +61,7 @@ def test_discovery_finds_layers_and_skips_embeddings_and_head(family):
 
 
 @pytest.mark.parametrize("pattern", list(SPECS))
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "fisher"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "fisher", "fisher_wanda"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_method_and_pattern(family, method, pattern):
     model = _model(family)

@@ -1,7 +1,6 @@
 """Figure builders on hand-made run records: shapes, values, colours, and pooling of big tier maps."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -153,9 +152,7 @@ def test_big_tier_map_is_pooled_under_the_cap_and_says_so():
     tiers = np.kron(coarse, np.ones((f, f), dtype=np.int8))[:R, :C]  # constant per super-block: pooling keeps it
     tiers[0, 0] = (coarse[0, 0] + 1) % 3                              # one dissenting block does not win
     entry = matrix_entry(5, "mlp.down_proj", tiers, importance=np.ones(tiers.shape, np.float32))
-    t0 = time.perf_counter()
-    fig, note = tier_map_figure(entry)
-    elapsed = time.perf_counter() - t0
+    fig, note = tier_map_figure(entry)  # its speed (~0.1 s) is a benchmark matter, never a test's: see bench/
     layers = heatmaps(fig)
     shape = np.asarray(layers[0].z).shape
     assert shape == coarse.shape and shape[0] * shape[1] <= MAX_TIER_CELLS
@@ -168,7 +165,6 @@ def test_big_tier_map_is_pooled_under_the_cap_and_says_so():
     assert "512 × 1,792 blocks" in note and "super-blocks" in note and f"{f} × {f} blocks" in note
     assert fig.layout.xaxis.ticktext[0] == "0"
     assert max(int(t.replace(",", "")) for t in fig.layout.xaxis.ticktext) <= 28672
-    assert elapsed < 2.0
 
 
 def test_pool_factor_respects_any_cap():
