@@ -46,6 +46,7 @@ ROWS = [  # key, label, spec keyword arguments (None = dense)
     ("tt-cost-obs", "three-tier, cost assignment + OBS update", dict(method="wanda", assignment="cost", reconstruct=True, **TT)),
     ("tt-cost-layer-obs", "three-tier, cost, layer scope + OBS update", dict(method="wanda", assignment="cost", tier_scope="layer", reconstruct=True, **TT)),
     ("tt-sgpt", "three-tier, SparseGPT (OBS saliency ranks, OBS update)", dict(method="sparsegpt", **TT)),
+    ("tt-sgpt-cost-layer", "three-tier, SparseGPT, cost, layer scope", dict(method="sparsegpt", assignment="cost", tier_scope="layer", **TT)),
     ("fisher-24", "Fisher 2:4 (same scores as the fisher rows)", dict(method="fisher", pattern="nm", n=2, m=4)),
     ("fisher-24-obs", "Fisher 2:4 + OBS update", dict(method="fisher", pattern="nm", n=2, m=4, reconstruct=True)),
     ("tt-fisher-matrix", "three-tier, Fisher, cost, matrix scope", dict(method="fisher", assignment="cost", **TT)),
@@ -62,7 +63,6 @@ ROWS = [  # key, label, spec keyword arguments (None = dense)
     ("tt-fw", "three-tier, Fisher-weighted Wanda, cost, model scope (best masks only)", dict(method="fisher_wanda", assignment="cost", tier_scope="model", **TT)),
     ("tt-fw-obs", "three-tier, Fisher-weighted Wanda, cost, model scope + OBS update (mask fixed first)", dict(method="fisher_wanda", assignment="cost", tier_scope="model", reconstruct=True, **TT)),
     ("tt-best", "three-tier, BEST_THREE_TIER: Fisher-weighted Wanda, cost, model scope, OBS update, kept by OBS saliency", dict(BEST_THREE_TIER, **TT)),
-    ("tt-sgpt-cost-layer", "three-tier, SparseGPT, cost, layer scope", dict(method="sparsegpt", assignment="cost", tier_scope="layer", **TT)),
 ]
 
 
@@ -138,7 +138,7 @@ def _write(a, results: dict, meta: dict | None = None) -> None:
              "| row | variant | sparsity | perplexity | issue #6 | time (s) |", "|---|---|---|---|---|---|"]
     for k in order:
         r = results[k]
-        lines.append(f"| `{k}` | {r['label']} | {r['sparsity']:.4f} | {r['ppl']:.2f} | {'' if a.quick else ISSUE.get(k, '')} "
+        lines.append(f"| `{k}` | {r['label'].replace('|', chr(92) + '|')} | {r['sparsity']:.4f} | {r['ppl']:.2f} | {'' if a.quick else ISSUE.get(k, '')} "
                      f"| {r['seconds']} |")
     findings = REPO / "bench" / "hybrid_findings.md"  # the analysis, kept beside the table it explains
     if not a.quick and findings.exists():
