@@ -115,7 +115,7 @@ def server(served):
 
 @pytest.fixture(scope="module")
 def deep_llama_dir(tmp_path_factory, tiny_tokenizer):
-    """16 tiny decoder layers: a SparseGPT run long enough (~0.7 s a layer) to be stopped halfway."""
+    """16 tiny decoder layers: with `slow_layers`, a run long enough to be stopped halfway."""
     return save_tiny_model(tmp_path_factory.mktemp("deep-llama"), tiny_tokenizer, "llama", layers=16)
 
 
@@ -210,10 +210,27 @@ def wait_for_layer(job, timeout: float = 60):
     pytest.fail("the run never reported a decoder layer")
 
 
-DEEP_RUN = dict(method="sparsegpt", calib="pydoc", nsamples=8, seqlen=64, eval_source="none")
+# SparseGPT three-tier ranked per matrix, the mask fixed then reconstructed; pinned here, not taken from the form's
+# defaults. With `slow_layers` the run lasts ~5 s on any machine, so a Stop after the first layer has layers to skip.
+DEEP_RUN = dict(method="sparsegpt", tier_scope="matrix", assignment="importance", within_block="score",
+                reconstruct=False, calib="pydoc", nsamples=8, seqlen=64, eval_source="none")
 
 
-def test_stop_interrupts_a_long_run_between_layers(dash, server, deep_llama_dir):
+@pytest.fixture
+def slow_layers(monkeypatch):
+    """Hold each decoder layer 0.3 s longer (the server runs in this process): tiny layers take milliseconds on an
+    idle machine, and a test of Stop between layers must not depend on the machine's speed."""
+    import engine.pruner as pruner
+    real = pruner._prune_layer
+
+    def slow_layer(*args, **kwargs):
+        entries = real(*args, **kwargs)
+        time.sleep(0.3)
+        return entries
+    monkeypatch.setattr(pruner, "_prune_layer", slow_layer)
+
+
+def test_stop_interrupts_a_long_run_between_layers(dash, server, deep_llama_dir, slow_layers):
     c = client(server)
     job = c.submit(model_path=str(deep_llama_dir), **DEEP_RUN, api_name="/run")
     wait_for_layer(job)

@@ -19,7 +19,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from app import Settings  # noqa: E402
 from components.jobs import ENGINE, EngineQueue, Job  # noqa: E402
 from engine.errors import UserError  # noqa: E402
-from tests.test_app import DEEP_RUN, client, deep_llama_dir, out, serving, wait_for_layer  # noqa: E402, F401
+from tests.test_app import DEEP_RUN, client, deep_llama_dir, out, serving, slow_layers, wait_for_layer  # noqa: E402, F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # raised inside gradio's queue
 QUICK = dict(method="magnitude", pattern="unstructured", seqlen=32, eval_source="none")
@@ -107,7 +107,7 @@ def test_repeated_clicks_of_one_tab_start_one_job(served, tiny_llama_dir, runs_d
     assert len(stored(runs_dir)) == before + 1
 
 
-def test_stop_then_run_at_once_starts_the_next_run(served, tiny_llama_dir, deep_llama_dir):
+def test_stop_then_run_at_once_starts_the_next_run(served, tiny_llama_dir, deep_llama_dir, slow_layers):
     dash, url = served
     c = client(url)
     long_run = c.submit(model_path=str(deep_llama_dir), **DEEP_RUN, api_name="/run")
