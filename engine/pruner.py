@@ -169,15 +169,20 @@ def _collect(layer: nn.Module, targets, spec: PruneSpec, inputs, hessian: bool |
     return hooks.stats
 
 
+def _all_targets(layers, spec: PruneSpec) -> dict:
+    """{(layer index, name): Target} of the whole model."""
+    return {(i, t.name): t for i, layer in enumerate(layers) for t in find_targets(layer, spec.prune_router)}
+
+
 def _fisher_rows(model, layers, spec: PruneSpec, windows, progress, cancel) -> dict:
     """fisher_wanda: sum_j F_ij per output row of every target (vectors only)."""
-    targets = {(i, t.name): t for i, layer in enumerate(layers) for t in find_targets(layer, spec.prune_router)}
-    return fisher_diagonal(model, targets, windows, rows_only=True, progress=progress, cancel=cancel)
+    return fisher_diagonal(model, _all_targets(layers, spec), windows, rows_only=True, progress=progress,
+                           cancel=cancel)
 
 
 def _fisher_scores(model, layers, spec: PruneSpec, windows, progress, cancel) -> dict:
     """fisher method: |W| * sqrt(F) of every target from one gradient pass over the calibration windows (CPU)."""
-    targets = {(i, t.name): t for i, layer in enumerate(layers) for t in find_targets(layer, spec.prune_router)}
+    targets = _all_targets(layers, spec)
     fisher = fisher_diagonal(model, targets, windows, progress=progress, cancel=cancel)
     return {k: fisher_scores(t.weight().detach().cpu(), fisher.pop(k)) for k, t in targets.items()}
 

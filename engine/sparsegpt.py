@@ -44,7 +44,7 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, *, sparsity: float = 0.0, 
         d = Hinv1.diagonal()
         mask1 = prune[:, i1:i2]  # a view: choices made below land in `prune`
         if not fixed and not prune_n and tiers is None:
-            saliency = W1 ** 2 / d.unsqueeze(0) ** 2
+            saliency = _saliency(W1, d)
             n_prune = int(saliency.numel() * sparsity)
             if n_prune:
                 chosen = torch.zeros(saliency.numel(), dtype=torch.bool, device=W.device)
@@ -53,21 +53,19 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, *, sparsity: float = 0.0, 
         pruned1 = mask1.to(W1.dtype)
         for i in range(i2 - i1):
             if tiers is not None:
+                tier = row_tier[:, (i1 + i) // block]
                 if (i1 + i) % block == 0:
-                    _choose_top_k(W1[:, i:i + block], d[i:i + block], row_tier[:, (i1 + i) // block] == TOPK,
-                                  keep, block, mask1[:, i:i + block])
-                if (i1 + i) % 4 == 0:
-                    in_24 = (row_tier[:, (i1 + i) // block] == TWO_FOUR).unsqueeze(1)
-                    sal = W1[:, i:i + 4] ** 2 / d[i:i + 4].unsqueeze(0) ** 2
-                    drop = torch.zeros_like(sal, dtype=torch.bool).scatter_(
-                        1, torch.topk(sal, max(sal.shape[1] - 2, 0), dim=1, largest=False).indices, True)
-                    mask1[:, i:i + 4] |= drop & in_24
+                    _choose_top_k(W1[:, i:i + block], d[i:i + block], tier == TOPK, keep, block, mask1[:, i:i + block])
                     pruned1[:, i:i + block] = mask1[:, i:i + block].to(W1.dtype)
+                if (i1 + i) % 4 == 0:  # 2:4 rows keep min(2, g) of a group of g <= 4 columns
+                    g = min(4, i2 - i1 - i)
+                    mask1[:, i:i + g] |= _drop_lowest(W1[:, i:i + g], d[i:i + g], max(g - 2, 0)) & \
+                        (tier == TWO_FOUR).unsqueeze(1)
+                    pruned1[:, i:i + g] = mask1[:, i:i + g].to(W1.dtype)
             if prune_n and not fixed and i % prune_m == 0:
-                saliency = W1[:, i:i + prune_m] ** 2 / d[i:i + prune_m].unsqueeze(0) ** 2
-                k = min(prune_n, saliency.shape[1])
-                mask1.scatter_(1, i + torch.topk(saliency, k, dim=1, largest=False).indices, True)
-                pruned1[:, i:i + prune_m] = mask1[:, i:i + prune_m].to(W1.dtype)
+                g = min(prune_m, i2 - i1 - i)
+                mask1[:, i:i + g] |= _drop_lowest(W1[:, i:i + g], d[i:i + g], min(prune_n, g))
+                pruned1[:, i:i + g] = mask1[:, i:i + g].to(W1.dtype)
             # error of zeroing this column's pruned weights, spread over the columns after it; the column
             # itself becomes its quantized value q = w - err * d (0 where pruned, w where kept)
             err = W1[:, i] * pruned1[:, i] / d[i]
@@ -79,6 +77,17 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, *, sparsity: float = 0.0, 
     return W, ~prune
 
 
+def _saliency(W1: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """The OBS saliency w^2 / [Hinv]_jj^2 of columns W1 [rows, g] with d [g] their Hinv diagonal."""
+    return W1 ** 2 / d.unsqueeze(0) ** 2
+
+
+def _drop_lowest(W1: torch.Tensor, d: torch.Tensor, n_drop: int) -> torch.Tensor:
+    """Bool [rows, g]: the `n_drop` weights of lowest OBS saliency in each row of the columns W1 [rows, g]."""
+    sal = _saliency(W1, d)
+    return torch.zeros_like(sal, dtype=torch.bool).scatter_(1, torch.topk(sal, n_drop, dim=1, largest=False).indices, True)
+
+
 def _choose_top_k(W1: torch.Tensor, d: torch.Tensor, rows_top: torch.Tensor, keep: int, block: int,
                   prune: torch.Tensor) -> None:
     """In the B columns W1 [rows, <=B] of one block column, mark for pruning all but the `keep` weights of
@@ -86,7 +95,7 @@ def _choose_top_k(W1: torch.Tensor, d: torch.Tensor, rows_top: torch.Tensor, kee
     rows, width = W1.shape
     if not rows_top.any():
         return
-    sal = W1 ** 2 / d.unsqueeze(0) ** 2
+    sal = _saliency(W1, d)
     pad_rows = -rows % block
     sal = torch.nn.functional.pad(sal, (0, block - width, 0, pad_rows), value=-1.0)  # padding never wins
     flat = sal.reshape(-1, block * block)  # one row per block (rows of B consecutive matrix rows x B columns)

@@ -117,13 +117,9 @@ class PruneSpec:
         return self.method in ("wanda", "sparsegpt", "fisher_wanda") or self.reconstruct
 
     @property
-    def uses_gradients(self) -> bool:
-        return self.method in ("fisher", "fisher_wanda")
-
-    @property
     def loss_units(self) -> bool:
-        """Scores in units of the model's loss: blocks of different matrices compare as they are."""
-        return self.uses_gradients
+        """Scores from the model's loss gradients, in its units: blocks of different matrices compare as they are."""
+        return self.method in ("fisher", "fisher_wanda")
 
     @property
     def updates_weights(self) -> bool:
