@@ -430,6 +430,10 @@ class Dashboard:
                     f"Done in {secs:.1f} s: realised sparsity {last['sparsity']:.2%}"
                     + (f", perplexity {last['ppl']['pruned']:.3f}" if last["ppl"].get("pruned") else "") + ".")
             kind = "ok"
+            if not sweep and last.get("errors"):  # masks, tier maps and weights disagree: never a silent number
+                text += f" The weights disagree with the masks: {last['errors'][0]}" + \
+                    (f" (and {len(last['errors']) - 1} more)" if len(last["errors"]) > 1 else "") + "."
+                kind = "warn"
         p.message = (f"{len(records)} split(s) finished" if sweep else
                      f"{(last or {}).get('layers_done')} of {(last or {}).get('n_layers')} decoder layers pruned")
         out.update({self.status: banner(kind, text), self.progress: progress_html(p, time.monotonic() - job.started)})

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.errors import UserError
+from engine.models import available_devices
 from engine.run import ModelCache, RunRequest
 from engine.spec import SEED_RATIOS, PruneSpec
 
@@ -45,7 +46,7 @@ LOCAL_SOURCE = ("local file / folder ↓", "path")
 SKIP_EVAL = ("skip evaluation", "none")
 SOURCE_CHOICES = NAMED_SOURCES + [LOCAL_SOURCE]
 EVAL_CHOICES = NAMED_SOURCES + [LOCAL_SOURCE, SKIP_EVAL]
-DEVICE_CHOICES = ["auto", "cpu", "cuda", "mps"]
+DEVICE_CHOICES = available_devices()  # what the engine accepts on this machine
 DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
 
 

@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--runs_dir", default=None, help="run store folder (default: $SPARSITY_RUNS or "
                    "~/.cache/sparsity-explorer/runs); every run is recorded there, the dashboard lists them")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.add_argument("--snapshot_max_gb", type=float, default=None, metavar="GB",
+                   help="keep the dense weights for restoring in memory up to this size, in a temporary file above "
+                   "it (0 = never in memory; default: $SPARSITY_SNAPSHOT_MAX_GB or 8)")
+    e.add_argument("--check", default=None, metavar="DIR", help="prune nothing: print the per-layer and overall "
+                   "sparsity (W == 0) of a saved model, as Wanda's check_sparsity, and compare with its results.json")
     return p
 
 
@@ -102,6 +107,9 @@ def _main(args) -> int:
     from .run import RunRequest, run  # heavy imports after argument errors are reported
     from .store import RunStore
 
+    if args.check:
+        return check_saved(args.check, args.device, args.dtype, args.trust_remote_code)
+
     spec = spec_from_args(args)
     eval_source = None if str(args.eval_dataset).lower() == "none" else args.eval_dataset
     request = RunRequest(model=args.model, spec=spec, calib=args.calib_dataset, eval=eval_source,
@@ -110,7 +118,7 @@ def _main(args) -> int:
                          save_model_dir=args.save_model, overwrite=args.overwrite,
                          trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir,
                          zero_shot_tasks=zero_shot_tasks(args.eval_zero_shot), zero_shot_limit=args.zero_shot_limit,
-                         zero_shot_include=args.zero_shot_include,
+                         zero_shot_include=args.zero_shot_include, snapshot_max_gb=args.snapshot_max_gb,
                          store=RunStore(args.runs_dir))
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars
@@ -126,10 +134,53 @@ def _main(args) -> int:
         bars.close()
     line = summary_line(record)
     print(line)
+    for problem in record.get("errors") or ():
+        print(f"error: {problem}", file=sys.stderr)
     if args.save:
         with open(os.path.join(os.path.expanduser(args.save), f"log_{spec.method}.txt"), "a") as f:
             f.write(line + "\n")
-    return 0 if record["status"] == "completed" else 1
+    return 0 if record["status"] == "completed" and not record.get("errors") else 1
+
+
+def check_saved(folder: str, device: str, dtype: str, trust_remote_code: bool) -> int:
+    """--check DIR: Wanda's per-layer lines and sanity-check line for a saved model; 1 if its results.json
+    records another sparsity."""
+    from pathlib import Path
+
+    from .check import sparsity_report
+    from .models import load_model
+    from .record import read_json
+
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        raise UserError(f"{folder} is not a saved model folder (no config.json)")
+    lm = load_model(str(path), device, dtype, trust_remote_code)
+    report = sparsity_report(lm.model)
+    print("\n".join(report.lines()))
+    print("*" * 30)
+    print(f"sparsity sanity check {report.sparsity:.4f}")
+    print("*" * 30)
+    try:
+        recorded = read_json(str(path / "results.json")).get("sparsity")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    if isinstance(recorded, (int, float)):
+        # the record counts the matrices it pruned; routers it left dense count here too (as in Wanda)
+        same = abs(recorded * report.numel - report.zeros) < 0.5 or _routers_explain(lm.model, recorded, report)
+        print(f"results.json records sparsity {recorded:.4f}: " + ("agrees" if same else "DISAGREES"))
+        return 0 if same else 1
+    return 0
+
+
+def _routers_explain(model, recorded: float, report) -> bool:
+    """Whether the record's sparsity equals the count without the router gates it never prunes."""
+    from .discovery import find_decoder_layers, find_targets
+
+    _, layers = find_decoder_layers(model)
+    kept = [t for layer in layers for t in find_targets(layer, prune_router=False)]
+    numel = sum(t.weight().numel() for t in kept)
+    zeros = sum(int((t.weight() == 0).sum()) for t in kept)
+    return numel != report.numel and abs(recorded * numel - zeros) < 0.5
 
 
 def zero_shot_tasks(values: list[str] | None) -> list[str] | None:
@@ -144,6 +195,8 @@ def summary_line(record: dict) -> str:
     spec = PruneSpec.from_dict(record["spec"])
     ppl = record["ppl"]
     parts = [spec.label(), f"status {record['status']}", f"actual_sparsity {record['sparsity']:.4f}"]
+    if record.get("mask_sparsity") is not None:
+        parts.append(f"mask_sparsity {record['mask_sparsity']:.4f}")
     if ppl["pruned"] is not None:
         parts.append(f"ppl_test {ppl['pruned']:.3f}")
     for k in ("dense", "magnitude"):

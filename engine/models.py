@@ -51,6 +51,15 @@ def embedded_gguf() -> Path | None:
     return path if path.exists() else None
 
 
+def available_devices() -> list[str]:
+    """What `device` may be on this machine: auto and cpu always; with CUDA, cuda, each cuda:N, and offload
+    (weights in CPU memory, layers computed on the GPU one at a time)."""
+    if not torch.cuda.is_available():
+        return ["auto", "cpu"]
+    n = torch.cuda.device_count()
+    return ["auto", "cpu", "cuda"] + ([f"cuda:{i}" for i in range(n)] if n > 1 else []) + ["offload"]
+
+
 def resolve_device(device: str = "auto") -> str:
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -47,7 +47,17 @@ class PruneResult:
 
     @property
     def sparsity(self) -> float:
+        """Share of zeros in the pruned matrices, counted from the weights (W == 0)."""
         return self.zeros / self.numel if self.numel else 0.0
+
+    @property
+    def mask_sparsity(self) -> float:
+        """Share of weights the masks pruned (what the pattern's counts give)."""
+        return sum(m["pruned"] for m in self.matrices) / self.numel if self.numel else 0.0
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"layer {m['layer']} {m['module']}: {e}" for m in self.matrices for e in m.get("errors", ())]
 
 
 @torch.no_grad()
@@ -149,10 +159,11 @@ def _prune_layer(index: int, layer: nn.Module, spec: PruneSpec, inputs, budgets,
     entries = []
     for t in targets:
         budget = budgets.get((index, t.name)) if budgets else None
+        dense_zero = t.weight() == 0
         res = prune_matrix(t.weight(), stats.get(t.name), spec, scores=scores.get(t.name),
                            tiers=tiers.get(t.name), tier_budget=budget)
         t.set_weight(res.W)
-        entries.append(_entry(index, t, res, spec))
+        entries.append(_entry(index, t, res, spec, dense_zero))
         stats.pop(t.name, None)  # free the Hessian as soon as its matrix is done
     return entries
 
@@ -245,13 +256,34 @@ def _assign_jointly(rankings: list[torch.Tensor], spec: PruneSpec) -> list[torch
     return assign(rankings, spec.ratios, normalise=not spec.loss_units)
 
 
-def _entry(layer: int, target, res, spec: PruneSpec) -> dict:
-    numel = res.keep.numel()
-    zeros = int(numel - res.keep.sum().item())
-    entry = {"layer": layer, "module": target.name, "shape": list(res.keep.shape), "numel": numel, "zeros": zeros,
-             "sparsity": zeros / numel, "tiers": None, "tier_map": None, "block_importance": None}
+def _entry(layer: int, target, res, spec: PruneSpec, dense_zero: torch.Tensor) -> dict:
+    """The record of one pruned matrix. Sparsity is counted from the weights as stored (W == 0, as Wanda's
+    check_sparsity counts), beside what the mask pruned (`pruned`). A tier or a mask bounds the weights that may be
+    nonzero: weights that were zero before pruning (`dense_zeros`, e.g. a quantized checkpoint's) and are kept stay
+    zeros the pattern did not make. Anything else (a pruned weight left nonzero, a kept weight the update zeroed) is
+    written into `errors`, never hidden in a number. (Masks obey their tier maps by construction: tier_violations
+    checks it in the tests and bench/gpu_check.py, not here on every matrix.)"""
+    W, keep = target.weight(), res.keep
+    count = torch.count_nonzero
+    is_zero = (W == 0).to(keep.device)
+    numel, zeros = keep.numel(), int(count(is_zero))
+    pruned = numel - int(count(keep))
+    kept_zeros = int(count(is_zero & keep))
+    errors = []
+    if (left := pruned - (zeros - kept_zeros)):
+        errors.append(f"{left} pruned weights are not zero")
+    dense_zero = dense_zero.to(keep.device)
+    if spec.updates_weights and (zeroed := int(count(keep & (res.W == 0) & ~dense_zero))):
+        errors.append(f"{zeroed} kept weights were zeroed by the update")
+    entry = {"layer": layer, "module": target.name, "shape": list(keep.shape), "numel": numel, "zeros": zeros,
+             "sparsity": zeros / numel, "pruned": pruned, "dense_zeros": int(count(dense_zero)),
+             # kept values the model's dtype cannot hold (float16 underflow); none in float32
+             "rounded_to_zero": 0 if W.dtype == res.W.dtype else int(count(keep & (res.W != 0) & is_zero)),
+             "tiers": None, "tier_map": None, "block_importance": None}
     if res.tiers is not None:
         entry["tiers"] = tier_census(res.tiers)
         entry["tier_map"] = encode_tier_map(res.tiers.cpu().numpy())
         entry["block_importance"] = encode_array(res.importance.cpu().numpy())
+    if errors:
+        entry["errors"] = errors
     return entry

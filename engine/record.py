@@ -12,12 +12,17 @@ Layout (all keys always present unless noted):
     timings         {"<stage>_s": float, ...}
     layers_done     int: decoder layers pruned (layers >= layers_done are untouched)
     n_layers        int
-    sparsity        float: zeros / weights over all pruned matrices (counts, not nominal)
+    sparsity        float: zeros / weights over all pruned matrices, counted from the weights (W == 0)
+    mask_sparsity   float: weights the masks pruned / weights (differs from `sparsity` by kept weights that
+                    were already zero in the dense model)
+    errors          list of str: disagreements between masks, tier maps and weights (empty when all agree)
     nominal_sparsity float
     ppl             {"pruned": float|None, "dense": float|None, "magnitude": float|None}  (filled by evaluation)
     matrices        list of per-matrix entries:
         layer, module ("self_attn.q_proj", "mlp.experts.3.down_proj"), shape [out, in],
-        numel, zeros, sparsity,
+        numel, zeros (W == 0 after pruning), sparsity (zeros / numel), pruned (by the mask),
+        dense_zeros (W == 0 before pruning), rounded_to_zero (kept values the model's dtype rounds to 0),
+        errors       list of str, only where the weights disagree with the mask or the tier map
         tiers        {"dense": n, "2:4": n, "topk": n}            (three-tier only, else None)
         tier_map     {"shape": [rows, cols], "rows": ["0120...", ...]}  (three-tier only; digit = tier id
                      0 dense, 1 2:4, 2 top-K of the block at [row, col] in units of B x B blocks)

@@ -23,10 +23,10 @@ from .perplexity import perplexity
 from .pruner import prune_model
 from .record import RECORD_VERSION, new_run_id, versions, write_json_atomic
 from .save import check_save_dir, save_pretrained_atomic
+from .snapshot import DenseWeights, snapshot_budget_bytes
 from .spec import PruneSpec
 from .zeroshot import evaluate_zero_shot, resolve_tasks
 
-SNAPSHOT_LIMIT_BYTES = 8 << 30  # above this, restoring dense weights means reloading instead of a RAM copy
 
 
 @dataclass
@@ -46,6 +46,7 @@ class RunRequest:
     trust_remote_code: bool = False
     safetensors_only: bool = False      # never unpickle weights (.bin): a public server loads safetensors only
     cache_dir: str | None = None
+    snapshot_max_gb: float | None = None  # dense copy in memory up to this size, else in a file; None = env / 8
     baseline_cache_dir: str | None = None
     store: object | None = None         # a RunStore: the record is written at start, per layer, and at the end
     zero_shot_tasks: list[str] | None = None  # lm-eval tasks after perplexity; None = off, [] = the paper's seven
@@ -57,6 +58,7 @@ class RunRequest:
             raise UserError(f"eval windows must be a whole number >= 1, got {self.eval_windows!r}")
         if self.zero_shot_limit is not None and (not isinstance(self.zero_shot_limit, int) or self.zero_shot_limit < 1):
             raise UserError(f"zero-shot limit must be a whole number >= 1, got {self.zero_shot_limit!r}")
+        snapshot_budget_bytes(self.snapshot_max_gb)
         if self.save_dir:
             check_save_dir(self.save_dir, self.overwrite)
         if self.save_model_dir:
@@ -64,17 +66,23 @@ class RunRequest:
 
 
 class ModelCache:
-    """Keeps the last loaded model in memory between runs and its dense weights beside it."""
+    """Keeps the last loaded model in memory between runs, with its dense weights aside (engine/snapshot.py):
+    in memory up to the request's snapshot budget, in a file above it. `restore()` always puts the same model
+    back to dense in place, whatever its size, so a caller holding it never holds a pruned or dropped model."""
 
     def __init__(self):
         self._key = None
         self.loaded: LoadedModel | None = None
-        self._dense: dict | None = None
+        self._dense: DenseWeights | None = None
 
     def get(self, request: RunRequest, progress=None) -> LoadedModel:
         key = (request.model, request.device, request.dtype, request.trust_remote_code, request.safetensors_only)
+        budget = snapshot_budget_bytes(request.snapshot_max_gb)
         if self._key == key and self.loaded is not None:
             self.restore()
+            if self._dense.in_memory != (self._dense.nbytes <= budget):  # the budget changed: keep it as asked
+                self._dense.close()
+                self._dense = DenseWeights(self.loaded.model, budget)
             return self.loaded
         self.drop()
         if progress:
@@ -82,23 +90,18 @@ class ModelCache:
         lm = load_model(request.model, request.device, request.dtype, request.trust_remote_code, request.cache_dir,
                         safetensors_only=request.safetensors_only)
         find_decoder_layers(lm.model)  # refuse a model with no layer stack before any work
-        self.loaded, self._key = lm, key
-        self._dense = _snapshot(lm.model)
+        dense = DenseWeights(lm.model, budget)  # before any pruning: never prune what cannot be put back
+        self.loaded, self._key, self._dense = lm, key, dense
         return lm
 
     def restore(self) -> None:
-        """Put the dense weights back (or drop the model so the next get() reloads it)."""
-        if self.loaded is None:
-            return
-        if self._dense is None:
-            self.drop()
-            return
-        with torch.no_grad():
-            for name, p in self.loaded.model.named_parameters():
-                if name in self._dense:
-                    p.copy_(self._dense[name].to(p.device))
+        """Put the dense weights back into the loaded model, in place."""
+        if self.loaded is not None and self._dense is not None:
+            self._dense.restore()
 
     def drop(self) -> None:
+        if self._dense is not None:
+            self._dense.close()
         self.loaded, self._key, self._dense = None, None, None
 
 
@@ -175,7 +178,8 @@ def _run(request: RunRequest, record: dict, timings: dict, t_start: float, progr
     result = prune_model(model, spec, windows, progress=progress, cancel=cancel, offload_device=offload)
     timings.update(result.timings)
     record.update(status=result.status, message=result.message, layers_done=result.layers_done,
-                  n_layers=result.n_layers, sparsity=result.sparsity, matrices=result.matrices)
+                  n_layers=result.n_layers, sparsity=result.sparsity, mask_sparsity=result.mask_sparsity,
+                  matrices=result.matrices, errors=result.errors)
     record["model"]["n_params_pruned"] = result.numel
     if result.status != "completed":
         record["message"] = (f"{result.message}; layers 0-{result.layers_done - 1} are pruned, the rest dense. "
@@ -199,13 +203,11 @@ def _baselines(request, lm, models, eval_ids, eval_name, seqlen, progress, cance
     if request.eval_windows:
         n_windows = min(n_windows, request.eval_windows)
     fingerprint = model_fingerprint(lm.model)
-    # the same pattern chosen by |W|, masks only (an OBS choice inside blocks needs the update: |W| instead)
-    mag_spec = request.spec.replace(method="magnitude", reconstruct=False, group=None, use_variant=False,
-                                    within_block="score" if request.spec.within_block == "obs" else request.spec.within_block)
+    mag_spec = magnitude_baseline_spec(request.spec)
     out = []
     for what in ("dense", "magnitude"):
-        kind = "dense" if what == "dense" else "magnitude/" + _spec_key(mag_spec)
-        key = baseline_key(lm.source, fingerprint, eval_name, seqlen, n_windows, kind)
+        key = baseline_key(lm.source, fingerprint, eval_name, seqlen, n_windows, what,
+                           None if what == "dense" else mag_spec.canonical())
         hit = cache.get(key)
         if hit is not None:
             progress({"stage": "baseline", "message": f"{what} perplexity from cache: {hit['ppl']:.2f}"})
@@ -224,10 +226,11 @@ def _baselines(request, lm, models, eval_ids, eval_name, seqlen, progress, cance
     return out
 
 
-def _spec_key(spec: PruneSpec) -> str:
-    d = spec.to_dict()
-    keys = ["pattern", "sparsity", "n", "m", "ratios", "block", "keep", "tier_scope", "within_block", "group"]
-    return ",".join(f"{k}={d[k]}" for k in keys)
+def magnitude_baseline_spec(spec: PruneSpec) -> PruneSpec:
+    """The magnitude reference of a run: the same pattern chosen by |W|, masks only (an OBS choice inside blocks
+    needs the update: |W| instead)."""
+    return spec.replace(method="magnitude", reconstruct=False, group=None, use_variant=False,
+                        within_block="score" if spec.within_block == "obs" else spec.within_block)
 
 
 def _ppl(model, eval_ids, seqlen, max_windows, what, progress, cancel):
@@ -259,7 +262,8 @@ def _new_record(request: RunRequest) -> dict:
     return {"record_version": RECORD_VERSION, "run_id": new_run_id(), "status": "running", "message": None,
             "spec": request.spec.to_dict(), "model": {"name": request.model}, "data": {"calibration": None,
             "evaluation": None}, "versions": versions(), "timings": {}, "layers_done": 0, "n_layers": None,
-            "sparsity": None, "nominal_sparsity": request.spec.nominal_sparsity(),
+            "sparsity": None, "mask_sparsity": None, "errors": [],
+            "nominal_sparsity": request.spec.nominal_sparsity(),
             "ppl": {"pruned": None, "dense": None, "magnitude": None}, "eval": None,
             "zero_shot": None, "zero_shot_dense": None,
             "request": {"calib": request.calib, "eval": request.eval, "eval_windows": request.eval_windows,
@@ -291,11 +295,3 @@ def _finish(record: dict, timings: dict, t_start: float, request: RunRequest) ->
     if request.save_dir:
         write_json_atomic(str(Path(request.save_dir).expanduser() / "results.json"), record)
     return record
-
-
-def _snapshot(model) -> dict | None:
-    params = dict(model.named_parameters())
-    size = sum(p.numel() * p.element_size() for p in params.values())
-    if size > SNAPSHOT_LIMIT_BYTES:
-        return None
-    return {n: p.detach().to("cpu", copy=True) for n, p in params.items()}

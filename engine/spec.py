@@ -14,6 +14,9 @@ GROUPS = ("row", "matrix")
 ASSIGNMENTS = ("importance", "cost")
 TIER_NAMES = ("dense", "2:4", "topk")  # tier ids 0, 1, 2 in every tier map
 SEED_RATIOS = (0.35, 0.45, 0.20)
+# The parameters each pattern reads (and no other pattern does): what PruneSpec.canonical leaves out elsewhere.
+PATTERN_FIELDS = {"unstructured": ("sparsity", "group", "use_variant"), "nm": ("n", "m"),
+                  "three_tier": ("ratios", "block", "keep", "tier_scope", "within_block", "assignment")}
 # Named three-tier recipes (issue 6, bench/HYBRID.md): the seed's rule, and the best variant measured.
 SEED_RULE = dict(method="wanda", tier_scope="matrix", assignment="importance", within_block="score", reconstruct=False)
 BEST_THREE_TIER = dict(method="fisher_wanda", tier_scope="model", assignment="cost", within_block="obs", reconstruct=True)
@@ -152,6 +155,27 @@ class PruneSpec:
         if self.pattern == "nm":
             return f"{self.method} {self.n}:{self.m}"
         return f"{self.method} unstructured {self.sparsity:g}" + (" (variant)" if self.use_variant else "")
+
+    def canonical(self) -> dict:
+        """The fields that decide this spec's result, resolved: the identity of its masks and weights in every
+        cache key. Derived from all fields, less the parameters of other patterns and those a spec of this kind
+        never reads (calibration for magnitude masks, OBS settings without an update), so a field added later
+        is part of every key until someone proves it inert here."""
+        d = asdict(self)
+        d["ratios"] = list(self.ratios)
+        for pattern, names in PATTERN_FIELDS.items():
+            if pattern != self.pattern:
+                for name in names:
+                    d.pop(name)
+        if self.pattern == "unstructured":
+            d["group"] = self.unstructured_group
+        if not self.uses_calibration:
+            for name in ("nsamples", "seqlen", "seed"):
+                d.pop(name)
+        if not self.updates_weights and self.method != "sparsegpt":
+            for name in ("damp", "obs_blocksize"):
+                d.pop(name)
+        return d
 
     def to_dict(self) -> dict:
         d = asdict(self)

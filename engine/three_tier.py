@@ -67,6 +67,19 @@ def three_tier_mask(select: torch.Tensor, tiers: torch.Tensor, block: int, keep:
     return from_blocks(keep_mask.view(blocks.shape), block, select.shape)
 
 
+def tier_violations(W: torch.Tensor, tiers: torch.Tensor, block: int, keep: int) -> int:
+    """How many 2:4 groups hold more than 2 nonzero entries plus how many top-K blocks hold more than `keep`, in
+    W [out, in] (weights, or a bool keep-mask): 0 when W obeys its tier map."""
+    out_f, in_f = W.shape
+    nonzero = torch.nn.functional.pad((W != 0).float(), (0, (-in_f) % block, 0, (-out_f) % block))
+    R, C = nonzero.shape[0] // block, nonzero.shape[1] // block
+    crowded = (nonzero.view(R * block, C * block // 4, 4).sum(dim=2) > 2).float()  # 2:4 groups holding 3 or 4
+    crowded_per_block = crowded.view(R, block, C, block // 4).sum(dim=(1, 3))
+    per_block = nonzero.view(R, block, C, block).sum(dim=(1, 3))
+    tier = tiers.to(nonzero.device)
+    return int(crowded_per_block[tier == TWO_FOUR].sum()) + int((per_block[tier == TOPK] > keep).sum())
+
+
 def tier_census(tiers: torch.Tensor) -> dict:
     counts = torch.bincount(tiers.flatten().long(), minlength=3).tolist()
     return {"dense": counts[0], "2:4": counts[1], "topk": counts[2]}
