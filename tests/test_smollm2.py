@@ -61,7 +61,8 @@ def test_sparsegpt_two_four_is_exact_and_restored_after(smollm2, tmp_path):
     req = _req(tmp_path, method="sparsegpt", pattern="nm", n=2, m=4, nsamples=4, seqlen=128)
     req.baselines = False
     record = run(req, models=smollm2)
-    assert record["status"] == "completed" and record["sparsity"] == 0.5
+    assert record["status"] == "completed" and record["mask_sparsity"] == 0.5 and record["errors"] == []
+    assert 0.5 <= record["sparsity"] < 0.5 + 1e-6  # a few 2:4 groups of the 4-bit checkpoint keep its own zeros
     assert record["ppl"]["pruned"] < 1000
     q = smollm2.loaded.model.model.layers[3].self_attn.q_proj.weight
     assert ((q != 0).view(576, -1, 4).sum(-1) <= 2).all()
