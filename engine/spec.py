@@ -14,7 +14,7 @@ GROUPS = ("row", "matrix")
 ASSIGNMENTS = ("importance", "cost")
 TIER_NAMES = ("dense", "2:4", "topk")  # tier ids 0, 1, 2 in every tier map
 SEED_RATIOS = (0.35, 0.45, 0.20)
-# The parameters each pattern reads (and no other pattern does): what PruneSpec.canonical leaves out elsewhere.
+# The parameters each pattern reads: PruneSpec.canonical leaves out the ones only other patterns read.
 PATTERN_FIELDS = {"unstructured": ("sparsity", "group", "use_variant"), "nm": ("n", "m"),
                   "three_tier": ("ratios", "block", "keep", "tier_scope", "within_block", "assignment")}
 # Named three-tier recipes (issue 6, bench/HYBRID.md): the seed's rule, and the best variant measured.
@@ -163,10 +163,9 @@ class PruneSpec:
         is part of every key until someone proves it inert here."""
         d = asdict(self)
         d["ratios"] = list(self.ratios)
-        for pattern, names in PATTERN_FIELDS.items():
-            if pattern != self.pattern:
-                for name in names:
-                    d.pop(name)
+        others = {name for names in PATTERN_FIELDS.values() for name in names} - set(PATTERN_FIELDS[self.pattern])
+        for name in others:
+            d.pop(name)
         if self.pattern == "unstructured":
             d["group"] = self.unstructured_group
         if not self.uses_calibration:
