@@ -12,6 +12,7 @@ import os
 import sys
 
 from .errors import UserError
+from .finetune_cli import add_finetune_arguments, finetune_spec_from_args, recovery_summary
 from .spec import METHODS, PruneSpec, parse_sparsity_type
 from .zeroshot import PAPER_TASKS
 
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--runs_dir", default=None, help="run store folder (default: $SPARSITY_RUNS or "
                    "~/.cache/sparsity-explorer/runs); every run is recorded there, the dashboard lists them")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_finetune_arguments(p)
     return p
 
 
@@ -111,6 +113,7 @@ def _main(args) -> int:
                          trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir,
                          zero_shot_tasks=zero_shot_tasks(args.eval_zero_shot), zero_shot_limit=args.zero_shot_limit,
                          zero_shot_include=args.zero_shot_include,
+                         finetune=finetune_spec_from_args(args), finetune_dir=args.finetune_dir,
                          store=RunStore(args.runs_dir))
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars
@@ -151,6 +154,7 @@ def summary_line(record: dict) -> str:
             parts.append(f"ppl_{k} {ppl[k]:.3f}")
     for task, scores in (record.get("zero_shot") or {}).items():
         parts.append(f"{task} acc {scores['acc']:.4f}")
+    parts.extend(recovery_summary(record.get("recovery")))
     parts.append(f"time {record['timings'].get('total_s', 0):.1f}s")
     if record.get("data", {}).get("evaluation"):
         parts.append(f"eval {record['data']['evaluation']}")
@@ -175,14 +179,19 @@ class _Bars:
             self.close()
             tqdm.write(f"[{stage}] {event['message']}", file=sys.stderr)
             return
-        kind, total = ((stage, event["n_layers"]) if stage == "prune" else (f"eval:{event.get('what')}", event.get("total")))
+        kind, total = ((stage, event["n_layers"]) if stage == "prune" else (stage, event["total"]) if stage == "finetune"
+                       else (f"eval:{event.get('what')}", event.get("total")))
         if self.kind != kind:
             self.close()
-            desc = "pruning layers" if stage == "prune" else f"perplexity ({event.get('what')})"
+            desc = {"prune": "pruning layers", "finetune": "fine-tuning"}.get(stage, f"perplexity ({event.get('what')})")
             self.bar, self.kind = tqdm(total=total, desc=desc, file=sys.stderr, leave=True), kind
         if stage == "prune":
             self.bar.set_postfix_str(f"layer {event['layer']}")
             self.bar.update(1)
+        elif stage == "finetune":
+            loss = {k: f"{event[k]:.3f}" for k in ("loss", "heldout_loss") if k in event}
+            self.bar.set_postfix(loss, refresh=False)
+            self.bar.update(event["step"] - self.bar.n)
         else:
             self.bar.update(event["done"] - self.bar.n)
 
