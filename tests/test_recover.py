@@ -205,3 +205,25 @@ def test_finetune_py_recovers_a_saved_folder(tmp_path, tiny_tokenizer, tiny_llam
     assert main([*base, "--lora_rank", "2", "--keep_adapter", "--save", str(tmp_path / "sep")]) == 0
     assert (tmp_path / "sep" / "adapter" / "adapter_config.json").exists()
     assert not (tmp_path / "sep" / "config.json").exists()
+
+
+def test_dashboard_recover_fields_and_figures():
+    from components.recover import PUBLIC_MAX_STEPS, curve_from_events, finetune_from_form, loss_curve_figure
+    from components.tables import runs_table
+
+    assert finetune_from_form(0, 1e-4, 0) is None
+    spec = finetune_from_form(20, 1e-4, 0)
+    assert spec.steps == 20 and spec.lora_rank is None and spec.lr == 1e-4
+    assert finetune_from_form(20, 1e-4, 8).lora_rank == 8
+    with pytest.raises(UserError, match=f"at most {PUBLIC_MAX_STEPS} fine-tune steps on this server"):
+        finetune_from_form(PUBLIC_MAX_STEPS + 1, 1e-4, 0, public=True)
+    curve = {}
+    assert not curve_from_events(curve, {"stage": "eval", "done": 1, "total": 2})
+    assert curve_from_events(curve, {"stage": "finetune", "step": 1, "total": 2, "loss": 3.0})
+    assert curve_from_events(curve, {"stage": "finetune", "step": 2, "total": 2, "heldout_loss": 2.5})
+    assert curve == {"train": [[1, 3.0]], "heldout": [[2, 2.5]]}
+    fig = loss_curve_figure(curve)
+    assert [t.name for t in fig.data] == ["train", "held-out"] and list(fig.data[1].y) == [2.5]
+    table = runs_table([{"status": "completed", "spec": {"method": "wanda", "pattern": "nm", "n": 2, "m": 4},
+                         "ppl": {"pruned": 40.0}, "recovery": {"ppl_after": 31.25}}])
+    assert table.loc[0, "ppl"] == 40.0 and table.loc[0, "ppl recovered"] == 31.25
