@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import gradio as gr
 
-from components import figures, policy, tables
+from components import figures, policy, recover, tables
 from components.history import History
 from components.jobs import Job, Progress, progress_html
 from components.layout import CSS_PATH, HEATMAP_CLICK_JS, banner, header_html, theme
@@ -137,11 +137,13 @@ class Dashboard:
             reconstruct=self.reconstruct, calib=self.calib, calib_path=self.calib_path, nsamples=self.nsamples,
             seqlen=self.seqlen, eval_source=self.eval_source, eval_path=self.eval_path,
             eval_windows=self.eval_windows, baselines=self.baselines, seed=self.seed, save_dir=self.save_dir,
-            overwrite=self.overwrite)
+            overwrite=self.overwrite, finetune_steps=self.finetune_steps, finetune_lr=self.finetune_lr,
+            lora_rank=self.lora_rank)
         self.SESSION_OUTPUTS = [self.runs_df, self.compare_plot, self.ternary, self.shown_run, self.run_a, self.run_b,
                                 self.export_run]
         self.RESULT_OUTPUTS = [self.overview, self.ppl_plot, self.zero_shot_plot, self.heatmap, self.heat_view, self.layer_dd,
-                               self.module_dd, self.tiermap, self.tiernote, self.matrices_df]
+                               self.module_dd, self.tiermap, self.tiernote, self.matrices_df, self.recover_note,
+                               self.loss_plot]
         self.HISTORY_OUTPUTS = [self.past_df, self.past_pick]
         self.JOB_OUTPUTS = [self.status, self.progress, *self.RESULT_OUTPUTS, *self.SESSION_OUTPUTS,
                             *self.HISTORY_OUTPUTS]
@@ -200,6 +202,15 @@ class Dashboard:
                                           info=f"at most {limits.eval_windows} here" if public else
                                                "blank: every window (the paper)")
             self.baselines = gr.Checkbox(True, label="Also compute dense and magnitude baselines (cached)")
+        with gr.Accordion("Recover (masked fine-tune after pruning)", open=False):
+            gr.Markdown("Fine-tune the pruned model with every pruned weight held at exactly 0 (transformers "
+                        "Trainer). Steps 0: off.", elem_classes="note")
+            with gr.Row():
+                self.finetune_steps = gr.Number(0, precision=0, minimum=0, label="Steps",
+                                                info=f"at most {recover.PUBLIC_MAX_STEPS} here" if public else
+                                                     "CPU: a few dozen")
+                self.finetune_lr = gr.Number(recover.DEFAULTS.lr, label="Learning rate")
+                self.lora_rank = gr.Number(0, precision=0, minimum=0, label="LoRA rank", info="0: full fine-tuning")
         with gr.Accordion("Advanced", open=False):
             self.seed = gr.Number(0, precision=0, label="Seed (calibration sampling)")
             # Saving writes to the server's disk: a public server has no such controls and refuses the fields.
@@ -246,6 +257,9 @@ class Dashboard:
                 self.tiermap = gr.Plot(figures.tier_map_figure(None)[0], show_label=False, elem_id="tier-map")
                 self.tiernote = gr.Markdown("", elem_classes="note")
                 self.heatmap_click = gr.Textbox(visible="hidden", elem_id="heatmap-click")
+            with gr.Tab("Recover", id="recover"):
+                self.loss_plot = gr.Plot(recover.loss_curve_figure(None), show_label=False, elem_id="loss-curve")
+                self.recover_note = gr.HTML(recover.recovery_html(None))
             with gr.Tab("Compare", id="compare"):
                 self.runs_df = gr.Dataframe(tables.runs_table([]), label="Runs of this session", interactive=False,
                                             wrap=True, max_height=320)
@@ -318,7 +332,9 @@ class Dashboard:
                 self.heatmap: heatmap_for(record, view), self.heat_view: gr.Radio(value=view, interactive=three_tier),
                 self.layer_dd: gr.Dropdown(choices=layers, value=layer),
                 self.module_dd: gr.Dropdown(choices=modules, value=module),
-                self.tiermap: fig, self.tiernote: note, self.matrices_df: tables.matrices_table(record)}
+                self.tiermap: fig, self.tiernote: note, self.matrices_df: tables.matrices_table(record),
+                self.recover_note: recover.recovery_html(record),
+                self.loss_plot: recover.loss_curve_figure(((record or {}).get("recovery") or {}).get("curve"))}
 
     def show_session(self, s: Session) -> dict:
         """The runs table, the plots over all runs, and the run pickers (Compare: the last two runs)."""
@@ -341,8 +357,11 @@ class Dashboard:
     def request(self, form: dict, **changes):
         """The form -> a RunRequest under this server's policy (UserError naming every problem)."""
         policy.check_request(form, self.settings.public, self.settings.limits)
-        return request_from_form(form, trust_remote_code=self.settings.trust_remote_code,
-                                 safetensors_only=self.settings.public, store=self.store, **changes)
+        finetune = recover.finetune_from_form(form.pop("finetune_steps", 0), form.pop("finetune_lr", None),
+                                              form.pop("lora_rank", 0), public=self.settings.public)
+        request = request_from_form(form, trust_remote_code=self.settings.trust_remote_code,
+                                    safetensors_only=self.settings.public, store=self.store, **changes)
+        return replace(request, finetune=finetune)
 
     def prune(self, s: Session, request, progress, cancel) -> dict:
         """One engine run on the worker thread; the record joins the tab's runs as soon as it exists."""
@@ -366,6 +385,7 @@ class Dashboard:
             s.job = job
         p = Progress()
         live = {"spec": spec_dict, "matrices": p.matrices, "n_layers": None, "status": "running", "ppl": {}}
+        curve = {"train": [], "heldout": []}
         s.shown = live
         running = banner("info", f"Running {label}…")
         yield {self.status: running, self.progress: progress_html(p, 0.0)}
@@ -380,6 +400,8 @@ class Dashboard:
                         out.update(self.show_session(s))
                         p.matrices.clear()
                     p.update(event)
+                    if recover.curve_from_events(curve, event):
+                        out[self.loss_plot] = recover.loss_curve_figure(curve)
                 out[self.progress] = progress_html(p, time.monotonic() - job.started)
                 if p.new_layers:
                     first = live["n_layers"] is None
@@ -464,7 +486,7 @@ class Dashboard:
             splits = parse_splits(values[0])
             policy.check_sweep(len(splits), self.settings.public, self.settings.limits)
             base = self.request(dict(zip(self.FORM, values[1:-1]), pattern="three_tier"))
-            requests = [replace(base, spec=base.spec.replace(ratios=r), save_dir=None) for r in splits]
+            requests = [replace(base, spec=base.spec.replace(ratios=r), save_dir=None, finetune=None) for r in splits]
         except UserError as err:
             yield from self.refuse(err, "Cannot sweep")
 

@@ -15,7 +15,7 @@ from engine.store import RUN_ID, RunStore
 
 from . import policy
 from .figures import run_label
-from .tables import total_seconds
+from .tables import recovered_ppl, total_seconds
 
 
 class History:
@@ -69,6 +69,7 @@ class History:
                 "status": record.get("status"), "message": record.get("message"),
                 "model": (record.get("model") or {}).get("name") or "embedded", "spec": run_label(record),
                 "sparsity": record.get("sparsity"), "ppl": ppl.get("pruned"), "ppl_dense": ppl.get("dense"),
+                "ppl_recovered": recovered_ppl(record),
                 "layers": f"{record.get('layers_done', 0)}/{record.get('n_layers') or '?'}",
                 "seconds": total_seconds(record)}
 

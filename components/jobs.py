@@ -158,7 +158,7 @@ def release_memory() -> None:
 
 STAGE_TITLES = {"wait": "Queued", "load": "Loading model", "calibration": "Calibration data", "baseline": "Baselines",
                 "prune": "Pruning", "eval": "Evaluating", "save": "Saving", "done": "Done", "cancelled": "Stopped",
-                "failed": "Failed", "queued": "Starting", "zero_shot": "Zero-shot"}
+                "failed": "Failed", "queued": "Starting", "zero_shot": "Zero-shot", "finetune": "Recovering"}
 
 
 @dataclass
@@ -198,9 +198,13 @@ class Progress:
                 self.new_layers += 1
         if stage == "eval" and "total" in event:
             self.eval_done, self.eval_total, self.eval_what = event.get("done"), event.get("total"), event.get("what")
+        if stage == "finetune" and "step" in event:  # the recovery fine-tune: steps as the bar, the last loss
+            self.eval_done, self.eval_total = event["step"], event["total"]
+            if "loss" in event:
+                self.message = f"step {event['step']} / {event['total']} · train loss {event['loss']:.3f}"
 
     def fraction(self) -> float | None:
-        if self.stage == "eval" and self.eval_total:
+        if self.stage in ("eval", "finetune") and self.eval_total:
             return self.eval_done / self.eval_total
         if self.stage == "prune" and self.n_layers:
             return (self.layer + 1) / self.n_layers

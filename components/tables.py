@@ -12,7 +12,7 @@ from engine.store import RUN_ID
 
 from .figures import run_label
 
-RUN_COLUMNS = ["#", "status", "model", "spec", "nominal sparsity", "sparsity", "ppl", "ppl dense",
+RUN_COLUMNS = ["#", "status", "model", "spec", "nominal sparsity", "sparsity", "ppl", "ppl recovered", "ppl dense",
                "ppl magnitude", "time (s)", "calibration", "evaluation", "run id"]
 
 
@@ -31,21 +31,28 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
         rows.append({
             "#": i, "status": r.get("status"), "model": (r.get("model") or {}).get("name"), "spec": run_label(r),
             "nominal sparsity": _pct(r.get("nominal_sparsity")), "sparsity": _pct(r.get("sparsity")),
-            "ppl": _num(ppl.get("pruned")), "ppl dense": _num(ppl.get("dense")),
+            "ppl": _num(ppl.get("pruned")), "ppl recovered": _num(recovered_ppl(r)), "ppl dense": _num(ppl.get("dense")),
             "ppl magnitude": _num(ppl.get("magnitude")), "time (s)": round(secs, 1) if secs else None,
             "calibration": (r.get("data") or {}).get("calibration"), "evaluation": (r.get("data") or {}).get("evaluation"),
             "run id": r.get("run_id")})
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
-PAST_COLUMNS = ["started (UTC)", "status", "model", "spec", "sparsity", "ppl", "ppl dense", "layers", "time (s)",
+PAST_COLUMNS = ["started (UTC)", "status", "model", "spec", "sparsity", "ppl", "ppl recovered", "ppl dense", "layers",
+                "time (s)",
                 "run id"]
+
+
+def recovered_ppl(record: dict) -> float | None:
+    """Perplexity after the recovery fine-tune (engine/recover.py), when the run had one."""
+    return ((record or {}).get("recovery") or {}).get("ppl_after")
 
 
 def past_runs_table(summaries: list[dict]) -> pd.DataFrame:
     """The run store's runs (components/history.py summaries), newest first, whatever their status."""
     rows = [{"started (UTC)": s["started"], "status": s["status"], "model": s["model"], "spec": s["spec"],
-             "sparsity": _pct(s["sparsity"]), "ppl": _num(s["ppl"]), "ppl dense": _num(s["ppl_dense"]),
+             "sparsity": _pct(s["sparsity"]), "ppl": _num(s["ppl"]), "ppl recovered": _num(s.get("ppl_recovered")),
+             "ppl dense": _num(s["ppl_dense"]),
              "layers": s["layers"], "time (s)": round(s["seconds"], 1) if s["seconds"] else None, "run id": s["run_id"]}
             for s in summaries]
     return pd.DataFrame(rows, columns=PAST_COLUMNS)

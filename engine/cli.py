@@ -12,6 +12,7 @@ import os
 import sys
 
 from .errors import UserError
+from .finetune_cli import add_finetune_arguments, finetune_spec_from_args, recovery_summary
 from .spec import METHODS, PruneSpec, parse_sparsity_type
 from .zeroshot import PAPER_TASKS
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "it (0 = never in memory; default: $SPARSITY_SNAPSHOT_MAX_GB or 8)")
     e.add_argument("--check", default=None, metavar="DIR", help="prune nothing: print the per-layer and overall "
                    "sparsity (W == 0) of a saved model, as Wanda's check_sparsity, and compare with its results.json")
+    add_finetune_arguments(p)
     return p
 
 
@@ -119,6 +121,7 @@ def _main(args) -> int:
                          trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir,
                          zero_shot_tasks=zero_shot_tasks(args.eval_zero_shot), zero_shot_limit=args.zero_shot_limit,
                          zero_shot_include=args.zero_shot_include, snapshot_max_gb=args.snapshot_max_gb,
+                         finetune=finetune_spec_from_args(args), finetune_dir=args.finetune_dir,
                          store=RunStore(args.runs_dir))
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars
@@ -204,6 +207,7 @@ def summary_line(record: dict) -> str:
             parts.append(f"ppl_{k} {ppl[k]:.3f}")
     for task, scores in (record.get("zero_shot") or {}).items():
         parts.append(f"{task} acc {scores['acc']:.4f}")
+    parts.extend(recovery_summary(record.get("recovery")))
     parts.append(f"time {record['timings'].get('total_s', 0):.1f}s")
     if record.get("data", {}).get("evaluation"):
         parts.append(f"eval {record['data']['evaluation']}")
@@ -228,14 +232,19 @@ class _Bars:
             self.close()
             tqdm.write(f"[{stage}] {event['message']}", file=sys.stderr)
             return
-        kind, total = ((stage, event["n_layers"]) if stage == "prune" else (f"eval:{event.get('what')}", event.get("total")))
+        kind, total = ((stage, event["n_layers"]) if stage == "prune" else (stage, event["total"]) if stage == "finetune"
+                       else (f"eval:{event.get('what')}", event.get("total")))
         if self.kind != kind:
             self.close()
-            desc = "pruning layers" if stage == "prune" else f"perplexity ({event.get('what')})"
+            desc = {"prune": "pruning layers", "finetune": "fine-tuning"}.get(stage, f"perplexity ({event.get('what')})")
             self.bar, self.kind = tqdm(total=total, desc=desc, file=sys.stderr, leave=True), kind
         if stage == "prune":
             self.bar.set_postfix_str(f"layer {event['layer']}")
             self.bar.update(1)
+        elif stage == "finetune":
+            loss = {k: f"{event[k]:.3f}" for k in ("loss", "heldout_loss") if k in event}
+            self.bar.set_postfix(loss, refresh=False)
+            self.bar.update(event["step"] - self.bar.n)
         else:
             self.bar.update(event["done"] - self.bar.n)
 

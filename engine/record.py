@@ -18,6 +18,8 @@ Layout (all keys always present unless noted):
     errors          list of str: disagreements between masks, tier maps and weights (empty when all agree)
     nominal_sparsity float
     ppl             {"pruned": float|None, "dense": float|None, "magnitude": float|None}  (filled by evaluation)
+    recovery        None, or the masked fine-tune after pruning: settings, curve {"train", "heldout"}, ppl_before,
+                    ppl_after, zeros_before/after, zeros_held (layout in engine/recover.py)
     matrices        list of per-matrix entries:
         layer, module ("self_attn.q_proj", "mlp.experts.3.down_proj"), shape [out, in],
         numel, zeros (W == 0 after pruning), sparsity (zeros / numel), pruned (by the mask),

@@ -18,9 +18,11 @@ from . import data as textdata
 from .baselines import BaselineCache, baseline_key, model_fingerprint
 from .discovery import find_decoder_layers
 from .errors import Cancelled, UserError
+from .finetune import FinetuneSpec
 from .models import LoadedModel, load_model
 from .perplexity import perplexity
 from .pruner import prune_model
+from .recover import recover
 from .record import RECORD_VERSION, new_run_id, versions, write_json_atomic
 from .save import check_save_dir, save_pretrained_atomic
 from .snapshot import DenseWeights, snapshot_budget_bytes
@@ -52,6 +54,8 @@ class RunRequest:
     zero_shot_tasks: list[str] | None = None  # lm-eval tasks after perplexity; None = off, [] = the paper's seven
     zero_shot_limit: int | None = None  # at most N items per task
     zero_shot_include: str | None = None  # a folder of extra lm-eval task YAMLs
+    finetune: FinetuneSpec | None = None  # masked fine-tune after pruning (engine/recover.py); None = off
+    finetune_dir: str | None = None     # the fine-tune's checkpoints; None = a temporary folder
 
     def validate(self) -> None:
         if self.eval_windows is not None and (not isinstance(self.eval_windows, int) or self.eval_windows < 1):
@@ -59,6 +63,11 @@ class RunRequest:
         if self.zero_shot_limit is not None and (not isinstance(self.zero_shot_limit, int) or self.zero_shot_limit < 1):
             raise UserError(f"zero-shot limit must be a whole number >= 1, got {self.zero_shot_limit!r}")
         snapshot_budget_bytes(self.snapshot_max_gb)
+        if self.finetune is not None:
+            self.finetune.validate()
+            if self.finetune.lora_rank is not None and not self.finetune.merge:
+                raise UserError("a run merges its LoRA adapters under the mask; to keep an adapter separate, "
+                                "fine-tune the saved model with finetune.py")
         if self.save_dir:
             check_save_dir(self.save_dir, self.overwrite)
         if self.save_model_dir:
@@ -135,6 +144,7 @@ def _run(request: RunRequest, record: dict, timings: dict, t_start: float, progr
     # read the text sources first: a missing file or an unreachable hub is reported before minutes of loading
     eval_src = textdata.resolve_text(request.eval, "evaluation") if request.eval else None
     calib_src = textdata.resolve_text(request.calib, "calibration") if spec.uses_calibration else None
+    finetune_src = None if request.finetune is None else calib_src or textdata.resolve_text(request.calib, "calibration")
     zero_shot = None if request.zero_shot_tasks is None else \
         resolve_tasks(request.zero_shot_tasks, request.zero_shot_include)
     lm = models.get(request, progress)
@@ -192,6 +202,12 @@ def _run(request: RunRequest, record: dict, timings: dict, t_start: float, progr
         record["ppl"]["pruned"] = res.ppl
         record["eval"] = {"windows": res.windows, "tokens": res.tokens, "seqlen": seqlen}
         timings["eval_s"] = time.perf_counter() - t
+    if request.finetune is not None:
+        t = time.perf_counter()
+        record["recovery"] = recover(model, tok, request.finetune, finetune_src, eval_ids, seqlen, request.eval_windows,
+                                     ppl_before=record["ppl"]["pruned"], output_dir=request.finetune_dir,
+                                     progress=progress, cancel=cancel)
+        timings["finetune_s"] = time.perf_counter() - t
     _save(request, lm, record, progress)  # before zero-shot, which can take hours: a failure there keeps the model
     if zero_shot is not None:
         record["zero_shot"] = _zero_shot(lm, zero_shot, request, "pruned", timings, progress, cancel)
@@ -265,11 +281,12 @@ def _new_record(request: RunRequest) -> dict:
             "sparsity": None, "mask_sparsity": None, "errors": [],
             "nominal_sparsity": request.spec.nominal_sparsity(),
             "ppl": {"pruned": None, "dense": None, "magnitude": None}, "eval": None,
-            "zero_shot": None, "zero_shot_dense": None,
+            "zero_shot": None, "zero_shot_dense": None, "recovery": None,
             "request": {"calib": request.calib, "eval": request.eval, "eval_windows": request.eval_windows,
                         "baselines": request.baselines, "device": request.device, "dtype": request.dtype,
                         "zero_shot_tasks": request.zero_shot_tasks, "zero_shot_limit": request.zero_shot_limit,
-                        "zero_shot_include": request.zero_shot_include},
+                        "zero_shot_include": request.zero_shot_include,
+                        "finetune": request.finetune.to_dict() if request.finetune else None},
             "saved_model": None, "matrices": []}
 
 

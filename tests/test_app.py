@@ -254,6 +254,8 @@ def test_stop_interrupts_a_long_run_between_layers(dash, server, deep_llama_dir,
     (dict(pattern="nm", n=4, m=4), "N < M"),
     (dict(model_path="/no/such/model-dir"), "no/such/model-dir"),
     (dict(calib="path", calib_path=""), "calibration"),
+    (dict(finetune_steps=3, finetune_lr=-1), "learning rate must be a number > 0, got -1"),
+    (dict(finetune_steps=2, lora_rank=1000), "LoRA rank 1000 is larger than the smallest pruned matrix side"),
 ])
 def test_bad_input_comes_back_as_one_readable_line(server, tiny_llama_dir, kwargs, message):
     c = client(server)
@@ -322,3 +324,25 @@ def test_zero_shot_accuracy_is_shown_when_the_record_has_it(tmp_path):
     assert "boolq" in str(shown.value) and "dense" in str(shown.value)
     hidden = board.show_record(Session(), dict(record, zero_shot=None, zero_shot_dense=None))[board.zero_shot_plot]
     assert hidden.visible is False
+
+
+def test_recover_step_streams_the_loss_curve_and_shows_perplexity_before_and_after(dash, server, tiny_llama_dir,
+                                                                                   runs_dir):
+    """Issue 15: a run with fine-tune steps streams its loss curve to the Recover tab and keeps the recovery."""
+    c = client(server)
+    job = c.submit(model_path=str(tiny_llama_dir), **FAST, pattern="nm", finetune_steps=3, finetune_lr=1e-3,
+                   api_name="/run")
+    result = job.result(timeout=120)
+    assert "Done" in out(dash, result, dash.status), out(dash, result, dash.status)
+    curve = plot_json(out(dash, result, dash.loss_plot))
+    assert [t["name"] for t in curve["data"]] == ["train", "held-out"] and curve["data"][0]["x"] == [1, 2, 3]
+
+    def has_train_curve(outputs) -> bool:
+        value = outputs[dash.JOB_OUTPUTS.index(dash.loss_plot)]
+        return isinstance(value, dict) and "plot" in value and \
+            any(t.get("name") == "train" for t in plot_json(value)["data"])
+    assert any(has_train_curve(o) for o in job.outputs()[:-1])  # drawn while training ran, not only at the end
+    note = out(dash, result, dash.recover_note)
+    assert "pruned + fine-tune" in note and "every pruned weight still exactly 0" in note
+    record = json.loads((runs_dir / f"{last_run_id(dash, result)}.json").read_text())
+    assert record["recovery"]["zeros_held"] and record["recovery"]["steps_done"] == 3
