@@ -1,9 +1,8 @@
 """Dense weights kept aside so a pruned model can always be put back exactly, at any model size.
 
-Only the parameters a prune can change are kept: those that hold a target matrix of some decoder layer
-(embeddings, norms and the head are never written by the engine). They are kept
+Every parameter is kept (pruning writes the decoder layers' matrices, a recovery fine-tune writes everything), in
 
-  * in memory (a CPU copy) while their size is within the budget, or
+  * memory (a CPU copy) while their size is within the budget, or
   * in one file on disk above it (written one tensor at a time, so RAM never holds more than one tensor
     beyond the model), read back memory-mapped on restore.
 
@@ -23,7 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .discovery import find_decoder_layers, find_targets
 from .errors import UserError
 
 DEFAULT_MAX_GB = 8.0
@@ -44,21 +42,14 @@ def snapshot_budget_bytes(max_gb: float | None = None) -> int:
     return int(max_gb * (1 << 30))
 
 
-def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """{name: parameter} of every parameter that holds a target matrix (routers included: a run may prune them)."""
-    _, layers = find_decoder_layers(model)
-    wanted = {id(t.parameter) for layer in layers for t in find_targets(layer, prune_router=True)}
-    return {n: p for n, p in model.named_parameters(remove_duplicate=False) if id(p) in wanted}
-
-
 class DenseWeights:
-    """A copy of a model's prunable parameters; `restore()` puts them back in place, exactly."""
+    """A copy of a model's parameters; `restore()` puts them back in place, exactly."""
 
     def __init__(self, model: nn.Module, max_bytes: int):
         self._copies: dict[str, torch.Tensor] = {}
         self._file: Path | None = None
         self._offsets: dict[str, int] = {}
-        self.params = prunable_parameters(model)
+        self.params = dict(model.named_parameters())  # tied weights once
         meta = [n for n, p in self.params.items() if p.device.type == "meta"]
         if meta:
             raise UserError(f"{len(meta)} weight matrices (e.g. {meta[0]}) are offloaded by accelerate and not in "
