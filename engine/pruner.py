@@ -61,7 +61,7 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
     t0 = time.perf_counter()
     if spec.uses_calibration and windows is None:
         raise UserError(f"{spec.method} needs calibration data")
-    if spec.pattern == "three_tier":
+    if spec.uses_blocks:
         _check_block_fits(layers, spec)
 
     use_cache = getattr(model.config, "use_cache", None)
