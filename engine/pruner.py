@@ -21,7 +21,8 @@ from .record import encode_array, encode_tier_map
 from .scores import fisher_scores
 from .sensitivity import fisher_diagonal
 from .spec import PruneSpec
-from .three_tier import assign_jointly_by_cost, assign_tiers_jointly, block_importance, tier_census, tier_costs
+from .three_tier import (assign_jointly_by_cost, assign_tiers_jointly, block_importance, tier_census, tier_costs,
+                         tier_weights)
 from .walk import StatsHooks, capture_layer_inputs, run_layer
 
 Progress = Callable[[dict], None]
@@ -249,9 +250,11 @@ def _entry(layer: int, target, res, spec: PruneSpec) -> dict:
     numel = res.keep.numel()
     zeros = int(numel - res.keep.sum().item())
     entry = {"layer": layer, "module": target.name, "shape": list(res.keep.shape), "numel": numel, "zeros": zeros,
-             "sparsity": zeros / numel, "tiers": None, "tier_map": None, "block_importance": None}
+             "sparsity": zeros / numel, "tiers": None, "tier_weights": None, "tier_map": None,
+             "block_importance": None}
     if res.tiers is not None:
         entry["tiers"] = tier_census(res.tiers)
+        entry["tier_weights"] = tier_weights(res.keep.cpu(), res.tiers.cpu(), spec.block)
         entry["tier_map"] = encode_tier_map(res.tiers.cpu().numpy())
         entry["block_importance"] = encode_array(res.importance.cpu().numpy())
     return entry

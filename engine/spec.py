@@ -26,6 +26,7 @@ ORIGINAL_RECIPE = dict(method="wanda", tier_scope="matrix", assignment="importan
                        reconstruct=False, block_rule="original", ratios=(0.4, 0.4, 0.2), keep=10)
 BEST_THREE_TIER = dict(method="fisher_wanda", tier_scope="model", assignment="cost", within_block="obs",
                        reconstruct=True, block_rule="exact", ratios=THREE_TIER_RATIOS, keep=15)
+RECIPES = {"original": ORIGINAL_RECIPE, "best": BEST_THREE_TIER}
 
 
 @dataclass(frozen=True)
