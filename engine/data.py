@@ -13,7 +13,7 @@ Fidelity to the Wanda code (locuslab/wanda, lib/data.py), so published numbers a
 - GSM8K calibration as the Wanda hybrid fork (github.com/Jiajun-Ji/wanda, lib/data.py) builds it: each window is
   one random training example "Question: ...\nAnswer: ...", cut to seqlen tokens and padded with token id 0.
 - Sampling uses random.Random(seed).randint exactly as Wanda's random.seed(seed); random.randint, so the
-  same seed picks the same windows, without touching the global RNG.
+  same random seed picks the same windows, without touching the global RNG.
 """
 from __future__ import annotations
 
