@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from conftest import requires_smollm2
 from engine.block_patterns import int_tier_counts, normalise_ratios
 from engine.errors import SpecError
 from engine.matrix import prune_matrix
@@ -240,3 +241,14 @@ def test_original_rule_refuses_what_the_fork_cannot_do():
         PruneSpec(**dict(ORIGINAL_RECIPE, pattern="three_tier", tier_scope="model"))
     with pytest.raises(SpecError, match="block_topk keeps weights"):
         PruneSpec(pattern="block_topk", within_block="obs", reconstruct=True)
+
+
+@requires_smollm2
+def test_original_three_tier_on_real_quantized_weights(smollm2):
+    """The embedded model's 4-bit weights hold many exactly equal |W|: the fork's tie rules decide real masks."""
+    from engine.discovery import find_decoder_layers, find_targets
+    _, layers = find_decoder_layers(smollm2.loaded.model)
+    W = next(t for t in find_targets(layers[0]) if t.name == "self_attn.k_proj").weight().detach().float()
+    assert W.abs().unique().numel() < W.numel() / 5  # ties everywhere: ~8 weights per distinct |W|
+    keep = engine_keep(W, W.abs(), **dict(ORIGINAL_RECIPE, pattern="three_tier", ratios=(0.35, 0.45, 0.2), keep=15))
+    assert torch.equal(keep, fork_three_tier(W, W.abs(), 16, 0.35, 0.45, 0.2, 15))
