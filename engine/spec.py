@@ -121,8 +121,10 @@ class PruneSpec:
                    f"block size must be a multiple of 4 (so 2:4 groups never straddle blocks) and >= 4, got {self.block}")
             _check(isinstance(self.keep, int) and 0 <= self.keep <= self.block * self.block,
                    f"K (weights kept per top-K block) must lie in [0, {self.block * self.block}] for {self.block}x{self.block} blocks, got {self.keep}")
-            _check(self.within_block in ("score", "magnitude") or self.pattern == "three_tier",
-                   f"{self.pattern} keeps weights inside blocks by score or magnitude, not {self.within_block!r}")
+            _check(self.within_block in ("score", "magnitude") or self.pattern in ("three_tier", "block"),
+                   f"{self.pattern} keeps weights inside blocks by score or magnitude (|W|), not {self.within_block!r}")
+            _check(self.block_rule in BLOCK_RULES, f"block rule must be one of {', '.join(BLOCK_RULES)}, "
+                   f"got {self.block_rule!r}")
         if self.pattern == "three_tier":
             r = self.ratios
             _check(len(r) == 3, f"three-tier needs three ratios (dense, 2:4, top-K), got {len(r)}")
@@ -136,8 +138,6 @@ class PruneSpec:
                    "(or use sparsegpt)")
             _check(self.assignment in ASSIGNMENTS, f"tier assignment must be one of {', '.join(ASSIGNMENTS)}, "
                    f"got {self.assignment!r}")
-            _check(self.block_rule in BLOCK_RULES, f"block rule must be one of {', '.join(BLOCK_RULES)}, "
-                   f"got {self.block_rule!r}")
             _check(self.block_rule == "exact" or (self.tier_scope == "matrix" and self.assignment == "importance"
                                                   and self.within_block != "obs"),
                    "the original block rule ranks blocks per matrix by importance and keeps weights by score or |W|: "
