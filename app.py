@@ -24,14 +24,14 @@ from components import figures, policy, recover, tables
 from components.history import History
 from components.jobs import Job, Progress, progress_html
 from components.layout import CSS_PATH, HEATMAP_CLICK_JS, banner, header_html, theme
-from components.session import (ASSIGNMENT_CHOICES, DEVICE_CHOICES, DTYPE_CHOICES, EMBEDDED, EVAL_CHOICES,
+from components.session import (ASSIGNMENT_CHOICES, BLOCK_RULE_CHOICES, DEVICE_CHOICES, DTYPE_CHOICES, EMBEDDED, EVAL_CHOICES,
                                 METHOD_CHOICES, MODEL_PRESETS, NAMED_SOURCES, PATTERN_CHOICES, PUBLIC_PRESETS,
                                 SCOPE_CHOICES, SKIP_EVAL, SOURCE_CHOICES, WITHIN_CHOICES, Session, grid_splits,
                                 nominal_text, parse_splits, rebalance, recipe_values, request_from_form, size_guard)
 from components.zero_shot import zero_shot_figure
 from engine.errors import UserError
 from engine.run import ModelCache, run
-from engine.spec import BEST_THREE_TIER as BEST, SEED_RATIOS, SEED_RULE
+from engine.spec import BEST_THREE_TIER as BEST, BLOCK_PATTERNS, ORIGINAL_RECIPE, ORIGINAL_URL
 from engine.store import RunStore
 
 MODELS = ModelCache()  # one model in memory per process; restored to dense weights before every run
@@ -71,7 +71,7 @@ class Settings:
 # ---- drawing ---------------------------------------------------------------------------------------------------
 
 def heatmap_for(record, view):
-    if view == VIEWS[1] and record and record.get("spec", {}).get("pattern") == "three_tier":
+    if view == VIEWS[1] and record and record.get("spec", {}).get("pattern") in BLOCK_PATTERNS:
         return figures.tier_share_heatmaps(record)
     return figures.layer_heatmap(record)
 
@@ -134,6 +134,7 @@ class Dashboard:
             pattern=self.pattern, sparsity=self.sparsity, n=self.n, m=self.m, ratio_dense=self.ratio_dense,
             ratio_24=self.ratio_24, ratio_topk=self.ratio_topk, block=self.block, keep=self.keep,
             tier_scope=self.tier_scope, within_block=self.within_block, assignment=self.assignment,
+            block_rule=self.block_rule, top_blocks_ratio=self.top_blocks_ratio, score_threshold=self.score_threshold,
             reconstruct=self.reconstruct, calib=self.calib, calib_path=self.calib_path, nsamples=self.nsamples,
             seqlen=self.seqlen, eval_source=self.eval_source, eval_path=self.eval_path,
             eval_windows=self.eval_windows, baselines=self.baselines, seed=self.seed, save_dir=self.save_dir,
@@ -162,30 +163,41 @@ class Dashboard:
         self.method = gr.Radio(METHOD_CHOICES, value=BEST["method"], label="Importance (method)")
         self.pattern = gr.Radio(PATTERN_CHOICES, value="three_tier", label="Pattern")
         with gr.Group(visible=False) as self.unstructured_box:
-            self.sparsity = gr.Slider(0, 0.95, value=0.5, step=0.01, label="Sparsity")
+            self.sparsity = gr.Slider(0, 0.95, value=0.5, step=0.01, label="Sparsity",
+                                      info="block patterns: the share of blocks pruned")
         with gr.Row(visible=False) as self.nm_box:
             self.n = gr.Number(2, precision=0, label="N (kept)", minimum=0)
             self.m = gr.Number(4, precision=0, label="M (group)", minimum=1)
         with gr.Column(visible=True) as self.tier_box:
             gr.Markdown("Tier split of the blocks — moving one slider rescales the other two in proportion, "
                         "so the three always sum to 1.", elem_classes="note")
-            self.ratio_dense = gr.Slider(0, 1, value=SEED_RATIOS[0], step=0.01, label="dense blocks (all kept)")
-            self.ratio_24 = gr.Slider(0, 1, value=SEED_RATIOS[1], step=0.01, label="2:4 blocks (half kept)")
-            self.ratio_topk = gr.Slider(0, 1, value=SEED_RATIOS[2], step=0.01, label="top-K blocks (K kept)")
+            self.ratio_dense = gr.Slider(0, 1, value=BEST["ratios"][0], step=0.01, label="dense blocks (all kept)")
+            self.ratio_24 = gr.Slider(0, 1, value=BEST["ratios"][1], step=0.01, label="2:4 blocks (half kept)")
+            self.ratio_topk = gr.Slider(0, 1, value=BEST["ratios"][2], step=0.01, label="top-K blocks (K kept)")
             with gr.Row():
                 self.best_btn = gr.Button("Best found: Fisher, ranked model-wide by cost, OBS", size="sm")
-                self.seed_btn = gr.Button("Seed's rule: Wanda, ranked per matrix, masks only", size="sm")
-            with gr.Row():
-                self.block = gr.Number(16, precision=0, minimum=4, step=4, label="Block size B")
-                self.keep = gr.Number(15, precision=0, minimum=0, label="K per top-K block")
+                self.original_btn = gr.Button("Original rule (Wanda hybrid fork): Wanda, per matrix, |W| inside",
+                                              size="sm")
+            gr.Markdown(f"Original rule: the three-tier rule of the [Wanda hybrid fork]({ORIGINAL_URL}) with its "
+                        "defaults (0.4/0.4/0.2, K = 10), mask for mask.", elem_classes="note")
             self.tier_scope = gr.Radio(SCOPE_CHOICES, value=BEST["tier_scope"], label="Rank blocks across")
             self.assignment = gr.Radio(ASSIGNMENT_CHOICES, value=BEST["assignment"], label="Give blocks their tier by")
+            self.block_rule = gr.Radio(BLOCK_RULE_CHOICES, value=BEST["block_rule"], label="Block arithmetic")
+        with gr.Group(visible=False) as self.hybrid_box:
+            self.top_blocks_ratio = gr.Slider(0, 1, value=0.6, step=0.01, label="top blocks (try 2:4, else dense)")
+            self.score_threshold = gr.Slider(0, 1, value=0.8, step=0.01, label="2:4 taken if it keeps this share of "
+                                             "the block's score")
+        with gr.Column(visible=True) as self.block_box:
+            with gr.Row():
+                self.block = gr.Number(16, precision=0, minimum=4, step=4, label="Block size B")
+                self.keep = gr.Number(BEST["keep"], precision=0, minimum=0, label="K per top-K block")
             self.within_block = gr.Radio(WITHIN_CHOICES, value=BEST["within_block"],
                                          label="Inside 2:4 / top-K blocks keep by")
         self.reconstruct = gr.Checkbox(BEST["reconstruct"], label="OBS weight update (reconstruct)",
                                        info="update the kept weights of the chosen mask (magnitude / Wanda; "
                                             "SparseGPT always does)")
-        self.nominal = gr.Markdown(nominal_text("three_tier", 0.5, 2, 4, *SEED_RATIOS, 16, 15), elem_id="nominal")
+        self.nominal = gr.Markdown(nominal_text("three_tier", 0.5, 2, 4, *BEST["ratios"], 16, BEST["keep"]),
+                                   elem_id="nominal")
         with gr.Accordion("Calibration data", open=False) as self.calib_box:
             self.calib = gr.Dropdown(NAMED_SOURCES if public else SOURCE_CHOICES, value="auto", label="Source")
             self.calib_path = gr.Textbox(label="Path (.txt, .jsonl, .parquet or a WikiText folder)", visible=False)
@@ -323,7 +335,7 @@ class Dashboard:
         """Everything the Results tab shows for one record."""
         s.shown = record
         layers, layer, modules, module = selection_for(record, layer, module)
-        three_tier = bool(record) and record.get("spec", {}).get("pattern") == "three_tier"
+        three_tier = bool(record) and record.get("spec", {}).get("pattern") in BLOCK_PATTERNS
         view = view if three_tier else VIEWS[0]
         fig, note = tiermap_for(record, layer, module)
         has_zero_shot = bool(record) and bool(record.get("zero_shot") or record.get("zero_shot_dense"))
@@ -553,17 +565,20 @@ class Dashboard:
         with self.demo:
             for trigger in (ui.method.change, ui.pattern.change, ui.reconstruct.change):
                 trigger(_visibility, [ui.method, ui.pattern, ui.reconstruct],
-                        [ui.unstructured_box, ui.nm_box, ui.tier_box, ui.calib_box], queue=False,
+                        [ui.unstructured_box, ui.nm_box, ui.tier_box, ui.hybrid_box, ui.block_box, ui.calib_box],
+                        queue=False,
                         show_progress="hidden")
 
             ratios = [ui.ratio_dense, ui.ratio_24, ui.ratio_topk]
             for i, slider in enumerate(ratios):
                 slider.input(lambda a, b, c, i=i: rebalance(i, (a, b, c)), ratios, ratios, queue=False,
                              show_progress="hidden", trigger_mode="always_last")
-            recipe_outputs = [ui.method, ui.tier_scope, ui.assignment, ui.within_block, ui.reconstruct, *ratios]
-            ui.seed_btn.click(lambda: recipe_values(SEED_RULE), None, recipe_outputs, queue=False, show_progress="hidden")
+            recipe_outputs = [ui.method, ui.tier_scope, ui.assignment, ui.within_block, ui.reconstruct, *ratios,
+                              ui.keep, ui.block_rule, ui.pattern]
+            ui.original_btn.click(lambda: recipe_values(ORIGINAL_RECIPE), None, recipe_outputs, queue=False,
+                                  show_progress="hidden")
             ui.best_btn.click(lambda: recipe_values(BEST), None, recipe_outputs, queue=False, show_progress="hidden")
-            nominal_inputs = [ui.pattern, ui.sparsity, ui.n, ui.m, *ratios, ui.block, ui.keep]
+            nominal_inputs = [ui.pattern, ui.sparsity, ui.n, ui.m, *ratios, ui.block, ui.keep, ui.top_blocks_ratio]
             gr.on([c.change for c in nominal_inputs], nominal_text, nominal_inputs, ui.nominal, queue=False,
                   show_progress="hidden")
             if not self.settings.public:
@@ -633,8 +648,9 @@ class Dashboard:
 
 def _visibility(method_, pattern_, reconstruct_):
     uses_calib = method_ != "magnitude" or bool(reconstruct_)
-    return (gr.Group(visible=pattern_ == "unstructured"), gr.Row(visible=pattern_ == "nm"),
-            gr.Column(visible=pattern_ == "three_tier"), gr.Accordion(visible=uses_calib))
+    return (gr.Group(visible=pattern_ in ("unstructured", "block", "block_topk")), gr.Row(visible=pattern_ == "nm"),
+            gr.Column(visible=pattern_ == "three_tier"), gr.Group(visible=pattern_ == "threshold_hybrid"),
+            gr.Column(visible=pattern_ in BLOCK_PATTERNS), gr.Accordion(visible=uses_calib))
 
 
 def build_demo(settings: Settings | None = None) -> gr.Blocks:

@@ -22,11 +22,11 @@ from bench.common import DEFAULT_DATA, RESULTS, REPO  # noqa: E402
 from engine.perplexity import perplexity  # noqa: E402
 from engine import data as textdata  # noqa: E402
 from engine.run import ModelCache, RunRequest, run  # noqa: E402
-from engine.spec import BEST_THREE_TIER, PruneSpec  # noqa: E402
+from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, PruneSpec  # noqa: E402
 
 # The issue's table (an independent layer-wise implementation, same protocol), for the rows that reproduce it.
-ISSUE = {"dense": 25.6, "un50": 49.9, "un50-obs": 45.5, "24": 131.9, "24-obs": 84.4, "tt-seed": 396.3,
-         "tt-seed-obs": 138.5, "mag50": 296.9}
+ISSUE = {"dense": 25.6, "un50": 49.9, "un50-obs": 45.5, "24": 131.9, "24-obs": 84.4, "tt-score": 396.3,
+         "tt-score-obs": 138.5, "mag50": 296.9}
 TT = dict(pattern="three_tier", ratios=(0.35, 0.45, 0.20), keep=15)
 ROWS = [  # key, label, spec keyword arguments (None = dense)
     ("dense", "dense", None),
@@ -35,9 +35,14 @@ ROWS = [  # key, label, spec keyword arguments (None = dense)
     ("24", "Wanda 2:4", dict(method="wanda", pattern="nm", n=2, m=4)),
     ("24-obs", "Wanda 2:4 + OBS update", dict(method="wanda", pattern="nm", n=2, m=4, reconstruct=True)),
     ("mag50", "magnitude unstructured 50%", dict(method="magnitude", sparsity=0.5)),
-    ("tt-seed", "three-tier, seed rule (matrix scope, importance)", dict(method="wanda", **TT)),
-    ("tt-seed-obs", "three-tier, seed rule + OBS update", dict(method="wanda", reconstruct=True, **TT)),
-    ("tt-seedw", "three-tier, seed rule, |W| inside blocks (the seed's code)", dict(method="wanda", within_block="magnitude", **TT)),
+    ("original", "three-tier, ORIGINAL_RECIPE: the Wanda hybrid fork's rule (|W| inside blocks, int() counts, ties "
+     "with the K-th kept, clipped edge blocks)", dict(ORIGINAL_RECIPE, **TT)),
+    ("original-defaults", "three-tier, ORIGINAL_RECIPE with the fork's defaults 0.4/0.4/0.2, K=10",
+     dict(ORIGINAL_RECIPE, pattern="three_tier")),
+    ("tt-score", "three-tier, Wanda score inside blocks (matrix scope, importance, exact rule)", dict(method="wanda", **TT)),
+    ("tt-score-obs", "three-tier, Wanda score inside blocks + OBS update", dict(method="wanda", reconstruct=True, **TT)),
+    ("tt-magnitude", "three-tier, |W| inside blocks, exact rule (summed score, floor counts, exactly K)",
+     dict(method="wanda", within_block="magnitude", **TT)),
     ("tt-layer", "three-tier, layer scope", dict(method="wanda", tier_scope="layer", **TT)),
     ("tt-model", "three-tier, model scope", dict(method="wanda", tier_scope="model", **TT)),
     ("tt-cost", "three-tier, cost assignment", dict(method="wanda", assignment="cost", **TT)),
@@ -56,12 +61,17 @@ ROWS = [  # key, label, spec keyword arguments (None = dense)
     ("tt-fisher-obs", "three-tier, Fisher, cost, model scope + OBS update (mask fixed first)", dict(method="fisher", assignment="cost", tier_scope="model", reconstruct=True, **TT)),
     ("tt-fisher-obsw", "three-tier, Fisher, cost, model scope + OBS update, kept by OBS saliency", dict(method="fisher", assignment="cost", tier_scope="model", reconstruct=True, within_block="obs", **TT)),
     ("tt-cost-layer-obsw", "three-tier, Wanda, cost, layer scope + OBS update, kept by OBS saliency", dict(method="wanda", assignment="cost", tier_scope="layer", reconstruct=True, within_block="obs", **TT)),
-    ("tt-sgpt-obsw", "three-tier, SparseGPT, seed rule, kept by OBS saliency during the update", dict(method="sparsegpt", within_block="obs", **TT)),
+    ("tt-sgpt-obsw", "three-tier, SparseGPT, matrix scope by importance, kept by OBS saliency during the update", dict(method="sparsegpt", within_block="obs", **TT)),
     ("tt-fw-matrix", "three-tier, Fisher-weighted Wanda, cost, matrix scope", dict(method="fisher_wanda", assignment="cost", **TT)),
     ("tt-fw-layer", "three-tier, Fisher-weighted Wanda, cost, layer scope", dict(method="fisher_wanda", assignment="cost", tier_scope="layer", **TT)),
     ("tt-fw-imp", "three-tier, Fisher-weighted Wanda, importance, model scope", dict(method="fisher_wanda", tier_scope="model", **TT)),
     ("tt-fw", "three-tier, Fisher-weighted Wanda, cost, model scope (best masks only)", dict(method="fisher_wanda", assignment="cost", tier_scope="model", **TT)),
     ("tt-fw-obs", "three-tier, Fisher-weighted Wanda, cost, model scope + OBS update (mask fixed first)", dict(method="fisher_wanda", assignment="cost", tier_scope="model", reconstruct=True, **TT)),
+    ("block50", "the fork's block pruning: half of the 16x16 blocks removed (Wanda block scores)",
+     dict(method="wanda", pattern="block", sparsity=0.5, within_block="magnitude")),
+    ("hybrid-0.9-0.8", "the fork's threshold hybrid: top 0.9 of blocks 2:4 where it keeps 0.8 of the score, else "
+     "dense; rest top-K, K=10", dict(method="wanda", pattern="threshold_hybrid", top_blocks_ratio=0.9,
+                                      score_threshold=0.8, keep=10, within_block="magnitude")),
     ("tt-best", "three-tier, BEST_THREE_TIER: Fisher-weighted Wanda, cost, model scope, OBS update, kept by OBS saliency", dict(BEST_THREE_TIER, **TT)),
 ]
 

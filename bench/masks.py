@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, command_line, machine, print_table, time_interleaved, write_json  # noqa: E402
 from engine.masks import nm_mask, topk_block_mask, unstructured_mask  # noqa: E402
 from engine.sparsegpt import sparsegpt_prune  # noqa: E402
-from engine.spec import SEED_RATIOS, tier_counts  # noqa: E402
+from engine.spec import THREE_TIER_RATIOS, tier_counts  # noqa: E402
 from engine.three_tier import assign_tiers, block_importance, three_tier_mask  # noqa: E402
 
 TARGET_S = 1.0
@@ -29,17 +29,17 @@ BLOCK, KEEP = 16, 15
 def three_tier(scores: torch.Tensor) -> torch.Tensor:
     """The whole three-tier path of engine.matrix.prune_matrix for one matrix (tier_scope="matrix")."""
     importance = block_importance(scores, BLOCK)
-    tiers = assign_tiers(importance, tier_counts(importance.numel(), SEED_RATIOS))
+    tiers = assign_tiers(importance, tier_counts(importance.numel(), THREE_TIER_RATIOS))
     return three_tier_mask(scores, tiers, BLOCK, KEEP)
 
 
 def mask_rows(scores: torch.Tensor, device: str, repeats: int) -> list[dict]:
     importance = block_importance(scores, BLOCK)
-    tiers = assign_tiers(importance, tier_counts(importance.numel(), SEED_RATIOS))
+    tiers = assign_tiers(importance, tier_counts(importance.numel(), THREE_TIER_RATIOS))
     builders = [  # (name, fn, is a whole builder with a target, or a stage of the three-tier one)
         ("three-tier 0.35/0.45/0.20 K=15", lambda: three_tier(scores), True),
         ("  block_importance", lambda: block_importance(scores, BLOCK), False),
-        ("  assign_tiers", lambda: assign_tiers(importance, tier_counts(importance.numel(), SEED_RATIOS)), False),
+        ("  assign_tiers", lambda: assign_tiers(importance, tier_counts(importance.numel(), THREE_TIER_RATIOS)), False),
         ("  three_tier_mask", lambda: three_tier_mask(scores, tiers, BLOCK, KEEP), False),
         ("    of which topk_block_mask", lambda: topk_block_mask(scores, BLOCK, KEEP), False),
         ("    of which nm_mask 2:4", lambda: nm_mask(scores, 2, 4), False),

@@ -14,7 +14,7 @@ import torch
 from engine.errors import UserError
 from engine.models import available_devices
 from engine.run import ModelCache, RunRequest
-from engine.spec import SEED_RATIOS, PruneSpec
+from engine.spec import BLOCK_RULES, PATTERNS, THREE_TIER_RATIOS, PruneSpec
 
 from . import policy
 from .jobs import Job
@@ -34,12 +34,15 @@ PUBLIC_PRESETS = MODEL_PRESETS[:-2]  # a public server takes models up to 2B par
 METHOD_CHOICES = [("Magnitude |W|", "magnitude"), ("Wanda |W|·‖X‖", "wanda"), ("SparseGPT (OBS update)", "sparsegpt"),
                   ("Fisher |W|·√F (loss gradients)", "fisher"),
                   ("Fisher-weighted Wanda |W|·‖X‖·√G_row (loss gradients)", "fisher_wanda")]
-PATTERN_CHOICES = [("Three-tier blocks", "three_tier"), ("Unstructured", "unstructured"), ("N:M", "nm")]
-SCOPE_CHOICES = [("each matrix (seed)", "matrix"), ("each decoder layer", "layer"), ("whole model", "model")]
-WITHIN_CHOICES = [("method's score", "score"), ("|W| (seed's code)", "magnitude"),
+PATTERN_CHOICES = [(title, name) for name, title in PATTERNS.items()]
+SCOPE_CHOICES = [("each matrix (original rule)", "matrix"), ("each decoder layer", "layer"), ("whole model", "model")]
+WITHIN_CHOICES = [("method's score", "score"), ("|W| (original rule)", "magnitude"),
                   ("OBS saliency during the update (SparseGPT-style; needs the OBS update)", "obs")]
-ASSIGNMENT_CHOICES = [("importance: most important dense, next 2:4 (seed's rule)", "importance"),
+ASSIGNMENT_CHOICES = [("importance: most important dense, next 2:4 (original rule)", "importance"),
                       ("cost: by the squared score mass each tier would drop", "cost")]
+BLOCK_RULE_TITLES = {"exact": "exact: summed score, exactly K kept, edge blocks padded",
+                     "original": "original: the fork's arithmetic (mean score, int() counts, ties with the K-th kept)"}
+BLOCK_RULE_CHOICES = [(BLOCK_RULE_TITLES[r], r) for r in BLOCK_RULES]
 NAMED_SOURCES = [("auto (paper: C4 calibration, WikiText-2 evaluation; offline: Python docs)", "auto"),
                  ("WikiText-2", "wikitext2"), ("C4", "c4"), ("Python docs (offline)", "pydoc")]
 LOCAL_SOURCE = ("local file / folder ↓", "path")
@@ -118,6 +121,8 @@ def spec_from_form(form: dict) -> PruneSpec:
                      ratios=(float(form["ratio_dense"]), float(form["ratio_24"]), float(form["ratio_topk"])),
                      block=_int(form["block"], "block size"), keep=_int(form["keep"], "K"),
                      tier_scope=form["tier_scope"], within_block=form["within_block"], assignment=form["assignment"],
+                     block_rule=form["block_rule"], top_blocks_ratio=float(form["top_blocks_ratio"]),
+                     score_threshold=float(form["score_threshold"]),
                      nsamples=_int(form["nsamples"], "calibration samples"), seqlen=seqlen or None,
                      reconstruct=bool(form["reconstruct"]), seed=_int(form["seed"], "seed"))
 
@@ -195,12 +200,12 @@ def size_guard(request: RunRequest, progress, max_params: int | None, models: Mo
     return guarded
 
 
-def nominal_text(pattern, sparsity, n, m, r_dense, r_24, r_topk, block, keep) -> str:
+def nominal_text(pattern, sparsity, n, m, r_dense, r_24, r_topk, block, keep, top_blocks_ratio=0.6) -> str:
     """The sparsity a set-up aims at, as one line of Markdown (or the spec's complaint)."""
     try:
         spec = PruneSpec(pattern=pattern, sparsity=float(sparsity), n=_int(n, "N"), m=_int(m, "M"),
                          ratios=(float(r_dense), float(r_24), float(r_topk)), block=_int(block, "block size"),
-                         keep=_int(keep, "K"))
+                         keep=_int(keep, "K"), top_blocks_ratio=float(top_blocks_ratio), within_block="score")
     except (UserError, TypeError, ValueError) as err:
         return f"<span class='bad'>⚠ {err}</span>"
     s = spec.nominal_sparsity()
@@ -208,6 +213,8 @@ def nominal_text(pattern, sparsity, n, m, r_dense, r_24, r_topk, block, keep) ->
         d, h, t = spec.ratios
         return (f"Nominal sparsity **{s:.1%}** = 2:4 share {h:.2f} × ½ + top-K share {t:.2f} × "
                 f"(1 − {spec.keep}/{spec.block}²) · dense blocks {d:.0%}")
+    if pattern == "threshold_hybrid":
+        return f"Nominal sparsity at least **{s:.1%}** (top-K blocks; each top block that takes 2:4 adds more)"
     return f"Nominal sparsity **{s:.1%}**"
 
 
@@ -244,6 +251,7 @@ def grid_splits(step: float) -> str:
 
 
 def recipe_values(recipe: dict) -> tuple:
-    """Form values (method, tier scope, assignment, within-block, reconstruct, 3 ratios) of a named recipe."""
+    """Form values (method, tier scope, assignment, within-block, reconstruct, 3 ratios, K, block rule) of a named
+    recipe, with the three-tier pattern."""
     return (recipe["method"], recipe["tier_scope"], recipe["assignment"], recipe["within_block"], recipe["reconstruct"],
-            *SEED_RATIOS)
+            *recipe.get("ratios", THREE_TIER_RATIOS), recipe["keep"], recipe["block_rule"], "three_tier")

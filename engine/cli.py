@@ -8,12 +8,14 @@ Bad input ends with one line `error: ...` and exit status 2; a Ctrl-C ends with 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
+from .block_patterns import normalise_ratios
 from .errors import UserError
 from .finetune_cli import add_finetune_arguments, finetune_spec_from_args, recovery_summary
-from .spec import METHODS, PruneSpec, parse_sparsity_type
+from .spec import BLOCK_RULES, METHODS, ORIGINAL_URL, RECIPES, THREE_TIER_RATIOS, PruneSpec, parse_sparsity_type
 from .zeroshot import PAPER_TASKS
 
 
@@ -26,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=int, default=0, help="seed for the calibration windows (default 0)")
     w.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
     w.add_argument("--sparsity_ratio", type=float, default=0.5, help="unstructured sparsity (default 0.5)")
-    w.add_argument("--sparsity_type", default="unstructured", help="unstructured (default) | 2:4 | 4:8 | N:M | three_tier")
+    w.add_argument("--sparsity_type", default="unstructured", help="unstructured (default) | 2:4 | 4:8 | N:M | "
+                   "three_tier | block | block_topk | hybrid_2_4 (the threshold hybrid)")
     w.add_argument("--prune_method", default="wanda", choices=list(METHODS),
                    help="default wanda; fisher = |W|*sqrt(empirical Fisher), one backward pass per calibration window")
     w.add_argument("--cache_dir", default=None, help="Hugging Face download cache")
@@ -42,21 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--zero_shot_include", default=None, metavar="DIR",
                    help="a folder of extra lm-eval task YAMLs (their relative data_files are read from the working directory)")
     o = p.add_argument_group("three-tier")
-    o.add_argument("--sparsity_ratios", type=float, nargs=3, default=[0.35, 0.45, 0.20], metavar=("DENSE", "2:4", "TOPK"),
-                   help="share of 16x16 blocks kept dense, made 2:4, and top-K; sum to 1 (default 0.35 0.45 0.20)")
+    o.add_argument("--sparsity_ratios", type=float, nargs=3, default=None, metavar=("DENSE", "2:4", "TOPK"),
+                   help="share of 16x16 blocks kept dense, made 2:4, and top-K; sum to 1 (default: the recipe's, "
+                   "else " + " ".join(f"{r:g}" for r in THREE_TIER_RATIOS) + ")")
     o.add_argument("--block_size", type=int, default=16, help="block side B (default 16)")
     o.add_argument("--topk_per_block", type=int, default=15, help="weights K kept in each top-K block (default 15)")
     o.add_argument("--tier_scope", default="matrix", choices=["matrix", "layer", "model"],
-                   help="where blocks compete for tiers: each matrix (the seed), each decoder layer, the whole model (default matrix)")
+                   help="where blocks compete for tiers: each matrix (the original rule), each decoder layer, the whole model (default matrix)")
     o.add_argument("--within_block", default="score", choices=["score", "magnitude", "obs"],
-                   help="pick weights inside 2:4 and top-K blocks by the method's score, by |W| (the seed's rule), or "
+                   help="pick weights inside 2:4 and top-K blocks by the method's score, by |W| (the original rule), or "
                         "obs: by the OBS saliency while the weights are updated, as SparseGPT picks N:M (needs "
                         "--reconstruct or sparsegpt) (default score)")
     o.add_argument("--tier_assignment", default="importance", choices=["importance", "cost"],
-                   help="which blocks get which tier: by summed importance (the seed's rule) or by the squared "
+                   help="which blocks get which tier: by summed importance (the original rule) or by the squared "
                    "score mass each tier would drop (default importance)")
+    _add_fork_flags(p)
     e = p.add_argument_group("data, evaluation, hardware")
-    e.add_argument("--calib_dataset", default="auto", help="auto (default: c4 as in the paper; pydoc offline) | c4 | wikitext2 | pydoc | local path")
+    e.add_argument("--calib_dataset", default="auto", help="auto (default: c4 as in the paper; pydoc offline) | c4 | "
+                   "wikitext2 | gsm8k (the Wanda hybrid fork's: one question+answer per window) | pydoc | local path")
     e.add_argument("--eval_dataset", default="auto", help="auto (default: wikitext2; pydoc offline) | wikitext2 | c4 | pydoc | local path | none")
     e.add_argument("--eval_windows", type=int, default=None, help="evaluate at most N windows (default: all)")
     e.add_argument("--seqlen", type=int, default=None, help="tokens per window (default: min(model context, 2048))")
@@ -82,10 +88,62 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_fork_flags(p: argparse.ArgumentParser) -> None:
+    f = p.add_argument_group("the Wanda hybrid fork's flags", f"{ORIGINAL_URL}: main_block_three_tier.py, main_block.py, "
+                             "main_block_topk.py, main_block_hybrid_2_4.py")
+    f.add_argument("--recipe", default=None, choices=list(RECIPES),
+                   help="a named three-tier recipe; flags given explicitly win. original: the fork's three-tier rule "
+                   "and defaults (wanda, |W| inside blocks, 0.4 0.4 0.2, K=10, block rule original); best: the best "
+                   "measured (bench/HYBRID.md)")
+    for flag, default, what in (("--top_dense_ratio", 0.4, "dense"), ("--mid_2_4_ratio", 0.4, "2:4"),
+                                ("--bottom_topk_ratio", 0.2, "top-K")):
+        f.add_argument(flag, type=float, default=None,
+                       help=f"share of blocks {what} (the fork's form of --sparsity_ratios, which it overrides; a "
+                       f"missing one is {default:g}; with block rule original the three are normalised to sum 1)")
+    f.add_argument("--block_rule", default="exact", choices=list(BLOCK_RULES),
+                   help="three-tier arithmetic: exact (summed score, floor counts, exactly K per top-K block, edge "
+                   "blocks padded) or original (the fork's: mean score, int() counts, ties with the K-th kept, edge "
+                   "blocks clipped; ratios normalised) (default exact)")
+    f.add_argument("--top_blocks_ratio", type=float, default=0.6,
+                   help="hybrid_2_4: share of blocks that try 2:4 (else dense); the rest keep K (default 0.6)")
+    f.add_argument("--score_threshold", type=float, default=0.8,
+                   help="hybrid_2_4: a top block takes 2:4 when it keeps this share of its score (default 0.8)")
+
+
+RECIPE_FLAGS = {"method": "prune_method", "tier_scope": "tier_scope", "assignment": "tier_assignment",
+                "within_block": "within_block", "reconstruct": "reconstruct", "block_rule": "block_rule",
+                "ratios": "sparsity_ratios", "keep": "topk_per_block"}  # recipe key -> argparse dest
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse; a --recipe sets the defaults of its flags and the line is parsed again, so explicit flags win."""
+    args = parser.parse_args(argv)
+    if args.recipe:
+        recipe = RECIPES[args.recipe]
+        parser.set_defaults(**{RECIPE_FLAGS[k]: list(v) if k == "ratios" else v for k, v in recipe.items()})
+        args = parser.parse_args(argv)
+    return args
+
+
+def tier_ratios(a: argparse.Namespace) -> tuple[float, float, float]:
+    """The three-tier split: the fork's three flags if any is given, else --sparsity_ratios; normalised as the fork
+    does under its rule (with its warning)."""
+    fork = (a.top_dense_ratio, a.mid_2_4_ratio, a.bottom_topk_ratio)
+    if any(r is not None for r in fork):
+        ratios = tuple(d if r is None else r for r, d in zip(fork, (0.4, 0.4, 0.2)))
+    else:
+        ratios = tuple(a.sparsity_ratios or THREE_TIER_RATIOS)
+    if a.block_rule == "original" and normalise_ratios(ratios) != ratios:
+        print(f"Warning: Ratios sum to {sum(ratios):.4f}, not 1.0. Normalizing...", file=sys.stderr)
+        ratios = normalise_ratios(ratios)
+    return ratios
+
+
 def spec_from_args(a: argparse.Namespace) -> PruneSpec:
-    return PruneSpec(method=a.prune_method, sparsity=a.sparsity_ratio, ratios=tuple(a.sparsity_ratios),
+    return PruneSpec(method=a.prune_method, sparsity=a.sparsity_ratio, ratios=tier_ratios(a),
                      block=a.block_size, keep=a.topk_per_block, tier_scope=a.tier_scope, within_block=a.within_block,
-                     assignment=a.tier_assignment,
+                     assignment=a.tier_assignment, block_rule=a.block_rule, top_blocks_ratio=a.top_blocks_ratio,
+                     score_threshold=a.score_threshold,
                      group=a.group, reconstruct=a.reconstruct, nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed,
                      use_variant=a.use_variant, **parse_sparsity_type(a.sparsity_type))
 
@@ -94,7 +152,7 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> int:
     parser = build_parser()
     if defaults:
         parser.set_defaults(**defaults)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         return _main(args)
     except UserError as e:
@@ -135,13 +193,14 @@ def _main(args) -> int:
         record = run(request, progress=bars)
     finally:
         bars.close()
+    print(wanda_report(record))
     line = summary_line(record)
     print(line)
     for problem in record.get("errors") or ():
         print(f"error: {problem}", file=sys.stderr)
     if args.save:
-        with open(os.path.join(os.path.expanduser(args.save), f"log_{spec.method}.txt"), "a") as f:
-            f.write(line + "\n")
+        with open(os.path.join(os.path.expanduser(args.save), f"log_{spec.method}.txt"), "w") as f:
+            f.write(wanda_log(record))
     return 0 if record["status"] == "completed" and not record.get("errors") else 1
 
 
@@ -184,6 +243,32 @@ def _routers_explain(model, recorded: float, report) -> bool:
     numel = sum(t.weight().numel() for t in kept)
     zeros = sum(int((t.weight() == 0).sum()) for t in kept)
     return numel != report.numel and abs(recorded * numel - zeros) < 0.5
+
+
+def layer_sparsities(record: dict) -> dict[int, float]:
+    """{decoder layer: zeros / weights of its pruned matrices}, in layer order."""
+    zeros, numel = {}, {}
+    for m in record["matrices"]:
+        zeros[m["layer"]] = zeros.get(m["layer"], 0) + m["zeros"]
+        numel[m["layer"]] = numel.get(m["layer"], 0) + m["numel"]
+    return {i: zeros[i] / numel[i] for i in sorted(numel)}
+
+
+def wanda_report(record: dict) -> str:
+    """The lines Wanda's scripts print after pruning: sparsity per layer, the sanity check, the perplexity."""
+    lines = [f"layer {i} sparsity {s:.6f}" for i, s in layer_sparsities(record).items()]
+    lines += ["*" * 30, f"sparsity sanity check {record['sparsity'] or 0:.4f}", "*" * 30]
+    if record["ppl"]["pruned"] is not None:
+        name = (record["data"].get("evaluation") or "").split(" ")[0]
+        lines.append(f"{'wikitext' if name.startswith('wikitext') else name} perplexity {record['ppl']['pruned']}")
+    return "\n".join(lines)
+
+
+def wanda_log(record: dict) -> str:
+    """log_<method>.txt as Wanda writes it: a tab-separated header and one row (ppl_test nan without evaluation)."""
+    ppl = record["ppl"]["pruned"]
+    return (f"method\tactual_sparsity\tppl_test\n{record['spec']['method']}\t{record['sparsity'] or 0:.4f}\t"
+            f"{math.nan if ppl is None else ppl:.4f}\n")
 
 
 def zero_shot_tasks(values: list[str] | None) -> list[str] | None:

@@ -1,6 +1,6 @@
 """Text sources -> token windows: where calibration and evaluation text comes from, the Wanda way.
 
-    resolve_text(source, split)   "wikitext2" | "c4" | "pydoc" | "auto" | a local path  ->  TextSource
+    resolve_text(source, split)   "wikitext2" | "c4" | "gsm8k" | "pydoc" | "auto" | a local path  ->  TextSource
     calibration_windows(...)      random windows of seqlen tokens, seeded   ->  LongTensor [nsamples, seqlen]
     evaluation_ids(...)           the whole evaluation text tokenized once  ->  LongTensor [1, T]
 
@@ -10,8 +10,10 @@ Fidelity to the Wanda code (locuslab/wanda, lib/data.py), so published numbers a
   documents with " " (Wanda also cuts it to 256 windows: pass max_windows=256 to perplexity()).
 - Tokenization is the tokenizer's default call, so BOS is added exactly where that call adds it: once at the
   start of a joined text (LLaMA-style tokenizers), per document for C4, never for tokenizers without it.
+- GSM8K calibration as the Wanda hybrid fork (github.com/Jiajun-Ji/wanda, lib/data.py) builds it: each window is
+  one random training example "Question: ...\nAnswer: ...", cut to seqlen tokens and padded with token id 0.
 - Sampling uses random.Random(seed).randint exactly as Wanda's random.seed(seed); random.randint, so the
-  same seed picks the same windows, without touching the global RNG.
+  same random seed picks the same windows, without touching the global RNG.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ WIKITEXT_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")
 C4_HUB = "allenai/c4"
 C4_FILES = {"calibration": ("train", "en/c4-train.00000-of-01024.json.gz"),
             "evaluation": ("validation", "en/c4-validation.00000-of-00008.json.gz")}
+GSM8K_HUB = ("openai/gsm8k", "main")  # the fork's load_dataset('gsm8k', 'main'): the same dataset, since renamed
 C4_EVAL_DOCUMENTS = 1100  # Wanda: ' '.join(valdata[:1100]['text'])
 
 # Files of a WikiText folder, in order of preference. Calibration prefers train, then valid.
@@ -57,12 +60,14 @@ class TextSource:
     documents: for document collections (c4, .jsonl, .parquet) the separate documents, sampled the way Wanda
     samples C4 for calibration; None for a single running text. For c4 calibration `text` is "" (the shard
     is only read document by document). calibration_windows() appends to `detail` when it has to fall back.
+    examples: the documents are short examples, one per calibration window, cut and zero-padded (gsm8k).
     """
 
     name: str
     text: str
     detail: str
     documents: Sequence[str] | None = None
+    examples: bool = False
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -107,6 +112,32 @@ def _c4(split: str) -> TextSource:
                           detail=f"first {len(docs)} validation documents joined with ' ' as in Wanda")
     return TextSource(name=name, text="", documents=_Column(ds, "text"),
                       detail=f"{len(ds)} training documents, windows sampled from documents as in Wanda")
+
+
+def _gsm8k(split: str) -> TextSource:
+    """GSM8K question + answer pairs for calibration; evaluation stays WikiText-2 (as in the fork)."""
+    if split == "evaluation":
+        return _wikitext2(split)
+    _require_hub("gsm8k")
+    ds = _load_hub_dataset(*GSM8K_HUB, split="train")
+    return TextSource(name=f"gsm8k (hub: {GSM8K_HUB[0]} {GSM8K_HUB[1]}, train)", text="",
+                      documents=_QuestionAnswer(ds), examples=True,
+                      detail=f"{len(ds)} training examples as 'Question: ...\nAnswer: ...', one per window, "
+                             "cut to seqlen and padded with token id 0 as in the Wanda hybrid fork")
+
+
+class _QuestionAnswer(Sequence):
+    """GSM8K rows as the fork's calibration text."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        row = self.dataset[i]
+        return f"Question: {row['question']}\nAnswer: {row['answer']}"
 
 
 class _Column(Sequence):
@@ -158,7 +189,7 @@ def _pydoc(split: str, why: str = "") -> TextSource:
                              f"({chosen[0]!r}..{chosen[-1]!r}) joined with '\\n\\n'")
 
 
-_NAMED = {"wikitext2": _wikitext2, "c4": _c4, "pydoc": _pydoc, "auto": _auto}
+_NAMED = {"wikitext2": _wikitext2, "c4": _c4, "gsm8k": _gsm8k, "pydoc": _pydoc, "auto": _auto}
 NAMED_SOURCES = tuple(_NAMED)
 
 
@@ -319,6 +350,9 @@ def calibration_windows(tokenizer, source: TextSource, nsamples: int, seqlen: in
     if nsamples < 1 or seqlen < 1:
         raise UserError(f"nsamples and seqlen must be positive, got nsamples={nsamples}, seqlen={seqlen}")
     rng = random.Random(seed)
+    if source.examples:
+        return torch.stack([_padded_example(tokenizer, source.documents[rng.randint(0, len(source.documents) - 1)],
+                                            seqlen) for _ in range(nsamples)])
     if source.documents is None:
         return _windows_from_ids(tokenize(tokenizer, source.text), nsamples, seqlen, rng, "calibration text")
 
@@ -336,6 +370,12 @@ def calibration_windows(tokenizer, source: TextSource, nsamples: int, seqlen: in
         source.detail += (f"; {missing} of {nsamples} windows taken from concatenated documents "
                           f"(too few documents longer than seqlen={seqlen})")
     return torch.stack(windows)
+
+
+def _padded_example(tokenizer, text: str, seqlen: int) -> torch.Tensor:
+    """One example -> [seqlen] token ids: truncated to seqlen as the tokenizer truncates, then padded with id 0."""
+    ids = tokenizer(text, return_tensors="pt", max_length=seqlen, truncation=True).input_ids[0]
+    return torch.nn.functional.pad(ids, (0, seqlen - ids.numel()), value=0)
 
 
 def _windows_from_ids(ids: torch.Tensor, nsamples: int, seqlen: int, rng: random.Random, what: str) -> torch.Tensor:

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .block_patterns import (block_prune_mask, block_topk_mask, int_tier_counts, mean_block_importance,
+                             original_three_tier_mask, original_tiers, threshold_hybrid_mask)
 from .masks import nm_mask, unstructured_mask
 from .scores import SCORES, fisher_wanda_scores, obs_scores
 from .sparsegpt import sparsegpt_prune
@@ -41,7 +43,7 @@ def prune_matrix(W: torch.Tensor, stats: LinearStats | None, spec: PruneSpec, *,
     """Prune one matrix W [out, in]. For three-tier, `tiers` (a grid decided jointly with other matrices) or
     `tier_budget` (block counts) override the per-matrix rule of the ratios."""
     W = W.float()
-    if spec.method == "sparsegpt" and spec.pattern != "three_tier":
+    if spec.method == "sparsegpt" and not spec.uses_blocks:
         # SparseGPT chooses its own mask column block by column block while it updates the weights.
         kw = {"sparsity": spec.sparsity} if spec.pattern == "unstructured" else \
              {"prune_n": spec.m - spec.n, "prune_m": spec.m}
@@ -57,6 +59,21 @@ def prune_matrix(W: torch.Tensor, stats: LinearStats | None, spec: PruneSpec, *,
         keep = unstructured_mask(scores, spec.sparsity, spec.unstructured_group)
     elif spec.pattern == "nm":
         keep = nm_mask(scores, spec.n, spec.m)
+    elif spec.pattern != "three_tier":  # the fork's block modes
+        select = scores if spec.within_block == "score" else W.abs()
+        importance = mean_block_importance(scores, spec.block)
+        if spec.pattern == "block":
+            keep, tiers = block_prune_mask(importance, spec.sparsity, spec.block, W.shape)
+        elif spec.pattern == "block_topk":
+            keep, tiers = block_topk_mask(select, importance, spec.sparsity, spec.block, spec.keep)
+        else:
+            keep, tiers = threshold_hybrid_mask(scores, select, spec.block, spec.keep, spec.top_blocks_ratio,
+                                                spec.score_threshold)
+    elif spec.block_rule == "original":  # the fork's three-tier arithmetic, per matrix
+        importance = mean_block_importance(scores, spec.block)
+        tiers = original_tiers(importance, int_tier_counts(importance.numel(), spec.ratios))
+        keep = original_three_tier_mask(scores if spec.within_block == "score" else W.abs(), tiers, spec.block,
+                                         spec.keep)
     else:
         importance = block_importance(scores, spec.block)
         if tiers is None:

@@ -21,7 +21,8 @@ from .record import encode_array, encode_tier_map
 from .scores import fisher_scores
 from .sensitivity import fisher_diagonal
 from .spec import PruneSpec
-from .three_tier import assign_jointly_by_cost, assign_tiers_jointly, block_importance, tier_census, tier_costs
+from .three_tier import (assign_jointly_by_cost, assign_tiers_jointly, block_importance, tier_census, tier_costs,
+                         tier_weights)
 from .walk import StatsHooks, capture_layer_inputs, run_layer
 
 Progress = Callable[[dict], None]
@@ -71,7 +72,7 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
     t0 = time.perf_counter()
     if spec.uses_calibration and windows is None:
         raise UserError(f"{spec.method} needs calibration data")
-    if spec.pattern == "three_tier":
+    if spec.uses_blocks:
         _check_block_fits(layers, spec)
 
     use_cache = getattr(model.config, "use_cache", None)
@@ -279,9 +280,11 @@ def _entry(layer: int, target, res, spec: PruneSpec, dense_zero: torch.Tensor) -
              "sparsity": zeros / numel, "pruned": pruned, "dense_zeros": int(count(dense_zero)),
              # kept values the model's dtype cannot hold (float16 underflow); none in float32
              "rounded_to_zero": 0 if W.dtype == res.W.dtype else int(count(keep & (res.W != 0) & is_zero)),
-             "tiers": None, "tier_map": None, "block_importance": None}
+             "tiers": None, "tier_weights": None, "tier_map": None,
+             "block_importance": None}
     if res.tiers is not None:
         entry["tiers"] = tier_census(res.tiers)
+        entry["tier_weights"] = tier_weights(~is_zero.cpu(), res.tiers.cpu(), spec.block)  # zeros of the weights
         entry["tier_map"] = encode_tier_map(res.tiers.cpu().numpy())
         entry["block_importance"] = encode_array(res.importance.cpu().numpy())
     if errors:

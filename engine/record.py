@@ -25,7 +25,8 @@ Layout (all keys always present unless noted):
         numel, zeros (W == 0 after pruning), sparsity (zeros / numel), pruned (by the mask),
         dense_zeros (W == 0 before pruning), rounded_to_zero (kept values the model's dtype rounds to 0),
         errors       list of str, only where the weights disagree with the mask or the tier map
-        tiers        {"dense": n, "2:4": n, "topk": n}            (three-tier only, else None)
+        tiers        {"dense": n, "2:4": n, "topk": n}            (block patterns only, else None)
+        tier_weights {"dense": {"numel", "zeros"}, "2:4": ..., "topk": ...}: weights in each tier's blocks, pruned
         tier_map     {"shape": [rows, cols], "rows": ["0120...", ...]}  (three-tier only; digit = tier id
                      0 dense, 1 2:4, 2 top-K of the block at [row, col] in units of B x B blocks)
         block_importance {"shape": [...], "dtype": "float16", "b64": str}  (three-tier only; the score the

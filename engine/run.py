@@ -19,6 +19,7 @@ from .baselines import BaselineCache, baseline_key, model_fingerprint
 from .discovery import find_decoder_layers
 from .errors import Cancelled, UserError
 from .finetune import FinetuneSpec
+from .model_card import write_model_card
 from .models import LoadedModel, load_model
 from .perplexity import perplexity
 from .pruner import prune_model
@@ -272,6 +273,7 @@ def _save(request: RunRequest, lm: LoadedModel, record: dict, progress) -> None:
         progress({"stage": "save", "message": f"saving the pruned model to {target}"})
         save_pretrained_atomic(lm.model, lm.tokenizer, target, overwrite=True)
         record["saved_model"] = str(Path(target).expanduser().resolve())
+        write_model_card(target, record)
 
 
 def _new_record(request: RunRequest) -> dict:

@@ -7,19 +7,33 @@ from dataclasses import asdict, dataclass, replace
 from .errors import SpecError
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "fisher", "fisher_wanda")
-PATTERNS = ("unstructured", "nm", "three_tier")
+# block, block_topk, threshold_hybrid: the block modes of the Wanda hybrid fork (engine/block_patterns.py)
+PATTERNS = {"three_tier": "Three-tier blocks", "unstructured": "Unstructured", "nm": "N:M",
+            "block": "Whole blocks removed", "block_topk": "Blocks removed, top-K kept",
+            "threshold_hybrid": "Threshold hybrid (dense / 2:4 by score kept, rest top-K)"}  # name: title
+BLOCK_PATTERNS = ("three_tier", "block", "block_topk", "threshold_hybrid")  # the ones cut into B x B blocks
+BLOCK_RULES = ("exact", "original")
 TIER_SCOPES = ("matrix", "layer", "model")
 WITHIN_BLOCK = ("score", "magnitude", "obs")
 GROUPS = ("row", "matrix")
 ASSIGNMENTS = ("importance", "cost")
 TIER_NAMES = ("dense", "2:4", "topk")  # tier ids 0, 1, 2 in every tier map
-SEED_RATIOS = (0.35, 0.45, 0.20)
+THREE_TIER_RATIOS = (0.35, 0.45, 0.20)  # the split the fork's model list documents (--sparsity_ratios 0.35 0.45 0.2)
+ORIGINAL_URL = "https://github.com/Jiajun-Ji/wanda"
+# Named three-tier recipes (bench/HYBRID.md). ORIGINAL: the three-tier rule of the Wanda hybrid fork
+# (ORIGINAL_URL, main_block_three_tier.py) with its defaults, mask for mask; BEST: the best variant measured.
+ORIGINAL_RECIPE = dict(method="wanda", tier_scope="matrix", assignment="importance", within_block="magnitude",
+                       reconstruct=False, block_rule="original", ratios=(0.4, 0.4, 0.2), keep=10)
+BEST_THREE_TIER = dict(method="fisher_wanda", tier_scope="model", assignment="cost", within_block="obs",
+                       reconstruct=True, block_rule="exact", ratios=THREE_TIER_RATIOS, keep=15)
+RECIPES = {"original": ORIGINAL_RECIPE, "best": BEST_THREE_TIER}
 # The parameters each pattern reads: PruneSpec.canonical leaves out the ones only other patterns read.
 PATTERN_FIELDS = {"unstructured": ("sparsity", "group", "use_variant"), "nm": ("n", "m"),
-                  "three_tier": ("ratios", "block", "keep", "tier_scope", "within_block", "assignment")}
-# Named three-tier recipes (issue 6, bench/HYBRID.md): the seed's rule, and the best variant measured.
-SEED_RULE = dict(method="wanda", tier_scope="matrix", assignment="importance", within_block="score", reconstruct=False)
-BEST_THREE_TIER = dict(method="fisher_wanda", tier_scope="model", assignment="cost", within_block="obs", reconstruct=True)
+                  "three_tier": ("ratios", "block", "keep", "tier_scope", "within_block", "assignment", "block_rule"),
+                  "block": ("sparsity", "block", "keep", "within_block", "block_rule"),
+                  "block_topk": ("sparsity", "block", "keep", "within_block", "block_rule"),
+                  "threshold_hybrid": ("block", "keep", "within_block", "block_rule", "top_blocks_ratio",
+                                       "score_threshold")}
 
 
 @dataclass(frozen=True)
@@ -32,13 +46,21 @@ class PruneSpec:
                 fisher_wanda Wanda with each output row weighted by its loss sensitivity sqrt(G_i) from the same
                 gradients: Wanda inside a row, loss units across rows, matrices and layers
     pattern     which weights may stay: unstructured (`sparsity`), nm (`n` of every `m`), three_tier
+                block (whole B x B blocks removed), block_topk (those keep K), threshold_hybrid (see below)
+    sparsity    unstructured: share of weights pruned; block, block_topk: share of blocks pruned
     ratios      three-tier split of 16x16 blocks into (dense, 2:4, top-K); must sum to 1
-    block, keep three-tier block side B and weights K kept in each top-K block (0 <= K <= B*B)
-    tier_scope  where blocks compete for tiers: each matrix (the seed's rule), a decoder layer, the whole model
-    within_block weights chosen inside 2:4 / top-K blocks by the method's score, by |W| (the seed), or "obs":
+    block, keep block side B and weights K kept in each top-K block (0 <= K <= B*B)
+    top_blocks_ratio, score_threshold  threshold_hybrid: the int(n * top_blocks_ratio) most important blocks take
+                2:4 where it keeps >= score_threshold of their score, else stay dense; the rest keep K
+    block_rule  "exact": blocks ranked by summed score, floor(r*n) per tier, exactly K per top-K block, edge blocks
+                padded; "original": the Wanda hybrid fork's arithmetic (engine/block_patterns.py): mean score,
+                int(n*r) counts, ties with the K-th kept, edge blocks clipped and flattened row by row.
+                block, block_topk and threshold_hybrid always follow the fork.
+    tier_scope  where blocks compete for tiers: each matrix (the original rule), a decoder layer, the whole model
+    within_block weights chosen inside 2:4 / top-K blocks by the method's score, by |W| (the original rule), or "obs":
                 with an OBS update, by the OBS saliency of the weights as updated so far, column block by
                 column block as SparseGPT chooses N:M (needs reconstruct or sparsegpt)
-    assignment  how blocks get tiers: "importance" (most important dense, next 2:4: the seed's rule) or
+    assignment  how blocks get tiers: "importance" (most important dense, next 2:4: the original rule) or
                 "cost" (keep the squared score mass lost by 2:4 / top-K small under the same counts)
     group       unstructured comparison group; None = the paper's (wanda/sparsegpt: row, magnitude: matrix)
     reconstruct OBS weight update for masks chosen by magnitude/wanda (None = off; sparsegpt always updates)
@@ -51,9 +73,12 @@ class PruneSpec:
     sparsity: float = 0.5
     n: int = 2
     m: int = 4
-    ratios: tuple[float, float, float] = SEED_RATIOS
+    ratios: tuple[float, float, float] = THREE_TIER_RATIOS
     block: int = 16
     keep: int = 15
+    top_blocks_ratio: float = 0.6
+    score_threshold: float = 0.8
+    block_rule: str = "exact"
     tier_scope: str = "matrix"
     within_block: str = "score"
     assignment: str = "importance"
@@ -91,16 +116,28 @@ class PruneSpec:
         if self.pattern == "nm":
             _check(isinstance(self.n, int) and isinstance(self.m, int) and self.m >= 1 and 0 <= self.n < self.m,
                    f"N:M needs 0 <= N < M, got {self.n}:{self.m}")
+        if self.pattern in ("block", "block_topk"):
+            _check(_finite(self.sparsity) and 0.0 <= self.sparsity <= 1.0,
+                   f"share of blocks pruned (sparsity ratio) must lie in [0, 1], got {self.sparsity}")
+        if self.pattern == "threshold_hybrid":
+            _check(_finite(self.top_blocks_ratio) and 0.0 <= self.top_blocks_ratio <= 1.0,
+                   f"top blocks ratio must lie in [0, 1], got {self.top_blocks_ratio}")
+            _check(_finite(self.score_threshold), f"score threshold must be a number, got {self.score_threshold}")
+        if self.pattern in BLOCK_PATTERNS:
+            _check(isinstance(self.block, int) and self.block >= 4 and self.block % 4 == 0,
+                   f"block size must be a multiple of 4 (so 2:4 groups never straddle blocks) and >= 4, got {self.block}")
+            _check(isinstance(self.keep, int) and 0 <= self.keep <= self.block * self.block,
+                   f"K (weights kept per top-K block) must lie in [0, {self.block * self.block}] for {self.block}x{self.block} blocks, got {self.keep}")
+            _check(self.within_block in ("score", "magnitude") or self.pattern in ("three_tier", "block"),
+                   f"{self.pattern} keeps weights inside blocks by score or magnitude (|W|), not {self.within_block!r}")
+            _check(self.block_rule in BLOCK_RULES, f"block rule must be one of {', '.join(BLOCK_RULES)}, "
+                   f"got {self.block_rule!r}")
         if self.pattern == "three_tier":
             r = self.ratios
             _check(len(r) == 3, f"three-tier needs three ratios (dense, 2:4, top-K), got {len(r)}")
             _check(all(_finite(x) for x in r), f"tier ratios must be numbers, got {r}")
             _check(all(x >= 0 for x in r), f"tier ratios must be non-negative, got {r}")
             _check(abs(sum(r) - 1.0) <= 1e-6, f"tier ratios must sum to 1, got {' + '.join(f'{x:g}' for x in r)} = {sum(r):g}")
-            _check(isinstance(self.block, int) and self.block >= 4 and self.block % 4 == 0,
-                   f"block size must be a multiple of 4 (so 2:4 groups never straddle blocks) and >= 4, got {self.block}")
-            _check(isinstance(self.keep, int) and 0 <= self.keep <= self.block * self.block,
-                   f"K (weights kept per top-K block) must lie in [0, {self.block * self.block}] for {self.block}x{self.block} blocks, got {self.keep}")
             _check(self.tier_scope in TIER_SCOPES, f"tier scope must be one of {', '.join(TIER_SCOPES)}, got {self.tier_scope!r}")
             _check(self.within_block in WITHIN_BLOCK, f"within-block choice must be one of {', '.join(WITHIN_BLOCK)}")
             _check(self.within_block != "obs" or self.updates_weights,
@@ -108,6 +145,10 @@ class PruneSpec:
                    "(or use sparsegpt)")
             _check(self.assignment in ASSIGNMENTS, f"tier assignment must be one of {', '.join(ASSIGNMENTS)}, "
                    f"got {self.assignment!r}")
+            _check(self.block_rule == "exact" or (self.tier_scope == "matrix" and self.assignment == "importance"
+                                                  and self.within_block != "obs"),
+                   "the original block rule ranks blocks per matrix by importance and keeps weights by score or |W|: "
+                   "use tier scope matrix, assignment importance, within-block score or magnitude (or block rule exact)")
 
     # -- derived ------------------------------------------------------------------------------------
     @property
@@ -129,13 +170,18 @@ class PruneSpec:
         return self.method == "sparsegpt" or self.reconstruct
 
     @property
+    def uses_blocks(self) -> bool:
+        """Cut into B x B blocks with a tier grid per matrix (three-tier and the fork's block modes)."""
+        return self.pattern in BLOCK_PATTERNS
+
+    @property
     def unstructured_group(self) -> str:
         return self.group or ("matrix" if self.method == "magnitude" else "row")
 
     @property
     def sparsity_type(self) -> str:
         """The Wanda-script name of the pattern: unstructured, 2:4, three_tier ..."""
-        return {"unstructured": "unstructured", "nm": f"{self.n}:{self.m}", "three_tier": "three_tier"}[self.pattern]
+        return {"nm": f"{self.n}:{self.m}", "threshold_hybrid": "hybrid_2_4"}.get(self.pattern, self.pattern)
 
     def nominal_sparsity(self) -> float:
         """The sparsity the pattern aims at, before rounding of counts per matrix."""
@@ -143,6 +189,13 @@ class PruneSpec:
             return self.sparsity
         if self.pattern == "nm":
             return 1 - self.n / self.m
+        top_k_share = 1 - self.keep / self.block ** 2
+        if self.pattern == "block":
+            return self.sparsity
+        if self.pattern == "block_topk":
+            return self.sparsity * top_k_share
+        if self.pattern == "threshold_hybrid":  # its top-K blocks only: how many top blocks take 2:4 depends on the data
+            return (1 - self.top_blocks_ratio) * top_k_share
         _, r24, rtop = self.ratios
         return r24 / 2 + rtop * (1 - self.keep / self.block ** 2)
 
@@ -151,7 +204,15 @@ class PruneSpec:
             d, s, t = self.ratios
             extra = "".join([", by cost" if self.assignment == "cost" else "", ", +OBS" if self.reconstruct else "",
                              ", kept by OBS saliency" if self.within_block == "obs" else ""])
-            return f"{self.method} three-tier {d:g}/{s:g}/{t:g} K={self.keep} ({self.tier_scope}{extra})"
+            rule = ", original rule" if self.block_rule == "original" else ""
+            return f"{self.method} three-tier {d:g}/{s:g}/{t:g} K={self.keep} ({self.tier_scope}{extra}{rule})"
+        if self.pattern == "block":
+            return f"{self.method} block {self.sparsity:g} of {self.block}x{self.block} blocks"
+        if self.pattern == "block_topk":
+            return f"{self.method} block + top-K {self.sparsity:g} of blocks, K={self.keep}"
+        if self.pattern == "threshold_hybrid":
+            return (f"{self.method} threshold hybrid top {self.top_blocks_ratio:g}, threshold {self.score_threshold:g}, "
+                    f"K={self.keep}")
         if self.pattern == "nm":
             return f"{self.method} {self.n}:{self.m}"
         return f"{self.method} unstructured {self.sparsity:g}" + (" (variant)" if self.use_variant else "")
@@ -195,20 +256,26 @@ class PruneSpec:
 
 
 def parse_sparsity_type(text: str) -> dict:
-    """'unstructured' | 'three_tier' | 'N:M' (e.g. '2:4') -> PruneSpec keyword arguments."""
+    """A pattern name, 'N:M' (e.g. '2:4'), or the fork's 'hybrid_2_4' -> PruneSpec keyword arguments."""
     t = text.strip().lower().replace("-", "_")
-    if t in ("unstructured", "three_tier", "threetier", "hybrid"):
-        return {"pattern": "unstructured" if t == "unstructured" else "three_tier"}
+    if t in ("threetier", "hybrid"):
+        return {"pattern": "three_tier"}
+    if t == "hybrid_2_4":
+        return {"pattern": "threshold_hybrid"}
+    if t in PATTERNS and t != "nm":
+        return {"pattern": t}
     parts = t.split(":")
     if len(parts) == 2 and all(p.isdigit() for p in parts):
         n, m = int(parts[0]), int(parts[1])
         _check(0 <= n < m, f"N:M needs N < M, got {n}:{m}")
         return {"pattern": "nm", "n": n, "m": m}
-    raise SpecError(f"unknown sparsity type {text!r}; use unstructured, N:M (e.g. 2:4, 4:8) or three_tier")
+    names = [p for p in PATTERNS if p not in ("nm", "threshold_hybrid")]
+    raise SpecError(f"unknown sparsity type {text!r}; use N:M (e.g. 2:4, 4:8), hybrid_2_4 or one of {', '.join(names)}")
 
 
 def tier_counts(n_blocks: int, ratios) -> tuple[int, int, int]:
-    """The seed's rule: dense = floor(r_d*n), 2:4 = floor(r_24*n), top-K = the rest."""
+    """Block counts of the exact rule: dense = floor(r_d*n), 2:4 = floor(r_24*n), top-K = the rest.
+    (The original rule's int() counts: block_patterns.int_tier_counts.)"""
     n_dense = math.floor(ratios[0] * n_blocks + 1e-9)
     n_24 = math.floor(ratios[1] * n_blocks + 1e-9)
     n_24 = min(n_24, n_blocks - n_dense)

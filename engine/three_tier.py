@@ -80,6 +80,14 @@ def tier_violations(W: torch.Tensor, tiers: torch.Tensor, block: int, keep: int)
     return int(crowded_per_block[tier == TWO_FOUR].sum()) + int((per_block[tier == TOPK] > keep).sum())
 
 
+def tier_weights(keep: torch.Tensor, tiers: torch.Tensor, block: int) -> dict:
+    """{tier name: {"numel", "zeros"}}: how many weights lie in each tier's blocks and how many of them are pruned."""
+    grid = tiers.long().repeat_interleave(block, 0).repeat_interleave(block, 1)[: keep.shape[0], : keep.shape[1]]
+    numel = torch.bincount(grid.flatten(), minlength=3).tolist()
+    zeros = torch.bincount(grid[~keep], minlength=3).tolist()
+    return {name: {"numel": numel[i], "zeros": zeros[i]} for i, name in enumerate(("dense", "2:4", "topk"))}
+
+
 def tier_census(tiers: torch.Tensor) -> dict:
     counts = torch.bincount(tiers.flatten().long(), minlength=3).tolist()
     return {"dense": counts[0], "2:4": counts[1], "topk": counts[2]}

@@ -62,16 +62,18 @@ def test_sweep_splits_parse_and_refuse_readably():
 
 def test_form_opens_on_the_best_recipe_and_the_buttons_set_either_recipe():
     from components.session import recipe_values
-    from engine.spec import BEST_THREE_TIER, SEED_RULE
+    from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE
     dash = Dashboard(Settings())
     opened = (dash.method.value, dash.tier_scope.value, dash.assignment.value, dash.within_block.value,
-              dash.reconstruct.value, dash.ratio_dense.value, dash.ratio_24.value, dash.ratio_topk.value)
+              dash.reconstruct.value, dash.ratio_dense.value, dash.ratio_24.value, dash.ratio_topk.value,
+              dash.keep.value, dash.block_rule.value, dash.pattern.value)
     assert opened == recipe_values(BEST_THREE_TIER)
-    assert recipe_values(SEED_RULE) == ("wanda", "matrix", "importance", "score", False, 0.35, 0.45, 0.20)
-    for recipe in (BEST_THREE_TIER, SEED_RULE):  # both are valid specs as the form would send them
-        method, scope, assignment, within, reconstruct, *ratios = recipe_values(recipe)
-        PruneSpec(method=method, pattern="three_tier", tier_scope=scope, assignment=assignment, within_block=within,
-                  reconstruct=reconstruct, ratios=tuple(ratios))
+    assert recipe_values(ORIGINAL_RECIPE) == ("wanda", "matrix", "importance", "magnitude", False, 0.4, 0.4, 0.2, 10,
+                                              "original", "three_tier")
+    for recipe in (BEST_THREE_TIER, ORIGINAL_RECIPE):  # both are valid specs as the form would send them
+        method, scope, assignment, within, reconstruct, d, s, t, keep, rule, pattern = recipe_values(recipe)
+        PruneSpec(method=method, pattern=pattern, tier_scope=scope, assignment=assignment, within_block=within,
+                  reconstruct=reconstruct, ratios=(d, s, t), keep=keep, block_rule=rule)
 
 
 # -- the app over HTTP -----------------------------------------------------------------------------------------------

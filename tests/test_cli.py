@@ -1,6 +1,7 @@
 """The Wanda-compatible command line, end to end: results.json, saved models that reload, clear errors."""
 import json
 import os
+import runpy
 import subprocess
 import sys
 
@@ -31,7 +32,8 @@ def test_wanda_run_writes_results_and_a_reloadable_model(tiny_llama_dir, tmp_pat
     rc = main(["--model", str(tiny_llama_dir), "--prune_method", "wanda", "--sparsity_ratio", "0.5",
                "--sparsity_type", "unstructured", "--save", str(out), "--baselines", *QUICK])
     assert rc == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    out_text = capsys.readouterr().out
+    line = out_text.strip().splitlines()[-1]
     assert "actual_sparsity 0.5000" in line and "ppl_test" in line
     res = json.loads((out / "results.json").read_text())
     for key in ("actual_sparsity", "ppl_test", "ppl_dense", "ppl_magnitude", "spec", "data", "versions", "timings",
@@ -42,7 +44,9 @@ def test_wanda_run_writes_results_and_a_reloadable_model(tiny_llama_dir, tmp_pat
     assert res["data"]["calibration"].startswith("pydoc") and res["data"]["evaluation"].startswith("pydoc")
     assert all(isinstance(res[k], float) for k in ("ppl_test", "ppl_dense", "ppl_magnitude"))
     assert len(res["matrices"]) == 14 and all(m["sparsity"] == 0.5 for m in res["matrices"])
-    assert (out / "log_wanda.txt").read_text().strip() == line
+    assert (out / "log_wanda.txt").read_text().splitlines() == \
+        ["method\tactual_sparsity\tppl_test", f"wanda\t0.5000\t{res['ppl_test']:.4f}"]  # Wanda's log format
+    assert "layer 0 sparsity 0.500000" in out_text and "sparsity sanity check 0.5000" in out_text
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert _zeros_share(reloaded) == pytest.approx(0.5, abs=1e-3)
 
@@ -57,15 +61,73 @@ def test_save_model_elsewhere_and_no_model(tiny_llama_dir, tmp_path):
     assert rc == 0 and sorted(os.listdir(tmp_path / "n")) == ["log_wanda.txt", "results.json"]
 
 
-def test_three_tier_shim_script(tiny_llama_dir, tmp_path):
+def test_three_tier_script_takes_the_forks_flags_and_writes_a_model_card(tiny_llama_dir, tmp_path):
     out = tmp_path / "tt"
     proc = subprocess.run([sys.executable, str(REPO / "main_block_three_tier.py"), "--model", str(tiny_llama_dir),
-                           "--sparsity_ratios", "0.35", "0.45", "0.2", "--save", str(out), "--no_save_model", *QUICK],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                           "--top_dense_ratio", "0.4", "--mid_2_4_ratio", "0.4", "--bottom_topk_ratio", "0.2",
+                           "--save", str(out), *QUICK], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     res = json.loads((out / "results.json").read_text())
-    assert res["spec"]["pattern"] == "three_tier" and res["spec"]["ratios"] == [0.35, 0.45, 0.2]
+    spec = res["spec"]
+    assert (spec["pattern"], spec["ratios"], spec["block_rule"], spec["within_block"], spec["keep"]) == \
+        ("three_tier", [0.4, 0.4, 0.2], "original", "magnitude", 10)  # the fork's rule and defaults
     assert all(m["tier_map"] is not None for m in res["matrices"])
+    card = (out / "README.md").read_text()
+    assert "base_model" not in card  # a local folder is no hub id
+    for text in ("## Base model", str(tiny_llama_dir), "| block_rule | `original` |", "| keep | `10` |",
+                 "github.com/Jiajun-Ji/wanda", f"| pruned | {res['ppl_test']:.3f} |", "3 windows x 64 tokens",
+                 "- torch: ", "| 2:4 (2 of every 4 kept) |"):
+        assert text in card, text
+    tiers = {k: sum(m["tier_weights"][k]["zeros"] for m in res["matrices"]) /
+             sum(m["tier_weights"][k]["numel"] for m in res["matrices"]) for k in ("dense", "2:4", "topk")}
+    assert tiers["dense"] == 0 and tiers["2:4"] == 0.5 and tiers["topk"] == 1 - 10 / 256  # no ties in random floats
+    assert f"| 2:4 (2 of every 4 kept) |" in card and "| 0.5000 |" in card
+
+
+def run_script(script: str, argv: list[str], monkeypatch) -> int:
+    """Run one of the repository's entry scripts in this process, as `python script argv` would."""
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(REPO / script), run_name="__main__")
+    return stop.value.code
+
+
+@pytest.mark.parametrize("ratios,expected", [(["0.35", "0.45", "0.2"], [0.35, 0.45, 0.2]),
+                                             (["0.7", "0.7", "0.6"], [0.35, 0.35, 0.3])])
+def test_three_tier_script_documented_form_and_normalised_ratios(tiny_llama_dir, tmp_path, monkeypatch, capsys,
+                                                                 ratios, expected):
+    out = tmp_path / "tt"
+    rc = run_script("main_block_three_tier.py", ["--model", str(tiny_llama_dir), "--sparsity_ratios", *ratios,
+                                                 "--save", str(out), "--no_save_model", *QUICK], monkeypatch)
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["spec"]["ratios"] == expected
+    assert ("Normalizing" in capsys.readouterr().err) == (ratios[0] == "0.7")
+    from engine.block_patterns import int_tier_counts
+    for m in res["matrices"]:  # the fork's int() counts per matrix
+        assert tuple(m["tiers"].values()) == int_tier_counts(sum(m["tiers"].values()), expected)
+
+
+@pytest.mark.parametrize("script,argv,pattern", [
+    ("main_block.py", ["--sparsity_ratio", "0.5"], "block"),
+    ("main_block_topk.py", ["--sparsity_ratio", "0.5", "--topk_per_block", "10"], "block_topk"),
+    ("main_block_hybrid_2_4.py", ["--top_blocks_ratio", "0.9", "--score_threshold", "0.8"], "threshold_hybrid"),
+])
+def test_the_forks_block_scripts(tiny_llama_dir, tmp_path, monkeypatch, script, argv, pattern):
+    out = tmp_path / "b"
+    rc = run_script(script, ["--model", str(tiny_llama_dir), *argv, "--save", str(out), "--no_save_model", *QUICK],
+                    monkeypatch)
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["spec"]["pattern"] == pattern and res["spec"]["within_block"] == "magnitude"
+    blocks = [sum(m["tiers"].values()) for m in res["matrices"]]
+    removed = [m["tiers"]["topk"] for m in res["matrices"]]
+    if pattern == "threshold_hybrid":
+        assert all(r == n - int(n * 0.9) for r, n in zip(removed, blocks))  # random floats: no tied block scores
+    else:
+        assert all(r == int(n * 0.5) for r, n in zip(removed, blocks))
+        kept_per_block = 0 if pattern == "block" else 10
+        assert res["actual_sparsity"] == pytest.approx(0.5 * (1 - kept_per_block / 256))
 
 
 def _bad_inputs(tiny_dir, tmp_path):

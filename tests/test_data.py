@@ -301,3 +301,25 @@ def test_default_seqlen():
     assert default_seqlen(types.SimpleNamespace(), None) == 2048
     with pytest.raises(UserError, match="seqlen must be at least 2"):
         default_seqlen(LlamaConfig(), 1)
+
+
+def test_gsm8k_windows_are_the_forks_examples_cut_and_zero_padded(tok):
+    """One example per window, drawn by random.seed(seed); randint(0, n - 1), "Question: ...\\nAnswer: ...",
+    truncated to seqlen and padded with id 0 (the Wanda hybrid fork's get_gsm8k)."""
+    rows = [{"question": "q" * n, "answer": "a"} for n in (3, 40, 7, 1)]
+    source = TextSource("gsm8k (test rows)", "", "", documents=data._QuestionAnswer(rows), examples=True)
+    windows = calibration_windows(tok, source, nsamples=6, seqlen=32, seed=3)  # texts of 21 to 60 characters
+    rng = random.Random(3)
+    for window in windows:
+        row = rows[rng.randint(0, len(rows) - 1)]
+        ids = tok(f"Question: {row['question']}\nAnswer: {row['answer']}").input_ids[:32]  # full text, then cut
+        ids += [0] * (32 - len(ids))
+        assert window.tolist() == ids
+
+
+def test_gsm8k_offline_fails_fast_with_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.perf_counter()
+    with pytest.raises(DataError, match="gsm8k needs the Hugging Face hub"):
+        data.resolve_text("gsm8k", "calibration")
+    assert time.perf_counter() - t < 2

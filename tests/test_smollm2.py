@@ -102,7 +102,7 @@ def test_discovery_on_the_real_model(smollm2):
 def test_loss_weighted_three_tier_beats_uniform_two_four(smollm2, tmp_path):
     """Issue 6 in small (4 x 128 calibration, 4 x 128 evaluation; bench/HYBRID.md has the full protocol):
     three-tier at 41% ranked model-wide by Fisher-weighted Wanda, masks only, beats uniform Wanda 2:4 at 50%
-    (the seed's rule loses to it by far: bench/HYBRID.md)."""
+    (ranked per matrix by importance it loses by far: bench/HYBRID.md)."""
     ppl = {}
     for name, spec in {"2:4": dict(method="wanda", pattern="nm", n=2, m=4),
                        "loss-weighted": dict(method="fisher_wanda", pattern="three_tier", tier_scope="model",

@@ -53,7 +53,7 @@ def test_parse_sparsity_type_refuses(text):
         parse_sparsity_type(text)
 
 
-def test_tier_counts_seed_rule():
+def test_tier_counts_exact_rule():
     assert tier_counts(1296, (0.35, 0.45, 0.20)) == (453, 583, 260)
     assert tier_counts(10, (0.3, 0.3, 0.4)) == (3, 3, 4)  # 0.3*10 is 2.9999999999999996 in floats: still 3
 
