@@ -14,6 +14,8 @@ GROUPS = ("row", "matrix")
 ASSIGNMENTS = ("importance", "cost")
 TIER_NAMES = ("dense", "2:4", "topk")  # tier ids 0, 1, 2 in every tier map
 SEED_RATIOS = (0.35, 0.45, 0.20)
+MAX_SEED = 2**32 - 1    # numpy and torch seeds; larger overflow only after the model and data are loaded
+MAX_GROUP = 65536       # N:M group width M and block side B: above any matrix width; checked per matrix too
 # Named three-tier recipes (issue 6, bench/HYBRID.md): the seed's rule, and the best variant measured.
 SEED_RULE = dict(method="wanda", tier_scope="matrix", assignment="importance", within_block="score", reconstruct=False)
 BEST_THREE_TIER = dict(method="fisher_wanda", tier_scope="model", assignment="cost", within_block="obs", reconstruct=True)
@@ -73,6 +75,8 @@ class PruneSpec:
         _check(self.nsamples <= 100_000, f"nsamples {self.nsamples} is absurdly large (at most 100000)")
         _check(self.seqlen is None or (isinstance(self.seqlen, int) and 1 <= self.seqlen <= 1_048_576),
                f"seqlen must be a whole number >= 1, got {self.seqlen!r}")
+        _check(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
+               f"seed must be a whole number in [0, {MAX_SEED}], got {str(self.seed)[:24]}")
         _check(0.0 < self.damp < 1.0, f"damp must lie in (0, 1), got {self.damp}")
         _check(self.obs_blocksize >= 1, f"obs_blocksize must be >= 1, got {self.obs_blocksize}")
         if self.pattern == "unstructured":
@@ -87,15 +91,16 @@ class PruneSpec:
                "the Wanda variant (use_variant) prunes per row; it cannot be combined with group 'matrix'")
         if self.pattern == "nm":
             _check(isinstance(self.n, int) and isinstance(self.m, int) and self.m >= 1 and 0 <= self.n < self.m,
-                   f"N:M needs 0 <= N < M, got {self.n}:{self.m}")
+                   f"N:M needs 0 <= N < M, got {str(self.n)[:24]}:{str(self.m)[:24]}")
+            _check(self.m <= MAX_GROUP, f"M must be at most {MAX_GROUP} (and at most a matrix's width), got {self.m}")
         if self.pattern == "three_tier":
             r = self.ratios
             _check(len(r) == 3, f"three-tier needs three ratios (dense, 2:4, top-K), got {len(r)}")
             _check(all(_finite(x) for x in r), f"tier ratios must be numbers, got {r}")
             _check(all(x >= 0 for x in r), f"tier ratios must be non-negative, got {r}")
             _check(abs(sum(r) - 1.0) <= 1e-6, f"tier ratios must sum to 1, got {' + '.join(f'{x:g}' for x in r)} = {sum(r):g}")
-            _check(isinstance(self.block, int) and self.block >= 4 and self.block % 4 == 0,
-                   f"block size must be a multiple of 4 (so 2:4 groups never straddle blocks) and >= 4, got {self.block}")
+            _check(isinstance(self.block, int) and 4 <= self.block <= MAX_GROUP and self.block % 4 == 0,
+                   f"block size must be a multiple of 4 (so 2:4 groups never straddle blocks) and in [4, {MAX_GROUP}], got {self.block}")
             _check(isinstance(self.keep, int) and 0 <= self.keep <= self.block * self.block,
                    f"K (weights kept per top-K block) must lie in [0, {self.block * self.block}] for {self.block}x{self.block} blocks, got {self.keep}")
             _check(self.tier_scope in TIER_SCOPES, f"tier scope must be one of {', '.join(TIER_SCOPES)}, got {self.tier_scope!r}")
@@ -178,10 +183,11 @@ def parse_sparsity_type(text: str) -> dict:
         return {"pattern": "unstructured" if t == "unstructured" else "three_tier"}
     parts = t.split(":")
     if len(parts) == 2 and all(p.isdigit() for p in parts):
+        _check(all(len(p) <= 9 for p in parts), f"N:M needs N < M <= {MAX_GROUP}, got {text[:24]!r}")
         n, m = int(parts[0]), int(parts[1])
         _check(0 <= n < m, f"N:M needs N < M, got {n}:{m}")
         return {"pattern": "nm", "n": n, "m": m}
-    raise SpecError(f"unknown sparsity type {text!r}; use unstructured, N:M (e.g. 2:4, 4:8) or three_tier")
+    raise SpecError(f"unknown sparsity type {text[:40]!r}; use unstructured, N:M (e.g. 2:4, 4:8) or three_tier")
 
 
 def tier_counts(n_blocks: int, ratios) -> tuple[int, int, int]:
