@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was saved", file=sys.stderr)
+        print("error: interrupted; nothing was saved (the run store records the run as stopped)", file=sys.stderr)
         return 130
 
 
@@ -126,7 +126,9 @@ def _main(args) -> int:
         bars.close()
     line = summary_line(record)
     print(line)
-    if args.save:
+    if record.get("store_warning"):
+        print(f"warning: {record['store_warning']}", file=sys.stderr)
+    if args.save and record["status"] == "completed":
         with open(os.path.join(os.path.expanduser(args.save), f"log_{spec.method}.txt"), "a") as f:
             f.write(line + "\n")
     return 0 if record["status"] == "completed" else 1

@@ -119,6 +119,11 @@ def run(request: RunRequest, progress=None, cancel: threading.Event | None = Non
     except Cancelled as e:
         record.update(status="cancelled", message=f"{e}; the in-memory model will be restored to dense weights")
         models.restore()
+    except KeyboardInterrupt:
+        models.restore()
+        record.update(status="cancelled", message="stopped with Ctrl-C; nothing was saved")
+        _finish(record, timings, t_start, request)
+        raise
     except BaseException as e:
         models.restore()  # never leave a half-pruned model for the next run
         record.update(status="failed", message=(str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}")[:500])
@@ -275,7 +280,12 @@ def _recording(progress, record: dict, store):
         if event.get("stage") == "prune":
             record["matrices"] = record.get("matrices", []) + list(event.get("matrices", []))
             record["layers_done"], record["n_layers"] = event["layer"] + 1, event["n_layers"]
-            store.save(record, force=False)
+            # the last layer always: a run killed later (evaluating, saving) must not read as one layer short
+            store.save(record, force=event["layer"] + 1 == event["n_layers"])
+        elif event.get("stage") == "save":
+            # until the end the run is running (the walk's "completed" is not the run's): a kill reads as
+            # "killed while saving the model", with every layer done
+            store.save(dict(record, status="running", stage="save"))
         progress(event)
     return wrapped
 
@@ -286,10 +296,15 @@ def _finish(record: dict, timings: dict, t_start: float, request: RunRequest) ->
     # the flat names Wanda users look for in results.json
     record.update(actual_sparsity=record["sparsity"], ppl_test=record["ppl"]["pruned"],
                   ppl_dense=record["ppl"]["dense"], ppl_magnitude=record["ppl"]["magnitude"])
-    if request.store is not None:
-        request.store.save(record)
-    if request.save_dir:
-        write_json_atomic(str(Path(request.save_dir).expanduser() / "results.json"), record)
+    if request.store is not None:  # before results.json and before the caller reports the run
+        warning = request.store.save_final(record)
+        if warning:
+            record["store_warning"] = warning
+    if request.save_dir and record["status"] == "completed":  # a stopped or failed run leaves the folder free
+        try:
+            write_json_atomic(str(Path(request.save_dir).expanduser() / "results.json"), record)
+        except OSError as e:
+            raise UserError(f"could not write results.json in {request.save_dir}: {e.strerror or e}") from None
     return record
 
 
