@@ -129,6 +129,13 @@ def _forget_gguf_quantizer(model) -> None:
         pass
 
 
+def check_model_source(name: str | None, trust_remote_code: bool = False, cache_dir: str | None = None) -> None:
+    """Raise ModelLoadError when `name` cannot be a causal LM here (not found, offline, not causal), reading at most
+    its config: a cheap check before anything already in memory is given up for it."""
+    where, kwargs = _locate(name, cache_dir)
+    _check_causal(where, dict(kwargs, trust_remote_code=trust_remote_code, cache_dir=cache_dir))
+
+
 def _locate(name: str | None, cache_dir: str | None) -> tuple[str, dict]:
     """-> (what to pass to from_pretrained, extra kwargs such as gguf_file / local_files_only)."""
     if name in (None, "", EMBEDDED, "embedded", "smollm2"):

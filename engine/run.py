@@ -18,7 +18,7 @@ from . import data as textdata
 from .baselines import BaselineCache, baseline_key, model_fingerprint
 from .discovery import find_decoder_layers
 from .errors import Cancelled, UserError
-from .models import LoadedModel, load_model
+from .models import LoadedModel, check_model_source, load_model
 from .perplexity import perplexity
 from .pruner import prune_model
 from .record import RECORD_VERSION, new_run_id, versions, write_json_atomic
@@ -76,6 +76,9 @@ class ModelCache:
         if self._key == key and self.loaded is not None:
             self.restore()
             return self.loaded
+        # a model that cannot load fails here, before the one in memory is dropped (a stream of bad ids would
+        # otherwise make every next run reload it)
+        check_model_source(request.model, request.trust_remote_code, request.cache_dir)
         self.drop()
         if progress:
             progress({"stage": "load", "message": f"loading {request.model or 'the embedded SmolLM2-135M-Instruct'}"})
