@@ -3,8 +3,10 @@ past ones.
 
     python app.py [--port 7860] [--host 127.0.0.1] [--share] [--public] [--runs_dir DIR] [--trust_remote_code]
 
-`--public`, SPARSITY_PUBLIC=1 or a Hugging Face Space (SPACE_ID set) serve strangers under components/policy.py:
-hub models only, named texts, no saving, capped work. Every run is recorded in the run store (engine/store.py),
+`--public`, SPARSITY_PUBLIC=1 or a Hugging Face Space (SPACE_ID set; only an explicit SPARSITY_PUBLIC=0/false/no/off
+turns it off there, any other value refuses to start) serve strangers under components/policy.py: hub models only,
+named texts, no saving, capped work, a bounded run store. The server prints its mode at start; Gradio's usage
+analytics are off unless GRADIO_ANALYTICS_ENABLED turns them on; the upload route is closed (the app takes no files). Every run is recorded in the run store (engine/store.py),
 so the Past runs tab lists it after a restart. The page is a thin layout over the engine: every callback reads
 widgets, calls engine.run or a figure builder, and returns what to show. `build_demo(Settings(...))` makes a page;
 the module attribute `demo` is the one built from the environment (what `gradio app.py` and a Space ask for).
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -32,7 +35,7 @@ from components.zero_shot import zero_shot_figure
 from engine.errors import UserError
 from engine.run import ModelCache, run
 from engine.spec import BEST_THREE_TIER as BEST, BLOCK_PATTERNS, ORIGINAL_RECIPE, ORIGINAL_URL
-from engine.store import RunStore
+from engine.store import RunStore, StoreBudget
 
 MODELS = ModelCache()  # one model in memory per process; restored to dense weights before every run
 SUBMIT = threading.Lock()  # a tab's two clicks arrive on two threads: only one of them may start a job
@@ -51,21 +54,36 @@ class Settings:
     limits: policy.Limits | None = None     # caps on a run's work (public) and model size (whenever set)
     max_waiting: int = 8                    # runs waiting for the engine behind the running one; more are refused
     queue_size: int | None = None           # Gradio's queue of events beyond that (None: 16 public, 64 local)
+    analytics: bool = False                 # Gradio's usage analytics (a third party): only if the owner says so
+    store_budget: StoreBudget | None = None  # bounds on the run store (None: StoreBudget() public, none local)
 
     def __post_init__(self):
         if self.public and self.limits is None:  # a public server is never without its caps
             object.__setattr__(self, "limits", policy.PUBLIC_LIMITS)
+        if self.public and self.store_budget is None:  # strangers write one record per request
+            object.__setattr__(self, "store_budget", StoreBudget())
         if self.queue_size is None:
             object.__setattr__(self, "queue_size", 16 if self.public else 64)
 
     @classmethod
     def from_env(cls, env=None, public: bool = False, trust_remote_code: bool = False,
                  runs_dir: str | None = None) -> "Settings":
-        """Command-line choices, or else the environment's (SPARSITY_PUBLIC, SPACE_ID, SPARSITY_TRUST_REMOTE_CODE)."""
+        """Command-line choices, or else the environment's (SPARSITY_PUBLIC, SPACE_ID, SPARSITY_TRUST_REMOTE_CODE,
+        GRADIO_ANALYTICS_ENABLED). A switch set to anything but an on or off value raises UserError."""
         env = os.environ if env is None else env
-        public = public or policy.public_from_env(env)
-        return cls(public=public, trust_remote_code=trust_remote_code or policy.trust_remote_code_from_env(env),
-                   runs_dir=runs_dir)
+        public = policy.public_from_env(env) or public
+        return cls(public=public, trust_remote_code=policy.trust_remote_code_from_env(env) or trust_remote_code,
+                   runs_dir=runs_dir, analytics=policy.analytics_from_env(env))
+
+    def describe(self) -> str:
+        """One line for the server's log at start: which mode, and what that means."""
+        if self.public:
+            mode = (f"PUBLIC mode: hub models only (up to {self.limits.max_params / 1e9:g}B parameters), named texts, "
+                    "no saving, capped work, a bounded run store")
+        else:
+            mode = "LOCAL mode: local paths and saving allowed, no caps (use --public to serve strangers)"
+        return (f"Sparsity explorer: {mode}; models' own code {'allowed' if self.trust_remote_code else 'off'}; "
+                f"usage analytics {'on' if self.analytics else 'off'}")
 
 
 # ---- drawing ---------------------------------------------------------------------------------------------------
@@ -110,7 +128,7 @@ class Dashboard:
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings()
-        self.store = RunStore(self.settings.runs_dir)
+        self.store = RunStore(self.settings.runs_dir, budget=self.settings.store_budget)
         self.history = History(self.store, public=self.settings.public)
         self._layout()
         self._wire()
@@ -119,7 +137,7 @@ class Dashboard:
 
     def _layout(self):
         public, limits = self.settings.public, self.settings.limits
-        with gr.Blocks(title="LLM sparsity explorer") as self.demo:
+        with gr.Blocks(title="LLM sparsity explorer", analytics_enabled=self.settings.analytics) as self.demo:
             self.session = gr.State(lambda: Session())  # a fresh Session per browser tab
             gr.HTML(header_html())
             with gr.Row(equal_height=False):
@@ -468,6 +486,9 @@ class Dashboard:
                 text += f" The weights disagree with the masks: {last['errors'][0]}" + \
                     (f" (and {len(last['errors']) - 1} more)" if len(last["errors"]) > 1 else "") + "."
                 kind = "warn"
+        warnings = [r["store_warning"] for r in records if r.get("store_warning")]
+        if warnings:
+            text, kind = f"{text} Warning: {warnings[-1]}.", "warn"
         p.message = (f"{len(records)} split(s) finished" if sweep else
                      f"{(last or {}).get('layers_done')} of {(last or {}).get('n_layers')} decoder layers pruned")
         out.update({self.status: banner(kind, text), self.progress: progress_html(p, time.monotonic() - job.started)})
@@ -480,9 +501,23 @@ class Dashboard:
                self.progress: progress_html(Progress(stage="failed", message=str(err)))}
         raise gr.Error(str(err), print_exception=False, title=title)
 
+    def stopped_in_queue(self, s: Session) -> bool:
+        """Whether this event was stopped while it waited in Gradio's queue (Stop counted it there)."""
+        if s.stop_queued <= 0:
+            return False
+        s.stop_queued -= 1
+        return True
+
+    def ending_stopped_in_queue(self):
+        p = Progress(stage="cancelled", message="stopped while waiting in the queue")
+        yield {self.status: banner("warn", "Stopped before it started."), self.progress: progress_html(p)}
+
     def run_pruning(self, *values):
         """Prune once with the set-up on the left; streams progress and returns the run's figures."""
         s: Session = values[-1]
+        if self.stopped_in_queue(s):
+            yield from self.ending_stopped_in_queue()
+            return
         try:
             request = self.request(dict(zip(self.FORM, values[:-1])))
         except UserError as err:
@@ -494,6 +529,9 @@ class Dashboard:
     def run_sweep(self, *values):
         """Prune once per tier split in `splits` (one job); the ternary plot fills in as splits finish."""
         s: Session = values[-1]
+        if self.stopped_in_queue(s):
+            yield from self.ending_stopped_in_queue()
+            return
         try:
             splits = parse_splits(values[0])
             policy.check_sweep(len(splits), self.settings.public, self.settings.limits)
@@ -513,11 +551,24 @@ class Dashboard:
 
         yield from self.stream(s, target, requests[0].spec.to_dict(), f"sweep of {len(requests)} splits", sweep=True)
 
-    def stop(self, s: Session):
+    def stop(self, s: Session, request: gr.Request = None):
+        """Stop this tab's run, wherever it is: running, in the engine's line, or still in Gradio's own queue."""
+        queued = self.queued_runs(request.session_hash) if request is not None else 0
+        s.stop_queued = max(s.stop_queued, queued)  # each of those ends at once when its turn comes (a second
+        # press counts the same waiting runs again, so it takes the larger count rather than adding)
         if s.job is not None and s.job.running:
             s.job.stop()
             return banner("warn", "Stopping after the current decoder layer…")
+        if queued:
+            return banner("warn", "Stopped while waiting in the queue.")
         return gr.skip()
+
+    def queued_runs(self, session_hash) -> int:
+        """Runs and sweeps of one tab still waiting in Gradio's queue, where the engine's line cannot see them."""
+        queue = getattr(self.demo, "_queue", None)
+        waiting = getattr(queue, "event_queue_per_concurrency_id", {}).get("engine")
+        return sum(1 for event in list(getattr(waiting, "queue", []))
+                   if event.session_hash == session_hash) if session_hash else 0
 
     # ---- small callbacks ---------------------------------------------------------------------------------------
 
@@ -665,7 +716,27 @@ def __getattr__(name):
     raise AttributeError(f"module 'app' has no attribute {name!r}")
 
 
-LAUNCH_OPTIONS = dict(theme=theme(), css_paths=[CSS_PATH], footer_links=["api", "gradio"])
+class RefuseUploads:
+    """ASGI middleware: the app takes no files, so Gradio's upload route answers 403 instead of storing what a
+    stranger sends (and serving it back)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].rstrip("/").endswith("/upload"):
+            await send({"type": "http.response.start", "status": 403,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await send({"type": "http.response.body", "body": b"this server takes no uploads\n"})
+            return
+        await self.app(scope, receive, send)
+
+
+def launch_options() -> dict:
+    """Blocks.launch keyword arguments of every launch: the look, and no uploads (max_file_size 0, no route)."""
+    from starlette.middleware import Middleware
+    return dict(theme=theme(), css_paths=[CSS_PATH], footer_links=["api", "gradio"], max_file_size=0,
+                app_kwargs={"middleware": [Middleware(RefuseUploads)]})
 
 
 def main(argv=None):
@@ -682,9 +753,16 @@ def main(argv=None):
                     help="let models run their repository's own code (also SPARSITY_TRUST_REMOTE_CODE=1); "
                          "off by default")
     args = ap.parse_args(argv)
-    settings = Settings.from_env(public=args.public, trust_remote_code=args.trust_remote_code, runs_dir=args.runs_dir)
-    build_demo(settings).launch(server_name=args.host, server_port=args.port, share=args.share, **LAUNCH_OPTIONS)
+    try:
+        settings = Settings.from_env(public=args.public, trust_remote_code=args.trust_remote_code,
+                                     runs_dir=args.runs_dir)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(settings.describe(), flush=True)
+    build_demo(settings).launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,6 +2,7 @@
 time, and report jobs done, errors, job latency and the server's memory growth.
 
     python bench/soak.py --clients 3 --minutes 3 [--runs 50] [--json bench/results/soak.json]
+    python bench/soak.py --public --hostile 1 ...   # a public server, and a client that attacks it meanwhile
 
 Everything stays on this machine: the server is a subprocess of this script bound to 127.0.0.1, the model is a
 tiny random LLaMA saved to a temp folder (as tests/conftest.py does), the text is the offline "pydoc" source, and
@@ -9,6 +10,12 @@ the run store and baseline cache are temp folders. Each client loops over a few 
 2:4; magnitude, Wanda, SparseGPT) until the time or the run count is spent. Memory is the server's resident set
 (VmRSS from /proc/<pid>/status), read after every job; growth is measured from the end of the first round (when
 the model, the tokenizer and every code path have been loaded once) to the end.
+
+`--public` serves under the public policy; the tiny model is then a hub id (`soak/tiny-llama`) in a temporary hub
+cache, as a Space would find a downloaded model. `--hostile N` adds N clients that send, in a loop and as fast as
+the server answers, what tests/test_hostile.py sends one at a time: a 1 MB model id, hub ids that pass the checks
+and fail, an absurd N:M, a malformed sweep, a huge seed, a 5 MB upload, Stop, and Past runs. The report adds their
+request counts and the run store's size (files, bytes) at the end.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -57,11 +65,26 @@ def save_tiny_model(folder: Path) -> Path:
     return save(folder, _train_tokenizer(), "llama", layers=4)
 
 
-def start_server(port: int, scratch: Path) -> subprocess.Popen:
+HUB_ID = "soak/tiny-llama"
+
+
+def as_hub_cache(model: Path, cache: Path) -> None:
+    """Lay `model`'s files out as the hub client caches a download of HUB_ID (refs/main -> snapshots/<commit>)."""
+    repo = cache / ("models--" + HUB_ID.replace("/", "--"))
+    commit = "0" * 40
+    shutil.copytree(model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def start_server(port: int, scratch: Path, public: bool = False) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", SPARSITY_CACHE=str(scratch / "baselines"),
-               GRADIO_ANALYTICS_ENABLED="False", TOKENIZERS_PARALLELISM="false")
+               GRADIO_ANALYTICS_ENABLED="False", TOKENIZERS_PARALLELISM="false", HF_HUB_CACHE=str(scratch / "hub"))
+    env.pop("SPACE_ID", None)
+    env.pop("SPARSITY_PUBLIC", None)
     log = open(scratch / "server.log", "w")
     command = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), "--runs_dir", str(scratch / "runs")]
+    command += ["--public"] if public else []
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -76,6 +99,54 @@ def start_server(port: int, scratch: Path) -> subprocess.Popen:
     raise RuntimeError("the server did not answer within 120 s")
 
 
+def hostile_loop(url: str, enough, counts: dict, lock: threading.Lock) -> None:
+    """One attacker's session: each request of the cycle, again and again, until the deadline."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    quick = dict(calib="pydoc", nsamples=2, seqlen=32, eval_source="none")
+    upload = (b"--x\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.txt\"\r\n\r\n"
+              + b"A" * 5_000_000 + b"\r\n--x--\r\n")
+
+    def post_upload():
+        request = urllib.request.Request(url + "gradio_api/upload", data=upload, method="POST",
+                                         headers={"Content-Type": "multipart/form-data; boundary=x"})
+        urllib.request.urlopen(request, timeout=30)
+
+    i = 0
+    pending = []  # runs sent without waiting for them, as a script would; at most 4 outstanding
+
+    def send(**fields):
+        pending.append(client.submit(**fields, api_name=fields.pop("api_name", "/run")))
+        if len(pending) > 4:
+            pending.pop(0).result(timeout=600)
+
+    actions = [
+        ("long_id", lambda: send(model_path="a/" + "b" * 1_000_000, **quick)),
+        ("unknown_hub_id", lambda: send(model_path=f"nobody/model-{i}", **quick)),
+        ("absurd_nm", lambda: send(model_path=HUB_ID, pattern="nm", n=1, m=1_000_000_000, **quick)),
+        ("bad_sweep", lambda: send(splits="1.2.3/0/0", **quick, api_name="/sweep")),
+        ("huge_seed", lambda: send(model_path=HUB_ID, seed=1e23, **quick)),
+        ("upload", post_upload),
+        ("stop", lambda: client.predict(api_name="/stop")),
+        ("past_runs", lambda: client.predict(api_name="/past_runs")),
+    ]
+    while not enough():
+        name, action = actions[i % len(actions)]
+        i += 1
+        try:
+            action()
+        except Exception:  # the app's one-line refusal (AppError), a closed connection, an HTTP error: expected
+            pass
+        with lock:
+            counts[name] = counts.get(name, 0) + 1
+
+
+def store_size(folder: Path) -> tuple[int, int]:
+    files = list(folder.glob("*.json")) if folder.is_dir() else []
+    return len(files), sum(p.stat().st_size for p in files if p.exists())
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=3, help="concurrent sessions (default 3)")
@@ -83,14 +154,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--runs", type=int, default=None, help="also stop after this many jobs in all")
     ap.add_argument("--json", default=None, help="write the numbers here too")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (model, run store, server log)")
+    ap.add_argument("--public", action="store_true", help="serve under the public policy (the model as a hub id)")
+    ap.add_argument("--hostile", type=int, default=0, help="attacking clients among the normal ones (default 0)")
     args = ap.parse_args(argv)
 
     from gradio_client import Client
 
     scratch = Path(tempfile.mkdtemp(prefix="sparsity-soak-"))
     model = save_tiny_model(scratch / "tiny-llama")
+    as_hub_cache(model, scratch / "hub")
+    model_name = HUB_ID if args.public else str(model)
     port = free_port()
-    server = start_server(port, scratch)
+    server = start_server(port, scratch, public=args.public)
     url = f"http://127.0.0.1:{port}/"
     lock = threading.Lock()
     latencies, errors, rss = [], [], []  # rss: (jobs done, MB) after every job
@@ -104,7 +179,7 @@ def main(argv=None) -> dict:
         client = Client(url, verbose=False)
         k = i
         while not enough():
-            setup = {**COMMON, **SETUPS[k % len(SETUPS)], "model_path": str(model)}
+            setup = {**COMMON, **SETUPS[k % len(SETUPS)], "model_path": model_name}
             k += 1
             t = time.perf_counter()
             try:
@@ -119,7 +194,19 @@ def main(argv=None) -> dict:
                     errors.append(error)
                 rss.append((len(latencies) + len(errors), rss_mb(server.pid)))
 
+    hostile_counts: dict = {}
+    store_peak = [0, 0]
+
+    def watch_store() -> None:
+        while not enough():
+            n, size = store_size(scratch / "runs")
+            store_peak[:] = max(store_peak[0], n), max(store_peak[1], size)
+            time.sleep(1.0)
+
     threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(args.clients)]
+    threads += [threading.Thread(target=hostile_loop, args=(url, enough, hostile_counts, lock), daemon=True)
+                for _ in range(args.hostile)]
+    threads.append(threading.Thread(target=watch_store, daemon=True))
     try:
         for t in threads:
             t.start()
@@ -136,7 +223,8 @@ def main(argv=None) -> dict:
     at_50 = next((mb for n, mb in rss if n >= 50), None)
     q = statistics.quantiles(latencies, n=20) if len(latencies) >= 2 else latencies * 19
     report = {
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"), "clients": args.clients,
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"), "clients": args.clients, "public": args.public,
+        "hostile_clients": args.hostile, "hostile_requests": dict(sorted(hostile_counts.items())),
         "minutes": round((time.monotonic() - started) / 60, 2),
         "jobs": len(latencies), "errors": len(errors), "error_samples": errors[:3],
         "latency_p50_s": round(statistics.median(latencies), 2) if latencies else None,
@@ -148,6 +236,9 @@ def main(argv=None) -> dict:
         "growth_first_round_to_job_50_mb": round(at_50 - first_round, 1) if at_50 else None,
         "rss_by_jobs": [(n, round(mb, 1)) for n, mb in rss[:: max(1, len(rss) // 20)]],
     }
+    n_files, n_bytes = store_size(scratch / "runs")
+    report.update(store_files_end=n_files, store_kb_end=round(n_bytes / 1024, 1), store_files_peak=store_peak[0],
+                  store_kb_peak=round(store_peak[1] / 1024, 1))
     records = [json.loads(p.read_text()) for p in (scratch / "runs").glob("*.json")]
     engine = [r["timings"]["total_s"] for r in records if r.get("status") == "completed"]
     report.update(stored_records=len(records), stored_completed=len(engine),

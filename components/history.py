@@ -6,16 +6,19 @@ names and are checked by the store, so nothing a client sends ever becomes a pat
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
 from engine.errors import UserError
 from engine.record import read_json
-from engine.store import RUN_ID, RunStore
+from engine.store import RUN_ID, RunStore, record_problem
 
 from . import policy
 from .figures import run_label
 from .tables import recovered_ppl, total_seconds
+
+log = logging.getLogger("dashboard")
 
 
 class History:
@@ -50,12 +53,18 @@ class History:
                     record = read_json(str(self.store.path(run_id)))
                 except (OSError, ValueError):  # half-written by a foreign tool, or corrupt: skip, never fail
                     continue
-                cached = self._cache[run_id] = (stamps[run_id], self._summary(record))
+                problem = record_problem(record)
+                if problem:  # valid JSON of the wrong shape: skipped (logged once per version of the file)
+                    log.warning("Past runs: skipping %s.json: %s", run_id, problem)
+                cached = self._cache[run_id] = (stamps[run_id], None if problem else self._summary(record))
             summary = cached[1]
             if summary is None:
                 continue
             if summary["status"] == "running":  # its process may have died since it last wrote
-                live = self.store.load(run_id)
+                try:
+                    live = self.store.load(run_id)
+                except (OSError, ValueError):
+                    continue
                 summary = dict(summary, status=live["status"], message=live.get("message"))
             out.append(summary)
         return out

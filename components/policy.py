@@ -11,12 +11,14 @@ import os
 import re
 from dataclasses import dataclass
 
-from engine.errors import UserError
+from engine.errors import UserError, excerpt
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+", re.ASCII)  # owner/name, whole string (fullmatch)
+HUB_ID_MAX = 96                                          # the Hub's own limit on a repository id
 NAMED_SOURCES = ("auto", "wikitext2", "c4", "pydoc")   # text the server fetches itself
 EMBEDDED = "embedded"                                    # the preset for the model shipped with the app
 TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -31,27 +33,49 @@ class Limits:
 PUBLIC_LIMITS = Limits()
 
 
+def env_switch(env, name: str) -> bool | None:
+    """An on/off environment variable: None when unset or blank, else True / False. Any other value refuses to
+    start the server (UserError): a typo must never pick a mode, least of all the private one on a Space."""
+    raw = env.get(name, "")
+    value = raw.strip().lower()
+    if not value:
+        return None
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise UserError(f"{name}={excerpt(raw, 20)} is not a switch; set it to one of {', '.join(TRUE)} "
+                    f"or {', '.join(FALSE)}")
+
+
 def public_from_env(env) -> bool:
-    """SPARSITY_PUBLIC=1, or a Hugging Face Space (SPACE_ID set) unless SPARSITY_PUBLIC=0 says otherwise."""
-    flag = env.get("SPARSITY_PUBLIC", "").strip().lower()
-    if flag:
-        return flag in TRUE
-    return bool(env.get("SPACE_ID"))
+    """SPARSITY_PUBLIC=1, or a Hugging Face Space (SPACE_ID set) unless SPARSITY_PUBLIC says off explicitly
+    (0, false, no, off). Any other value raises UserError."""
+    flag = env_switch(env, "SPARSITY_PUBLIC")
+    return flag if flag is not None else bool(env.get("SPACE_ID"))
 
 
 def trust_remote_code_from_env(env) -> bool:
     """Only the person running the server can allow a model repository's own code (SPARSITY_TRUST_REMOTE_CODE=1)."""
-    return env.get("SPARSITY_TRUST_REMOTE_CODE", "").strip().lower() in TRUE
+    return bool(env_switch(env, "SPARSITY_TRUST_REMOTE_CODE"))
+
+
+def analytics_from_env(env) -> bool:
+    """Gradio's usage analytics report to a third party: off unless the server's owner sets
+    GRADIO_ANALYTICS_ENABLED to an on value."""
+    return bool(env_switch(env, "GRADIO_ANALYTICS_ENABLED"))
 
 
 def hub_id_problem(text: str) -> str | None:
     """Why `text` is not a plain hub id (None when it is one)."""
+    if len(text) > HUB_ID_MAX:
+        return f"{excerpt(text)} is not a hub id: those are at most {HUB_ID_MAX} characters"
     if text.startswith(("/", "~", ".")) or ".." in text or "\\" in text:
-        return f"{text!r} looks like a path; this server loads hub models only, by id (owner/name)"
+        return f"{excerpt(text)} looks like a path; this server loads hub models only, by id (owner/name)"
     if not HUB_ID.fullmatch(text):
-        return f"{text!r} is not a hub id of the form owner/name"
+        return f"{excerpt(text)} is not a hub id of the form owner/name"
     if text.lower().endswith(".gguf"):
-        return f"{text!r} names a .gguf file; this server loads hub models only, by id (owner/name)"
+        return f"{excerpt(text)} names a .gguf file; this server loads hub models only, by id (owner/name)"
     return None
 
 
@@ -76,7 +100,7 @@ def validate_request(values: dict, public: bool, limits: Limits = PUBLIC_LIMITS,
     if model != EMBEDDED:
         why = hub_id_problem(model)
         if why is None and exists(model):
-            why = f"{model!r} is not a hub id"  # it names a local path, which the engine would load instead
+            why = f"{excerpt(model)} is not a hub id"  # it names a local path, which the engine would load instead
         if why:
             problems.append(why)
     for choice, path, what in ((values.get("calib"), values.get("calib_path"), "calibration"),
@@ -119,16 +143,36 @@ def check_model_size(n_params: int, max_params: int | None, name: str = "the mod
 
 
 def shareable(record: dict) -> bool:
-    """A stored run a public page may list and reopen: a hub (or the embedded) model and named texts only,
-    so a run started locally with paths in it never shows up there."""
+    """A stored run a public page may list and reopen: one that ran (not a request that failed: those stay with
+    the visitor who sent them), on a hub (or the embedded) model and named texts only, so a run started locally with
+    paths in it never shows up there."""
+    if record.get("status") == "failed":
+        return False
     model = (record.get("model") or {}).get("name")
     if model is not None and not str(model).startswith(EMBEDDED) and hub_id_problem(str(model)):
         return False
     req = record.get("request") or {}
+    data = record.get("data") or {}
     return (req.get("calib", "auto") in NAMED_SOURCES and req.get("eval", "auto") in NAMED_SOURCES + (None,)
+            and not any(str(v).startswith("local:") for v in data.values() if v)
             and not record.get("saved_model"))
 
 
+# What a public page shows or exports of a record: an allow-list, so a field added to the record later stays on the
+# server until someone decides it may be shared. Left out on purpose: the owner (host name, pid), where the model
+# was read from (model.source: a path for the embedded model), the saved model's path, the server's versions.
+SHARED_FIELDS = ("record_version", "run_id", "status", "message", "spec", "data", "timings", "layers_done",
+                 "n_layers", "sparsity", "nominal_sparsity", "ppl", "eval", "zero_shot", "zero_shot_dense",
+                 "matrices", "actual_sparsity", "ppl_test", "ppl_dense", "ppl_magnitude")
+SHARED_PARTS = {"model": ("name", "model_type", "n_layers", "dtype", "device", "compute_device", "n_params_pruned"),
+                "request": ("calib", "eval", "eval_windows", "baselines", "device", "dtype"),
+                "versions": ("engine",)}
+
+
 def redact(record: dict) -> dict:
-    """The record as a public page shows or exports it: without the server's host name and process id."""
-    return {k: v for k, v in record.items() if k != "owner"}
+    """The record as a public page shows or exports it: the allowed fields only (SHARED_FIELDS, SHARED_PARTS)."""
+    out = {k: record[k] for k in SHARED_FIELDS if k in record}
+    for part, keys in SHARED_PARTS.items():
+        if isinstance(record.get(part), dict):
+            out[part] = {k: record[part][k] for k in keys if k in record[part]}
+    return out

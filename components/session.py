@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.errors import UserError
+from engine.errors import UserError, excerpt
 from engine.models import available_devices
 from engine.run import ModelCache, RunRequest
 from engine.spec import BLOCK_RULES, PATTERNS, THREE_TIER_RATIOS, PruneSpec
@@ -65,6 +65,7 @@ class Session:
     shown_layer: int | None = None     # the tier map chosen there
     shown_module: str | None = None
     view: str = "realised sparsity"    # what colours the layer map
+    stop_queued: int = 0               # runs stopped while they waited in Gradio's queue, still to be ended there
 
     def add(self, record: dict) -> None:
         """A finished (or reopened) run becomes this tab's latest; the same run id is never listed twice."""
@@ -102,36 +103,67 @@ def rebalance(changed: int, values) -> tuple[float, float, float]:
     return tuple(v)
 
 
-def _int(value, name: str, allow_none: bool = False) -> int | None:
+# Bounds of the form's free fields, checked here once, before anything is loaded. The spec and the request check
+# their own meaning (N < M, ratios sum to 1, ...); these only keep a value a client can type within reason.
+MAX_TEXT = 4096             # a path or an id (PATH_MAX); a public server takes hub ids of at most 96 characters
+MAX_COUNT = 1_000_000       # samples, tokens, windows, block sides, N and M
+MAX_SWEEP_CHARS = 100_000   # the sweep box
+MAX_SWEEP_LINES = 1000
+
+
+def _int(value, name: str, allow_none: bool = False, low: int = 0, high: int = MAX_COUNT) -> int | None:
     if value is None or value == "":
         if allow_none:
             return None
         raise UserError(f"{name} is empty; enter a whole number")
-    f = float(value)
-    if f != int(f):
-        raise UserError(f"{name} must be a whole number, got {value}")
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a whole number, got {excerpt(value)}") from None
+    if not f == f or f in (float("inf"), float("-inf")) or f != int(f):
+        raise UserError(f"{name} must be a whole number, got {excerpt(value)}")
+    if not low <= f <= high:
+        raise UserError(f"{name} must lie in [{low}, {high}], got {excerpt(value)}")
     return int(f)
+
+
+def _float(value, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number, got {excerpt(value)}") from None
+
+
+def _text(value, name: str) -> str:
+    """A free text field: a string without NUL bytes, at most MAX_TEXT characters, stripped."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise UserError(f"{name} must be text, got {type(value).__name__}")
+    if len(value) > MAX_TEXT or "\x00" in value:
+        raise UserError(f"{name} {excerpt(value)} is not a path or an id (at most {MAX_TEXT} characters, no NUL)")
+    return value.strip()
 
 
 def spec_from_form(form: dict) -> PruneSpec:
     """Widget values -> a validated PruneSpec (raises SpecError with the engine's message)."""
     seqlen = _int(form["seqlen"], "sequence length", allow_none=True)
-    return PruneSpec(method=form["method"], pattern=form["pattern"], sparsity=float(form["sparsity"]),
+    return PruneSpec(method=form["method"], pattern=form["pattern"], sparsity=_float(form["sparsity"], "sparsity"),
                      n=_int(form["n"], "N"), m=_int(form["m"], "M"),
-                     ratios=(float(form["ratio_dense"]), float(form["ratio_24"]), float(form["ratio_topk"])),
+                     ratios=tuple(_float(form[k], "tier ratio") for k in ("ratio_dense", "ratio_24", "ratio_topk")),
                      block=_int(form["block"], "block size"), keep=_int(form["keep"], "K"),
                      tier_scope=form["tier_scope"], within_block=form["within_block"], assignment=form["assignment"],
                      block_rule=form["block_rule"], top_blocks_ratio=float(form["top_blocks_ratio"]),
                      score_threshold=float(form["score_threshold"]),
                      nsamples=_int(form["nsamples"], "calibration samples"), seqlen=seqlen or None,
-                     reconstruct=bool(form["reconstruct"]), seed=_int(form["seed"], "seed"))
+                     reconstruct=bool(form["reconstruct"]), seed=_int(form["seed"], "seed", high=2**32 - 1))
 
 
 def source_from_form(choice: str, path: str, what: str) -> str | None:
     if choice == "none":
         return None
     if choice == "path":
-        path = (path or "").strip()
+        path = _text(path, f"{what} path")
         if not path:
             raise UserError(f"{what}: choose a source or enter the path of a .txt, .jsonl or .parquet file or a WikiText folder")
         return path
@@ -140,7 +172,7 @@ def source_from_form(choice: str, path: str, what: str) -> str | None:
 
 def model_from_form(preset: str, custom: str) -> str | None:
     """The free field wins over the preset; the embedded model is None for the engine."""
-    custom = (custom or "").strip()
+    custom = _text(custom, "model")
     if custom:
         return custom
     return None if preset in (EMBEDDED, None, "") else preset
@@ -156,7 +188,7 @@ def request_from_form(form: dict, **server) -> RunRequest:
         calib=source_from_form(form["calib"], form["calib_path"], "calibration") if spec.uses_calibration else "auto",
         eval=source_from_form(form["eval_source"], form["eval_path"], "evaluation"), eval_windows=windows,
         baselines=bool(form["baselines"]), device=form["device"] or "auto", dtype=form["dtype"] or "auto",
-        save_dir=(form["save_dir"] or "").strip() or None, overwrite=bool(form["overwrite"]), **server)
+        save_dir=_text(form["save_dir"], "save folder") or None, overwrite=bool(form["overwrite"]), **server)
     request.validate()
     return request
 
@@ -218,22 +250,28 @@ def nominal_text(pattern, sparsity, n, m, r_dense, r_24, r_topk, block, keep, to
     return f"Nominal sparsity **{s:.1%}**"
 
 
-SPLIT_LINE = re.compile(r"^\s*([0-9.]+)\s*[/,;\s]\s*([0-9.]+)\s*[/,;\s]\s*([0-9.]+)\s*$")
+NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"  # 0.35, .35, 1, 1. -- nothing else (no signs, exponents, "1.2.3")
+SPLIT_LINE = re.compile(rf"^\s*{NUMBER}\s*[/,;\s]\s*{NUMBER}\s*[/,;\s]\s*{NUMBER}\s*$", re.ASCII)
 
 
 def parse_splits(text: str) -> list[tuple[float, float, float]]:
     """'0.35/0.45/0.20' per line (commas or spaces work too) -> list of (dense, 2:4, top-K)."""
+    if text is not None and not isinstance(text, str):
+        raise UserError(f"the sweep list must be text, got {type(text).__name__}")
+    text = text or ""
+    if len(text) > MAX_SWEEP_CHARS or text.count("\n") >= MAX_SWEEP_LINES:
+        raise UserError(f"the sweep list is too long: at most {MAX_SWEEP_LINES} lines, {MAX_SWEEP_CHARS} characters")
     splits = []
-    for i, line in enumerate((text or "").splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         line = line.split("#")[0].strip()
         if not line:
             continue
         match = SPLIT_LINE.match(line)
         if not match:
-            raise UserError(f"sweep line {i}: {line!r} is not three numbers like 0.35/0.45/0.20")
+            raise UserError(f"sweep line {i}: {excerpt(line)} is not three numbers like 0.35/0.45/0.20")
         r = tuple(float(x) for x in match.groups())
         if abs(sum(r) - 1) > 1e-6:
-            raise UserError(f"sweep line {i}: {line!r} sums to {sum(r):g}, not 1")
+            raise UserError(f"sweep line {i}: {excerpt(line)} sums to {sum(r):g}, not 1")
         splits.append(r)
     if not splits:
         raise UserError("the sweep list is empty: one split per line, e.g. 0.35/0.45/0.20")

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was saved", file=sys.stderr)
+        print("error: interrupted; nothing was saved (the run store records the run as stopped)", file=sys.stderr)
         return 130
 
 
@@ -198,7 +198,9 @@ def _main(args) -> int:
     print(line)
     for problem in record.get("errors") or ():
         print(f"error: {problem}", file=sys.stderr)
-    if args.save:
+    if record.get("store_warning"):
+        print(f"warning: {record['store_warning']}", file=sys.stderr)
+    if args.save and record["status"] == "completed":
         with open(os.path.join(os.path.expanduser(args.save), f"log_{spec.method}.txt"), "w") as f:
             f.write(wanda_log(record))
     return 0 if record["status"] == "completed" and not record.get("errors") else 1

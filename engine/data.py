@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DataError, UserError
+from .errors import DataError, UserError, excerpt
 
 SPLITS = ("calibration", "evaluation")
 SHARED_WIKITEXT = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2-v1"
@@ -81,6 +81,8 @@ def resolve_text(source: str, split: str) -> TextSource:
         raise DataError("no text source given; use wikitext2, c4, pydoc, auto or a local path")
     if source in _NAMED:
         return _NAMED[source](split)
+    if len(source) > 4096 or "\x00" in source:  # PATH_MAX; the OS would answer with an OSError, not a message
+        raise DataError(f"text source {excerpt(source, 240)} is neither a named source nor a path")
     return _local(Path(source).expanduser(), split)
 
 
@@ -197,11 +199,13 @@ NAMED_SOURCES = tuple(_NAMED)
 
 def _local(path: Path, split: str) -> TextSource:
     if not path.exists():
-        raise DataError(f"text source {str(path)!r} does not exist; pass a .txt/.jsonl/.parquet file, "
+        raise DataError(f"text source {excerpt(path, 240)} does not exist; pass a .txt/.jsonl/.parquet file, "
                         f"a WikiText folder (e.g. ../shared/data/wikitext-2-v1), or one of "
                         f"{', '.join(NAMED_SOURCES)}")
     if path.is_dir():
         return _wikitext_folder(path, split)
+    if not path.is_file():
+        raise DataError(f"{path} is not a regular file; pass a text, .jsonl or .parquet file or a WikiText folder")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         docs = _read_jsonl(path)
@@ -234,15 +238,50 @@ def wikitext_rows(text: str) -> list[str]:
     return [line if line.strip() else "" for line in text.splitlines(keepends=True)]
 
 
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
-    if b"\x00" in data:
-        raise DataError(f"{path} looks binary (it contains NUL bytes); pass a UTF-8 text, .jsonl or .parquet file")
+MAX_TEXT_BYTES = 2 << 30  # a local text file is read whole: refuse more than 2 GiB instead of reading without bound
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A regular file's bytes, at most MAX_TEXT_BYTES (a device such as /dev/zero, a FIFO or a socket is refused)."""
+    if not path.is_file():
+        raise DataError(f"{path} is not a regular file; pass a text, .jsonl or .parquet file or a WikiText folder")
+    with open(path, "rb") as f:
+        data = f.read(MAX_TEXT_BYTES + 1)
+    if len(data) > MAX_TEXT_BYTES:
+        raise DataError(f"{path} is larger than {MAX_TEXT_BYTES >> 30} GiB; pass a smaller text")
+    return data
+
+
+def _utf16(data: bytes) -> str | None:
+    """UTF-16 text (as Windows tools write it): with a byte-order mark, or mostly-ASCII text whose every other byte
+    is NUL. None when `data` is not that."""
+    if data.startswith(UTF16_BOMS):
+        encoding = "utf-16"
+    elif len(data) >= 2 and len(data) % 2 == 0 and data[1::2].count(0) > 0.9 * (len(data) // 2) and 0 not in data[::2]:
+        encoding = "utf-16-le"
+    elif len(data) >= 2 and len(data) % 2 == 0 and data[::2].count(0) > 0.9 * (len(data) // 2) and 0 not in data[1::2]:
+        encoding = "utf-16-be"
+    else:
+        return None
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); "
-                        f"pass a UTF-8 text, .jsonl or .parquet file") from err
+        return data.decode(encoding)
+    except UnicodeDecodeError:
+        return None
+
+
+def _read_text(path: Path) -> str:
+    data = _read_bytes(path)
+    text = _utf16(data)
+    if text is None and b"\x00" in data:
+        raise DataError(f"{path} looks binary (it contains NUL bytes); pass a UTF-8 or UTF-16 text, .jsonl or "
+                        f".parquet file")
+    if text is None:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); "
+                            f"pass a UTF-8 text, .jsonl or .parquet file") from err
     if not text.strip():
         raise DataError(f"{path} is empty")
     return text

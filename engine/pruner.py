@@ -72,7 +72,7 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
     t0 = time.perf_counter()
     if spec.uses_calibration and windows is None:
         raise UserError(f"{spec.method} needs calibration data")
-    if spec.uses_blocks:
+    if spec.uses_blocks or spec.pattern == "nm":
         _check_block_fits(layers, spec)
 
     use_cache = getattr(model.config, "use_cache", None)
@@ -134,8 +134,12 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
 
 
 def _check_block_fits(layers, spec: PruneSpec) -> None:
+    """Refuse, before any work, a block or an N:M group wider than a matrix (its masks would pad to that width)."""
     for target in find_targets(layers[0], spec.prune_router):
-        if min(target.shape) < spec.block:
+        if spec.pattern == "nm" and target.shape[-1] < spec.m:
+            raise UserError(f"M={spec.m} is wider than matrix {target.name} {list(target.shape)}; "
+                            f"choose M of at most {target.shape[-1]}")
+        if spec.uses_blocks and min(target.shape) < spec.block:
             raise UserError(f"block size {spec.block} is larger than matrix {target.name} {list(target.shape)}; "
                             f"choose a block size of at most {min(target.shape)}")
 

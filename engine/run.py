@@ -20,7 +20,7 @@ from .discovery import find_decoder_layers
 from .errors import Cancelled, UserError
 from .finetune import FinetuneSpec
 from .model_card import write_model_card
-from .models import LoadedModel, load_model
+from .models import LoadedModel, check_model_source, load_model
 from .perplexity import perplexity
 from .pruner import prune_model
 from .recover import recover
@@ -94,6 +94,9 @@ class ModelCache:
                 self._dense.close()
                 self._dense = DenseWeights(self.loaded.model, budget)
             return self.loaded
+        # a model that cannot load fails here, before the one in memory is dropped (a stream of bad ids would
+        # otherwise make every next run reload it)
+        check_model_source(request.model, request.trust_remote_code, request.cache_dir)
         self.drop()
         if progress:
             progress({"stage": "load", "message": f"loading {request.model or 'the embedded SmolLM2-135M-Instruct'}"})
@@ -132,6 +135,11 @@ def run(request: RunRequest, progress=None, cancel: threading.Event | None = Non
     except Cancelled as e:
         record.update(status="cancelled", message=f"{e}; the in-memory model will be restored to dense weights")
         models.restore()
+    except KeyboardInterrupt:
+        models.restore()
+        record.update(status="cancelled", message="stopped with Ctrl-C; nothing was saved")
+        _finish(record, timings, t_start, request)
+        raise
     except BaseException as e:
         models.restore()  # never leave a half-pruned model for the next run
         record.update(status="failed", message=(str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}")[:500])
@@ -298,7 +306,12 @@ def _recording(progress, record: dict, store):
         if event.get("stage") == "prune":
             record["matrices"] = record.get("matrices", []) + list(event.get("matrices", []))
             record["layers_done"], record["n_layers"] = event["layer"] + 1, event["n_layers"]
-            store.save(record, force=False)
+            # the last layer always: a run killed later (evaluating, saving) must not read as one layer short
+            store.save(record, force=event["layer"] + 1 == event["n_layers"])
+        elif event.get("stage") == "save":
+            # until the end the run is running (the walk's "completed" is not the run's): a kill reads as
+            # "killed while saving the model", with every layer done
+            store.save(dict(record, status="running", stage="save"))
         progress(event)
     return wrapped
 
@@ -309,8 +322,13 @@ def _finish(record: dict, timings: dict, t_start: float, request: RunRequest) ->
     # the flat names Wanda users look for in results.json
     record.update(actual_sparsity=record["sparsity"], ppl_test=record["ppl"]["pruned"],
                   ppl_dense=record["ppl"]["dense"], ppl_magnitude=record["ppl"]["magnitude"])
-    if request.store is not None:
-        request.store.save(record)
-    if request.save_dir:
-        write_json_atomic(str(Path(request.save_dir).expanduser() / "results.json"), record)
+    if request.store is not None:  # before results.json and before the caller reports the run
+        warning = request.store.save_final(record)
+        if warning:
+            record["store_warning"] = warning
+    if request.save_dir and record["status"] == "completed":  # a stopped or failed run leaves the folder free
+        try:
+            write_json_atomic(str(Path(request.save_dir).expanduser() / "results.json"), record)
+        except OSError as e:
+            raise UserError(f"could not write results.json in {request.save_dir}: {e.strerror or e}") from None
     return record

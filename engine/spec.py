@@ -18,6 +18,8 @@ WITHIN_BLOCK = ("score", "magnitude", "obs")
 GROUPS = ("row", "matrix")
 ASSIGNMENTS = ("importance", "cost")
 TIER_NAMES = ("dense", "2:4", "topk")  # tier ids 0, 1, 2 in every tier map
+MAX_SEED = 2**32 - 1    # numpy and torch seeds; larger overflow only after the model and data are loaded
+MAX_GROUP = 65536       # N:M group width M and block side B: above any matrix width; checked per matrix too
 THREE_TIER_RATIOS = (0.35, 0.45, 0.20)  # the split the fork's model list documents (--sparsity_ratios 0.35 0.45 0.2)
 ORIGINAL_URL = "https://github.com/Jiajun-Ji/wanda"
 # Named three-tier recipes (bench/HYBRID.md). ORIGINAL: the three-tier rule of the Wanda hybrid fork
@@ -101,6 +103,8 @@ class PruneSpec:
         _check(self.nsamples <= 100_000, f"nsamples {self.nsamples} is absurdly large (at most 100000)")
         _check(self.seqlen is None or (isinstance(self.seqlen, int) and 1 <= self.seqlen <= 1_048_576),
                f"seqlen must be a whole number >= 1, got {self.seqlen!r}")
+        _check(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
+               f"seed must be a whole number in [0, {MAX_SEED}], got {str(self.seed)[:24]}")
         _check(0.0 < self.damp < 1.0, f"damp must lie in (0, 1), got {self.damp}")
         _check(self.obs_blocksize >= 1, f"obs_blocksize must be >= 1, got {self.obs_blocksize}")
         if self.pattern == "unstructured":
@@ -115,7 +119,8 @@ class PruneSpec:
                "the Wanda variant (use_variant) prunes per row; it cannot be combined with group 'matrix'")
         if self.pattern == "nm":
             _check(isinstance(self.n, int) and isinstance(self.m, int) and self.m >= 1 and 0 <= self.n < self.m,
-                   f"N:M needs 0 <= N < M, got {self.n}:{self.m}")
+                   f"N:M needs 0 <= N < M, got {str(self.n)[:24]}:{str(self.m)[:24]}")
+            _check(self.m <= MAX_GROUP, f"M must be at most {MAX_GROUP} (and at most a matrix's width), got {self.m}")
         if self.pattern in ("block", "block_topk"):
             _check(_finite(self.sparsity) and 0.0 <= self.sparsity <= 1.0,
                    f"share of blocks pruned (sparsity ratio) must lie in [0, 1], got {self.sparsity}")
@@ -124,8 +129,8 @@ class PruneSpec:
                    f"top blocks ratio must lie in [0, 1], got {self.top_blocks_ratio}")
             _check(_finite(self.score_threshold), f"score threshold must be a number, got {self.score_threshold}")
         if self.pattern in BLOCK_PATTERNS:
-            _check(isinstance(self.block, int) and self.block >= 4 and self.block % 4 == 0,
-                   f"block size must be a multiple of 4 (so 2:4 groups never straddle blocks) and >= 4, got {self.block}")
+            _check(isinstance(self.block, int) and 4 <= self.block <= MAX_GROUP and self.block % 4 == 0,
+                   f"block size must be a multiple of 4 (so 2:4 groups never straddle blocks) and in [4, {MAX_GROUP}], got {self.block}")
             _check(isinstance(self.keep, int) and 0 <= self.keep <= self.block * self.block,
                    f"K (weights kept per top-K block) must lie in [0, {self.block * self.block}] for {self.block}x{self.block} blocks, got {self.keep}")
             _check(self.within_block in ("score", "magnitude") or self.pattern in ("three_tier", "block"),
@@ -266,11 +271,12 @@ def parse_sparsity_type(text: str) -> dict:
         return {"pattern": t}
     parts = t.split(":")
     if len(parts) == 2 and all(p.isdigit() for p in parts):
+        _check(all(len(p) <= 9 for p in parts), f"N:M needs N < M <= {MAX_GROUP}, got {text[:24]!r}")
         n, m = int(parts[0]), int(parts[1])
         _check(0 <= n < m, f"N:M needs N < M, got {n}:{m}")
         return {"pattern": "nm", "n": n, "m": m}
     names = [p for p in PATTERNS if p not in ("nm", "threshold_hybrid")]
-    raise SpecError(f"unknown sparsity type {text!r}; use N:M (e.g. 2:4, 4:8), hybrid_2_4 or one of {', '.join(names)}")
+    raise SpecError(f"unknown sparsity type {text[:40]!r}; use N:M (e.g. 2:4, 4:8), hybrid_2_4 or one of {', '.join(names)}")
 
 
 def tier_counts(n_blocks: int, ratios) -> tuple[int, int, int]:

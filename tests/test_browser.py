@@ -33,7 +33,7 @@ def url(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                    **app.LAUNCH_OPTIONS)
+                    **app.launch_options())
     yield f"http://127.0.0.1:{port}/"
     app.demo.close()
 
