@@ -104,6 +104,8 @@ def _add_fork_flags(p: argparse.ArgumentParser) -> None:
                    help="three-tier arithmetic: exact (summed score, floor counts, exactly K per top-K block, edge "
                    "blocks padded) or original (the fork's: mean score, int() counts, ties with the K-th kept, edge "
                    "blocks clipped; ratios normalised) (default exact)")
+    f.add_argument("--use_slow_tokenizer", action="store_true",
+                   help="load the model's slow (Python) tokenizer, as the fork's scripts do (use_fast=False)")
     f.add_argument("--top_blocks_ratio", type=float, default=0.6,
                    help="hybrid_2_4: share of blocks that try 2:4 (else dense); the rest keep K (default 0.6)")
     f.add_argument("--score_threshold", type=float, default=0.8,
@@ -180,7 +182,7 @@ def _main(args) -> int:
                          zero_shot_tasks=zero_shot_tasks(args.eval_zero_shot), zero_shot_limit=args.zero_shot_limit,
                          zero_shot_include=args.zero_shot_include, snapshot_max_gb=args.snapshot_max_gb,
                          finetune=finetune_spec_from_args(args), finetune_dir=args.finetune_dir,
-                         store=RunStore(args.runs_dir))
+                         slow_tokenizer=args.use_slow_tokenizer, store=RunStore(args.runs_dir))
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars
         from transformers.utils import logging as hf_logging

@@ -85,7 +85,7 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto",
                trust_remote_code: bool = False, cache_dir: str | None = None,
-               safetensors_only: bool = False) -> LoadedModel:
+               safetensors_only: bool = False, slow_tokenizer: bool = False) -> LoadedModel:
     """Load model + tokenizer. device: auto | cpu | cuda[:N] | offload (weights on CPU, layers computed on
     the GPU one at a time). With several GPUs, `auto` spreads the model with device_map="auto".
     safetensors_only: refuse pickled weights (.bin), which can run code when loaded (a public server's choice)."""
@@ -106,7 +106,8 @@ def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto
     if spread:
         kwargs["device_map"] = "auto"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **_tok_kwargs(kwargs))
+        slow = {"use_fast": False} if slow_tokenizer else {}
+        tokenizer = AutoTokenizer.from_pretrained(where, **_tok_kwargs(kwargs), **slow)
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except ModelLoadError:
         raise

@@ -49,6 +49,7 @@ class RunRequest:
     trust_remote_code: bool = False
     safetensors_only: bool = False      # never unpickle weights (.bin): a public server loads safetensors only
     cache_dir: str | None = None
+    slow_tokenizer: bool = False        # the model's slow (Python) tokenizer, as the Wanda hybrid fork loads it
     snapshot_max_gb: float | None = None  # dense copy in memory up to this size, else in a file; None = env / 8
     baseline_cache_dir: str | None = None
     store: object | None = None         # a RunStore: the record is written at start, per layer, and at the end
@@ -86,7 +87,8 @@ class ModelCache:
         self._dense: DenseWeights | None = None
 
     def get(self, request: RunRequest, progress=None) -> LoadedModel:
-        key = (request.model, request.device, request.dtype, request.trust_remote_code, request.safetensors_only)
+        key = (request.model, request.device, request.dtype, request.trust_remote_code, request.safetensors_only,
+               request.slow_tokenizer)
         budget = snapshot_budget_bytes(request.snapshot_max_gb)
         if self._key == key and self.loaded is not None:
             self.restore()
@@ -101,7 +103,7 @@ class ModelCache:
         if progress:
             progress({"stage": "load", "message": f"loading {request.model or 'the embedded SmolLM2-135M-Instruct'}"})
         lm = load_model(request.model, request.device, request.dtype, request.trust_remote_code, request.cache_dir,
-                        safetensors_only=request.safetensors_only)
+                        safetensors_only=request.safetensors_only, slow_tokenizer=request.slow_tokenizer)
         find_decoder_layers(lm.model)  # refuse a model with no layer stack before any work
         dense = DenseWeights(lm.model, budget)  # before any pruning: never prune what cannot be put back
         self.loaded, self._key, self._dense = lm, key, dense

@@ -426,3 +426,21 @@ def test_best_recipe_on_a_model_with_dead_inputs_keeps_dense_blocks_whole(tiny_l
         if m["module"].split(".")[-1] in ("q_proj", "k_proj", "v_proj"):
             dense_on_dead += int(dense_cells[:, [3, 17]].sum())
     assert dense_on_dead > 0  # dense blocks did cover the dead inputs: their weights stayed
+
+
+def test_use_slow_tokenizer_asks_for_the_slow_tokenizer(tiny_llama_dir, tmp_path, monkeypatch):
+    """The Wanda hybrid fork loads tokenizers with use_fast=False; --use_slow_tokenizer does the same."""
+    import transformers
+
+    asked = []
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("use_fast", True))
+        return real(*args, **{k: v for k, v in kwargs.items() if k != "use_fast"})  # the tiny model has no slow one
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", spy)
+    common = ["--model", str(tiny_llama_dir), "--prune_method", "magnitude", "--eval_dataset", "none", "--quiet"]
+    assert main(common + ["--use_slow_tokenizer"]) == 0
+    assert main(common) == 0
+    assert asked == [False, True]
