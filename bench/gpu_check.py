@@ -92,22 +92,29 @@ def check_record(spec: PruneSpec, result, n_layers: int) -> list[str]:
 
 
 @torch.no_grad()
-def device_equals_cpu(model, spec: PruneSpec, windows, device: str) -> list[str]:
-    """Layer 0: masks from the device's scores and from the same scores on the CPU agree bit for bit."""
+def first_layer_stats(model, windows, hessian: bool):
+    """Decoder layer 0's targets and their input statistics over `windows` (Hessians too with `hessian`)."""
     _, layers = find_decoder_layers(model)
-    inputs = capture_layer_inputs(model, layers, windows[:8])
+    inputs = capture_layer_inputs(model, layers, windows)
     targets = find_targets(layers[0])
-    hooks = StatsHooks(targets, hessian=False)
+    hooks = StatsHooks(targets, hessian=hessian)
     try:
         run_layer(layers[0], inputs)
     finally:
         hooks.remove()
+    return targets, hooks.stats
+
+
+@torch.no_grad()
+def device_equals_cpu(model, spec: PruneSpec, windows, device: str) -> list[str]:
+    """Layer 0: masks from the device's scores and from the same scores on the CPU agree bit for bit."""
+    targets, stats = first_layer_stats(model, windows[:8], hessian=False)
     masks_only = spec.replace(reconstruct=False, within_block="score", method="wanda") \
         if spec.method not in ("magnitude", "wanda") else spec.replace(reconstruct=False)
     problems = []
     for t in targets:
         W = t.weight()
-        scores = matrix_scores(W, hooks.stats[t.name], masks_only)
+        scores = matrix_scores(W, stats[t.name], masks_only)
         on_device = prune_matrix(W, None, masks_only.replace(method="magnitude", group="row"), scores=scores).keep
         on_cpu = prune_matrix(W.cpu(), None, masks_only.replace(method="magnitude", group="row"),
                               scores=scores.cpu()).keep
@@ -119,18 +126,11 @@ def device_equals_cpu(model, spec: PruneSpec, windows, device: str) -> list[str]
 @torch.no_grad()
 def obs_one_layer(model, spec: PruneSpec, windows) -> list[str]:
     """The OBS update with the choice inside blocks on decoder layer 0 alone (Hessians from all windows)."""
-    _, layers = find_decoder_layers(model)
-    inputs = capture_layer_inputs(model, layers, windows)
-    targets = find_targets(layers[0])
-    hooks = StatsHooks(targets, hessian=True)
-    try:
-        run_layer(layers[0], inputs)
-    finally:
-        hooks.remove()
+    targets, stats = first_layer_stats(model, windows, hessian=True)
     problems = []
     matrix_spec = spec.replace(method="wanda")  # per-matrix scores: the gradient pass is the tt-best stage's
     for t in targets:
-        res = prune_matrix(t.weight(), hooks.stats.pop(t.name), matrix_spec)
+        res = prune_matrix(t.weight(), stats.pop(t.name), matrix_spec)
         t.set_weight(res.W)
         rows, cols = res.keep.shape
         expected = tier_counts((rows // spec.block) * (cols // spec.block), spec.ratios)

@@ -13,7 +13,7 @@ import os
 import sys
 
 from .block_patterns import normalise_ratios
-from .errors import UserError
+from .errors import UserError, run_command
 from .finetune_cli import add_finetune_arguments, finetune_spec_from_args, recovery_summary
 from .spec import BLOCK_RULES, METHODS, ORIGINAL_URL, RECIPES, THREE_TIER_RATIOS, PruneSpec, parse_sparsity_type
 from .zeroshot import PAPER_TASKS
@@ -155,14 +155,7 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> int:
     if defaults:
         parser.set_defaults(**defaults)
     args = parse_args(parser, argv)
-    try:
-        return _main(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was saved (the run store records the run as stopped)", file=sys.stderr)
-        return 130
+    return run_command(_main, args, "nothing was saved (the run store records the run as stopped)")
 
 
 def _main(args) -> int:

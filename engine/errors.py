@@ -28,3 +28,18 @@ def excerpt(value, limit: int = 120) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
+def run_command(body, args, interrupted: str) -> int:
+    """A command line's outer frame: `body(args)`'s exit status; a user's error is one `error:` line and status 2,
+    Ctrl-C one line saying what was kept (`interrupted`) and status 130. Never a traceback for either."""
+    import sys
+
+    try:
+        return body(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {interrupted}", file=sys.stderr)
+        return 130

@@ -9,10 +9,8 @@ The folder's current zeros are the mask held. Its results.json, when present, is
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-from .errors import UserError
+from .errors import UserError, run_command
 from .finetune import FinetuneSpec
 
 DEFAULT_LR = {"full": 2e-5, "lora": 2e-4}
@@ -87,14 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _main(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was saved", file=sys.stderr)
-        return 130
+    return run_command(_main, args, "nothing was saved")
 
 
 def _main(args) -> int:

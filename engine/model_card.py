@@ -21,7 +21,7 @@ def write_model_card(folder: str | Path, record: dict) -> Path:
 
 def model_card(record: dict) -> str:
     spec = PruneSpec.from_dict(record["spec"])
-    model, data, ppl = record["model"], record["data"], record["ppl"]
+    model, data = record["model"], record["data"]
     base = EMBEDDED_HUB_ID if str(model.get("name", "")).startswith(EMBEDDED) else model.get("name")
     hub_base = base if base and "/" in base and not Path(base).expanduser().exists() else None
     lines = ["---", *([f"base_model: {hub_base}"] if hub_base else []), "library_name: transformers",

@@ -10,9 +10,8 @@ A rerun with the same --state_dir continues after the last finished iteration. B
 from __future__ import annotations
 
 import argparse
-import sys
 
-from .errors import UserError
+from .errors import UserError, run_command
 from .finetune_cli import add_finetune_arguments, finetune_spec_from_args
 
 
@@ -45,14 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _main(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; finished iterations are kept in the state folder", file=sys.stderr)
-        return 130
+    return run_command(_main, args, "finished iterations are kept in the state folder")
 
 
 def _main(args) -> int:

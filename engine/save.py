@@ -19,6 +19,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from .errors import UserError, excerpt
+from .store import process_alive
 
 # Files a model save writes (transformers' model and tokenizer files). With overwrite, everything else in the old
 # folder (results.json, logs, the user's own files) is carried into the new one; these never are, so old shards
@@ -108,7 +109,7 @@ def clean_partials(path: Path) -> None:
     pattern = re.compile(rf"\.{re.escape(path.name)}\.(partial|old)-(\d+)-\w+")
     for entry in sorted(parent.iterdir()):
         match = pattern.fullmatch(entry.name)
-        if not match or _alive(int(match.group(2))):
+        if not match or process_alive(int(match.group(2))):
             continue
         if match.group(1) == "old" and not path.exists():
             os.replace(entry, path)
@@ -152,16 +153,6 @@ def _swap(new: Path, target: Path) -> None:
     os.replace(aside, new)
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _first_line(err: BaseException) -> str:

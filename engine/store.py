@@ -216,8 +216,11 @@ def _owner_alive(owner: dict) -> bool:
     if owner.get("host") not in (None, socket.gethostname()):
         return True  # another machine's run: cannot tell, assume alive
     pid = owner.get("pid")
-    if not isinstance(pid, int):
-        return False
+    return isinstance(pid, int) and process_alive(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine still runs (a process of another user counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
