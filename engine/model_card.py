@@ -13,12 +13,6 @@ from .spec import ORIGINAL_URL, PruneSpec
 TIER_TITLES = {"dense": "dense (all kept)", "2:4": "2:4 (2 of every 4 kept)", "topk": "top-K (K kept per block)"}
 
 
-def write_model_card(folder: str | Path, record: dict) -> Path:
-    path = Path(folder).expanduser() / "README.md"
-    path.write_text(model_card(record))
-    return path
-
-
 def model_card(record: dict) -> str:
     spec = PruneSpec.from_dict(record["spec"])
     model, data = record["model"], record["data"]

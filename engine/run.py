@@ -19,7 +19,7 @@ from .baselines import BaselineCache, baseline_key, model_fingerprint
 from .discovery import find_decoder_layers
 from .errors import Cancelled, UserError
 from .finetune import FinetuneSpec
-from .model_card import write_model_card
+from .model_card import model_card
 from .models import LoadedModel, check_model_source, load_model
 from .perplexity import perplexity
 from .pruner import prune_model
@@ -281,9 +281,9 @@ def _save(request: RunRequest, lm: LoadedModel, record: dict, progress) -> None:
     target = request.save_model_dir or request.save_dir
     if request.save_model and target:
         progress({"stage": "save", "message": f"saving the pruned model to {target}"})
-        save_pretrained_atomic(lm.model, lm.tokenizer, target, overwrite=True)
+        save_pretrained_atomic(lm.model, lm.tokenizer, target, overwrite=True,
+                               extra_files={"README.md": model_card(record)})  # the card lands with the weights
         record["saved_model"] = str(Path(target).expanduser().resolve())
-        write_model_card(target, record)
 
 
 def _new_record(request: RunRequest) -> dict:

@@ -61,7 +61,9 @@ def check_save_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
-def save_pretrained_atomic(model, tokenizer, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def save_pretrained_atomic(model, tokenizer, path: str | os.PathLike, overwrite: bool = False,
+                           extra_files: dict[str, str] | None = None) -> Path:
+    """Save model + tokenizer (+ `extra_files`: {name: text}, e.g. the model card) to `path`, all or nothing."""
     path = Path(path).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +75,8 @@ def save_pretrained_atomic(model, tokenizer, path: str | os.PathLike, overwrite:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         if path.exists():
             if not overwrite and any(path.iterdir()):
                 raise UserError(f"save directory {path} appeared while saving and is not empty")

@@ -339,7 +339,8 @@ def test_misshapen_records_are_skipped_by_past_runs_the_store_and_new_runs(local
 
 FORM = dict(method="wanda", pattern="unstructured", sparsity=0.5, n=2, m=4, ratio_dense=0.35, ratio_24=0.45,
             ratio_topk=0.2, block=16, keep=15, tier_scope="matrix", within_block="score", assignment="importance",
-            nsamples=2, seqlen=32, reconstruct=False, seed=0)
+            nsamples=2, seqlen=32, reconstruct=False, seed=0, block_rule="exact", top_blocks_ratio=0.6,
+            score_threshold=0.8)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -657,7 +658,7 @@ def test_a_run_killed_while_saving_reads_all_layers_done_while_saving(tiny_llama
     store = RunStore(tmp_path / "runs", min_interval_s=3600)  # progress writes throttled to nothing
     seen = {}
 
-    def inspect_store_then_save(model, tokenizer, path, overwrite=False):
+    def inspect_store_then_save(model, tokenizer, path, **kwargs):
         seen.update(store.list()[0])  # what a kill at this moment would leave
     import engine.run as run_module
     monkeypatch.setattr(run_module, "save_pretrained_atomic", inspect_store_then_save)
