@@ -24,7 +24,7 @@ run: install            ## the dashboard on http://127.0.0.1:7860
 cli: install            ## the command line on the embedded model (Wanda 50%, quick evaluation)
 	$(PYTHON) main.py --prune_method wanda --sparsity_ratio 0.5 --sparsity_type unstructured --eval_windows 16 --baselines
 
-test: install $(EVAL_STAMP)  ## the whole suite (about 3 minutes on 2 idle cores, plus about 2 for tests/test_hostile.py)
+test: install $(EVAL_STAMP)  ## the whole suite (762 tests, about 7 minutes on 2 cores)
 	$(PYTHON) -m pytest -q
 
 clean:
