@@ -36,13 +36,27 @@ class SparsityReport:
         """Wanda's printout: one `layer i sparsity x` line per decoder layer."""
         return [f"layer {i} sparsity {z / n if n else 0.0:.6f}" for i, (z, n) in enumerate(self.layers)]
 
+    def sanity_check(self) -> list[str]:
+        """The per-layer lines and Wanda's starred "sparsity sanity check" line."""
+        return self.lines() + ["*" * 30, f"sparsity sanity check {self.sparsity:.4f}", "*" * 30]
+
+    @classmethod
+    def from_record(cls, record: dict) -> "SparsityReport":
+        """The same counts from a run record's matrices (layers 0 .. layers_done - 1)."""
+        counts: dict[int, list[int]] = {}
+        for m in record["matrices"]:
+            c = counts.setdefault(m["layer"], [0, 0])
+            c[0], c[1] = c[0] + m["zeros"], c[1] + m["numel"]
+        return cls([tuple(counts[i]) for i in sorted(counts)])
+
 
 @torch.no_grad()
-def sparsity_report(model: nn.Module) -> SparsityReport:
+def sparsity_report(model: nn.Module, prune_router: bool = True) -> SparsityReport:
+    """Zeros and weights per decoder layer; `prune_router=False` leaves out the router gates the engine keeps dense."""
     _, layers = find_decoder_layers(model)
     counts = []
     for layer in layers:
-        targets = find_targets(layer, prune_router=True)
+        targets = find_targets(layer, prune_router=prune_router)
         counts.append((sum(int((t.weight() == 0).sum()) for t in targets), sum(t.weight().numel() for t in targets)))
     return SparsityReport(counts)
 

@@ -13,6 +13,7 @@ import os
 import sys
 
 from .block_patterns import normalise_ratios
+from .check import SparsityReport, sparsity_report
 from .errors import UserError, run_command
 from .finetune_cli import add_finetune_arguments, finetune_spec_from_args, recovery_summary
 from .spec import BLOCK_RULES, METHODS, ORIGINAL_URL, RECIPES, THREE_TIER_RATIOS, PruneSpec, parse_sparsity_type
@@ -206,7 +207,6 @@ def check_saved(folder: str, device: str, dtype: str, trust_remote_code: bool) -
     records another sparsity."""
     from pathlib import Path
 
-    from .check import sparsity_report
     from .models import load_model
     from .record import read_json
 
@@ -215,10 +215,7 @@ def check_saved(folder: str, device: str, dtype: str, trust_remote_code: bool) -
         raise UserError(f"{folder} is not a saved model folder (no config.json)")
     lm = load_model(str(path), device, dtype, trust_remote_code)
     report = sparsity_report(lm.model)
-    print("\n".join(report.lines()))
-    print("*" * 30)
-    print(f"sparsity sanity check {report.sparsity:.4f}")
-    print("*" * 30)
+    print("\n".join(report.sanity_check()))
     try:
         recorded = read_json(str(path / "results.json")).get("sparsity")
     except (OSError, ValueError, AttributeError):
@@ -233,28 +230,13 @@ def check_saved(folder: str, device: str, dtype: str, trust_remote_code: bool) -
 
 def _routers_explain(model, recorded: float, report) -> bool:
     """Whether the record's sparsity equals the count without the router gates it never prunes."""
-    from .discovery import find_decoder_layers, find_targets
-
-    _, layers = find_decoder_layers(model)
-    kept = [t for layer in layers for t in find_targets(layer, prune_router=False)]
-    numel = sum(t.weight().numel() for t in kept)
-    zeros = sum(int((t.weight() == 0).sum()) for t in kept)
-    return numel != report.numel and abs(recorded * numel - zeros) < 0.5
-
-
-def layer_sparsities(record: dict) -> dict[int, float]:
-    """{decoder layer: zeros / weights of its pruned matrices}, in layer order."""
-    zeros, numel = {}, {}
-    for m in record["matrices"]:
-        zeros[m["layer"]] = zeros.get(m["layer"], 0) + m["zeros"]
-        numel[m["layer"]] = numel.get(m["layer"], 0) + m["numel"]
-    return {i: zeros[i] / numel[i] for i in sorted(numel)}
+    engine_count = sparsity_report(model, prune_router=False)
+    return engine_count.numel != report.numel and abs(recorded * engine_count.numel - engine_count.zeros) < 0.5
 
 
 def wanda_report(record: dict) -> str:
     """The lines Wanda's scripts print after pruning: sparsity per layer, the sanity check, the perplexity."""
-    lines = [f"layer {i} sparsity {s:.6f}" for i, s in layer_sparsities(record).items()]
-    lines += ["*" * 30, f"sparsity sanity check {record['sparsity'] or 0:.4f}", "*" * 30]
+    lines = SparsityReport.from_record(record).sanity_check()
     if record["ppl"]["pruned"] is not None:
         name = (record["data"].get("evaluation") or "").split(" ")[0]
         lines.append(f"{'wikitext' if name.startswith('wikitext') else name} perplexity {record['ppl']['pruned']}")

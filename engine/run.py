@@ -31,7 +31,6 @@ from .spec import PruneSpec
 from .zeroshot import evaluate_zero_shot, resolve_tasks
 
 
-
 @dataclass
 class RunRequest:
     model: str | None = None            # hub id, local dir, .gguf path; None = the embedded SmolLM2
