@@ -1,8 +1,8 @@
 """Dense weights kept aside so a pruned model can always be put back exactly, at any model size.
 
-Every parameter is kept (pruning writes the decoder layers' matrices, a recovery fine-tune writes everything), in
+Every parameter is kept (pruning writes the decoder layers' matrices, a recovery fine-tune writes everything):
 
-  * memory (a CPU copy) while their size is within the budget, or
+  * in memory (a CPU copy) while their size is within the budget, or
   * in one file on disk above it (written one tensor at a time, so RAM never holds more than one tensor
     beyond the model), read back memory-mapped on restore.
 
@@ -62,10 +62,6 @@ class DenseWeights:
         else:
             self._write_file()
 
-    @property
-    def where(self) -> str:
-        return "memory" if self.in_memory else f"file {self._file}"
-
     def _write_file(self) -> None:
         folder = Path(os.environ.get(ENV_DIR) or tempfile.gettempdir())
         try:
@@ -83,7 +79,7 @@ class DenseWeights:
                     raise OSError(errno.ENOSPC, "not enough free space")
                 offset = 0
                 for name, p in self.params.items():  # one tensor at a time: RAM never holds the whole copy
-                    data = p.detach().to("cpu").contiguous().view(torch.uint8).reshape(-1).numpy()
+                    data = p.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()  # 0-d too
                     f.write(memoryview(data))
                     self._offsets[name] = offset
                     offset += data.nbytes
