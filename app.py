@@ -34,7 +34,10 @@ from components.session import (ASSIGNMENT_CHOICES, BLOCK_RULE_CHOICES, DEVICE_C
 from components.zero_shot import zero_shot_figure
 from engine.errors import UserError
 from engine.run import ModelCache, run
-from engine.spec import BEST_THREE_TIER as BEST, BLOCK_PATTERNS, ORIGINAL_RECIPE, ORIGINAL_URL
+from engine.patterns import PATTERNS
+from engine.spec import BEST_THREE_TIER as BEST, ORIGINAL_RECIPE, ORIGINAL_URL
+
+BLOCK_PATTERNS = [name for name, p in PATTERNS.items() if p.blocks]
 from engine.store import RunStore, StoreBudget
 
 MODELS = ModelCache()  # one model in memory per process; restored to dense weights before every run

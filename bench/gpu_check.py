@@ -35,7 +35,8 @@ from engine.matrix import matrix_scores, prune_matrix  # noqa: E402
 from engine.pruner import prune_model  # noqa: E402
 from engine.snapshot import DenseWeights  # noqa: E402
 from engine.block_patterns import int_tier_counts  # noqa: E402
-from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, PruneSpec, tier_counts  # noqa: E402
+from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, PruneSpec  # noqa: E402
+from engine.three_tier import tier_counts  # noqa: E402
 from engine.three_tier import tier_census, tier_violations  # noqa: E402
 from engine.walk import StatsHooks, capture_layer_inputs, run_layer  # noqa: E402
 

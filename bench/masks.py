@@ -18,8 +18,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, command_line, machine, print_table, time_interleaved, write_json  # noqa: E402
 from engine.masks import nm_mask, topk_block_mask, unstructured_mask  # noqa: E402
-from engine.sparsegpt import sparsegpt_prune  # noqa: E402
-from engine.spec import THREE_TIER_RATIOS, tier_counts  # noqa: E402
+from engine.sparsegpt import adaptive, n_of_m, sparsegpt_prune  # noqa: E402
+from engine.spec import THREE_TIER_RATIOS  # noqa: E402
+from engine.three_tier import tier_counts  # noqa: E402
 from engine.three_tier import assign_tiers, block_importance, three_tier_mask  # noqa: E402
 
 TARGET_S = 1.0
@@ -66,8 +67,8 @@ def sparsegpt_rows(shape, device: str, repeats: int, tokens: int) -> list[dict]:
     W = torch.randn(out_f, in_f, generator=g).to(device)
     X = (torch.randn(tokens, in_f, generator=g) * torch.rand(in_f, generator=g).add(0.1)).to(device)
     H = 2.0 / tokens * X.T @ X
-    cases = [("sparsegpt 50% unstructured", {"sparsity": 0.5}),
-             ("sparsegpt 2:4", {"prune_n": 2, "prune_m": 4}),
+    cases = [("sparsegpt 50% unstructured", {"choose": adaptive(0.5)}),
+             ("sparsegpt 2:4", {"choose": n_of_m(2, 4)}),
              ("sparsegpt fixed mask (reconstruct)", {"keep_mask": unstructured_mask(W.abs(), 0.5, "row")})]
     timed = time_interleaved({name: (lambda kw=kw: sparsegpt_prune(W, H, **kw)) for name, kw in cases}, device,
                              repeats=repeats)

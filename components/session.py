@@ -14,7 +14,9 @@ import torch
 from engine.errors import UserError, excerpt
 from engine.models import available_devices
 from engine.run import ModelCache, RunRequest
-from engine.spec import BLOCK_RULES, PATTERNS, THREE_TIER_RATIOS, PruneSpec
+from engine.methods import METHODS
+from engine.patterns import BLOCK_RULES, PATTERNS
+from engine.spec import THREE_TIER_RATIOS, PruneSpec
 
 from . import policy
 from .jobs import Job
@@ -31,10 +33,8 @@ MODEL_PRESETS = [
     ("mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-v0.1"),
 ]
 PUBLIC_PRESETS = MODEL_PRESETS[:-2]  # a public server takes models up to 2B parameters (components/policy.py)
-METHOD_CHOICES = [("Magnitude |W|", "magnitude"), ("Wanda |W|·‖X‖", "wanda"), ("SparseGPT (OBS update)", "sparsegpt"),
-                  ("Fisher |W|·√F (loss gradients)", "fisher"),
-                  ("Fisher-weighted Wanda |W|·‖X‖·√G_row (loss gradients)", "fisher_wanda")]
-PATTERN_CHOICES = [(title, name) for name, title in PATTERNS.items()]
+METHOD_CHOICES = [(m.label, name) for name, m in METHODS.items()]
+PATTERN_CHOICES = [(p.title, name) for name, p in PATTERNS.items()]
 SCOPE_CHOICES = [("each matrix (original rule)", "matrix"), ("each decoder layer", "layer"), ("whole model", "model")]
 WITHIN_CHOICES = [("method's score", "score"), ("|W| (original rule)", "magnitude"),
                   ("OBS saliency during the update (SparseGPT-style; needs the OBS update)", "obs")]

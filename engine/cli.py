@@ -16,7 +16,9 @@ from .block_patterns import normalise_ratios
 from .check import SparsityReport, sparsity_report
 from .errors import UserError, run_command
 from .finetune_cli import add_finetune_arguments, finetune_spec_from_args, recovery_summary
-from .spec import BLOCK_RULES, METHODS, ORIGINAL_URL, RECIPES, THREE_TIER_RATIOS, PruneSpec, parse_sparsity_type
+from .methods import METHODS
+from .patterns import BLOCK_RULES
+from .spec import ORIGINAL_URL, RECIPES, THREE_TIER_RATIOS, PruneSpec, parse_sparsity_type
 from .zeroshot import PAPER_TASKS
 
 

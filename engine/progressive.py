@@ -30,12 +30,15 @@ import torch
 from .discovery import find_decoder_layers, find_targets
 from .errors import Cancelled, UserError
 from .matrix import matrix_scores, prune_matrix
+from .methods import METHODS
+from .plan import MatrixPlan
 from .record import decode_tier_map, encode_tier_map, read_json, write_json_atomic
-from .spec import PruneSpec, tier_counts
-from .three_tier import DENSE, TOPK, TWO_FOUR, assign_tiers, block_importance, tier_census
+from .spec import PruneSpec
+from .three_tier import DENSE, TOPK, TWO_FOUR, assign_tiers, block_importance, tier_census, tier_counts
 from .walk import StatsHooks, capture_layer_inputs, run_layer
 
-PROGRESSIVE_METHODS = ("magnitude", "wanda", "sparsegpt")
+# re-scored on the current weights each iteration: methods scored from a layer's own inputs (not model gradients)
+PROGRESSIVE_METHODS = tuple(name for name, m in METHODS.items() if not m.needs & {"gradients", "gradient_rows"})
 
 
 # ---- the schedule --------------------------------------------------------------------------------------------------
@@ -135,7 +138,7 @@ def prune_iteration(model, spec: PruneSpec, windows: torch.Tensor | None, previo
                 before = (previous or {}).get((i, t.name))
                 tiers = assign_tiers(importance, counts) if before is None else \
                     assign_tiers_demoting(importance, counts, before)
-                res = prune_matrix(t.weight(), stats.get(t.name), spec, scores=scores, tiers=tiers)
+                res = prune_matrix(t.weight(), stats.get(t.name), spec, scores=scores, plan=MatrixPlan(tiers=tiers))
                 t.set_weight(res.W)
                 grids[(i, t.name)] = res.tiers.cpu()
                 zeros = int((t.weight() == 0).sum())

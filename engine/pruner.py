@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -17,12 +18,13 @@ from torch import nn
 from .discovery import find_decoder_layers, find_targets, layer_device
 from .errors import Cancelled, UserError
 from .matrix import matrix_scores, prune_matrix
+from .methods import METHODS
+from .patterns import PATTERNS
+from .plan import NO_PLAN, plan_jointly, plan_model_wide, ranking_input
 from .record import encode_array, encode_tier_map
-from .scores import fisher_scores
 from .sensitivity import fisher_diagonal
 from .spec import PruneSpec
-from .three_tier import (assign_jointly_by_cost, assign_tiers_jointly, block_importance, tier_census, tier_costs,
-                         tier_weights)
+from .three_tier import tier_census, tier_weights
 from .walk import StatsHooks, capture_layer_inputs, run_layer
 
 Progress = Callable[[dict], None]
@@ -72,19 +74,12 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
     t0 = time.perf_counter()
     if spec.uses_calibration and windows is None:
         raise UserError(f"{spec.method} needs calibration data")
-    if spec.uses_blocks or spec.pattern == "nm":
-        _check_block_fits(layers, spec)
+    _check_block_fits(layers, spec)
 
     use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = False
     try:
-        # gradient methods: one backward pass per window first, on the dense model
-        fixed = None  # fisher: {(layer, name): scores}, known before the walk
-        sens = None   # fisher_wanda: {(layer, name): sum_j F_ij per output row}
-        if spec.method == "fisher":
-            fixed = _fisher_scores(model, layers, spec, windows, progress, cancel)
-        elif spec.method == "fisher_wanda":
-            sens = _fisher_rows(model, layers, spec, windows, progress, cancel)
+        gradients = _gradient_pass(model, layers, spec, windows, progress, cancel)  # {} unless the method needs them
         inputs = None
         if spec.needs_layer_stats:
             progress({"stage": "calibration", "message": f"capturing inputs of {len(windows)} calibration windows"})
@@ -93,31 +88,22 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
                 inputs.hidden = [h.to(offload_device) for h in inputs.hidden]
         result.timings["capture_s"] = time.perf_counter() - t0
 
-        budgets, grids = None, None
-        if spec.pattern == "three_tier" and spec.tier_scope == "model":
-            if fixed is not None:  # every block's cost is known: rank them all now, tiers fixed for the walk
-                grids = _model_scope_grids(spec, fixed)
-            else:
-                ranked = _model_scope_ranking(layers, spec, inputs, sens, progress, cancel, offload_device)
-                grids, budgets = (ranked, None) if spec.loss_units else (None, ranked)
+        plans = {}
+        if PATTERNS[spec.pattern].scope(spec) == "model":
+            plans = _model_wide_plans(layers, spec, inputs, gradients, progress, cancel, offload_device)
 
         walk_start = time.perf_counter()
         for i, layer in enumerate(layers):
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"stopped after {i} of {len(layers)} layers")
-            home = layer_device(layer)
-            if offload_device is not None:
-                layer.to(offload_device)
             try:
-                entries = _prune_layer(i, layer, spec, inputs, budgets, fixed, grids, sens)
-                if inputs is not None:
-                    inputs.hidden = run_layer(layer, inputs)
+                with _computing_on(layer, offload_device):
+                    entries = _prune_layer(i, layer, spec, inputs, plans, gradients)
+                    if inputs is not None:
+                        inputs.hidden = run_layer(layer, inputs)
             except torch.OutOfMemoryError as e:
                 raise UserError(f"out of memory in decoder layer {i}: lower nsamples or seqlen, "
                                 "or prune layer by layer from CPU (--offload)") from e
-            finally:
-                if offload_device is not None:
-                    layer.to(home)
             result.matrices.extend(entries)
             result.layers_done = i + 1
             elapsed = time.perf_counter() - walk_start
@@ -135,38 +121,42 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
 
 def _check_block_fits(layers, spec: PruneSpec) -> None:
     """Refuse, before any work, a block or an N:M group wider than a matrix (its masks would pad to that width)."""
+    too_wide = PATTERNS[spec.pattern].too_wide
     for target in find_targets(layers[0], spec.prune_router):
-        if spec.pattern == "nm" and target.shape[-1] < spec.m:
-            raise UserError(f"M={spec.m} is wider than matrix {target.name} {list(target.shape)}; "
-                            f"choose M of at most {target.shape[-1]}")
-        if spec.uses_blocks and min(target.shape) < spec.block:
-            raise UserError(f"block size {spec.block} is larger than matrix {target.name} {list(target.shape)}; "
-                            f"choose a block size of at most {min(target.shape)}")
+        if (why := too_wide(f"matrix {target.name} {list(target.shape)}", target.shape, spec)):
+            raise UserError(why)
 
 
-def _prune_layer(index: int, layer: nn.Module, spec: PruneSpec, inputs, budgets, fixed=None, grids=None,
-                 sens=None) -> list[dict]:
+@contextmanager
+def _computing_on(layer: nn.Module, offload_device):
+    """With an offload device, the decoder layer computes there and goes back home afterwards."""
+    if offload_device is None:
+        yield
+        return
+    home = layer_device(layer)
+    layer.to(offload_device)
+    try:
+        yield
+    finally:
+        layer.to(home)
+
+
+def _prune_layer(index: int, layer: nn.Module, spec: PruneSpec, inputs, plans: dict, gradients: dict) -> list[dict]:
+    """Prune every target of one decoder layer: statistics from the layer's inputs, then (tier scope "layer") one
+    joint plan of its matrices, then each matrix. Consumes its entries of `plans` and `gradients`."""
     targets = find_targets(layer, spec.prune_router)
     stats = _collect(layer, targets, spec, inputs)
-    scores, tiers = {}, {}
-    if fixed is not None:
-        scores = {t.name: fixed.pop((index, t.name)).to(t.weight().device) for t in targets}
-    elif spec.pattern == "three_tier" or sens is not None:
-        scores = {t.name: matrix_scores(t.weight(), stats.get(t.name), spec,
-                                           None if sens is None else sens.pop((index, t.name)))
-                  for t in targets}
-    if grids is not None:
-        tiers = {t.name: grids.pop((index, t.name)) for t in targets}
-    elif spec.pattern == "three_tier":
-        if spec.tier_scope == "layer":
-            grids = _assign_jointly([_ranking_input(scores[t.name], spec) for t in targets], spec)
-            tiers = {t.name: g for t, g in zip(targets, grids)}
+    grads = {t.name: gradients.pop((index, t.name), None) for t in targets}
+    scores = {}
+    if PATTERNS[spec.pattern].scope(spec) == "layer":
+        scores = {t.name: matrix_scores(t.weight(), stats.get(t.name), spec, grads[t.name]) for t in targets}
+        layer_plans = plan_jointly({t.name: ranking_input(scores[t.name], spec) for t in targets}, spec)
+        plans.update({(index, name): plan for name, plan in layer_plans.items()})
     entries = []
     for t in targets:
-        budget = budgets.get((index, t.name)) if budgets else None
         dense_zero = t.weight() == 0
-        res = prune_matrix(t.weight(), stats.get(t.name), spec, scores=scores.get(t.name),
-                           tiers=tiers.get(t.name), tier_budget=budget)
+        res = prune_matrix(t.weight(), stats.get(t.name), spec, scores=scores.pop(t.name, None),
+                           plan=plans.pop((index, t.name), NO_PLAN), gradient=grads.pop(t.name))
         t.set_weight(res.W)
         entries.append(_entry(index, t, res, spec, dense_zero))
         stats.pop(t.name, None)  # free the Hessian as soon as its matrix is done
@@ -185,80 +175,40 @@ def _collect(layer: nn.Module, targets, spec: PruneSpec, inputs, hessian: bool |
     return hooks.stats
 
 
-def _all_targets(layers, spec: PruneSpec) -> dict:
-    """{(layer index, name): Target} of the whole model."""
-    return {(i, t.name): t for i, layer in enumerate(layers) for t in find_targets(layer, spec.prune_router)}
-
-
-def _fisher_rows(model, layers, spec: PruneSpec, windows, progress, cancel) -> dict:
-    """fisher_wanda: sum_j F_ij per output row of every target (vectors only)."""
-    return fisher_diagonal(model, _all_targets(layers, spec), windows, rows_only=True, progress=progress,
+def _gradient_pass(model, layers, spec: PruneSpec, windows, progress, cancel) -> dict:
+    """{(layer, name): the Fisher diagonal F [out, in], or its row sums [out]} for a method that needs gradients,
+    from one backward pass per calibration window on the dense model; {} for the others."""
+    needs = METHODS[spec.method].needs
+    if not needs & {"gradients", "gradient_rows"}:
+        return {}
+    targets = {(i, t.name): t for i, layer in enumerate(layers) for t in find_targets(layer, spec.prune_router)}
+    return fisher_diagonal(model, targets, windows, rows_only="gradients" not in needs, progress=progress,
                            cancel=cancel)
 
 
-def _fisher_scores(model, layers, spec: PruneSpec, windows, progress, cancel) -> dict:
-    """fisher method: |W| * sqrt(F) of every target from one gradient pass over the calibration windows (CPU)."""
-    targets = _all_targets(layers, spec)
-    fisher = fisher_diagonal(model, targets, windows, progress=progress, cancel=cancel)
-    return {k: fisher_scores(t.weight().detach().cpu(), fisher.pop(k)) for k, t in targets.items()}
-
-
-def _model_scope_grids(spec: PruneSpec, fixed: dict) -> dict:
-    """Tier grids of every matrix from one ranking of all the model's blocks (scores known before the walk)."""
-    keys = list(fixed)
-    grids = _assign_jointly([_ranking_input(fixed[k], spec) for k in keys], spec)
-    return dict(zip(keys, grids))
-
-
-def _model_scope_ranking(layers, spec: PruneSpec, inputs, sens, progress, cancel, offload_device) -> dict:
-    """Rank blocks across the whole model: one dense pass scores every matrix and all blocks are ranked together.
-
-    Scores in loss units (fisher_wanda) compare as they are, and the winning tier grids are kept as they are:
-    {key: grid}. Scores in per-matrix units (magnitude, Wanda, OBS) are normalised per matrix, and each matrix
-    only keeps the block counts it won, {key: (dense, 2:4, top-K)}: the pruning walk re-ranks inside each
-    matrix with those counts, using its post-upstream-pruning scores."""
+def _model_wide_plans(layers, spec: PruneSpec, inputs, gradients, progress, cancel, offload_device) -> dict:
+    """Tier scope "model": one pass over the dense model scores every matrix, all its blocks are ranked together
+    (engine/plan.py), and the walk then starts again from the first layer's inputs."""
+    needs_inputs = bool(METHODS[spec.method].needs & {"activations", "hessian"})
     hidden = list(inputs.hidden) if inputs is not None else None
-    keys, importances = [], []
+    rankings = {}
     for i, layer in enumerate(layers):
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"stopped while ranking blocks across the model ({i} of {len(layers)} layers scored)")
         progress({"stage": "calibration", "message": f"scoring layer {i + 1}/{len(layers)} to rank blocks model-wide"})
-        home = layer_device(layer)
-        if offload_device is not None:
-            layer.to(offload_device)
-        try:
+        with _computing_on(layer, offload_device):
             targets = find_targets(layer, spec.prune_router)
-            stats = _collect(layer, targets, spec, inputs, hessian=spec.method == "sparsegpt")  # scores only
+            # the scores' statistics only: a Hessian where the score is OBS's
+            stats = _collect(layer, targets, spec, inputs if needs_inputs else None,
+                             hessian="hessian" in METHODS[spec.method].needs)
             for t in targets:
-                scores = matrix_scores(t.weight(), stats.get(t.name), spec,
-                                       None if sens is None else sens.get((i, t.name)))
-                keys.append((i, t.name))
-                importances.append(_ranking_input(scores, spec).cpu())
-            if inputs is not None:
+                scores = matrix_scores(t.weight(), stats.get(t.name), spec, gradients.get((i, t.name)))
+                rankings[(i, t.name)] = ranking_input(scores, spec).cpu()
+            if inputs is not None and needs_inputs:
                 inputs.hidden = run_layer(layer, inputs)
-        finally:
-            if offload_device is not None:
-                layer.to(home)
     if inputs is not None:
-        inputs.hidden = hidden  # the pruning walk starts again from the first layer's inputs
-    grids = _assign_jointly(importances, spec)
-    if spec.loss_units:
-        return dict(zip(keys, grids))
-    return {k: tuple(tier_census(g).values()) for k, g in zip(keys, grids)}
-
-
-def _ranking_input(scores: torch.Tensor, spec: PruneSpec) -> torch.Tensor:
-    """What blocks are ranked by: their summed score, or (assignment "cost") what each tier would lose."""
-    if spec.assignment == "cost":
-        return tier_costs(scores, spec.block, spec.keep)
-    return block_importance(scores, spec.block)
-
-
-def _assign_jointly(rankings: list[torch.Tensor], spec: PruneSpec) -> list[torch.Tensor]:
-    """Tier grids for matrices ranked together (a layer, or the model), from their `_ranking_input`s."""
-    assign = assign_jointly_by_cost if spec.assignment == "cost" else assign_tiers_jointly
-    # fisher scores are in units of the model's loss: they compare across matrices as they are
-    return assign(rankings, spec.ratios, normalise=not spec.loss_units)
+        inputs.hidden = hidden
+    return plan_model_wide(rankings, spec)
 
 
 def _entry(layer: int, target, res, spec: PruneSpec, dense_zero: torch.Tensor) -> dict:

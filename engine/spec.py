@@ -1,25 +1,14 @@
 """What to prune and how: one validated object, checked once at the edge (CLI, dashboard, API)."""
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 
 from .errors import SpecError
+from .methods import METHODS
+from .patterns import PATTERNS, check as _check
 
-METHODS = ("magnitude", "wanda", "sparsegpt", "fisher", "fisher_wanda")
-# block, block_topk, threshold_hybrid: the block modes of the Wanda hybrid fork (engine/block_patterns.py)
-PATTERNS = {"three_tier": "Three-tier blocks", "unstructured": "Unstructured", "nm": "N:M",
-            "block": "Whole blocks removed", "block_topk": "Blocks removed, top-K kept",
-            "threshold_hybrid": "Threshold hybrid (dense / 2:4 by score kept, rest top-K)"}  # name: title
-BLOCK_PATTERNS = ("three_tier", "block", "block_topk", "threshold_hybrid")  # the ones cut into B x B blocks
-BLOCK_RULES = ("exact", "original")
-TIER_SCOPES = ("matrix", "layer", "model")
-WITHIN_BLOCK = ("score", "magnitude", "obs")
-GROUPS = ("row", "matrix")
-ASSIGNMENTS = ("importance", "cost")
 TIER_NAMES = ("dense", "2:4", "topk")  # tier ids 0, 1, 2 in every tier map
 MAX_SEED = 2**32 - 1    # numpy and torch seeds; larger overflow only after the model and data are loaded
-MAX_GROUP = 65536       # N:M group width M and block side B: above any matrix width; checked per matrix too
 THREE_TIER_RATIOS = (0.35, 0.45, 0.20)  # the split the fork's model list documents (--sparsity_ratios 0.35 0.45 0.2)
 ORIGINAL_URL = "https://github.com/Jiajun-Ji/wanda"
 # Named three-tier recipes (bench/HYBRID.md). ORIGINAL: the three-tier rule of the Wanda hybrid fork
@@ -29,13 +18,6 @@ ORIGINAL_RECIPE = dict(method="wanda", tier_scope="matrix", assignment="importan
 BEST_THREE_TIER = dict(method="fisher_wanda", tier_scope="model", assignment="cost", within_block="obs",
                        reconstruct=True, block_rule="exact", ratios=THREE_TIER_RATIOS, keep=15)
 RECIPES = {"original": ORIGINAL_RECIPE, "best": BEST_THREE_TIER}
-# The parameters each pattern reads: PruneSpec.canonical leaves out the ones only other patterns read.
-PATTERN_FIELDS = {"unstructured": ("sparsity", "group", "use_variant"), "nm": ("n", "m"),
-                  "three_tier": ("ratios", "block", "keep", "tier_scope", "within_block", "assignment", "block_rule"),
-                  "block": ("sparsity", "block", "keep", "within_block", "block_rule"),
-                  "block_topk": ("sparsity", "block", "keep", "within_block", "block_rule"),
-                  "threshold_hybrid": ("block", "keep", "within_block", "block_rule", "top_blocks_ratio",
-                                       "score_threshold")}
 
 
 @dataclass(frozen=True)
@@ -107,120 +89,50 @@ class PruneSpec:
                f"seed must be a whole number in [0, {MAX_SEED}], got {str(self.seed)[:24]}")
         _check(0.0 < self.damp < 1.0, f"damp must lie in (0, 1), got {self.damp}")
         _check(self.obs_blocksize >= 1, f"obs_blocksize must be >= 1, got {self.obs_blocksize}")
-        if self.pattern == "unstructured":
-            _check(_finite(self.sparsity) and 0.0 <= self.sparsity < 1.0,
-                   f"sparsity ratio must lie in [0, 1), got {self.sparsity}")
-            _check(self.group in (None,) + GROUPS, f"group must be one of {', '.join(GROUPS)}, got {self.group!r}")
-        _check(not self.use_variant or self.pattern == "unstructured",
+        _check(not self.use_variant or "use_variant" in PATTERNS[self.pattern].fields,
                f"the Wanda variant (use_variant) is for unstructured sparsity, not {self.sparsity_type}")
-        _check(not self.use_variant or self.method != "sparsegpt",
-               "the Wanda variant (use_variant) chooses a mask from scores; SparseGPT chooses its own, use wanda or magnitude")
-        _check(not self.use_variant or self.group != "matrix",
-               "the Wanda variant (use_variant) prunes per row; it cannot be combined with group 'matrix'")
-        if self.pattern == "nm":
-            _check(isinstance(self.n, int) and isinstance(self.m, int) and self.m >= 1 and 0 <= self.n < self.m,
-                   f"N:M needs 0 <= N < M, got {str(self.n)[:24]}:{str(self.m)[:24]}")
-            _check(self.m <= MAX_GROUP, f"M must be at most {MAX_GROUP} (and at most a matrix's width), got {self.m}")
-        if self.pattern in ("block", "block_topk"):
-            _check(_finite(self.sparsity) and 0.0 <= self.sparsity <= 1.0,
-                   f"share of blocks pruned (sparsity ratio) must lie in [0, 1], got {self.sparsity}")
-        if self.pattern == "threshold_hybrid":
-            _check(_finite(self.top_blocks_ratio) and 0.0 <= self.top_blocks_ratio <= 1.0,
-                   f"top blocks ratio must lie in [0, 1], got {self.top_blocks_ratio}")
-            _check(_finite(self.score_threshold), f"score threshold must be a number, got {self.score_threshold}")
-        if self.pattern in BLOCK_PATTERNS:
-            _check(isinstance(self.block, int) and 4 <= self.block <= MAX_GROUP and self.block % 4 == 0,
-                   f"block size must be a multiple of 4 (so 2:4 groups never straddle blocks) and in [4, {MAX_GROUP}], got {self.block}")
-            _check(isinstance(self.keep, int) and 0 <= self.keep <= self.block * self.block,
-                   f"K (weights kept per top-K block) must lie in [0, {self.block * self.block}] for {self.block}x{self.block} blocks, got {self.keep}")
-            _check(self.within_block in ("score", "magnitude") or self.pattern in ("three_tier", "block"),
-                   f"{self.pattern} keeps weights inside blocks by score or magnitude (|W|), not {self.within_block!r}")
-            _check(self.block_rule in BLOCK_RULES, f"block rule must be one of {', '.join(BLOCK_RULES)}, "
-                   f"got {self.block_rule!r}")
-        if self.pattern == "three_tier":
-            r = self.ratios
-            _check(len(r) == 3, f"three-tier needs three ratios (dense, 2:4, top-K), got {len(r)}")
-            _check(all(_finite(x) for x in r), f"tier ratios must be numbers, got {r}")
-            _check(all(x >= 0 for x in r), f"tier ratios must be non-negative, got {r}")
-            _check(abs(sum(r) - 1.0) <= 1e-6, f"tier ratios must sum to 1, got {' + '.join(f'{x:g}' for x in r)} = {sum(r):g}")
-            _check(self.tier_scope in TIER_SCOPES, f"tier scope must be one of {', '.join(TIER_SCOPES)}, got {self.tier_scope!r}")
-            _check(self.within_block in WITHIN_BLOCK, f"within-block choice must be one of {', '.join(WITHIN_BLOCK)}")
-            _check(self.within_block != "obs" or self.updates_weights,
-                   "within-block choice 'obs' picks weights while the OBS update runs: turn on reconstruct "
-                   "(or use sparsegpt)")
-            _check(self.assignment in ASSIGNMENTS, f"tier assignment must be one of {', '.join(ASSIGNMENTS)}, "
-                   f"got {self.assignment!r}")
-            _check(self.block_rule == "exact" or (self.tier_scope == "matrix" and self.assignment == "importance"
-                                                  and self.within_block != "obs"),
-                   "the original block rule ranks blocks per matrix by importance and keeps weights by score or |W|: "
-                   "use tier scope matrix, assignment importance, within-block score or magnitude (or block rule exact)")
+        PATTERNS[self.pattern].validate(self)
 
-    # -- derived ------------------------------------------------------------------------------------
+    # -- derived (from the method's and the pattern's registry entries) ---------------------------------
     @property
     def uses_calibration(self) -> bool:
-        return self.method != "magnitude" or self.reconstruct
+        return METHODS[self.method].uses_calibration or self.reconstruct
 
     @property
     def needs_layer_stats(self) -> bool:
-        """Whether the layer walk must collect input statistics (Wanda norms, OBS Hessians)."""
-        return self.method in ("wanda", "sparsegpt", "fisher_wanda") or self.reconstruct
+        """Whether the layer walk must collect input statistics (activation norms, OBS Hessians)."""
+        return bool(METHODS[self.method].needs & {"activations", "hessian"}) or self.reconstruct
 
     @property
     def loss_units(self) -> bool:
         """Scores from the model's loss gradients, in its units: blocks of different matrices compare as they are."""
-        return self.method in ("fisher", "fisher_wanda")
+        return METHODS[self.method].loss_units
 
     @property
     def updates_weights(self) -> bool:
-        return self.method == "sparsegpt" or self.reconstruct
+        return METHODS[self.method].updates_weights or self.reconstruct
 
     @property
     def uses_blocks(self) -> bool:
         """Cut into B x B blocks with a tier grid per matrix (three-tier and the fork's block modes)."""
-        return self.pattern in BLOCK_PATTERNS
+        return PATTERNS[self.pattern].blocks
 
     @property
     def unstructured_group(self) -> str:
-        return self.group or ("matrix" if self.method == "magnitude" else "row")
+        return self.group or METHODS[self.method].unstructured_group
 
     @property
     def sparsity_type(self) -> str:
         """The Wanda-script name of the pattern: unstructured, 2:4, three_tier ..."""
-        return {"nm": f"{self.n}:{self.m}", "threshold_hybrid": "hybrid_2_4"}.get(self.pattern, self.pattern)
+        named = PATTERNS[self.pattern].sparsity_type
+        return named(self) if named else self.pattern
 
     def nominal_sparsity(self) -> float:
         """The sparsity the pattern aims at, before rounding of counts per matrix."""
-        if self.pattern == "unstructured":
-            return self.sparsity
-        if self.pattern == "nm":
-            return 1 - self.n / self.m
-        top_k_share = 1 - self.keep / self.block ** 2
-        if self.pattern == "block":
-            return self.sparsity
-        if self.pattern == "block_topk":
-            return self.sparsity * top_k_share
-        if self.pattern == "threshold_hybrid":  # its top-K blocks only: how many top blocks take 2:4 depends on the data
-            return (1 - self.top_blocks_ratio) * top_k_share
-        _, r24, rtop = self.ratios
-        return r24 / 2 + rtop * (1 - self.keep / self.block ** 2)
+        return PATTERNS[self.pattern].nominal_sparsity(self)
 
     def label(self) -> str:
-        if self.pattern == "three_tier":
-            d, s, t = self.ratios
-            extra = "".join([", by cost" if self.assignment == "cost" else "", ", +OBS" if self.reconstruct else "",
-                             ", kept by OBS saliency" if self.within_block == "obs" else ""])
-            rule = ", original rule" if self.block_rule == "original" else ""
-            return f"{self.method} three-tier {d:g}/{s:g}/{t:g} K={self.keep} ({self.tier_scope}{extra}{rule})"
-        if self.pattern == "block":
-            return f"{self.method} block {self.sparsity:g} of {self.block}x{self.block} blocks"
-        if self.pattern == "block_topk":
-            return f"{self.method} block + top-K {self.sparsity:g} of blocks, K={self.keep}"
-        if self.pattern == "threshold_hybrid":
-            return (f"{self.method} threshold hybrid top {self.top_blocks_ratio:g}, threshold {self.score_threshold:g}, "
-                    f"K={self.keep}")
-        if self.pattern == "nm":
-            return f"{self.method} {self.n}:{self.m}"
-        return f"{self.method} unstructured {self.sparsity:g}" + (" (variant)" if self.use_variant else "")
+        return f"{self.method} {PATTERNS[self.pattern].describe(self)}"
 
     def canonical(self) -> dict:
         """The fields that decide this spec's result, resolved: the identity of its masks and weights in every
@@ -229,15 +141,15 @@ class PruneSpec:
         is part of every key until someone proves it inert here."""
         d = asdict(self)
         d["ratios"] = list(self.ratios)
-        others = {name for names in PATTERN_FIELDS.values() for name in names} - set(PATTERN_FIELDS[self.pattern])
+        others = {name for p in PATTERNS.values() for name in p.fields} - set(PATTERNS[self.pattern].fields)
         for name in others:
             d.pop(name)
-        if self.pattern == "unstructured":
+        if "group" in d:
             d["group"] = self.unstructured_group
         if not self.uses_calibration:
             for name in ("nsamples", "seqlen", "seed"):
                 d.pop(name)
-        if not self.updates_weights and self.method != "sparsegpt":
+        if not self.updates_weights:
             for name in ("damp", "obs_blocksize"):
                 d.pop(name)
         return d
@@ -261,40 +173,18 @@ class PruneSpec:
 
 
 def parse_sparsity_type(text: str) -> dict:
-    """A pattern name, 'N:M' (e.g. '2:4'), or the fork's 'hybrid_2_4' -> PruneSpec keyword arguments."""
+    """A pattern name (or one of its aliases), 'N:M' (e.g. '2:4') or the fork's 'hybrid_2_4' -> PruneSpec keyword
+    arguments."""
     t = text.strip().lower().replace("-", "_")
-    if t in ("threetier", "hybrid"):
-        return {"pattern": "three_tier"}
-    if t == "hybrid_2_4":
-        return {"pattern": "threshold_hybrid"}
-    if t in PATTERNS and t != "nm":
-        return {"pattern": t}
+    for name, p in PATTERNS.items():
+        if t in p.aliases or (t == name and p.sparsity_type is None):
+            return {"pattern": name}
     parts = t.split(":")
     if len(parts) == 2 and all(p.isdigit() for p in parts):
-        _check(all(len(p) <= 9 for p in parts), f"N:M needs N < M <= {MAX_GROUP}, got {text[:24]!r}")
+        _check(all(len(p) <= 9 for p in parts), f"N:M needs N < M <= 65536, got {text[:24]!r}")
         n, m = int(parts[0]), int(parts[1])
         _check(0 <= n < m, f"N:M needs N < M, got {n}:{m}")
         return {"pattern": "nm", "n": n, "m": m}
-    names = [p for p in PATTERNS if p not in ("nm", "threshold_hybrid")]
-    raise SpecError(f"unknown sparsity type {text[:40]!r}; use N:M (e.g. 2:4, 4:8), hybrid_2_4 or one of {', '.join(names)}")
-
-
-def tier_counts(n_blocks: int, ratios) -> tuple[int, int, int]:
-    """Block counts of the exact rule: dense = floor(r_d*n), 2:4 = floor(r_24*n), top-K = the rest.
-    (The original rule's int() counts: block_patterns.int_tier_counts.)"""
-    n_dense = math.floor(ratios[0] * n_blocks + 1e-9)
-    n_24 = math.floor(ratios[1] * n_blocks + 1e-9)
-    n_24 = min(n_24, n_blocks - n_dense)
-    return n_dense, n_24, n_blocks - n_dense - n_24
-
-
-def _finite(x) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise SpecError(message)
+    names = [name for name, p in PATTERNS.items() if p.sparsity_type is None] + \
+        [a for p in PATTERNS.values() if p.sparsity_type is not None for a in p.aliases]
+    raise SpecError(f"unknown sparsity type {text[:40]!r}; use N:M (e.g. 2:4, 4:8) or one of {', '.join(names)}")

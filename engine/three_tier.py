@@ -11,9 +11,18 @@ import math
 import torch
 
 from .masks import from_blocks, to_blocks
-from .spec import tier_counts
+from .sparsegpt import Choose, drop_lowest, obs_saliency
 
 DENSE, TWO_FOUR, TOPK = 0, 1, 2
+
+
+def tier_counts(n_blocks: int, ratios) -> tuple[int, int, int]:
+    """Block counts of the exact rule: dense = floor(r_d*n), 2:4 = floor(r_24*n), top-K = the rest.
+    (The original rule's int() counts: block_patterns.int_tier_counts.)"""
+    n_dense = math.floor(ratios[0] * n_blocks + 1e-9)
+    n_24 = math.floor(ratios[1] * n_blocks + 1e-9)
+    n_24 = min(n_24, n_blocks - n_dense)
+    return n_dense, n_24, n_blocks - n_dense - n_24
 
 
 def block_importance(scores: torch.Tensor, block: int) -> torch.Tensor:
@@ -141,3 +150,46 @@ def assign_jointly_by_cost(costs: list[torch.Tensor], ratios, normalise: bool = 
     tiers = assign_tiers_by_cost(flat, tier_counts(flat.shape[1], ratios))
     sizes = [x.shape[1] for x in normed]
     return [t.view(c.shape[1:]).to(c.device) for t, c in zip(torch.split(tiers, sizes), costs)]
+
+
+# --- chosen during SparseGPT's update (within_block "obs") -------------------------------------------------
+
+def three_tier_chooser(tiers: torch.Tensor, block: int, keep: int) -> Choose:
+    """SparseGPT's choice inside a fixed tier grid [rows/B, cols/B]: weights chosen by the OBS saliency of the
+    weights as updated so far, as SparseGPT chooses N:M. A top-K block keeps its `keep` most salient weights,
+    chosen when the loop reaches its first column; a 2:4 block row keeps min(2, g) of each group of g <= 4 columns,
+    chosen at the group's first column."""
+    row_tier = None
+
+    def choose(W1, d, live, i, col):
+        nonlocal row_tier
+        if col % 4:
+            return None
+        if row_tier is None:  # [rows, cols/B]: the tier of each matrix row in each block column
+            row_tier = tiers.to(W1.device).repeat_interleave(block, dim=0)[:W1.shape[0]]
+        tier = row_tier[:, col // block]
+        g = min(4, W1.shape[1] - i)
+        two_four = drop_lowest(W1[:, i:i + g], d[i:i + g], live[i:i + g], max(g - 2, 0)) & (tier == TWO_FOUR).unsqueeze(1)
+        if col % block:
+            return two_four
+        width = min(block, W1.shape[1] - i)
+        chosen = _top_k_drop(W1[:, i:i + width], d[i:i + width], live[i:i + width], tier == TOPK, keep, block)
+        chosen[:, :g] |= two_four
+        return chosen
+    choose.align = block
+    return choose
+
+
+def _top_k_drop(W1: torch.Tensor, d: torch.Tensor, live: torch.Tensor, rows_top: torch.Tensor, keep: int,
+                block: int) -> torch.Tensor:
+    """Bool [rows, width]: in the B columns W1 [rows, width <= B] of one block column, all but the `keep` weights
+    of highest OBS saliency in every B x B block whose rows are top-K (rows_top [rows] bool)."""
+    rows, width = W1.shape
+    if not rows_top.any():
+        return torch.zeros_like(W1, dtype=torch.bool)
+    sal = obs_saliency(W1, d, live)
+    pad_rows = -rows % block
+    sal = torch.nn.functional.pad(sal, (0, block - width, 0, pad_rows), value=-1.0)  # padding never wins
+    flat = sal.reshape(-1, block * block)  # one row per block (rows of B consecutive matrix rows x B columns)
+    kept = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, flat.topk(min(keep, block * block), dim=1).indices, True)
+    return (~kept).reshape(-1, block)[:rows, :width] & rows_top.unsqueeze(1)

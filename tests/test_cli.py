@@ -201,7 +201,7 @@ def test_best_three_tier_recipe_from_the_command_line(tiny_llama_dir, tmp_path):
         ("fisher_wanda", "model", "cost", "obs", True)
     total = sum(m["tier_map"]["shape"][0] * m["tier_map"]["shape"][1] for m in res["matrices"])
     got = tuple(sum(m["tiers"][k] for m in res["matrices"]) for k in ("dense", "2:4", "topk"))
-    from engine.spec import tier_counts
+    from engine.three_tier import tier_counts
     assert got == tier_counts(total, (0.35, 0.45, 0.20))
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     zeros = sum(int((p == 0).sum()) for layer in reloaded.model.layers for p in layer.parameters() if p.dim() == 2)

@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM
 from conftest import tiny_config
 from engine.discovery import find_decoder_layers, find_targets
 from engine.pruner import prune_model
-from engine.spec import PruneSpec, tier_counts
+from engine.spec import PruneSpec
+from engine.three_tier import tier_counts
 from engine.walk import capture_layer_inputs, run_layer
 
 FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "gemma", "phi", "opt", "bloom", "gpt_neox", "gpt2", "falcon"]

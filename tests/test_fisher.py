@@ -10,7 +10,8 @@ from engine.discovery import find_decoder_layers, find_targets
 from engine.pruner import prune_model
 from engine.scores import fisher_scores
 from engine.sensitivity import fisher_diagonal
-from engine.spec import PruneSpec, tier_counts
+from engine.spec import PruneSpec
+from engine.three_tier import tier_counts
 from engine.three_tier import DENSE, TOPK, TWO_FOUR, assign_jointly_by_cost, assign_tiers_jointly, tier_costs
 
 

@@ -15,7 +15,8 @@ from conftest import requires_smollm2
 from engine.block_patterns import int_tier_counts, normalise_ratios
 from engine.errors import SpecError
 from engine.matrix import prune_matrix
-from engine.spec import ORIGINAL_RECIPE, PruneSpec, tier_counts
+from engine.spec import ORIGINAL_RECIPE, PruneSpec
+from engine.three_tier import tier_counts
 
 SHAPES = [(32, 48), (40, 56), (37, 45), (64, 20)]
 

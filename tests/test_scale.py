@@ -22,7 +22,7 @@ from engine.run import ModelCache, RunRequest, magnitude_baseline_spec, run
 from engine.snapshot import DenseWeights
 from engine.sparsegpt import sparsegpt_prune
 from engine.spec import PruneSpec
-from engine.three_tier import three_tier_mask, tier_violations
+from engine.three_tier import three_tier_chooser, three_tier_mask, tier_violations
 
 QUICK = dict(calib="pydoc", eval="pydoc", eval_windows=2)
 
@@ -302,11 +302,11 @@ def test_the_update_keeps_kept_weights_on_dead_inputs():
     assert torch.equal(kept, keep) and torch.equal(W_new[:, 5], W[:, 5])  # column 5 kept, untouched
     # dense tier everywhere but one 2:4 block: the dense blocks keep the dead column, the 2:4 block drops it first
     tiers = torch.tensor([[0, 1]], dtype=torch.int8)
-    W_t, keep_t = sparsegpt_prune(W, H, tiers=tiers, block=8, keep=10)
+    W_t, keep_t = sparsegpt_prune(W, H, choose=three_tier_chooser(tiers, 8, 10))
     assert torch.equal(W_t[:, 5], W[:, 5]) and keep_t[:, :8].all()
     X2 = X.clone()
     X2[:, 13] = 0
-    W_t, keep_t = sparsegpt_prune(W, 2 * X2.T @ X2, tiers=tiers, block=8, keep=10)
+    W_t, keep_t = sparsegpt_prune(W, 2 * X2.T @ X2, choose=three_tier_chooser(tiers, 8, 10))
     assert not keep_t[:, 13].any()  # in a 2:4 group the dead weight goes first (saliency 0)
     assert tier_violations(W_t, tiers, 8, 10) == 0 and (keep_t[:, 8:].view(8, 2, 4).sum(-1) == 2).all()
 
