@@ -15,7 +15,7 @@ from engine.errors import UserError, excerpt
 from engine.models import available_devices
 from engine.run import ModelCache, RunRequest
 from engine.methods import METHODS
-from engine.patterns import BLOCK_RULES, PATTERNS
+from engine.patterns import ASSIGNMENTS, BLOCK_RULES, PATTERNS, TIER_SCOPES, WITHIN_BLOCK
 from engine.spec import THREE_TIER_RATIOS, PruneSpec
 
 from . import policy
@@ -35,14 +35,10 @@ MODEL_PRESETS = [
 PUBLIC_PRESETS = MODEL_PRESETS[:-2]  # a public server takes models up to 2B parameters (components/policy.py)
 METHOD_CHOICES = [(m.label, name) for name, m in METHODS.items()]
 PATTERN_CHOICES = [(p.title, name) for name, p in PATTERNS.items()]
-SCOPE_CHOICES = [("each matrix (original rule)", "matrix"), ("each decoder layer", "layer"), ("whole model", "model")]
-WITHIN_CHOICES = [("method's score", "score"), ("|W| (original rule)", "magnitude"),
-                  ("OBS saliency during the update (SparseGPT-style; needs the OBS update)", "obs")]
-ASSIGNMENT_CHOICES = [("importance: most important dense, next 2:4 (original rule)", "importance"),
-                      ("cost: by the squared score mass each tier would drop", "cost")]
-BLOCK_RULE_TITLES = {"exact": "exact: summed score, exactly K kept, edge blocks padded",
-                     "original": "original: the fork's arithmetic (mean score, int() counts, ties with the K-th kept)"}
-BLOCK_RULE_CHOICES = [(BLOCK_RULE_TITLES[r], r) for r in BLOCK_RULES]
+SCOPE_CHOICES = [(title, name) for name, title in TIER_SCOPES.items()]
+WITHIN_CHOICES = [(title, name) for name, title in WITHIN_BLOCK.items()]
+ASSIGNMENT_CHOICES = [(title, name) for name, title in ASSIGNMENTS.items()]
+BLOCK_RULE_CHOICES = [(title, name) for name, title in BLOCK_RULES.items()]
 NAMED_SOURCES = [("auto (paper: C4 calibration, WikiText-2 evaluation; offline: Python docs)", "auto"),
                  ("WikiText-2", "wikitext2"), ("C4", "c4"), ("Python docs (offline)", "pydoc")]
 LOCAL_SOURCE = ("local file / folder ↓", "path")

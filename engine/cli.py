@@ -17,24 +17,25 @@ from .check import SparsityReport, sparsity_report
 from .errors import UserError, run_command
 from .finetune_cli import add_finetune_arguments, finetune_spec_from_args, recovery_summary
 from .methods import METHODS
-from .patterns import BLOCK_RULES
+from .patterns import ASSIGNMENTS, BLOCK_RULES, GROUPS, PATTERNS, TIER_SCOPES, WITHIN_BLOCK
 from .spec import ORIGINAL_URL, RECIPES, THREE_TIER_RATIOS, PruneSpec, parse_sparsity_type
 from .zeroshot import PAPER_TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="main.py", description="Prune a causal LM layer by layer (magnitude, Wanda, "
-                                "SparseGPT; unstructured, N:M, three-tier) and measure WikiText-2 perplexity.")
+    p = argparse.ArgumentParser(prog="main.py", description=f"Prune a causal LM layer by layer ({', '.join(METHODS)}; "
+                                f"{', '.join(PATTERNS)}) and measure WikiText-2 perplexity.")
     w = p.add_argument_group("Wanda's flags")
     w.add_argument("--model", default=None, help="hub id, local directory or .gguf file (default: the embedded "
                    "SmolLM2-135M-Instruct)")
     w.add_argument("--seed", type=int, default=0, help="seed for the calibration windows (default 0)")
     w.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
     w.add_argument("--sparsity_ratio", type=float, default=0.5, help="unstructured sparsity (default 0.5)")
-    w.add_argument("--sparsity_type", default="unstructured", help="unstructured (default) | 2:4 | 4:8 | N:M | "
-                   "three_tier | block | block_topk | hybrid_2_4 (the threshold hybrid)")
-    w.add_argument("--prune_method", default="wanda", choices=list(METHODS),
-                   help="default wanda; fisher = |W|*sqrt(empirical Fisher), one backward pass per calibration window")
+    w.add_argument("--sparsity_type", default="unstructured", help="unstructured (default) | N:M (2:4, 4:8 ...) | "
+                   + " | ".join(n for n, pat in PATTERNS.items() if pat.sparsity_type is None and n != "unstructured")
+                   + " | hybrid_2_4 (the threshold hybrid)")
+    w.add_argument("--prune_method", default="wanda", choices=list(METHODS), help="default wanda; "
+                   + "; ".join(f"{name}: {m.summary}" for name, m in METHODS.items()))
     w.add_argument("--cache_dir", default=None, help="Hugging Face download cache")
     w.add_argument("--save", default=None, metavar="DIR", help="write results.json, a log line and the pruned model here")
     w.add_argument("--save_model", default=None, metavar="DIR2", help="put the pruned model here instead of --save")
@@ -53,13 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "else " + " ".join(f"{r:g}" for r in THREE_TIER_RATIOS) + ")")
     o.add_argument("--block_size", type=int, default=16, help="block side B (default 16)")
     o.add_argument("--topk_per_block", type=int, default=15, help="weights K kept in each top-K block (default 15)")
-    o.add_argument("--tier_scope", default="matrix", choices=["matrix", "layer", "model"],
+    o.add_argument("--tier_scope", default="matrix", choices=list(TIER_SCOPES),
                    help="where blocks compete for tiers: each matrix (the original rule), each decoder layer, the whole model (default matrix)")
-    o.add_argument("--within_block", default="score", choices=["score", "magnitude", "obs"],
+    o.add_argument("--within_block", default="score", choices=list(WITHIN_BLOCK),
                    help="pick weights inside 2:4 and top-K blocks by the method's score, by |W| (the original rule), or "
                         "obs: by the OBS saliency while the weights are updated, as SparseGPT picks N:M (needs "
                         "--reconstruct or sparsegpt) (default score)")
-    o.add_argument("--tier_assignment", default="importance", choices=["importance", "cost"],
+    o.add_argument("--tier_assignment", default="importance", choices=list(ASSIGNMENTS),
                    help="which blocks get which tier: by summed importance (the original rule) or by the squared "
                    "score mass each tier would drop (default importance)")
     _add_fork_flags(p)
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--baselines", action="store_true", help="also report dense and magnitude perplexity (cached)")
     e.add_argument("--reconstruct", action="store_true",
                    help="OBS weight update for masks chosen by magnitude / Wanda (SparseGPT always updates)")
-    e.add_argument("--group", default=None, choices=["row", "matrix"],
+    e.add_argument("--group", default=None, choices=list(GROUPS),
                    help="unstructured comparison group (default: row for wanda/sparsegpt, matrix for magnitude)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | offload (CPU weights, GPU compute)")
     e.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bf16/fp16 on GPU) | float32 | float16 | bfloat16")

@@ -26,11 +26,15 @@ from .three_tier import (assign_tiers, assign_tiers_by_cost, block_importance, t
 from .variant import wanda_variant_mask
 
 MAX_GROUP = 65536       # N:M group width M and block side B: above any matrix width; checked per matrix too
-GROUPS = ("row", "matrix")
-BLOCK_RULES = ("exact", "original")
-TIER_SCOPES = ("matrix", "layer", "model")
-WITHIN_BLOCK = ("score", "magnitude", "obs")
-ASSIGNMENTS = ("importance", "cost")
+# The choices of the block patterns' fields: {value: what it means} (CLI choices, dashboard titles).
+GROUPS = {"row": "each output row (Wanda, SparseGPT)", "matrix": "the whole matrix (magnitude)"}
+BLOCK_RULES = {"exact": "exact: summed score, exactly K kept, edge blocks padded",
+               "original": "original: the fork's arithmetic (mean score, int() counts, ties with the K-th kept)"}
+TIER_SCOPES = {"matrix": "each matrix (original rule)", "layer": "each decoder layer", "model": "whole model"}
+WITHIN_BLOCK = {"score": "method's score", "magnitude": "|W| (original rule)",
+                "obs": "OBS saliency during the update (SparseGPT-style; needs the OBS update)"}
+ASSIGNMENTS = {"importance": "importance: most important dense, next 2:4 (original rule)",
+               "cost": "cost: by the squared score mass each tier would drop"}
 
 
 @dataclass
