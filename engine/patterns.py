@@ -93,7 +93,7 @@ def _unstructured_select(W, scores, spec, plan):
 
 def _unstructured_validate(spec):
     check(finite(spec.sparsity) and 0.0 <= spec.sparsity < 1.0, f"sparsity ratio must lie in [0, 1), got {spec.sparsity}")
-    check(spec.group in (None,) + GROUPS, f"group must be one of {', '.join(GROUPS)}, got {spec.group!r}")
+    check(spec.group is None or spec.group in GROUPS, f"group must be one of {', '.join(GROUPS)}, got {spec.group!r}")
     check(not spec.use_variant or not chooses_while_updating(spec),
           "the Wanda variant (use_variant) chooses a mask from scores; "
           f"{METHODS[spec.method].label} chooses its own, use wanda or magnitude")
