@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from .scores import fisher_scores, fisher_wanda_scores, magnitude_scores, obs_scores, wanda_scores
+from .scores import fisher_scores, fisher_wanda_scores, magnitude_scores, obs_scores, ria_scores, wanda_scores
 from .stats import LinearStats
 
 # What a method can ask the calibration stage for (one pass over the calibration windows for each kind):
@@ -65,4 +65,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            lambda W, x: fisher_wanda_scores(W, x.stats, x.gradient), "#000000",
            needs=frozenset({"activations", "gradient_rows"}), loss_units=True,
            summary="Wanda with each output row weighted by its loss sensitivity"),
+    Method("ria", "RIA (|W|/Σcol + |W|/Σrow)·‖X‖^½", lambda W, x: ria_scores(W, x.stats), "#999933",
+           needs=frozenset({"activations"}), unstructured_group="matrix",
+           summary="relative importance (|W| over its row's and its column's sums) times ||X||^0.5 (Zhang et al., 2024)"),
 )}

@@ -38,4 +38,12 @@ def fisher_wanda_scores(W: torch.Tensor, stats: LinearStats, fisher_rows: torch.
     return wanda_scores(W, stats) * g.sqrt().unsqueeze(1)                         # Wanda's order inside it
 
 
-SCORES = {"magnitude": magnitude_scores, "wanda": wanda_scores, "sparsegpt": obs_scores}
+def ria_scores(W: torch.Tensor, stats: LinearStats, a: float = 0.5) -> torch.Tensor:
+    """Relative Importance and Activations (RIA, Zhang et al., ICLR 2024):
+    (|W_ij| / sum_i |W_ij| + |W_ij| / sum_j |W_ij|) * ||X_j||^a, a = 0.5: each weight relative to the other weights of
+    its input channel (column) and of its output row, times a damped activation norm. An all-zero row or column
+    scores 0 (its sum is clamped to the smallest normal float instead of dividing 0 by 0)."""
+    A = W.abs().float()
+    tiny = torch.finfo(torch.float32).tiny
+    relative = A / A.sum(dim=0, keepdim=True).clamp_min(tiny) + A / A.sum(dim=1, keepdim=True).clamp_min(tiny)
+    return relative * stats.input_norm().to(W.device).pow(a).unsqueeze(0)
