@@ -29,15 +29,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, Stopwatch, command_line, forward_pass, machine, peak_memory, write_json  # noqa: E402
 from bench.prune_speed import random_llama_7b  # noqa: E402
+from engine.block_patterns import int_tier_counts  # noqa: E402
 from engine.discovery import find_decoder_layers, find_targets  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.matrix import matrix_scores, prune_matrix  # noqa: E402
 from engine.pruner import prune_model  # noqa: E402
 from engine.snapshot import DenseWeights  # noqa: E402
-from engine.block_patterns import int_tier_counts  # noqa: E402
 from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, PruneSpec  # noqa: E402
-from engine.three_tier import tier_counts  # noqa: E402
-from engine.three_tier import tier_census, tier_violations  # noqa: E402
+from engine.three_tier import (  # noqa: E402
+    tier_census,
+    tier_counts,  # noqa: E402
+    tier_violations,
+)
 from engine.walk import StatsHooks, capture_layer_inputs, run_layer  # noqa: E402
 
 STAGES = {

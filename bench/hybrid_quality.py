@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DEFAULT_DATA, RESULTS, REPO  # noqa: E402
-from engine.perplexity import perplexity  # noqa: E402
+from bench.common import DEFAULT_DATA, REPO, RESULTS  # noqa: E402
 from engine import data as textdata  # noqa: E402
+from engine.perplexity import perplexity  # noqa: E402
 from engine.run import ModelCache, RunRequest, run  # noqa: E402
 from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, PruneSpec  # noqa: E402
 
@@ -140,7 +140,7 @@ def _write(a, results: dict, meta: dict | None = None) -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
     order = [k for k, _, _ in ROWS if k in results]
-    lines = [f"# Three-tier quality on SmolLM2-135M-Instruct", "",
+    lines = ["# Three-tier quality on SmolLM2-135M-Instruct", "",
              f"Calibration {a.nsamples} windows x {a.seqlen} tokens of valid.txt, evaluation {a.eval_windows} "
              f"windows x {a.seqlen} of test.txt (local WikiText-2), {meta['machine']}, {meta['date']}.",
              "", "Command: `python bench/hybrid_quality.py" + (" --quick" if a.quick else "") + "`. Column *issue #6*: "

@@ -20,8 +20,12 @@ from bench.common import RESULTS, command_line, machine, print_table, time_inter
 from engine.masks import nm_mask, topk_block_mask, unstructured_mask  # noqa: E402
 from engine.sparsegpt import adaptive, n_of_m, sparsegpt_prune  # noqa: E402
 from engine.spec import THREE_TIER_RATIOS  # noqa: E402
-from engine.three_tier import tier_counts  # noqa: E402
-from engine.three_tier import assign_tiers, block_importance, three_tier_mask  # noqa: E402
+from engine.three_tier import (  # noqa: E402
+    assign_tiers,
+    block_importance,
+    three_tier_mask,
+    tier_counts,  # noqa: E402
+)
 
 TARGET_S = 1.0
 BLOCK, KEEP = 16, 15

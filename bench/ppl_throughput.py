@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import (DEFAULT_DATA, RESULTS, Stopwatch, command_line, forward_pass, machine,  # noqa: E402
-                          print_table, write_json)
+from bench.common import DEFAULT_DATA, RESULTS, Stopwatch, command_line, forward_pass, machine, print_table, write_json  # noqa: E402
 from engine import data as textdata  # noqa: E402
 from engine.perplexity import perplexity, window_losses  # noqa: E402
 

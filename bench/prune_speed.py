@@ -26,8 +26,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import engine.pruner as pruner  # noqa: E402
-from bench.common import (DEFAULT_DATA, RESULTS, Stopwatch, command_line, forward_pass, machine, peak_memory,  # noqa: E402
-                          print_table, sync, write_json)
+from bench.common import (  # noqa: E402
+    DEFAULT_DATA,
+    RESULTS,
+    Stopwatch,
+    command_line,
+    forward_pass,
+    machine,
+    peak_memory,
+    print_table,
+    sync,
+    write_json,
+)
 from engine import data as textdata  # noqa: E402
 from engine.spec import PruneSpec  # noqa: E402
 
@@ -109,7 +119,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="default bench/results/prune_speed[_llama7b]_<device>.json")
     a = p.parse_args()
 
-    from engine.models import load_model, resolve_dtype, resolve_device
+    from engine.models import load_model, resolve_device, resolve_dtype
 
     device = resolve_device(a.device)
     dtype = resolve_dtype(a.dtype, "cpu" if device == "cpu" else "cuda")

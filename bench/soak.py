@@ -60,7 +60,8 @@ def free_port() -> int:
 
 def save_tiny_model(folder: Path) -> Path:
     sys.path.insert(0, str(REPO))
-    from tests.conftest import _train_tokenizer, save_tiny_model as save
+    from tests.conftest import _train_tokenizer
+    from tests.conftest import save_tiny_model as save
 
     return save(folder, _train_tokenizer(), "llama", layers=4)
 

@@ -14,15 +14,29 @@ from typing import Callable
 
 import torch
 
-from .block_patterns import (block_prune_mask, block_topk_mask, int_tier_counts, mean_block_importance,
-                             original_three_tier_mask, original_tiers, threshold_hybrid_mask)
+from .block_patterns import (
+    block_prune_mask,
+    block_topk_mask,
+    int_tier_counts,
+    mean_block_importance,
+    original_three_tier_mask,
+    original_tiers,
+    threshold_hybrid_mask,
+)
 from .errors import SpecError
 from .masks import nm_mask, unstructured_mask
 from .methods import METHODS
 from .plan import MatrixPlan
 from .sparsegpt import Choose, adaptive, n_of_m
-from .three_tier import (assign_tiers, assign_tiers_by_cost, block_importance, three_tier_chooser, three_tier_mask,
-                         tier_costs, tier_counts)
+from .three_tier import (
+    assign_tiers,
+    assign_tiers_by_cost,
+    block_importance,
+    three_tier_chooser,
+    three_tier_mask,
+    tier_costs,
+    tier_counts,
+)
 from .variant import wanda_variant_mask
 
 MAX_GROUP = 65536       # N:M group width M and block side B: above any matrix width; checked per matrix too

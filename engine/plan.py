@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .methods import METHODS
-from .three_tier import (assign_jointly_by_cost, assign_tiers_jointly, block_importance, tier_census, tier_costs)
+from .three_tier import assign_jointly_by_cost, assign_tiers_jointly, block_importance, tier_census, tier_costs
 
 
 @dataclass(frozen=True)

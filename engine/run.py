@@ -23,8 +23,8 @@ from .model_card import model_card
 from .models import LoadedModel, check_model_source, load_model
 from .perplexity import perplexity
 from .pruner import prune_model
-from .recover import recover
 from .record import RECORD_VERSION, new_run_id, versions, write_json_atomic
+from .recover import recover
 from .save import check_save_dir, save_pretrained_atomic
 from .snapshot import DenseWeights, snapshot_budget_bytes
 from .spec import PruneSpec

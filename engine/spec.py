@@ -5,7 +5,8 @@ from dataclasses import asdict, dataclass, replace
 
 from .errors import SpecError
 from .methods import METHODS
-from .patterns import PATTERNS, check as _check
+from .patterns import PATTERNS
+from .patterns import check as _check
 
 TIER_NAMES = ("dense", "2:4", "topk")  # tier ids 0, 1, 2 in every tier map
 MAX_SEED = 2**32 - 1    # numpy and torch seeds; larger overflow only after the model and data are loaded

@@ -39,6 +39,7 @@ requires_smollm2 = pytest.mark.skipif(
 def _train_tokenizer(vocab_size: int = 384):
     """A byte-level BPE trained in well under a second on the docs that ship with Python: no download."""
     from pydoc_data.topics import topics
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

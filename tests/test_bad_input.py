@@ -6,7 +6,6 @@ import shutil
 import pytest
 import torch
 
-from conftest import save_tiny_model, tiny_config
 from engine.errors import UserError
 from engine.run import ModelCache, RunRequest, run
 from engine.spec import PruneSpec

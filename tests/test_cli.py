@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import REPO, SHARED_WIKITEXT, requires_smollm2, requires_wikitext, save_tiny_model
+from conftest import REPO, requires_smollm2, requires_wikitext
 from engine.cli import main
 
 QUICK = ["--calib_dataset", "pydoc", "--eval_dataset", "pydoc", "--nsamples", "4", "--seqlen", "64",
@@ -81,7 +81,7 @@ def test_three_tier_script_takes_the_forks_flags_and_writes_a_model_card(tiny_ll
     tiers = {k: sum(m["tier_weights"][k]["zeros"] for m in res["matrices"]) /
              sum(m["tier_weights"][k]["numel"] for m in res["matrices"]) for k in ("dense", "2:4", "topk")}
     assert tiers["dense"] == 0 and tiers["2:4"] == 0.5 and tiers["topk"] == 1 - 10 / 256  # no ties in random floats
-    assert f"| 2:4 (2 of every 4 kept) |" in card and "| 0.5000 |" in card
+    assert "| 2:4 (2 of every 4 kept) |" in card and "| 0.5000 |" in card
 
 
 def run_script(script: str, argv: list[str], monkeypatch) -> int:

@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from engine import data
-from engine.data import (SHARED_WIKITEXT, TextSource, calibration_windows, default_seqlen, evaluation_ids,
-                         hub_reachable, pydoc_topics, resolve_text)
+from engine.data import (
+    SHARED_WIKITEXT,
+    TextSource,
+    calibration_windows,
+    default_seqlen,
+    evaluation_ids,
+    hub_reachable,
+    pydoc_topics,
+    resolve_text,
+)
 from engine.errors import DataError, UserError
 
 WORDS = ("the quick brown fox jumps over the lazy dog while seven wizards quietly hex "

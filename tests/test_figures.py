@@ -1,7 +1,6 @@
 """Figure builders on hand-made run records: shapes, values, colours, and pooling of big tier maps."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

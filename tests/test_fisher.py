@@ -11,8 +11,15 @@ from engine.pruner import prune_model
 from engine.scores import fisher_scores
 from engine.sensitivity import fisher_diagonal
 from engine.spec import PruneSpec
-from engine.three_tier import tier_counts
-from engine.three_tier import DENSE, TOPK, TWO_FOUR, assign_jointly_by_cost, assign_tiers_jointly, tier_costs
+from engine.three_tier import (
+    DENSE,
+    TOPK,
+    TWO_FOUR,
+    assign_jointly_by_cost,
+    assign_tiers_jointly,
+    tier_costs,
+    tier_counts,
+)
 
 
 def _model(family="llama", seed=0):

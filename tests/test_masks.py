@@ -6,9 +6,16 @@ import torch
 
 from engine.masks import nm_mask, topk_block_mask, unstructured_mask
 from engine.spec import PruneSpec
-from engine.three_tier import tier_counts
-from engine.three_tier import (DENSE, TOPK, TWO_FOUR, assign_tiers, assign_tiers_jointly, block_importance,
-                               three_tier_mask)
+from engine.three_tier import (
+    DENSE,
+    TOPK,
+    TWO_FOUR,
+    assign_tiers,
+    assign_tiers_jointly,
+    block_importance,
+    three_tier_mask,
+    tier_counts,
+)
 
 
 def test_two_four_exact():

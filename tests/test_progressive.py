@@ -9,8 +9,14 @@ from transformers import AutoModelForCausalLM
 from engine import data as textdata
 from engine.errors import UserError
 from engine.finetune import FinetuneSpec
-from engine.progressive import (assign_tiers_demoting, check_schedule, finished_iterations, load_tier_maps,
-                                parse_schedule, run_progressive)
+from engine.progressive import (
+    assign_tiers_demoting,
+    check_schedule,
+    finished_iterations,
+    load_tier_maps,
+    parse_schedule,
+    run_progressive,
+)
 from engine.spec import PruneSpec
 from engine.three_tier import DENSE, TOPK, TWO_FOUR
 

@@ -128,8 +128,9 @@ def test_model_size_from_the_config_before_loading_and_from_the_weights_after(ti
 
 
 def test_safetensors_only_refuses_pickled_weights(tmp_path, tiny_tokenizer):
-    from tests.conftest import tiny_config
     from transformers import AutoModelForCausalLM
+
+    from tests.conftest import tiny_config
 
     model = AutoModelForCausalLM.from_config(tiny_config("llama", vocab_size=len(tiny_tokenizer)))
     model.config.save_pretrained(tmp_path)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import REPO, requires_smollm2, save_tiny_model
+from conftest import REPO, requires_smollm2
 from engine import snapshot
 from engine.baselines import baseline_key
 from engine.check import check_sparsity, sparsity_report

@@ -4,11 +4,10 @@ import torch
 
 from conftest import SHARED_WIKITEXT, requires_smollm2, requires_wikitext
 from engine.discovery import find_decoder_layers, find_targets
-from engine.run import RunRequest, run
 from engine.record import decode_tier_map
+from engine.run import RunRequest, run
 from engine.spec import PruneSpec
-from engine.three_tier import tier_counts
-from engine.three_tier import tier_violations
+from engine.three_tier import tier_counts, tier_violations
 
 pytestmark = [requires_smollm2, requires_wikitext]
 DATA = str(SHARED_WIKITEXT)

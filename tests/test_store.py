@@ -1,6 +1,5 @@
 """The run store: atomic records, killed runs recognised, a failed run recorded with what it had done."""
 import json
-import os
 import subprocess
 import sys
 
