@@ -417,7 +417,9 @@ class Dashboard:
                 raise gr.Error(str(err), print_exception=False, title="Server busy") from None
             s.job = job
         p = Progress()
-        live = {"spec": spec_dict, "matrices": p.matrices, "n_layers": None, "status": "running", "ppl": {}}
+        live = p.record  # the run as far as it got, drawn as its layers finish
+        live["spec"] = spec_dict
+        drawn = False
         curve = {"train": [], "heldout": []}
         s.shown = live
         running = banner("info", f"Running {label}…")
@@ -437,8 +439,7 @@ class Dashboard:
                         out[self.loss_plot] = recover.loss_curve_figure(curve)
                 out[self.progress] = progress_html(p, time.monotonic() - job.started)
                 if p.new_layers:
-                    first = live["n_layers"] is None
-                    live["n_layers"] = p.n_layers
+                    first, drawn = not drawn, True
                     out[self.heatmap] = heatmap_for(live, s.view)
                     if first:
                         out.update(self.show_record(s, live, view=s.view))

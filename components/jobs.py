@@ -17,6 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from engine.errors import UserError
+from engine.record import RunRecord
 
 log = logging.getLogger("dashboard")
 
@@ -175,8 +176,12 @@ class Progress:
     eval_total: int | None = None
     eval_what: str | None = None
     sweep: tuple[int, int] | None = None
-    matrices: list[dict] = field(default_factory=list)
+    record: RunRecord = field(default_factory=RunRecord.new)  # the run as far as it got: its matrices so far
     new_layers: int = 0              # layers finished since the page last drew the heatmap
+
+    @property
+    def matrices(self) -> list[dict]:
+        return self.record["matrices"]
 
     def update(self, event: dict) -> None:
         stage = event.get("stage", self.stage)
@@ -194,7 +199,7 @@ class Progress:
             self.eta_s, self.elapsed_s = event.get("eta_s"), event.get("elapsed_s")
             self.message = event.get("message") or ""
             if event.get("matrices"):
-                self.matrices.extend(event["matrices"])
+                self.record.add_layer(event)
                 self.new_layers += 1
         if stage == "eval" and "total" in event:
             self.eval_done, self.eval_total, self.eval_what = event.get("done"), event.get("total"), event.get("what")

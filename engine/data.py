@@ -32,7 +32,6 @@ import torch
 from .errors import DataError, UserError, excerpt
 
 SPLITS = ("calibration", "evaluation")
-SHARED_WIKITEXT = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2-v1"
 
 WIKITEXT_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")
 C4_HUB = "allenai/c4"

@@ -113,7 +113,7 @@ def is_fused_experts(module: nn.Module) -> bool:
 ROUTER_NAMES = {"gate", "router", "shared_expert_gate", "wg"}
 
 
-def is_router(target: Target, n_experts: int | None = None) -> bool:
+def is_router(target: Target) -> bool:
     """A mixture-of-experts router (or shared-expert gate): a Linear named like one. Kept dense by default."""
     return target.kind == "linear" and target.name.rsplit(".", 1)[-1] in ROUTER_NAMES
 

@@ -41,19 +41,22 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     out_f, in_f = scores.shape
     pad = (-in_f) % m
     s = torch.nn.functional.pad(scores.float(), (0, pad), value=-math.inf).view(out_f, -1, m)
-    keep = torch.zeros_like(s, dtype=torch.bool)
-    if n:
-        keep.scatter_(2, torch.topk(s, n, dim=2).indices, True)
-    return keep.view(out_f, -1)[:, :in_f]
+    return keep_top_k(s, n).view(out_f, -1)[:, :in_f]
 
 
 def topk_block_mask(scores: torch.Tensor, block: int, k: int) -> torch.Tensor:
     """Cut [out, in] into block x block tiles; each keeps exactly its k highest scores (min(k, size) at edges)."""
     blocks = to_blocks(scores.float(), block, fill=-math.inf)  # [R, C, B*B]
-    keep = torch.zeros_like(blocks, dtype=torch.bool)
+    return from_blocks(keep_top_k(blocks, k), block, scores.shape)
+
+
+def keep_top_k(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool like `values`: True at the k highest entries along the last dimension, exactly k (ties as torch.topk
+    breaks them). Every top-k choice of the masks (N:M groups, 2:4 groups and top-K tiles of blocks) is this one."""
+    keep = torch.zeros_like(values, dtype=torch.bool)
     if k:
-        keep.scatter_(2, torch.topk(blocks, k, dim=2).indices, True)
-    return from_blocks(keep, block, scores.shape)
+        keep.scatter_(-1, values.topk(k, dim=-1).indices, True)
+    return keep
 
 
 def to_blocks(x: torch.Tensor, block: int, fill: float = 0.0) -> torch.Tensor:

@@ -1,51 +1,150 @@
-"""The run record: the one JSON document a run produces and the CLI, the dashboard and the run store read.
-
-Layout (all keys always present unless noted):
-    record_version  1
-    run_id          str, generated (never user text)
-    status          "running" | "completed" | "cancelled" | "failed"
-    message         str | None: why a run was cancelled or failed
-    spec            PruneSpec.to_dict()
-    model           {"name", "model_type", "n_layers", "dtype", "device", "n_params_pruned"}
-    data            {"calibration": str | None, "evaluation": str | None}   (sources really used)
-    versions        {"python", "torch", "transformers", "engine"}
-    timings         {"<stage>_s": float, ...}
-    layers_done     int: decoder layers pruned (layers >= layers_done are untouched)
-    n_layers        int
-    sparsity        float: zeros / weights over all pruned matrices, counted from the weights (W == 0)
-    mask_sparsity   float: weights the masks pruned / weights (differs from `sparsity` by kept weights that
-                    were already zero in the dense model)
-    errors          list of str: disagreements between masks, tier maps and weights (empty when all agree)
-    nominal_sparsity float
-    ppl             {"pruned": float|None, "dense": float|None, "magnitude": float|None}  (filled by evaluation)
-    recovery        None, or the masked fine-tune after pruning: settings, curve {"train", "heldout"}, ppl_before,
-                    ppl_after, zeros_before/after, zeros_held (layout in engine/recover.py)
-    matrices        list of per-matrix entries:
-        layer, module ("self_attn.q_proj", "mlp.experts.3.down_proj"), shape [out, in],
-        numel, zeros (W == 0 after pruning), sparsity (zeros / numel), pruned (by the mask),
-        dense_zeros (W == 0 before pruning), rounded_to_zero (kept values the model's dtype rounds to 0),
-        errors       list of str, only where the weights disagree with the mask or the tier map
-        tiers        {"dense": n, "2:4": n, "topk": n}            (block patterns only, else None)
-        tier_weights {"dense": {"numel", "zeros"}, "2:4": ..., "topk": ...}: weights in each tier's blocks, pruned
-        tier_map     {"shape": [rows, cols], "rows": ["0120...", ...]}  (three-tier only; digit = tier id
-                     0 dense, 1 2:4, 2 top-K of the block at [row, col] in units of B x B blocks)
-        block_importance {"shape": [...], "dtype": "float16", "b64": str}  (three-tier only; the score the
-                     blocks were ranked by, as ranked: normalised when tier_scope is not "matrix")
+"""The run record: the one JSON document a run produces, which the walk appends to, the run store saves, the CLI
+prints and the dashboard draws live and at the end. Its layout is the `RunRecord` class below (one field table, a
+version); a record is a plain dict on disk and in memory, so JSON readers need nothing from this module.
 """
 from __future__ import annotations
 
 import base64
+import copy
 import json
+import math
 import os
 import platform
+import re
 import tempfile
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
 
 RECORD_VERSION = 1
 ENGINE_VERSION = "0.1.0"
+RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
+STATUSES = ("running", "completed", "cancelled", "failed")
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: str              # "object" | "whole" | "number" | "text" | "list": what a stored value must be (or null)
+    initial: object        # the value of a new record (copied)
+    meaning: str
+    always: bool = True    # in every record from the start; else absent until set
+
+
+class RunRecord(dict):
+    """A run record: a dict with every field of `FIELDS`, which is the layout (readers check stored files against
+    it: `record_problem`). Fields a run adds at its end for Wanda users (actual_sparsity, ppl_test ...) or the store
+    adds (owner, stage) are listed too: absent until set."""
+
+    FIELDS = {
+        "record_version": Field("whole", RECORD_VERSION, "layout version of this document"),
+        "run_id": Field("text", None, "generated (never user text): YYYYMMDD-HHMMSS-8 hex digits"),
+        "status": Field("text", "running", "running | completed | cancelled | failed"),
+        "message": Field("text", None, "why a run was cancelled or failed"),
+        "spec": Field("object", None, "PruneSpec.to_dict()"),
+        "model": Field("object", {}, "name, source, model_type, n_layers, dtype, device, compute_device, "
+                                     "n_params_pruned"),
+        "data": Field("object", {"calibration": None, "evaluation": None}, "the text sources really used"),
+        "versions": Field("object", None, "python, torch, transformers, engine"),
+        "request": Field("object", None, "what was asked besides the spec: calib, eval, eval_windows, baselines, "
+                                         "device, dtype, zero-shot and fine-tune settings"),
+        "timings": Field("object", {}, "{'<stage>_s': seconds}"),
+        "layers_done": Field("whole", 0, "decoder layers pruned (layers >= layers_done are untouched)"),
+        "n_layers": Field("whole", None, "decoder layers of the model"),
+        "sparsity": Field("number", None, "zeros / weights over all pruned matrices, counted from the weights"),
+        "mask_sparsity": Field("number", None, "weights the masks pruned / weights (differs from sparsity by kept "
+                                               "weights that were already zero in the dense model)"),
+        "nominal_sparsity": Field("number", None, "what the pattern aims at, before rounding per matrix"),
+        "errors": Field("list", [], "disagreements between masks, tier maps and weights (empty when all agree)"),
+        "ppl": Field("object", {"pruned": None, "dense": None, "magnitude": None}, "perplexities (evaluation)"),
+        "eval": Field("object", None, "windows, tokens, seqlen of the pruned model's evaluation"),
+        "zero_shot": Field("object", None, "zero-shot accuracies of the pruned model"),
+        "zero_shot_dense": Field("object", None, "the same for the dense model"),
+        "recovery": Field("object", None, "the masked fine-tune after pruning: settings, curve {train, heldout}, "
+                                          "ppl_before, ppl_after, zeros held (layout in engine/recover.py)"),
+        "saved_model": Field("text", None, "where the pruned model was saved"),
+        "matrices": Field("list", [], "one MATRIX_FIELDS entry per pruned matrix, in walk order"),
+        "actual_sparsity": Field("number", None, "Wanda's name for sparsity (set at the end)", False),
+        "ppl_test": Field("number", None, "Wanda's name for ppl.pruned (set at the end)", False),
+        "ppl_dense": Field("number", None, "ppl.dense (set at the end)", False),
+        "ppl_magnitude": Field("number", None, "ppl.magnitude (set at the end)", False),
+        "owner": Field("object", None, "pid and host of the process running it (the store sets it)", False),
+        "stage": Field("text", None, "'save' while the model is being saved (the store's own)", False),
+        "store_warning": Field("text", None, "why the store could not keep the record, if it could not", False),
+    }
+
+    @classmethod
+    def new(cls, **values) -> "RunRecord":
+        """A record with every field at its initial value, then `values` (names outside FIELDS are refused)."""
+        unknown = set(values) - set(cls.FIELDS)
+        if unknown:
+            raise ValueError(f"not run record fields: {', '.join(sorted(unknown))}")
+        record = cls({name: copy.deepcopy(f.initial) for name, f in cls.FIELDS.items() if f.always})
+        record.update(values)
+        return record
+
+    def add_layer(self, event: dict) -> None:
+        """Append one decoder layer's matrices from the walk's "prune" progress event (engine/pruner.py)."""
+        self.setdefault("matrices", []).extend(event.get("matrices", []))
+        self["layers_done"], self["n_layers"] = event["layer"] + 1, event["n_layers"]
+
+
+# One pruned matrix in a record's "matrices" (engine/pruner.py writes them; block fields are None elsewhere)
+MATRIX_FIELDS = {
+    "layer": "decoder layer index", "module": "name inside the layer ('self_attn.q_proj', 'mlp.experts.3.down_proj')",
+    "shape": "[out, in]", "numel": "weights", "zeros": "W == 0 after pruning", "sparsity": "zeros / numel",
+    "pruned": "weights the mask pruned", "dense_zeros": "W == 0 before pruning",
+    "rounded_to_zero": "kept values the model's dtype rounds to 0",
+    "errors": "only where the weights disagree with the mask or the tier map",
+    "tiers": "{'dense': n, '2:4': n, 'topk': n} blocks (block patterns)",
+    "tier_weights": "{'dense': {'numel', 'zeros'}, ...}: weights in each tier's blocks, pruned",
+    "tier_map": "{'shape': [rows, cols], 'rows': ['0120...']}: tier id of each B x B block (0 dense, 1 2:4, 2 top-K)",
+    "block_importance": "{'shape', 'dtype': 'float16', 'scale', 'b64'}: what blocks were ranked by, as ranked",
+}
+
+
+def record_problem(record) -> str | None:
+    """Why `record` is not a run record of the RunRecord layout (None when it is one). Readers skip such a file: a
+    stray `[]` or `{"spec": "garbage"}` in the store must not break the list for everyone."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if not isinstance(record.get("run_id"), str) or not RUN_ID.fullmatch(record["run_id"]):
+        return "no valid run_id"
+    if record.get("status") not in STATUSES:
+        return "no valid status"
+    for name, f in RunRecord.FIELDS.items():
+        value = record.get(name)
+        if value is not None and not _is_kind(value, f.kind):
+            return f"{name} is not {_KIND_WORDS[f.kind]}"
+    if record.get("spec") is not None:
+        from .spec import PruneSpec  # the spec module imports the registries (torch); the store's readers need not
+        try:
+            PruneSpec.from_dict(record["spec"])
+        except Exception as err:  # any complaint of the spec about a stored value: the record is not usable
+            return f"its spec is not valid ({str(err)[:80]})"
+    if any(v is not None and not _is_kind(v, "number") for v in (record.get("ppl") or {}).values()):
+        return "ppl holds something other than numbers"
+    if not all(isinstance(m, dict) and isinstance(m.get("layer"), int) and isinstance(m.get("module"), str)
+               for m in record.get("matrices") or []):
+        return "matrices is not a list of per-matrix entries"
+    return None
+
+
+_KIND_WORDS = {"object": "an object", "whole": "a whole number", "number": "a number", "text": "text",
+               "list": "a list"}
+
+
+def _is_kind(value, kind: str) -> bool:
+    if kind == "object":
+        return isinstance(value, dict)
+    if kind == "list":
+        return isinstance(value, list)
+    if kind == "text":
+        return isinstance(value, str)
+    if kind == "whole":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)  # "number"
 
 
 def new_run_id() -> str:

@@ -23,7 +23,7 @@ from .model_card import model_card
 from .models import LoadedModel, check_model_source, load_model
 from .perplexity import perplexity
 from .pruner import prune_model
-from .record import RECORD_VERSION, new_run_id, versions, write_json_atomic
+from .record import RunRecord, new_run_id, versions, write_json_atomic
 from .recover import recover
 from .save import check_save_dir, save_pretrained_atomic
 from .snapshot import DenseWeights, snapshot_budget_bytes
@@ -285,28 +285,22 @@ def _save(request: RunRequest, lm: LoadedModel, record: dict, progress) -> None:
         record["saved_model"] = str(Path(target).expanduser().resolve())
 
 
-def _new_record(request: RunRequest) -> dict:
-    return {"record_version": RECORD_VERSION, "run_id": new_run_id(), "status": "running", "message": None,
-            "spec": request.spec.to_dict(), "model": {"name": request.model}, "data": {"calibration": None,
-            "evaluation": None}, "versions": versions(), "timings": {}, "layers_done": 0, "n_layers": None,
-            "sparsity": None, "mask_sparsity": None, "errors": [],
-            "nominal_sparsity": request.spec.nominal_sparsity(),
-            "ppl": {"pruned": None, "dense": None, "magnitude": None}, "eval": None,
-            "zero_shot": None, "zero_shot_dense": None, "recovery": None,
-            "request": {"calib": request.calib, "eval": request.eval, "eval_windows": request.eval_windows,
-                        "baselines": request.baselines, "device": request.device, "dtype": request.dtype,
-                        "zero_shot_tasks": request.zero_shot_tasks, "zero_shot_limit": request.zero_shot_limit,
-                        "zero_shot_include": request.zero_shot_include,
-                        "finetune": request.finetune.to_dict() if request.finetune else None},
-            "saved_model": None, "matrices": []}
+def _new_record(request: RunRequest) -> RunRecord:
+    return RunRecord.new(
+        run_id=new_run_id(), spec=request.spec.to_dict(), model={"name": request.model}, versions=versions(),
+        nominal_sparsity=request.spec.nominal_sparsity(),
+        request={"calib": request.calib, "eval": request.eval, "eval_windows": request.eval_windows,
+                 "baselines": request.baselines, "device": request.device, "dtype": request.dtype,
+                 "zero_shot_tasks": request.zero_shot_tasks, "zero_shot_limit": request.zero_shot_limit,
+                 "zero_shot_include": request.zero_shot_include,
+                 "finetune": request.finetune.to_dict() if request.finetune else None})
 
 
 def _recording(progress, record: dict, store):
     """Wrap the progress callback: keep the stored record up to date as layers finish (throttled)."""
     def wrapped(event: dict) -> None:
         if event.get("stage") == "prune":
-            record["matrices"] = record.get("matrices", []) + list(event.get("matrices", []))
-            record["layers_done"], record["n_layers"] = event["layer"] + 1, event["n_layers"]
+            record.add_layer(event)
             # the last layer always: a run killed later (evaluating, saving) must not read as one layer short
             store.save(record, force=event["layer"] + 1 == event["n_layers"])
         elif event.get("stage") == "save":

@@ -38,9 +38,6 @@ class LinearStats:
             self._hinv_diag = (damp, torch.cholesky_inverse(torch.linalg.cholesky(H)).diagonal().clone())
         return self._hinv_diag[1]
 
-    def free(self) -> None:
-        self.XtX = None
-
 
 def dampened(H: torch.Tensor, damp: float) -> torch.Tensor:
     """SparseGPT's conditioning: dead channels get H_jj = 1, then add damp * mean(diag) to the diagonal."""

@@ -10,19 +10,14 @@ failed requests for a while only and its size and count bounded, dropping the ol
 from __future__ import annotations
 
 import logging
-import math
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .record import read_json, write_json_atomic
-from .spec import PruneSpec
+from .record import RUN_ID, read_json, record_problem, write_json_atomic
 
-RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
-STATUSES = ("running", "completed", "cancelled", "failed")
 log = logging.getLogger("store")
 
 
@@ -160,47 +155,6 @@ class RunStore:
                 status = None
             cached = self._statuses[run_id] = (stamp, status)
         return cached[1]
-
-
-def record_problem(record) -> str | None:
-    """Why `record` is not a run record of the layout engine/record.py documents (None when it is one). Readers skip
-    such a file: a stray `[]` or `{"spec": "garbage"}` in the store must not break the list for everyone."""
-    if not isinstance(record, dict):
-        return f"a JSON {type(record).__name__}, not an object"
-    if not isinstance(record.get("run_id"), str) or not RUN_ID.fullmatch(record["run_id"]):
-        return "no valid run_id"
-    if record.get("status") not in STATUSES:
-        return "no valid status"
-    if record.get("spec") is not None:
-        if not isinstance(record["spec"], dict):
-            return "spec is not an object"
-        try:
-            PruneSpec.from_dict(record["spec"])
-        except Exception as err:  # any complaint of the spec about a stored value: the record is not usable
-            return f"its spec is not valid ({str(err)[:80]})"
-    for key in ("model", "ppl", "data", "request", "timings", "eval", "owner", "zero_shot", "zero_shot_dense"):
-        if record.get(key) is not None and not isinstance(record[key], dict):
-            return f"{key} is not an object"
-    for key in ("layers_done", "n_layers"):
-        if record.get(key) is not None and (not isinstance(record[key], int) or isinstance(record[key], bool)):
-            return f"{key} is not a whole number"
-    for key in ("sparsity", "nominal_sparsity"):
-        if record.get(key) is not None and not _number(record[key]):
-            return f"{key} is not a number"
-    if any(v is not None and not _number(v) for v in (record.get("ppl") or {}).values()):
-        return "ppl holds something other than numbers"
-    if record.get("message") is not None and not isinstance(record["message"], str):
-        return "message is not text"
-    matrices = record.get("matrices", [])
-    if not isinstance(matrices, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("layer"), int) and isinstance(m.get("module"), str)
-            for m in matrices):
-        return "matrices is not a list of per-matrix entries"
-    return None
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _with_liveness(record: dict) -> dict:

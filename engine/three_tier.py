@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .masks import from_blocks, to_blocks
+from .masks import from_blocks, keep_top_k, to_blocks
 from .sparsegpt import Choose, drop_lowest, obs_saliency
 
 DENSE, TWO_FOUR, TOPK = 0, 1, 2
@@ -66,13 +66,10 @@ def three_tier_mask(select: torch.Tensor, tiers: torch.Tensor, block: int, keep:
     keep_mask = (tier == DENSE).unsqueeze(1).expand_as(flat).clone()
     rows = (tier == TWO_FOUR).nonzero().flatten()
     if rows.numel():
-        groups = flat[rows].view(-1, block, block // 4, 4)
-        chosen = torch.zeros_like(groups, dtype=torch.bool).scatter_(3, groups.topk(2, dim=3).indices, True)
-        keep_mask[rows] = chosen.view(-1, block * block)
+        keep_mask[rows] = keep_top_k(flat[rows].view(-1, block, block // 4, 4), 2).view(-1, block * block)
     rows = (tier == TOPK).nonzero().flatten()
-    if rows.numel() and keep:
-        sub = flat[rows]
-        keep_mask[rows] = torch.zeros_like(sub, dtype=torch.bool).scatter_(1, sub.topk(keep, dim=1).indices, True)
+    if rows.numel():  # the top-K tiles of topk_block_mask, on the top-K blocks only
+        keep_mask[rows] = keep_top_k(flat[rows], keep)
     return from_blocks(keep_mask.view(blocks.shape), block, select.shape)
 
 

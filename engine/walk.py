@@ -86,7 +86,7 @@ def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList, windows: torch
 
 
 @torch.no_grad()
-def run_layer(layer: nn.Module, inputs: LayerInputs, cancel=None) -> list[torch.Tensor]:
+def run_layer(layer: nn.Module, inputs: LayerInputs) -> list[torch.Tensor]:
     """Run one decoder layer on every window; returns the output hidden states (on the layer's device)."""
     device = layer_device(layer)
     outs = []

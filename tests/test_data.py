@@ -7,9 +7,9 @@ import types
 import pytest
 import torch
 
+from conftest import SHARED_WIKITEXT
 from engine import data
 from engine.data import (
-    SHARED_WIKITEXT,
     TextSource,
     calibration_windows,
     default_seqlen,

