@@ -23,6 +23,7 @@ from .zeroshot import PAPER_TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Long by nature: one statement per flag, grouped as Wanda and the fork document them (a table, not logic).
     p = argparse.ArgumentParser(prog="main.py", description=f"Prune a causal LM layer by layer ({', '.join(METHODS)}; "
                                 f"{', '.join(PATTERNS)}) and measure WikiText-2 perplexity.")
     w = p.add_argument_group("Wanda's flags")
@@ -37,17 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--prune_method", default="wanda", choices=list(METHODS), help="default wanda; "
                    + "; ".join(f"{name}: {m.summary}" for name, m in METHODS.items()))
     w.add_argument("--cache_dir", default=None, help="Hugging Face download cache")
-    w.add_argument("--save", default=None, metavar="DIR", help="write results.json, a log line and the pruned model here")
+    w.add_argument("--save", default=None, metavar="DIR",
+                   help="write results.json, a log line and the pruned model here")
     w.add_argument("--save_model", default=None, metavar="DIR2", help="put the pruned model here instead of --save")
-    w.add_argument("--use_variant", action="store_true", help="unstructured: Wanda's variant, per row prune while the "
-                   "sorted scores' running sum stays under alpha x the row total, alpha bisected to the target sparsity")
+    w.add_argument("--use_variant", action="store_true",
+                   help="unstructured: Wanda's variant, per row prune while the sorted scores' running sum stays "
+                   "under alpha x the row total, alpha bisected to the target sparsity")
     w.add_argument("--eval_zero_shot", nargs="*", default=None, metavar="TASK",
                    help="zero-shot accuracy of the pruned model with lm-evaluation-harness (pip install -r "
                    "requirements-eval.txt); no TASK = the paper's seven: " + ", ".join(PAPER_TASKS))
     w.add_argument("--zero_shot_limit", type=int, default=None, metavar="N",
                    help="evaluate at most N items per zero-shot task (recorded; default: all)")
     w.add_argument("--zero_shot_include", default=None, metavar="DIR",
-                   help="a folder of extra lm-eval task YAMLs (their relative data_files are read from the working directory)")
+                   help="a folder of extra lm-eval task YAMLs (their relative data_files are read from the working "
+                   "directory)")
     o = p.add_argument_group("three-tier")
     o.add_argument("--sparsity_ratios", type=float, nargs=3, default=None, metavar=("DENSE", "2:4", "TOPK"),
                    help="share of 16x16 blocks kept dense, made 2:4, and top-K; sum to 1 (default: the recipe's, "
@@ -55,9 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--block_size", type=int, default=16, help="block side B (default 16)")
     o.add_argument("--topk_per_block", type=int, default=15, help="weights K kept in each top-K block (default 15)")
     o.add_argument("--tier_scope", default="matrix", choices=list(TIER_SCOPES),
-                   help="where blocks compete for tiers: each matrix (the original rule), each decoder layer, the whole model (default matrix)")
+                   help="where blocks compete for tiers: each matrix (the original rule), each decoder layer, the "
+                   "whole model (default matrix)")
     o.add_argument("--within_block", default="score", choices=list(WITHIN_BLOCK),
-                   help="pick weights inside 2:4 and top-K blocks by the method's score, by |W| (the original rule), or "
+                   help="pick weights inside 2:4 and top-K blocks by the method's score, by |W| (the original "
+                        "rule), or "
                         "obs: by the OBS saliency while the weights are updated, as SparseGPT picks N:M (needs "
                         "--reconstruct or sparsegpt) (default score)")
     o.add_argument("--tier_assignment", default="importance", choices=list(ASSIGNMENTS),
@@ -67,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = p.add_argument_group("data, evaluation, hardware")
     e.add_argument("--calib_dataset", default="auto", help="auto (default: c4 as in the paper; pydoc offline) | c4 | "
                    "wikitext2 | gsm8k (the Wanda hybrid fork's: one question+answer per window) | pydoc | local path")
-    e.add_argument("--eval_dataset", default="auto", help="auto (default: wikitext2; pydoc offline) | wikitext2 | c4 | pydoc | local path | none")
+    e.add_argument("--eval_dataset", default="auto",
+                   help="auto (default: wikitext2; pydoc offline) | wikitext2 | c4 | pydoc | local path | none")
     e.add_argument("--eval_windows", type=int, default=None, help="evaluate at most N windows (default: all)")
     e.add_argument("--seqlen", type=int, default=None, help="tokens per window (default: min(model context, 2048))")
     e.add_argument("--baselines", action="store_true", help="also report dense and magnitude perplexity (cached)")
@@ -76,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--group", default=None, choices=list(GROUPS),
                    help="unstructured comparison group (default: row for wanda/sparsegpt, matrix for magnitude)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | offload (CPU weights, GPU compute)")
-    e.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bf16/fp16 on GPU) | float32 | float16 | bfloat16")
+    e.add_argument("--dtype", default="auto",
+                   help="auto (float32 on CPU, bf16/fp16 on GPU) | float32 | float16 | bfloat16")
     e.add_argument("--no_save_model", action="store_true", help="with --save: write results only, not the model")
     e.add_argument("--overwrite", action="store_true", help="allow a non-empty --save directory")
     e.add_argument("--trust_remote_code", action="store_true", help="run a model repository's own code")
@@ -93,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_fork_flags(p: argparse.ArgumentParser) -> None:
-    f = p.add_argument_group("the Wanda hybrid fork's flags", f"{ORIGINAL_URL}: main_block_three_tier.py, main_block.py, "
-                             "main_block_topk.py, main_block_hybrid_2_4.py")
+    f = p.add_argument_group("the Wanda hybrid fork's flags",
+                             f"{ORIGINAL_URL}: main_block_three_tier.py, main_block.py, main_block_topk.py, "
+                             "main_block_hybrid_2_4.py")
     f.add_argument("--recipe", default=None, choices=list(RECIPES),
                    help="a named three-tier recipe; flags given explicitly win. original: the fork's three-tier rule "
                    "and defaults (wanda, |W| inside blocks, 0.4 0.4 0.2, K=10, block rule original); best: the best "
@@ -299,11 +308,14 @@ class _Bars:
             self.close()
             tqdm.write(f"[{stage}] {event['message']}", file=sys.stderr)
             return
-        kind, total = ((stage, event["n_layers"]) if stage == "prune" else (stage, event["total"]) if stage == "finetune"
-                       else (f"eval:{event.get('what')}", event.get("total")))
+        if stage in ("prune", "finetune"):
+            kind, total = stage, event["n_layers" if stage == "prune" else "total"]
+        else:
+            kind, total = f"eval:{event.get('what')}", event.get("total")
         if self.kind != kind:
             self.close()
-            desc = {"prune": "pruning layers", "finetune": "fine-tuning"}.get(stage, f"perplexity ({event.get('what')})")
+            desc = {"prune": "pruning layers", "finetune": "fine-tuning"}.get(stage,
+                                                                               f"perplexity ({event.get('what')})")
             self.bar, self.kind = tqdm(total=total, desc=desc, file=sys.stderr, leave=True), kind
         if stage == "prune":
             self.bar.set_postfix_str(f"layer {event['layer']}")

@@ -143,59 +143,42 @@ def run(request: RunRequest, progress=None, cancel: threading.Event | None = Non
         raise
     except BaseException as e:
         models.restore()  # never leave a half-pruned model for the next run
-        record.update(status="failed", message=(str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}")[:500])
+        why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        record.update(status="failed", message=why[:500])
         _finish(record, timings, t_start, request)
         raise
     return _finish(record, timings, t_start, request)
 
 
 def _run(request: RunRequest, record: dict, timings: dict, t_start: float, progress, cancel, models) -> None:
+    """text sources -> model -> evaluation ids, calibration windows -> dense references -> prune -> evaluate,
+    recover, save (each step records what it used)."""
     spec = request.spec
-    # read the text sources first: a missing file or an unreachable hub is reported before minutes of loading
-    eval_src = textdata.resolve_text(request.eval, "evaluation") if request.eval else None
-    calib_src = textdata.resolve_text(request.calib, "calibration") if spec.uses_calibration else None
-    finetune_src = None if request.finetune is None else calib_src or textdata.resolve_text(request.calib, "calibration")
-    zero_shot = None if request.zero_shot_tasks is None else \
-        resolve_tasks(request.zero_shot_tasks, request.zero_shot_include)
+    sources = _resolve_sources(request)  # a missing file or an unreachable hub is reported before minutes of loading
     lm = models.get(request, progress)
     timings["load_s"] = time.perf_counter() - t_start
     model, tok = lm.model, lm.tokenizer
-    seqlen = textdata.default_seqlen(model.config, spec.seqlen)
-    record["model"] = {"name": lm.name, "source": lm.source, "model_type": model.config.model_type,
-                       "n_layers": len(find_decoder_layers(model)[1]), "dtype": lm.dtype, "device": lm.device,
-                       "compute_device": lm.compute_device}
-    record["spec"]["seqlen"] = seqlen
-    context = textdata.model_context(model.config)
-    if context is not None and seqlen > context:
-        raise UserError(f"seqlen {seqlen} is longer than the model's context of {context} tokens")
-    offload = lm.compute_device if lm.offload else None
-
-    eval_ids, eval_name = None, None
-    if eval_src is not None:
-        progress({"stage": "eval", "message": "tokenizing the evaluation text"})
-        eval_ids, eval_name = textdata.evaluation_ids(tok, eval_src), eval_src.name
-        record["data"]["evaluation"] = eval_src.name
-        if eval_ids.numel() < seqlen:
-            raise UserError(f"evaluation text {eval_src.name} has {eval_ids.numel()} tokens, fewer than one window "
-                            f"of seqlen={seqlen}; lower seqlen or use a longer text")
+    seqlen = _describe_model(record, lm, spec)
+    eval_ids = _evaluation_ids(tok, sources["eval"], seqlen, record, progress)
     windows = None
-    if calib_src is not None:
+    if sources["calib"] is not None:
         t = time.perf_counter()
         progress({"stage": "calibration", "message": f"sampling {spec.nsamples} windows of {seqlen} tokens"})
-        windows = textdata.calibration_windows(tok, calib_src, spec.nsamples, seqlen, spec.seed)
-        record["data"]["calibration"] = calib_src.name
+        windows = textdata.calibration_windows(tok, sources["calib"], spec.nsamples, seqlen, spec.seed)
+        record["data"]["calibration"] = sources["calib"].name
         timings["calibration_data_s"] = time.perf_counter() - t
 
     if eval_ids is not None and request.baselines:
         t = time.perf_counter()
         record["ppl"]["dense"], record["ppl"]["magnitude"] = _baselines(
-            request, lm, models, eval_ids, eval_name, seqlen, progress, cancel)
+            request, lm, models, eval_ids, sources["eval"].name, seqlen, progress, cancel)
         timings["baselines_s"] = time.perf_counter() - t
-    if zero_shot is not None and request.baselines:  # the model is still dense here; not cached (unlike perplexity)
-        record["zero_shot_dense"] = _zero_shot(lm, zero_shot, request, "dense", timings, progress, cancel)
+    if sources["zero_shot"] is not None and request.baselines:  # still dense here; not cached (unlike perplexity)
+        record["zero_shot_dense"] = _zero_shot(lm, sources["zero_shot"], request, "dense", timings, progress, cancel)
 
     torch.manual_seed(spec.seed)
-    result = prune_model(model, spec, windows, progress=progress, cancel=cancel, offload_device=offload)
+    result = prune_model(model, spec, windows, progress=progress, cancel=cancel,
+                         offload_device=lm.compute_device if lm.offload else None)
     timings.update(result.timings)
     record.update(status=result.status, message=result.message, layers_done=result.layers_done,
                   n_layers=result.n_layers, sparsity=result.sparsity, mask_sparsity=result.mask_sparsity,
@@ -205,22 +188,64 @@ def _run(request: RunRequest, record: dict, timings: dict, t_start: float, progr
         record["message"] = (f"{result.message}; layers 0-{result.layers_done - 1} are pruned, the rest dense. "
                              "The in-memory model will be restored to dense weights before the next run.")
         return
+    _after_pruning(request, lm, record, timings, sources, eval_ids, seqlen, progress, cancel)
 
+
+def _resolve_sources(request: RunRequest) -> dict:
+    """The run's text sources and zero-shot tasks, resolved (and checked) before the model loads."""
+    spec = request.spec
+    eval_src = textdata.resolve_text(request.eval, "evaluation") if request.eval else None
+    calib_src = textdata.resolve_text(request.calib, "calibration") if spec.uses_calibration else None
+    finetune_src = None if request.finetune is None else \
+        calib_src or textdata.resolve_text(request.calib, "calibration")
+    zero_shot = None if request.zero_shot_tasks is None else \
+        resolve_tasks(request.zero_shot_tasks, request.zero_shot_include)
+    return {"eval": eval_src, "calib": calib_src, "finetune": finetune_src, "zero_shot": zero_shot}
+
+
+def _describe_model(record: dict, lm: LoadedModel, spec: PruneSpec) -> int:
+    """Record what was loaded; return the window length (checked against the model's context)."""
+    model = lm.model
+    seqlen = textdata.default_seqlen(model.config, spec.seqlen)
+    record["model"] = {"name": lm.name, "source": lm.source, "model_type": model.config.model_type,
+                       "n_layers": len(find_decoder_layers(model)[1]), "dtype": lm.dtype, "device": lm.device,
+                       "compute_device": lm.compute_device}
+    record["spec"]["seqlen"] = seqlen
+    context = textdata.model_context(model.config)
+    if context is not None and seqlen > context:
+        raise UserError(f"seqlen {seqlen} is longer than the model's context of {context} tokens")
+    return seqlen
+
+
+def _evaluation_ids(tok, eval_src, seqlen: int, record: dict, progress):
+    if eval_src is None:
+        return None
+    progress({"stage": "eval", "message": "tokenizing the evaluation text"})
+    eval_ids = textdata.evaluation_ids(tok, eval_src)
+    record["data"]["evaluation"] = eval_src.name
+    if eval_ids.numel() < seqlen:
+        raise UserError(f"evaluation text {eval_src.name} has {eval_ids.numel()} tokens, fewer than one window "
+                        f"of seqlen={seqlen}; lower seqlen or use a longer text")
+    return eval_ids
+
+
+def _after_pruning(request, lm, record, timings, sources, eval_ids, seqlen, progress, cancel) -> None:
+    """Evaluate the pruned model, recover it (a masked fine-tune) if asked, save it, then zero-shot."""
     if eval_ids is not None:
         t = time.perf_counter()
-        res = _ppl(model, eval_ids, seqlen, request.eval_windows, "pruned", progress, cancel)
+        res = _ppl(lm.model, eval_ids, seqlen, request.eval_windows, "pruned", progress, cancel)
         record["ppl"]["pruned"] = res.ppl
         record["eval"] = {"windows": res.windows, "tokens": res.tokens, "seqlen": seqlen}
         timings["eval_s"] = time.perf_counter() - t
     if request.finetune is not None:
         t = time.perf_counter()
-        record["recovery"] = recover(model, tok, request.finetune, finetune_src, eval_ids, seqlen, request.eval_windows,
-                                     ppl_before=record["ppl"]["pruned"], output_dir=request.finetune_dir,
-                                     progress=progress, cancel=cancel)
+        record["recovery"] = recover(lm.model, lm.tokenizer, request.finetune, sources["finetune"], eval_ids, seqlen,
+                                     request.eval_windows, ppl_before=record["ppl"]["pruned"],
+                                     output_dir=request.finetune_dir, progress=progress, cancel=cancel)
         timings["finetune_s"] = time.perf_counter() - t
     _save(request, lm, record, progress)  # before zero-shot, which can take hours: a failure there keeps the model
-    if zero_shot is not None:
-        record["zero_shot"] = _zero_shot(lm, zero_shot, request, "pruned", timings, progress, cancel)
+    if sources["zero_shot"] is not None:
+        record["zero_shot"] = _zero_shot(lm, sources["zero_shot"], request, "pruned", timings, progress, cancel)
 
 
 def _baselines(request, lm, models, eval_ids, eval_name, seqlen, progress, cancel):
