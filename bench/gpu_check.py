@@ -5,11 +5,12 @@
     python bench/gpu_check.py --stages wanda-2:4,offload   # a subset
 
 Stages (128 x 2048 calibration tokens unless --nsamples/--seqlen say otherwise, random token ids):
-  wanda-unstructured, wanda-2:4, tt-original (the original three-tier rule of the Wanda hybrid fork), tt-best (the best three-tier
-  recipe's loss-weighted scores and model-wide tiers, masks only), sparsegpt-2:4, obs-one-layer (the best recipe's
-  OBS update on decoder layer 0 alone), offload (--device offload: weights in CPU memory, layers computed on the GPU
-  one at a time, under a GPU memory cap smaller than the model), device-map (accelerate's device_map="auto": whole
-  model on the GPU works; a cap that pushes layers off the GPU is refused with a clear message, not pruned wrong).
+  wanda-unstructured, wanda-2:4, tt-original (the original three-tier rule of the Wanda hybrid fork), tt-best (the
+  best three-tier recipe's loss-weighted scores and model-wide tiers, masks only), sparsegpt-2:4, obs-one-layer (the
+  best recipe's OBS update on decoder layer 0 alone), offload (--device offload: weights in CPU memory, layers
+  computed on the GPU one at a time, under a GPU memory cap smaller than the model), device-map (accelerate's
+  device_map="auto": whole model on the GPU works; a cap that pushes layers off the GPU is refused with a clear
+  message, not pruned wrong).
 
 Each stage prints its wall time, peak GPU memory, the ratio to plain forward passes over the same windows, and the
 result of exact checks: counts per matrix as the pattern's formula says, no disagreement between masks and weights,
@@ -85,7 +86,8 @@ def check_record(spec: PruneSpec, result, n_layers: int) -> list[str]:
     original = spec.block_rule == "original"  # keeps every weight tied with the K-th: at most the formula's count
     for m in result.matrices:
         if m["pruned"] > expected_pruned(spec, m) or (m["pruned"] != expected_pruned(spec, m) and not original):
-            problems.append(f"layer {m['layer']} {m['module']}: pruned {m['pruned']}, formula {expected_pruned(spec, m)}")
+            problems.append(f"layer {m['layer']} {m['module']}: pruned {m['pruned']}, "
+                            f"formula {expected_pruned(spec, m)}")
     if spec.pattern == "three_tier" and spec.tier_scope == "matrix":
         counts = int_tier_counts if original else tier_counts
         for m in result.matrices:
@@ -123,7 +125,8 @@ def device_equals_cpu(model, spec: PruneSpec, windows, device: str) -> list[str]
         on_cpu = prune_matrix(W.cpu(), None, masks_only.replace(method="magnitude", group="row"),
                               scores=scores.cpu()).keep
         if not torch.equal(on_device.cpu(), on_cpu):
-            problems.append(f"layer 0 {t.name}: device mask != CPU mask ({int((on_device.cpu() != on_cpu).sum())} differ)")
+            differ = int((on_device.cpu() != on_cpu).sum())
+            problems.append(f"layer 0 {t.name}: device mask != CPU mask ({differ} differ)")
     return problems
 
 
@@ -164,8 +167,8 @@ def run_stage(name: str, model, windows, args, forward_s: float, dense: DenseWei
     if name not in ("obs-one-layer", "offload", "device-map"):
         problems += device_equals_cpu(model, spec, windows, args.device)
     row.update(wall_s=round(sw.wall, 2), x_forward=round(sw.wall / forward_s, 2),
-               peak_gpu_gib=round(mem.get("peak_cuda_mib", 0) / 1024, 2), peak_rss_gib=round(mem["peak_rss_mib"] / 1024, 2),
-               ok=not problems, problems=problems[:5])
+               peak_gpu_gib=round(mem.get("peak_cuda_mib", 0) / 1024, 2),
+               peak_rss_gib=round(mem["peak_rss_mib"] / 1024, 2), ok=not problems, problems=problems[:5])
     return row
 
 
@@ -225,7 +228,8 @@ def device_map_stage(model, spec, windows, args, row) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny LLaMA on the CPU, 4 x 32 tokens: checks, not speed")
     p.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
     p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 128; 4 with --smoke)")

@@ -39,47 +39,67 @@ ROWS = [  # key, label, spec keyword arguments (None = dense)
      "with the K-th kept, clipped edge blocks)", dict(ORIGINAL_RECIPE, **TT)),
     ("original-defaults", "three-tier, ORIGINAL_RECIPE with the fork's defaults 0.4/0.4/0.2, K=10",
      dict(ORIGINAL_RECIPE, pattern="three_tier")),
-    ("tt-score", "three-tier, Wanda score inside blocks (matrix scope, importance, exact rule)", dict(method="wanda", **TT)),
-    ("tt-score-obs", "three-tier, Wanda score inside blocks + OBS update", dict(method="wanda", reconstruct=True, **TT)),
+    ("tt-score", "three-tier, Wanda score inside blocks (matrix scope, importance, exact rule)",
+     dict(method="wanda", **TT)),
+    ("tt-score-obs", "three-tier, Wanda score inside blocks + OBS update",
+     dict(method="wanda", reconstruct=True, **TT)),
     ("tt-magnitude", "three-tier, |W| inside blocks, exact rule (summed score, floor counts, exactly K)",
      dict(method="wanda", within_block="magnitude", **TT)),
     ("tt-layer", "three-tier, layer scope", dict(method="wanda", tier_scope="layer", **TT)),
     ("tt-model", "three-tier, model scope", dict(method="wanda", tier_scope="model", **TT)),
     ("tt-cost", "three-tier, cost assignment", dict(method="wanda", assignment="cost", **TT)),
-    ("tt-cost-layer", "three-tier, cost assignment, layer scope", dict(method="wanda", assignment="cost", tier_scope="layer", **TT)),
-    ("tt-cost-model", "three-tier, cost assignment, model scope", dict(method="wanda", assignment="cost", tier_scope="model", **TT)),
-    ("tt-cost-obs", "three-tier, cost assignment + OBS update", dict(method="wanda", assignment="cost", reconstruct=True, **TT)),
-    ("tt-cost-layer-obs", "three-tier, cost, layer scope + OBS update", dict(method="wanda", assignment="cost", tier_scope="layer", reconstruct=True, **TT)),
+    ("tt-cost-layer", "three-tier, cost assignment, layer scope",
+     dict(method="wanda", assignment="cost", tier_scope="layer", **TT)),
+    ("tt-cost-model", "three-tier, cost assignment, model scope",
+     dict(method="wanda", assignment="cost", tier_scope="model", **TT)),
+    ("tt-cost-obs", "three-tier, cost assignment + OBS update",
+     dict(method="wanda", assignment="cost", reconstruct=True, **TT)),
+    ("tt-cost-layer-obs", "three-tier, cost, layer scope + OBS update",
+     dict(method="wanda", assignment="cost", tier_scope="layer", reconstruct=True, **TT)),
     ("tt-sgpt", "three-tier, SparseGPT (OBS saliency ranks, OBS update)", dict(method="sparsegpt", **TT)),
-    ("tt-sgpt-cost-layer", "three-tier, SparseGPT, cost, layer scope", dict(method="sparsegpt", assignment="cost", tier_scope="layer", **TT)),
+    ("tt-sgpt-cost-layer", "three-tier, SparseGPT, cost, layer scope",
+     dict(method="sparsegpt", assignment="cost", tier_scope="layer", **TT)),
     ("fisher-24", "Fisher 2:4 (same scores as the fisher rows)", dict(method="fisher", pattern="nm", n=2, m=4)),
     ("fisher-24-obs", "Fisher 2:4 + OBS update", dict(method="fisher", pattern="nm", n=2, m=4, reconstruct=True)),
     ("tt-fisher-matrix", "three-tier, Fisher, cost, matrix scope", dict(method="fisher", assignment="cost", **TT)),
-    ("tt-fisher-layer", "three-tier, Fisher, cost, layer scope", dict(method="fisher", assignment="cost", tier_scope="layer", **TT)),
+    ("tt-fisher-layer", "three-tier, Fisher, cost, layer scope",
+     dict(method="fisher", assignment="cost", tier_scope="layer", **TT)),
     ("tt-fisher-imp", "three-tier, Fisher, importance, model scope", dict(method="fisher", tier_scope="model", **TT)),
-    ("tt-fisher", "three-tier, Fisher, cost, model scope (best masks only)", dict(method="fisher", assignment="cost", tier_scope="model", **TT)),
-    ("tt-fisher-obs", "three-tier, Fisher, cost, model scope + OBS update (mask fixed first)", dict(method="fisher", assignment="cost", tier_scope="model", reconstruct=True, **TT)),
-    ("tt-fisher-obsw", "three-tier, Fisher, cost, model scope + OBS update, kept by OBS saliency", dict(method="fisher", assignment="cost", tier_scope="model", reconstruct=True, within_block="obs", **TT)),
-    ("tt-cost-layer-obsw", "three-tier, Wanda, cost, layer scope + OBS update, kept by OBS saliency", dict(method="wanda", assignment="cost", tier_scope="layer", reconstruct=True, within_block="obs", **TT)),
-    ("tt-sgpt-obsw", "three-tier, SparseGPT, matrix scope by importance, kept by OBS saliency during the update", dict(method="sparsegpt", within_block="obs", **TT)),
-    ("tt-fw-matrix", "three-tier, Fisher-weighted Wanda, cost, matrix scope", dict(method="fisher_wanda", assignment="cost", **TT)),
-    ("tt-fw-layer", "three-tier, Fisher-weighted Wanda, cost, layer scope", dict(method="fisher_wanda", assignment="cost", tier_scope="layer", **TT)),
-    ("tt-fw-imp", "three-tier, Fisher-weighted Wanda, importance, model scope", dict(method="fisher_wanda", tier_scope="model", **TT)),
-    ("tt-fw", "three-tier, Fisher-weighted Wanda, cost, model scope (best masks only)", dict(method="fisher_wanda", assignment="cost", tier_scope="model", **TT)),
-    ("tt-fw-obs", "three-tier, Fisher-weighted Wanda, cost, model scope + OBS update (mask fixed first)", dict(method="fisher_wanda", assignment="cost", tier_scope="model", reconstruct=True, **TT)),
+    ("tt-fisher", "three-tier, Fisher, cost, model scope (best masks only)",
+     dict(method="fisher", assignment="cost", tier_scope="model", **TT)),
+    ("tt-fisher-obs", "three-tier, Fisher, cost, model scope + OBS update (mask fixed first)",
+     dict(method="fisher", assignment="cost", tier_scope="model", reconstruct=True, **TT)),
+    ("tt-fisher-obsw", "three-tier, Fisher, cost, model scope + OBS update, kept by OBS saliency",
+     dict(method="fisher", assignment="cost", tier_scope="model", reconstruct=True, within_block="obs", **TT)),
+    ("tt-cost-layer-obsw", "three-tier, Wanda, cost, layer scope + OBS update, kept by OBS saliency",
+     dict(method="wanda", assignment="cost", tier_scope="layer", reconstruct=True, within_block="obs", **TT)),
+    ("tt-sgpt-obsw", "three-tier, SparseGPT, matrix scope by importance, kept by OBS saliency during the update",
+     dict(method="sparsegpt", within_block="obs", **TT)),
+    ("tt-fw-matrix", "three-tier, Fisher-weighted Wanda, cost, matrix scope",
+     dict(method="fisher_wanda", assignment="cost", **TT)),
+    ("tt-fw-layer", "three-tier, Fisher-weighted Wanda, cost, layer scope",
+     dict(method="fisher_wanda", assignment="cost", tier_scope="layer", **TT)),
+    ("tt-fw-imp", "three-tier, Fisher-weighted Wanda, importance, model scope",
+     dict(method="fisher_wanda", tier_scope="model", **TT)),
+    ("tt-fw", "three-tier, Fisher-weighted Wanda, cost, model scope (best masks only)",
+     dict(method="fisher_wanda", assignment="cost", tier_scope="model", **TT)),
+    ("tt-fw-obs", "three-tier, Fisher-weighted Wanda, cost, model scope + OBS update (mask fixed first)",
+     dict(method="fisher_wanda", assignment="cost", tier_scope="model", reconstruct=True, **TT)),
     ("block50", "the fork's block pruning: half of the 16x16 blocks removed (Wanda block scores)",
      dict(method="wanda", pattern="block", sparsity=0.5, within_block="magnitude")),
     ("hybrid-0.9-0.8", "the fork's threshold hybrid: top 0.9 of blocks 2:4 where it keeps 0.8 of the score, else "
      "dense; rest top-K, K=10", dict(method="wanda", pattern="threshold_hybrid", top_blocks_ratio=0.9,
                                       score_threshold=0.8, keep=10, within_block="magnitude")),
-    ("tt-best", "three-tier, BEST_THREE_TIER: Fisher-weighted Wanda, cost, model scope, OBS update, kept by OBS saliency", dict(BEST_THREE_TIER, **TT)),
+    ("tt-best", "three-tier, BEST_THREE_TIER: Fisher-weighted Wanda, cost, model scope, OBS update, kept by "
+     "OBS saliency", dict(BEST_THREE_TIER, **TT)),
 ]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--rows", default="", help="comma-separated row keys, run in that order; 'x*' = every key starting with x (default: all)")
+    p.add_argument("--rows", default="",
+                   help="comma-separated row keys, run in that order; 'x*' = every key starting with x (default: all)")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--eval_windows", type=int, default=40)
@@ -148,8 +168,8 @@ def _write(a, results: dict, meta: dict | None = None) -> None:
              "| row | variant | sparsity | perplexity | issue #6 | time (s) |", "|---|---|---|---|---|---|"]
     for k in order:
         r = results[k]
-        lines.append(f"| `{k}` | {r['label'].replace('|', chr(92) + '|')} | {r['sparsity']:.4f} | {r['ppl']:.2f} | {'' if a.quick else ISSUE.get(k, '')} "
-                     f"| {r['seconds']} |")
+        lines.append(f"| `{k}` | {r['label'].replace('|', chr(92) + '|')} | {r['sparsity']:.4f} | {r['ppl']:.2f} "
+                     f"| {'' if a.quick else ISSUE.get(k, '')} | {r['seconds']} |")
     findings = REPO / "bench" / "hybrid_findings.md"  # the analysis, kept beside the table it explains
     if not a.quick and findings.exists():
         lines += ["", findings.read_text()]

@@ -327,10 +327,12 @@ def speed_sections() -> list[str]:
         out += ["", f"## GPU check: LLaMA-2-7B shape, {d['nsamples']} x {d['seqlen']} tokens", "",
                 f"`{d['command']}` — {mm['date_utc']}, {mm['device']}, engine {mm.get('engine_commit')}; weights "
                 f"{d['weights_gib']:.1f} GiB, plain forward {d['forward_s']:.1f} s.", "",
-                md_table(d["stages"], [("stage", "stage", "s"), ("wall_s", "wall s", ".1f"), ("x_forward", "x forward", ".2f"),
-                                       ("peak_gpu_gib", "peak GPU GiB", ".2f"), ("ok", "checks", "")])]
+                md_table(d["stages"], [("stage", "stage", "s"), ("wall_s", "wall s", ".1f"),
+                                       ("x_forward", "x forward", ".2f"), ("peak_gpu_gib", "peak GPU GiB", ".2f"),
+                                       ("ok", "checks", "")])]
     else:
-        out += ["", "## GPU check", "", "`bench/gpu_check.py` (LLaMA-2-7B shape on one GPU) has not run on a GPU yet: no "
+        out += ["", "## GPU check", "",
+                "`bench/gpu_check.py` (LLaMA-2-7B shape on one GPU) has not run on a GPU yet: no "
                 "GPU was lent to the sessions so far. Its `--smoke` form runs on the CPU in the test suite."]
     return out
 

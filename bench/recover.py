@@ -66,10 +66,12 @@ def main() -> None:
             models.restore()
         else:
             spec = PruneSpec(nsamples=a.nsamples, seqlen=512, seed=0, **kw)
-            rec = run(RunRequest(model=None, device="cpu", spec=spec, calib=a.data, eval=a.data, eval_windows=a.eval_windows,
-                                 baselines=False, finetune=ft), models=models, progress=_print)
+            rec = run(RunRequest(model=None, device="cpu", spec=spec, calib=a.data, eval=a.data,
+                                 eval_windows=a.eval_windows, baselines=False, finetune=ft),
+                      models=models, progress=_print)
             row = {"sparsity": rec["sparsity"], "recovery": rec["recovery"], "timings": rec["timings"]}
-        row.update(protocol={"nsamples": a.nsamples, "eval_windows": a.eval_windows, "seqlen": 512}, label=label, spec=kw, seconds=round(time.perf_counter() - t, 1))
+        row.update(protocol={"nsamples": a.nsamples, "eval_windows": a.eval_windows, "seqlen": 512},
+                   label=label, spec=kw, seconds=round(time.perf_counter() - t, 1))
         results[key] = row
         r = row["recovery"]
         print(f"{key}: sparsity {row['sparsity']:.4f} ppl {r['ppl_before']:.2f} -> {r['ppl_after']:.2f} "

@@ -50,9 +50,10 @@ def curves(rows: dict, keys: list[str]) -> str:
     out = []
     for k in keys:
         c = rows[k]["recovery"]["curve"]
-        train = {s: l for s, l in c["train"]}
-        out.append(f"`{k}` held-out loss: " + ", ".join(f"{s}: {l:.3f}" for s, l in c["heldout"]))
-        out.append(f"`{k}` train loss: " + ", ".join(f"{s}: {train[s]:.3f}" for s in sorted(train) if s % 5 == 0 or s == 1))
+        train = {step: loss for step, loss in c["train"]}
+        out.append(f"`{k}` held-out loss: " + ", ".join(f"{step}: {loss:.3f}" for step, loss in c["heldout"]))
+        out.append(f"`{k}` train loss: "
+                   + ", ".join(f"{s}: {train[s]:.3f}" for s in sorted(train) if s % 5 == 0 or s == 1))
     return "\n\n".join(out)
 
 

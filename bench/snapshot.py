@@ -45,8 +45,8 @@ def main() -> None:
     os.environ["SPARSITY_SNAPSHOT_DIR"] = folder
     rows = measure("SmolLM2-135M (fp32)", load_model(None, "cpu").model, folder)
     if args.layers:
-        rows += measure(f"LLaMA-7B shape, {args.layers} layers (fp32)", random_llama_7b(args.layers, "cpu", torch.float32),
-                        folder)
+        rows += measure(f"LLaMA-7B shape, {args.layers} layers (fp32)",
+                        random_llama_7b(args.layers, "cpu", torch.float32), folder)
     print_table(rows, [("model", "model", "s"), ("where", "kept in", "s"), ("copy_gib", "GiB", ".3f"),
                              ("take_s", "take s", ".2f"), ("restore_s", "restore s", ".2f"),
                              ("added_rss_gib", "added RSS GiB", ".3f")])

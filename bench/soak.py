@@ -84,7 +84,8 @@ def start_server(port: int, scratch: Path, public: bool = False) -> subprocess.P
     env.pop("SPACE_ID", None)
     env.pop("SPARSITY_PUBLIC", None)
     log = open(scratch / "server.log", "w")
-    command = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), "--runs_dir", str(scratch / "runs")]
+    command = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port),
+               "--runs_dir", str(scratch / "runs")]
     command += ["--public"] if public else []
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120

@@ -27,7 +27,8 @@ from .three_tier import DENSE, TOPK, TWO_FOUR
 
 
 def mean_block_importance(scores: torch.Tensor, block: int) -> torch.Tensor:
-    """[out, in] -> [ceil(out/B), ceil(in/B)]: mean score of each block zero-padded to B x B, as the fork computes it."""
+    """[out, in] -> [ceil(out/B), ceil(in/B)]: mean score of each block zero-padded to B x B, as the fork
+    computes it."""
     out_f, in_f = scores.shape
     padded = torch.nn.functional.pad(scores.float(), (0, (-in_f) % block, 0, (-out_f) % block))
     return padded.unfold(1, block, block).unfold(0, block, block).mean(dim=(-2, -1))

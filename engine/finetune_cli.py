@@ -64,7 +64,8 @@ def recovery_summary(block: dict | None) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="finetune.py", description="Masked fine-tuning of a saved pruned model: every "
                                 "pruned weight stays exactly zero; perplexity before and after.")
-    p.add_argument("--model", required=True, help="a folder written by main.py --save (or any model whose zeros to keep)")
+    p.add_argument("--model", required=True,
+                   help="a folder written by main.py --save (or any model whose zeros to keep)")
     p.add_argument("--save", required=True, metavar="DIR", help="write the recovered model and results.json here")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --save directory")
     p.add_argument("--keep_adapter", action="store_true",
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume_from_checkpoint", default=None, metavar="CKPT",
                    help="continue from a checkpoint folder written with --save_every (same settings)")
     p.add_argument("--calib_dataset", default="auto", help="fine-tune text: auto | c4 | wikitext2 | pydoc | local path")
-    p.add_argument("--eval_dataset", default="auto", help="perplexity text: auto | wikitext2 | c4 | pydoc | path | none")
+    p.add_argument("--eval_dataset", default="auto",
+                   help="perplexity text: auto | wikitext2 | c4 | pydoc | path | none")
     p.add_argument("--eval_windows", type=int, default=None, help="evaluate at most N windows (default: all)")
     p.add_argument("--seqlen", type=int, default=None, help="evaluation window (default: min(model context, 2048))")
     p.add_argument("--seed", type=int, default=0)
@@ -112,7 +114,8 @@ def _main(args) -> int:
     from .save import check_save_dir, save_pretrained_atomic
 
     save = check_save_dir(args.save, args.overwrite)
-    eval_src = None if str(args.eval_dataset).lower() == "none" else textdata.resolve_text(args.eval_dataset, "evaluation")
+    eval_src = (None if str(args.eval_dataset).lower() == "none"
+                else textdata.resolve_text(args.eval_dataset, "evaluation"))
     train_src = textdata.resolve_text(args.calib_dataset, "calibration")
     lm = load_model(str(folder), args.device, args.dtype, args.trust_remote_code)
     seqlen = textdata.default_seqlen(lm.model.config, args.seqlen)

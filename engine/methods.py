@@ -67,5 +67,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            summary="Wanda with each output row weighted by its loss sensitivity"),
     Method("ria", "RIA (|W|/Σcol + |W|/Σrow)·‖X‖^½", lambda W, x: ria_scores(W, x.stats), "#999933",
            needs=frozenset({"activations"}), unstructured_group="matrix",
-           summary="relative importance (|W| over its row's and its column's sums) times ||X||^0.5 (Zhang et al., 2024)"),
+           summary="relative importance (|W| over its row's and its column's sums) times ||X||^0.5 "
+                   "(Zhang et al., 2024)"),
 )}

@@ -19,16 +19,16 @@ def model_card(record: dict) -> str:
     base = EMBEDDED_HUB_ID if str(model.get("name", "")).startswith(EMBEDDED) else model.get("name")
     hub_base = base if base and "/" in base and not Path(base).expanduser().exists() else None
     lines = ["---", *([f"base_model: {hub_base}"] if hub_base else []), "library_name: transformers",
-             "tags:", "- pruned", "- sparse", f"- {spec.method}", f"- {spec.sparsity_type.replace(':', '-')}", "---", "",
-             f"# {Path(str(base)).name} pruned: {spec.label()}", "",
-             f"Zeros are stored as zeros in dense tensors: the files are as large as the base model's, and speed-ups need "
-             f"a sparse kernel for the pattern. Pruned with the LLM sparsity explorer (engine "
+             "tags:", "- pruned", "- sparse", f"- {spec.method}", f"- {spec.sparsity_type.replace(':', '-')}",
+             "---", "", f"# {Path(str(base)).name} pruned: {spec.label()}", "",
+             f"Zeros are stored as zeros in dense tensors: the files are as large as the base model's, and "
+             f"speed-ups need a sparse kernel for the pattern. Pruned with the LLM sparsity explorer (engine "
              f"{record['versions'].get('engine')}), run `{record['run_id']}`.", "",
              "## Base model", "",
              f"- name: `{model.get('name')}`" + (f" (the hub's `{base}`)" if base != model.get("name") else ""),
              f"- loaded from: `{model.get('source')}`",
-             f"- family: {model.get('model_type')}, {model.get('n_layers')} decoder layers, pruned in {model.get('dtype')} "
-             f"on {model.get('compute_device') or model.get('device')}", "",
+             f"- family: {model.get('model_type')}, {model.get('n_layers')} decoder layers, "
+             f"pruned in {model.get('dtype')} on {model.get('compute_device') or model.get('device')}", "",
              "## Recipe", "", f"{spec.label()}.", ""]
     if spec.pattern == "three_tier" and spec.block_rule == "original":
         lines += [f"Block rule `original`: the three-tier rule of the [Wanda hybrid fork]({ORIGINAL_URL}) "

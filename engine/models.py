@@ -173,8 +173,9 @@ def _locate(name: str | None, cache_dir: str | None) -> tuple[str, dict]:
     from .data import hub_reachable
 
     if not hub_reachable():
-        raise ModelLoadError(f"model {excerpt(name)} is not a local path, not in the local Hugging Face cache, and the hub "
-                             "is unreachable (offline?). Give a local directory or .gguf file, or go online.")
+        raise ModelLoadError(f"model {excerpt(name)} is not a local path, not in the local Hugging Face cache, "
+                             "and the hub is unreachable (offline?). "
+                             "Give a local directory or .gguf file, or go online.")
     return name, {}
 
 
@@ -199,7 +200,8 @@ def _check_causal(where: str, kwargs: dict) -> None:
         msg = _first_line(e)
         if "trust_remote_code" in msg:
             raise ModelLoadError(f"{where} needs custom code from its repository; it runs only if you trust it: "
-                                 "pass --trust_remote_code (or set SPARSITY_TRUST_REMOTE_CODE=1 for the dashboard)") from e
+                                 "pass --trust_remote_code "
+                                 "(or set SPARSITY_TRUST_REMOTE_CODE=1 for the dashboard)") from e
         if "not found" in msg.lower() or "does not appear" in msg.lower() or "404" in msg or "Repository" in msg:
             raise ModelLoadError(f"model {where!r} not found: {msg}") from e
         raise ModelLoadError(f"could not read the configuration of {where}: {msg}") from e

@@ -106,7 +106,8 @@ def _unstructured_select(W, scores, spec, plan):
 
 
 def _unstructured_validate(spec):
-    check(finite(spec.sparsity) and 0.0 <= spec.sparsity < 1.0, f"sparsity ratio must lie in [0, 1), got {spec.sparsity}")
+    check(finite(spec.sparsity) and 0.0 <= spec.sparsity < 1.0,
+          f"sparsity ratio must lie in [0, 1), got {spec.sparsity}")
     check(spec.group is None or spec.group in GROUPS, f"group must be one of {', '.join(GROUPS)}, got {spec.group!r}")
     check(not spec.use_variant or not chooses_while_updating(spec),
           "the Wanda variant (use_variant) chooses a mask from scores; "
@@ -144,7 +145,8 @@ def _block_validate(spec):
     check(isinstance(spec.keep, int) and 0 <= spec.keep <= spec.block * spec.block,
           f"K (weights kept per top-K block) must lie in [0, {spec.block * spec.block}] for "
           f"{spec.block}x{spec.block} blocks, got {spec.keep}")
-    check(spec.block_rule in BLOCK_RULES, f"block rule must be one of {', '.join(BLOCK_RULES)}, got {spec.block_rule!r}")
+    check(spec.block_rule in BLOCK_RULES,
+          f"block rule must be one of {', '.join(BLOCK_RULES)}, got {spec.block_rule!r}")
 
 
 def _block_too_wide(matrix, shape, spec):
@@ -196,11 +198,13 @@ def _three_tier_validate(spec):
     check(all(finite(x) for x in r), f"tier ratios must be numbers, got {r}")
     check(all(x >= 0 for x in r), f"tier ratios must be non-negative, got {r}")
     check(abs(sum(r) - 1.0) <= 1e-6, f"tier ratios must sum to 1, got {' + '.join(f'{x:g}' for x in r)} = {sum(r):g}")
-    check(spec.tier_scope in TIER_SCOPES, f"tier scope must be one of {', '.join(TIER_SCOPES)}, got {spec.tier_scope!r}")
+    check(spec.tier_scope in TIER_SCOPES,
+          f"tier scope must be one of {', '.join(TIER_SCOPES)}, got {spec.tier_scope!r}")
     check(spec.within_block in WITHIN_BLOCK, f"within-block choice must be one of {', '.join(WITHIN_BLOCK)}")
     check(spec.within_block != "obs" or spec.updates_weights,
           "within-block choice 'obs' picks weights while the OBS update runs: turn on reconstruct (or use sparsegpt)")
-    check(spec.assignment in ASSIGNMENTS, f"tier assignment must be one of {', '.join(ASSIGNMENTS)}, got {spec.assignment!r}")
+    check(spec.assignment in ASSIGNMENTS,
+          f"tier assignment must be one of {', '.join(ASSIGNMENTS)}, got {spec.assignment!r}")
     check(spec.block_rule == "exact" or (spec.tier_scope == "matrix" and spec.assignment == "importance"
                                          and spec.within_block != "obs"),
           "the original block rule ranks blocks per matrix by importance and keeps weights by score or |W|: "

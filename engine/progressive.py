@@ -63,7 +63,8 @@ def parse_schedule(text: str) -> list[tuple[float, float, float]]:
         try:
             ratios = [tuple(float(x) for x in item.split("/")) for item in text.replace(",", " ").split()]
         except ValueError as e:
-            raise UserError(f"schedule {text!r}: write iterations as dense/2:4/top-K, e.g. 0.9/0.1/0,0.35/0.45/0.2") from e
+            raise UserError(f"schedule {text!r}: write iterations as dense/2:4/top-K, "
+                            "e.g. 0.9/0.1/0,0.35/0.45/0.2") from e
     return check_schedule(ratios)
 
 
@@ -154,13 +155,14 @@ def prune_iteration(model, spec: PruneSpec, windows: torch.Tensor | None, previo
 # ---- tier maps on disk ---------------------------------------------------------------------------------------------
 
 def save_tier_maps(path, iteration: int, ratios, grids: dict) -> None:
-    write_json_atomic(str(path), {"iteration": iteration, "ratios": list(ratios),
-                                  "maps": {f"{i}:{name}": encode_tier_map(g.numpy()) for (i, name), g in grids.items()}})
+    maps = {f"{i}:{name}": encode_tier_map(g.numpy()) for (i, name), g in grids.items()}
+    write_json_atomic(str(path), {"iteration": iteration, "ratios": list(ratios), "maps": maps})
 
 
 def load_tier_maps(path) -> dict:
     maps = read_json(str(path))["maps"]
-    return {(int(k.split(":", 1)[0]), k.split(":", 1)[1]): torch.from_numpy(decode_tier_map(v)) for k, v in maps.items()}
+    return {(int(k.split(":", 1)[0]), k.split(":", 1)[1]): torch.from_numpy(decode_tier_map(v))
+            for k, v in maps.items()}
 
 
 def finished_iterations(state_dir) -> list[int]:
@@ -211,7 +213,8 @@ def run_progressive(model, tokenizer, spec: PruneSpec, schedule, state_dir, cali
         step = spec.replace(ratios=ratios, seed=spec.seed + k - 1)  # fresh calibration windows each iteration
         progress({"stage": "progressive", "message": f"iteration {k}/{len(schedule)}: ratios "
                                                      f"{'/'.join(f'{x:g}' for x in ratios)}"})
-        windows = textdata.calibration_windows(tokenizer, calib_source, step.nsamples, seqlen, step.seed) if step.uses_calibration else None
+        windows = (textdata.calibration_windows(tokenizer, calib_source, step.nsamples, seqlen, step.seed)
+                   if step.uses_calibration else None)
         grids, matrices = prune_iteration(model, step, windows, previous, cancel)
         numel = sum(m["numel"] for m in matrices)
         entry = {"iteration": k, "ratios": list(ratios), "sparsity": sum(m["zeros"] for m in matrices) / numel,

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk_per_block", type=int, default=15)
     p.add_argument("--nsamples", type=int, default=128)
     p.add_argument("--seqlen", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0, help="calibration seed of iteration 1 (iteration k uses seed + k - 1)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="calibration seed of iteration 1 (iteration k uses seed + k - 1)")
     p.add_argument("--calib_dataset", default="auto")
     p.add_argument("--eval_dataset", default="auto", help="... or none")
     p.add_argument("--eval_windows", type=int, default=None)
@@ -67,7 +68,8 @@ def _main(args) -> int:
     from .save import check_save_dir, save_pretrained_atomic
 
     save = check_save_dir(args.save, args.overwrite) if args.save else None
-    eval_src = None if str(args.eval_dataset).lower() == "none" else textdata.resolve_text(args.eval_dataset, "evaluation")
+    eval_src = (None if str(args.eval_dataset).lower() == "none"
+                else textdata.resolve_text(args.eval_dataset, "evaluation"))
     calib_src = textdata.resolve_text(args.calib_dataset, "calibration")
     lm = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
     seqlen = textdata.default_seqlen(lm.model.config, args.seqlen)

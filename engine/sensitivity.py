@@ -42,7 +42,8 @@ def fisher_diagonal(model: nn.Module, targets: dict[tuple[int, str], Target], wi
             for w in range(len(windows)):
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"stopped during the gradient pass ({w} of {len(windows)} windows)")
-                progress({"stage": "calibration", "message": f"gradient pass {w + 1}/{len(windows)} (loss sensitivity)"})
+                progress({"stage": "calibration",
+                          "message": f"gradient pass {w + 1}/{len(windows)} (loss sensitivity)"})
                 ids = windows[w:w + 1].to(device)
                 try:
                     loss = model(input_ids=ids, labels=ids).loss

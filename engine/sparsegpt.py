@@ -99,4 +99,5 @@ def obs_saliency(W1: torch.Tensor, d: torch.Tensor, live: torch.Tensor) -> torch
 def drop_lowest(W1: torch.Tensor, d: torch.Tensor, live: torch.Tensor, n_drop: int) -> torch.Tensor:
     """Bool [rows, g]: the `n_drop` weights of lowest OBS saliency in each row of the columns W1 [rows, g]."""
     sal = obs_saliency(W1, d, live)
-    return torch.zeros_like(sal, dtype=torch.bool).scatter_(1, torch.topk(sal, n_drop, dim=1, largest=False).indices, True)
+    return torch.zeros_like(sal, dtype=torch.bool).scatter_(
+        1, torch.topk(sal, n_drop, dim=1, largest=False).indices, True)

@@ -51,7 +51,8 @@ def assign_tiers_jointly(importances: list[torch.Tensor], ratios, normalise: boo
               for imp in importances]
     flat = torch.cat([x.cpu() for x in normed])
     tiers = assign_tiers(flat, tier_counts(flat.numel(), ratios))
-    return [t.view(imp.shape).to(imp.device) for t, imp in zip(torch.split(tiers, [x.numel() for x in normed]), importances)]
+    return [t.view(imp.shape).to(imp.device)
+            for t, imp in zip(torch.split(tiers, [x.numel() for x in normed]), importances)]
 
 
 def three_tier_mask(select: torch.Tensor, tiers: torch.Tensor, block: int, keep: int) -> torch.Tensor:
@@ -166,7 +167,8 @@ def three_tier_chooser(tiers: torch.Tensor, block: int, keep: int) -> Choose:
             row_tier = tiers.to(W1.device).repeat_interleave(block, dim=0)[:W1.shape[0]]
         tier = row_tier[:, col // block]
         g = min(4, W1.shape[1] - i)
-        two_four = drop_lowest(W1[:, i:i + g], d[i:i + g], live[i:i + g], max(g - 2, 0)) & (tier == TWO_FOUR).unsqueeze(1)
+        two_four = (drop_lowest(W1[:, i:i + g], d[i:i + g], live[i:i + g], max(g - 2, 0))
+                    & (tier == TWO_FOUR).unsqueeze(1))
         if col % block:
             return two_four
         width = min(block, W1.shape[1] - i)
@@ -188,5 +190,6 @@ def _top_k_drop(W1: torch.Tensor, d: torch.Tensor, live: torch.Tensor, rows_top:
     pad_rows = -rows % block
     sal = torch.nn.functional.pad(sal, (0, block - width, 0, pad_rows), value=-1.0)  # padding never wins
     flat = sal.reshape(-1, block * block)  # one row per block (rows of B consecutive matrix rows x B columns)
-    kept = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, flat.topk(min(keep, block * block), dim=1).indices, True)
+    kept = torch.zeros_like(flat, dtype=torch.bool).scatter_(
+        1, flat.topk(min(keep, block * block), dim=1).indices, True)
     return (~kept).reshape(-1, block)[:rows, :width] & rows_top.unsqueeze(1)

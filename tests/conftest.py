@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,26 @@ def save_tiny_model(path: Path, tokenizer, family: str = "llama", seed: int = 0,
 def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     """A 2-layer random LLaMA with its tokenizer, saved so `from_pretrained(dir)` loads it offline."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer, "llama")
+
+
+@pytest.fixture(scope="module")
+def deep_llama_dir(tmp_path_factory, tiny_tokenizer):
+    """16 tiny decoder layers: with `slow_layers`, a run long enough to be stopped halfway."""
+    return save_tiny_model(tmp_path_factory.mktemp("deep-llama"), tiny_tokenizer, "llama", layers=16)
+
+
+@pytest.fixture
+def slow_layers(monkeypatch):
+    """Hold each decoder layer 0.3 s longer (the server runs in this process): tiny layers take milliseconds on an
+    idle machine, and a test of Stop between layers must not depend on the machine's speed."""
+    import engine.pruner as pruner
+    real = pruner._prune_layer
+
+    def slow_layer(*args, **kwargs):
+        entries = real(*args, **kwargs)
+        time.sleep(0.3)
+        return entries
+    monkeypatch.setattr(pruner, "_prune_layer", slow_layer)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ from app import Dashboard, Settings  # noqa: E402
 from components.session import grid_splits, nominal_text, parse_splits, rebalance  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.spec import PruneSpec  # noqa: E402
-from tests.conftest import save_tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # raised inside gradio's queue
 FAST = dict(calib="pydoc", eval_source="pydoc", nsamples=4, seqlen=64, eval_windows=4)
@@ -113,12 +112,6 @@ def dash(served):
 @pytest.fixture(scope="module")
 def server(served):
     return served[1]
-
-
-@pytest.fixture(scope="module")
-def deep_llama_dir(tmp_path_factory, tiny_tokenizer):
-    """16 tiny decoder layers: with `slow_layers`, a run long enough to be stopped halfway."""
-    return save_tiny_model(tmp_path_factory.mktemp("deep-llama"), tiny_tokenizer, "llama", layers=16)
 
 
 def client(url):
@@ -216,20 +209,6 @@ def wait_for_layer(job, timeout: float = 60):
 # defaults. With `slow_layers` the run lasts ~5 s on any machine, so a Stop after the first layer has layers to skip.
 DEEP_RUN = dict(method="sparsegpt", tier_scope="matrix", assignment="importance", within_block="score",
                 reconstruct=False, calib="pydoc", nsamples=8, seqlen=64, eval_source="none")
-
-
-@pytest.fixture
-def slow_layers(monkeypatch):
-    """Hold each decoder layer 0.3 s longer (the server runs in this process): tiny layers take milliseconds on an
-    idle machine, and a test of Stop between layers must not depend on the machine's speed."""
-    import engine.pruner as pruner
-    real = pruner._prune_layer
-
-    def slow_layer(*args, **kwargs):
-        entries = real(*args, **kwargs)
-        time.sleep(0.3)
-        return entries
-    monkeypatch.setattr(pruner, "_prune_layer", slow_layer)
 
 
 def test_stop_interrupts_a_long_run_between_layers(dash, server, deep_llama_dir, slow_layers):

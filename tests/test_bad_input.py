@@ -25,7 +25,8 @@ def bad_paths(tmp_path_factory, tiny_llama_dir, tiny_tokenizer):
     gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 40)
     from transformers import BertConfig, T5Config
     T5Config(d_model=32, num_layers=1, num_heads=2, d_ff=64, vocab_size=100).save_pretrained(root / "t5")
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(root / "bert")
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=64).save_pretrained(root / "bert")
     (root / "empty.txt").write_text("")
     (root / "binary.txt").write_bytes(bytes(range(256)) * 20)
     (root / "short.txt").write_text("Too short to fill one window.")
@@ -37,7 +38,6 @@ def bad_paths(tmp_path_factory, tiny_llama_dir, tiny_tokenizer):
 
 
 def _cases(m, root):
-    S = PruneSpec
     quick = dict(nsamples=2, seqlen=32)
     return [
         # (request keyword arguments, spec keyword arguments or None, message fragment)

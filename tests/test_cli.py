@@ -137,7 +137,8 @@ def _bad_inputs(tiny_dir, tmp_path):
     bert = tmp_path / "bert"
     if not bert.exists():
         from transformers import BertConfig
-        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(bert)
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                   intermediate_size=64).save_pretrained(bert)
     m = ["--model", str(tiny_dir)]
     return [
         (["--model", str(tmp_path / "nope")], "neither an existing local path nor a valid hub id"),

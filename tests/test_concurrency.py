@@ -19,7 +19,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from app import Settings  # noqa: E402
 from components.jobs import ENGINE, EngineQueue, Job  # noqa: E402
 from engine.errors import UserError  # noqa: E402
-from tests.test_app import DEEP_RUN, client, deep_llama_dir, out, serving, slow_layers, wait_for_layer  # noqa: E402, F401
+from tests.test_app import DEEP_RUN, client, out, serving, wait_for_layer  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # raised inside gradio's queue
 QUICK = dict(method="magnitude", pattern="unstructured", seqlen=32, eval_source="none")

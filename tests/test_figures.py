@@ -195,7 +195,8 @@ def test_ppl_bars_show_dense_magnitude_and_run_in_their_colours():
 
 
 def test_ppl_vs_sparsity_has_a_point_per_evaluated_run_and_the_dense_line():
-    runs = [make_record(seed=i, ppl=(25.0 + i, 20.0, 300.0), method=m) for i, m in enumerate(["wanda", "sparsegpt", "wanda"])]
+    runs = [make_record(seed=i, ppl=(25.0 + i, 20.0, 300.0), method=m)
+            for i, m in enumerate(["wanda", "sparsegpt", "wanda"])]
     runs.append(dict(make_record(seed=9), ppl={"pruned": None, "dense": None, "magnitude": None}))
     fig = figures.ppl_vs_sparsity(runs)
     points = [(x, y) for t in fig.data for x, y in zip(t.x, t.y)]

@@ -40,7 +40,7 @@ from engine.record import new_run_id  # noqa: E402
 from engine.run import ModelCache, RunRequest, run  # noqa: E402
 from engine.spec import PruneSpec  # noqa: E402
 from engine.store import RunStore, StoreBudget, record_problem  # noqa: E402
-from tests.test_app import DEEP_RUN, client, deep_llama_dir, out, slow_layers  # noqa: E402, F401
+from tests.test_app import DEEP_RUN, client, out  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # raised inside gradio's queue
 REPO = Path(__file__).resolve().parents[1]
@@ -237,7 +237,8 @@ def test_a_typo_in_a_switch_refuses_to_start(value):
         Settings.from_env(env={"SPARSITY_TRUST_REMOTE_CODE": value})
 
 
-@pytest.mark.parametrize("env, public", [({"SPACE_ID": "me/s"}, True), ({"SPACE_ID": "me/s", "SPARSITY_PUBLIC": ""}, True),
+@pytest.mark.parametrize("env, public", [({"SPACE_ID": "me/s"}, True),
+                                         ({"SPACE_ID": "me/s", "SPARSITY_PUBLIC": ""}, True),
                                          ({"SPACE_ID": "me/s", "SPARSITY_PUBLIC": " On "}, True),
                                          ({"SPACE_ID": "me/s", "SPARSITY_PUBLIC": "off"}, False),
                                          ({"SPACE_ID": "me/s", "SPARSITY_PUBLIC": "FALSE"}, False),

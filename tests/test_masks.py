@@ -191,6 +191,7 @@ def test_unstructured_exact_counts_random_with_ties(group, sparsity):
     # nothing kept scores lower than anything dropped in its group
     if sparsity:
         if group == "row":
-            assert (scores.masked_fill(~keep, float("inf")).min(1).values >= scores.masked_fill(keep, -1).max(1).values).all()
+            assert (scores.masked_fill(~keep, float("inf")).min(1).values
+                    >= scores.masked_fill(keep, -1).max(1).values).all()
         else:
             assert scores[keep].min() >= scores[~keep].max()

@@ -73,7 +73,8 @@ def test_progressive_demotes_only_and_resumes_from_its_maps(tmp_path, tiny_llama
     assert [e["iteration"] for e in first] == [1, 2] and finished_iterations(state) == [1, 2]
     assert first[0]["sparsity"] < first[1]["sparsity"]
     assert all(e["recovery"]["zeros_held"] for e in first)
-    maps1, maps2 = load_tier_maps(state / "iteration-1/tier_maps.json"), load_tier_maps(state / "iteration-2/tier_maps.json")
+    maps1 = load_tier_maps(state / "iteration-1/tier_maps.json")
+    maps2 = load_tier_maps(state / "iteration-2/tier_maps.json")
     assert maps1.keys() == maps2.keys() and all(bool((maps2[k] >= maps1[k]).all()) for k in maps1)
     assert any(bool((maps2[k] > maps1[k]).any()) for k in maps1)
     zeros2 = {n: p == 0 for n, p in model.named_parameters() if "layers" in n and p.dim() == 2}
@@ -104,7 +105,7 @@ def test_cli_runs_the_schedule_and_refuses_a_bad_one(tmp_path, tiny_llama_dir, c
     assert main([*base, "--schedule", "0.6/0.4/0", "--prune_method", "wanda", "--finetune_steps", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: fine-tune steps must be a whole number >= 1, got 0"
     assert main([*base, "--schedule", "0.6/0.4/0,0.35/0.45/0.2", "--save", str(tmp_path / "out")]) == 0
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("iteration")]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("iteration")]
     assert len(lines) == 2 and "ratios 0.35/0.45/0.2" in lines[1] and "ppl_pruned" in lines[1]
     record = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [e["iteration"] for e in record["progressive"]] == [1, 2]

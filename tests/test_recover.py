@@ -132,8 +132,8 @@ def test_resume_from_a_checkpoint_continues_the_curve(tmp_path, tiny_tokenizer, 
     resumed = finetune(resumed_model, tiny_tokenizer, spec, train, heldout, str(tmp_path / "b"),
                        resume_from=str(tmp_path / "a" / "checkpoint-2"))
     assert [s for s, _ in resumed.train_curve] == [3, 4]
-    assert torch.allclose(torch.tensor([l for _, l in resumed.train_curve]),
-                          torch.tensor([l for _, l in full.train_curve[2:]]), rtol=1e-4)
+    assert torch.allclose(torch.tensor([loss for _, loss in resumed.train_curve]),
+                          torch.tensor([loss for _, loss in full.train_curve[2:]]), rtol=1e-4)
     assert zeros_held(resumed_model, masks)
     for (n, p), (_, q) in zip(whole.named_parameters(), resumed_model.named_parameters()):
         assert torch.allclose(p, q, atol=1e-5), n
@@ -200,7 +200,8 @@ def test_finetune_py_recovers_a_saved_folder(tmp_path, tiny_tokenizer, tiny_llam
         "error: LoRA rank 1000 is larger than the smallest pruned matrix side (32); choose a rank <= 32"
     assert main([*base, "--lora_rank", "2", "--save", str(tmp_path / "rec")]) == 0
     record = json.loads((tmp_path / "rec" / "results.json").read_text())
-    assert record["run_id"] == "x" and record["recovery"]["zeros_held"] and record["recovery"]["settings"]["lora_rank"] == 2
+    assert (record["run_id"] == "x" and record["recovery"]["zeros_held"]
+            and record["recovery"]["settings"]["lora_rank"] == 2)
     assert zeros_held(AutoModelForCausalLM.from_pretrained(tmp_path / "rec"), masks)
     assert main([*base, "--lora_rank", "2", "--keep_adapter", "--save", str(tmp_path / "sep")]) == 0
     assert (tmp_path / "sep" / "adapter" / "adapter_config.json").exists()

@@ -47,7 +47,8 @@ def test_three_tier_sparsity_is_the_count_based_value(smollm2, tmp_path):
     assert len(record["matrices"]) == 30 * 7
     # the 4-bit checkpoint's own exact zeros stay in dense blocks: counted from the weights, as Wanda counts
     layers = smollm2.loaded.model.model.layers
-    weights = {(m["layer"], m["module"]): layers[m["layer"]].get_submodule(m["module"]).weight for m in record["matrices"]}
+    weights = {(m["layer"], m["module"]): layers[m["layer"]].get_submodule(m["module"]).weight
+               for m in record["matrices"]}
     assert record["sparsity"] == sum(int((w == 0).sum()) for w in weights.values()) / numel > record["mask_sparsity"]
     assert record["errors"] == []
     for m in record["matrices"]:  # and the weights obey the tier map the record draws

@@ -15,8 +15,9 @@ from engine.errors import UserError
 from engine.run import RunRequest
 from engine.zeroshot import PAPER_TASKS, accuracies, evaluate_zero_shot, resolve_tasks
 
-requires_lm_eval = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
-                                      reason="lm-evaluation-harness not installed: pip install -r requirements-eval.txt")
+requires_lm_eval = pytest.mark.skipif(
+    importlib.util.find_spec("lm_eval") is None,
+    reason="lm-evaluation-harness not installed: pip install -r requirements-eval.txt")
 
 TASK_DIR = REPO / "tests" / "data" / "zero_shot"
 TASK = "tiny_facts"  # 40 four-way questions; chance is 0.25
@@ -41,7 +42,8 @@ def test_accuracies_read_lm_evals_results_dict():
                                         "acc_norm,none": 0.75, "acc_norm_stderr,none": 0.09},
                            "boolq": {"alias": "boolq", "acc,none": 0.625, "acc_stderr,none": "N/A"},
                            "some_group": {"alias": "some_group", "f1,none": 0.3}},
-               "n-samples": {"arc_easy": {"original": 2376, "effective": 20}, "boolq": {"original": 3270, "effective": 3270}}}
+               "n-samples": {"arc_easy": {"original": 2376, "effective": 20},
+                             "boolq": {"original": 3270, "effective": 3270}}}
     assert accuracies(results) == {
         "arc_easy": {"acc": 0.5, "acc_stderr": 0.1, "acc_norm": 0.75, "acc_norm_stderr": 0.09, "n": 20},
         "boolq": {"acc": 0.625, "n": 3270}}  # no acc_norm in boolq; a stderr lm-eval could not compute is left out
