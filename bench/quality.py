@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import DEFAULT_DATA, REPO, RESULTS, command_line, machine, print_table, write_json  # noqa: E402
+from engine.methods import METHODS as REGISTRY  # noqa: E402
 from engine.spec import PruneSpec  # noqa: E402
 
 PATTERNS = {  # name -> PruneSpec keywords
@@ -30,15 +31,15 @@ PATTERNS = {  # name -> PruneSpec keywords
     "three_tier": {"pattern": "three_tier", "ratios": (0.35, 0.45, 0.20), "block": 16, "keep": 15},
 }
 PATTERN_LABEL = {"unstructured": "50% unstructured", "nm": "2:4", "three_tier": "three-tier 0.35/0.45/0.20 K=15"}
-METHODS = ("magnitude", "wanda", "sparsegpt")
+METHODS = ("magnitude", "wanda", "sparsegpt")  # the table's three ways; --methods runs others of the registry
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 
 
-def table_rows(nsamples: int, seqlen: int) -> list[tuple[str, PruneSpec]]:
+def table_rows(nsamples: int, seqlen: int, methods=METHODS) -> list[tuple[str, PruneSpec]]:
     """(key, spec) for every row. Dense is a magnitude prune at sparsity 0: the same run() path, no weight changed."""
     rows = [("dense", PruneSpec(method="magnitude", pattern="unstructured", sparsity=0.0, seqlen=seqlen))]
     for pattern, kw in PATTERNS.items():
-        for method in METHODS:
+        for method in methods:
             rows.append((f"{method}:{pattern}", PruneSpec(method=method, nsamples=nsamples, seqlen=seqlen, **kw)))
     return rows
 
@@ -73,6 +74,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--only", nargs="+", default=None, help="row keys: dense, wanda:nm, sparsegpt:three_tier, ...")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(REGISTRY),
+                   help=f"methods of the rows (default: {' '.join(METHODS)})")
     p.add_argument("--resume", action="store_true", help="keep finished rows of an earlier run with the same settings")
     p.add_argument("--out", default=str(RESULTS / "quality.json"))
     p.add_argument("--no-report", action="store_true", help="do not rewrite bench/RESULTS.md")
@@ -91,7 +94,7 @@ def main() -> None:
         old = json.loads(Path(a.out).read_text())
         if old.get("settings") == settings:
             done = {r["key"]: r for r in old["rows"]}
-    todo = [(k, s) for k, s in table_rows(a.nsamples, a.seqlen) if a.only is None or k in a.only]
+    todo = [(k, s) for k, s in table_rows(a.nsamples, a.seqlen, a.methods) if a.only is None or k in a.only]
     models = ModelCache()
     rows, t_start = [], time.perf_counter()
     doc = {"benchmark": "quality", "settings": settings, "machine_start": machine(a.device), "rows": rows,
