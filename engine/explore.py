@@ -46,13 +46,23 @@ from torch import nn
 from .baselines import model_fingerprint
 from .discovery import find_decoder_layers, find_targets
 from .errors import Cancelled, UserError
+from .masks import from_blocks, to_blocks
 from .methods import METHODS, ScoreInputs
 from .patterns import PATTERNS
 from .perplexity import window_losses
 from .plan import NO_PLAN, plan_jointly, plan_model_wide, ranking_input
 from .sensitivity import fisher_diagonal
 from .spec import PruneSpec
-from .three_tier import TOPK, TWO_FOUR, tier_census
+from .three_tier import (
+    DENSE,
+    TOPK,
+    TWO_FOUR,
+    assign_tiers,
+    assign_tiers_by_cost,
+    block_importance,
+    tier_census,
+    tier_counts,
+)
 from .walk import StatsHooks, capture_layer_inputs, run_layer
 
 CALIBRATION_VERSION = 1      # bump when what a calibration keeps or how it is measured changes
@@ -133,6 +143,9 @@ class Calibration:
     model: nn.Module
     matrices: dict[Key, KeptInputs]
     seconds: float = 0.0
+    # the three-tier exact rule's per-block data for one (block, K, within_block, assignment), made on the first
+    # re-plan that asks for it: a change of ratios or scope then re-runs only the tier assignment (BlockChoices)
+    choices: dict = field(default_factory=dict)
 
     @property
     def method(self) -> str:
@@ -280,6 +293,9 @@ def replan(calibration: Calibration, spec: PruneSpec) -> Replan:
         return METHODS[twin.method].score(W, _inputs(calibration, key, twin))
 
     targets = [((i, t.name), t) for i, layer in enumerate(layers) for t in find_targets(layer, twin.prune_router)]
+    if _tiers_only(twin):
+        out = _replan_tiers(calibration, twin, targets, scope, scores_of)
+        return Replan(twin, spec, notes, calibration.key["fingerprint"], out, time.perf_counter() - t0)
     plans: dict = {}
     if scope == "model":  # every block of the model competes: rank them all first
         plans = plan_model_wide({k: ranking_input(scores_of(k, t.weight().float()), twin).cpu() for k, t in targets},
@@ -296,6 +312,78 @@ def replan(calibration: Calibration, spec: PruneSpec) -> Replan:
             scores = partial(known.pop, k) if k in known else partial(scores_of, k, W)
             out[k] = _select(pattern, W, cache(scores), twin, plans.pop(k, NO_PLAN))
     return Replan(twin, spec, notes, calibration.key["fingerprint"], out, time.perf_counter() - t0)
+
+
+# The three-tier exact rule, fast: inside a block, which weights 2:4 keeps and which K weights top-K keeps do not
+# depend on the ratios or the scope, nor do the blocks' importances and tier costs. They are made once per
+# (block, K, within_block, assignment) and kept in the calibration (one bool per weight for each of the two
+# choices: 212 MB for SmolLM2); a re-plan then assigns tiers (engine/plan.py, as the pattern does) and picks each
+# block's choice. The same masks as the pattern's three_tier_mask (tests/test_explore.py checks every scope).
+
+@dataclass
+class BlockChoices:
+    importance: torch.Tensor            # [R, C] summed score (what blocks are ranked by)
+    ranking: torch.Tensor               # ranking_input: the importance, or the tier costs [3, R, C]
+    two_four: torch.Tensor              # bool [R, C, B*B]: the 2 of every 4 a 2:4 block keeps
+    top_k: torch.Tensor                 # bool [R, C, B*B]: the K a top-K block keeps
+    shape: tuple[int, int]
+
+
+def _tiers_only(spec: PruneSpec) -> bool:
+    """Whether the spec's masks follow from a tier grid and per-block choices made once (the exact three-tier
+    rule with weights chosen by score or |W|): ratios are the pattern's only field that moves the grid alone."""
+    return "ratios" in PATTERNS[spec.pattern].fields and spec.block_rule == "exact" and spec.within_block != "obs"
+
+
+def block_choices(W: torch.Tensor, scores: torch.Tensor, spec: PruneSpec) -> BlockChoices:
+    """What a three-tier block would keep as 2:4 and as top-K, for every block of W [out, in] (three_tier_mask's
+    rule: padding scores -inf, ties as torch.topk breaks them)."""
+    B, K = spec.block, spec.keep
+    select = scores if spec.within_block == "score" else W.abs()
+    blocks = to_blocks(select.float(), B, fill=-math.inf)
+    R, C, _ = blocks.shape
+    groups = blocks.view(R, C, B, B // 4, 4)
+    two_four = torch.zeros_like(groups, dtype=torch.bool).scatter_(4, groups.topk(2, dim=4).indices, True)
+    top_k = torch.zeros_like(blocks, dtype=torch.bool)
+    if K:
+        top_k.scatter_(2, blocks.topk(K, dim=2).indices, True)
+    return BlockChoices(block_importance(scores, B).cpu(), ranking_input(scores, spec).cpu(),
+                        two_four.view(R, C, B * B).cpu(), top_k.cpu(), tuple(W.shape))
+
+
+def _replan_tiers(calibration: Calibration, spec: PruneSpec, targets, scope: str, scores_of) -> dict:
+    memo_key = (spec.block, spec.keep, spec.within_block, spec.assignment, spec.damp)
+    if memo_key not in calibration.choices:
+        calibration.choices.clear()  # one set at a time: it holds two bools per weight
+        made = {}
+        for k, t in targets:
+            W = t.weight().float()
+            made[k] = block_choices(W, scores_of(k, W), spec)
+        calibration.choices[memo_key] = made
+    choices = calibration.choices[memo_key]
+    plans = {}
+    if scope == "model":
+        plans = plan_model_wide({k: c.ranking for k, c in choices.items()}, spec)
+    elif scope == "layer":
+        for i in sorted({k[0] for k in choices}):
+            plans.update(plan_jointly({k: c.ranking for k, c in choices.items() if k[0] == i}, spec))
+    out = {}
+    for k, c in choices.items():
+        plan = plans.get(k, NO_PLAN)
+        tiers = plan.tiers
+        if tiers is None:  # as the pattern places a budget (or the matrix's own counts) on its blocks
+            budget = plan.budget or tier_counts(c.importance.numel(), spec.ratios)
+            tiers = assign_tiers_by_cost(c.ranking, budget) if spec.assignment == "cost" else \
+                assign_tiers(c.importance, budget)
+        out[k] = MatrixMask(keep_from_choices(c, tiers, spec.block), tiers.cpu(), c.importance)
+    return out
+
+
+def keep_from_choices(c: BlockChoices, tiers: torch.Tensor, block: int) -> torch.Tensor:
+    """Keep-mask [out, in] for a tier grid [R, C]: dense blocks keep all, the others their 2:4 or top-K choice."""
+    tier = tiers.cpu().unsqueeze(2)
+    keep = torch.where(tier == TWO_FOUR, c.two_four, c.top_k) | (tier == DENSE)
+    return from_blocks(keep, block, c.shape).contiguous()
 
 
 def _inputs(calibration: Calibration, key: Key, spec: PruneSpec) -> ScoreInputs:
