@@ -46,7 +46,7 @@ from torch import nn
 from .baselines import model_fingerprint
 from .discovery import find_decoder_layers, find_targets
 from .errors import Cancelled, UserError
-from .masks import from_blocks, to_blocks
+from .masks import to_blocks
 from .methods import METHODS, ScoreInputs
 from .patterns import PATTERNS
 from .perplexity import window_losses
@@ -316,17 +316,19 @@ def replan(calibration: Calibration, spec: PruneSpec) -> Replan:
 
 # The three-tier exact rule, fast: inside a block, which weights 2:4 keeps and which K weights top-K keeps do not
 # depend on the ratios or the scope, nor do the blocks' importances and tier costs. They are made once per
-# (block, K, within_block, assignment) and kept in the calibration (one bool per weight for each of the two
-# choices: 212 MB for SmolLM2); a re-plan then assigns tiers (engine/plan.py, as the pattern does) and picks each
+# (block, K, within_block, assignment) and kept in the calibration (one byte per weight: 106 MB for
+# SmolLM2); a re-plan then assigns tiers (engine/plan.py, as the pattern does) and picks each
 # block's choice. The same masks as the pattern's three_tier_mask (tests/test_explore.py checks every scope).
 
 @dataclass
 class BlockChoices:
     importance: torch.Tensor            # [R, C] summed score (what blocks are ranked by)
     ranking: torch.Tensor               # ranking_input: the importance, or the tier costs [3, R, C]
-    two_four: torch.Tensor              # bool [R, C, B*B]: the 2 of every 4 a 2:4 block keeps
-    top_k: torch.Tensor                 # bool [R, C, B*B]: the K a top-K block keeps
-    shape: tuple[int, int]
+    code: torch.Tensor                  # uint8 [R*B, C*B], matrix layout (padded): which tiers keep each weight,
+    shape: tuple[int, int]              # a bit per tier (KEEP_BIT): dense always, 2:4's choice, top-K's choice
+
+
+KEEP_BIT = torch.tensor([4, 1, 2], dtype=torch.uint8)  # tier id (dense, 2:4, top-K) -> its bit in BlockChoices.code
 
 
 def _tiers_only(spec: PruneSpec) -> bool:
@@ -343,18 +345,20 @@ def block_choices(W: torch.Tensor, scores: torch.Tensor, spec: PruneSpec) -> Blo
     blocks = to_blocks(select.float(), B, fill=-math.inf)
     R, C, _ = blocks.shape
     groups = blocks.view(R, C, B, B // 4, 4)
-    two_four = torch.zeros_like(groups, dtype=torch.bool).scatter_(4, groups.topk(2, dim=4).indices, True)
-    top_k = torch.zeros_like(blocks, dtype=torch.bool)
+    two_four = torch.zeros_like(groups, dtype=torch.uint8).scatter_(4, groups.topk(2, dim=4).indices, 1)
+    top_k = torch.zeros_like(blocks, dtype=torch.uint8)
     if K:
-        top_k.scatter_(2, blocks.topk(K, dim=2).indices, True)
-    return BlockChoices(block_importance(scores, B).cpu(), ranking_input(scores, spec).cpu(),
-                        two_four.view(R, C, B * B).cpu(), top_k.cpu(), tuple(W.shape))
+        top_k.scatter_(2, blocks.topk(K, dim=2).indices, 1)
+    code = (two_four.view(R, C, B * B) * KEEP_BIT[TWO_FOUR] | top_k * KEEP_BIT[TOPK] | KEEP_BIT[DENSE])
+    code = code.view(R, C, B, B).permute(0, 2, 1, 3).reshape(R * B, C * B)
+    return BlockChoices(block_importance(scores, B).cpu(), ranking_input(scores, spec).cpu(), code.cpu(),
+                        tuple(W.shape))
 
 
 def _replan_tiers(calibration: Calibration, spec: PruneSpec, targets, scope: str, scores_of) -> dict:
     memo_key = (spec.block, spec.keep, spec.within_block, spec.assignment, spec.damp)
     if memo_key not in calibration.choices:
-        calibration.choices.clear()  # one set at a time: it holds two bools per weight
+        calibration.choices.clear()  # one set at a time: it holds a byte per weight
         made = {}
         for k, t in targets:
             W = t.weight().float()
@@ -380,10 +384,12 @@ def _replan_tiers(calibration: Calibration, spec: PruneSpec, targets, scope: str
 
 
 def keep_from_choices(c: BlockChoices, tiers: torch.Tensor, block: int) -> torch.Tensor:
-    """Keep-mask [out, in] for a tier grid [R, C]: dense blocks keep all, the others their 2:4 or top-K choice."""
-    tier = tiers.cpu().unsqueeze(2)
-    keep = torch.where(tier == TWO_FOUR, c.two_four, c.top_k) | (tier == DENSE)
-    return from_blocks(keep, block, c.shape).contiguous()
+    """Keep-mask [out, in] for a tier grid [R, C]: each weight's code ANDed with its block's tier bit (dense blocks
+    keep all, the others their 2:4 or top-K choice). Two passes over one byte per weight, no block reshuffle."""
+    R, C = tiers.shape
+    bits = KEEP_BIT[tiers.long().cpu()]
+    keep = (c.code.view(R, block, C, block) & bits[:, None, :, None]) != 0
+    return keep.view(R * block, C * block)[:c.shape[0], :c.shape[1]].contiguous()
 
 
 def _inputs(calibration: Calibration, key: Key, spec: PruneSpec) -> ScoreInputs:
