@@ -195,7 +195,6 @@ def calibrate(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None, *
                     k.norm = stats.input_norm().cpu()
                     if hessian:
                         k.hinv, k.damp = stats.hinv_diag(spec.damp).cpu(), spec.damp
-                    stats.free()
     finally:
         model.config.use_cache = use_cache
     return Calibration(key, model, kept, time.perf_counter() - t0)
