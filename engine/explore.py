@@ -50,18 +50,15 @@ from .masks import to_blocks
 from .methods import METHODS, ScoreInputs
 from .patterns import PATTERNS
 from .perplexity import window_losses
-from .plan import NO_PLAN, plan_jointly, plan_model_wide, ranking_input
+from .plan import NO_PLAN, place_tiers, plan_jointly, plan_model_wide, ranking_input
 from .sensitivity import fisher_diagonal
 from .spec import PruneSpec
 from .three_tier import (
     DENSE,
     TOPK,
     TWO_FOUR,
-    assign_tiers,
-    assign_tiers_by_cost,
     block_importance,
     tier_census,
-    tier_counts,
 )
 from .walk import StatsHooks, capture_layer_inputs, run_layer
 
@@ -372,12 +369,7 @@ def _replan_tiers(calibration: Calibration, spec: PruneSpec, targets, scope: str
             plans.update(plan_jointly({k: c.ranking for k, c in choices.items() if k[0] == i}, spec))
     out = {}
     for k, c in choices.items():
-        plan = plans.get(k, NO_PLAN)
-        tiers = plan.tiers
-        if tiers is None:  # as the pattern places a budget (or the matrix's own counts) on its blocks
-            budget = plan.budget or tier_counts(c.importance.numel(), spec.ratios)
-            tiers = assign_tiers_by_cost(c.ranking, budget) if spec.assignment == "cost" else \
-                assign_tiers(c.importance, budget)
+        tiers = place_tiers(plans.get(k, NO_PLAN), c.importance, c.ranking, spec)  # as the pattern places them
         out[k] = MatrixMask(keep_from_choices(c, tiers, spec.block), tiers.cpu(), c.importance)
     return out
 
