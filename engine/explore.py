@@ -223,9 +223,31 @@ class CalibrationCache:
 
 @dataclass
 class MatrixMask:
-    keep: torch.Tensor                      # bool [out, in], True = kept
-    tiers: torch.Tensor | None = None       # int8 [rows/B, cols/B] (block patterns)
-    importance: torch.Tensor | None = None  # float [rows/B, cols/B]: what the blocks were ranked by
+    """One matrix of a re-plan. The maps and the counts come first; the keep-mask itself is built on first use
+    (the estimate, the storage of patterns without blocks), so moving a ratio costs the tier assignment only."""
+    shape: tuple[int, int]                   # [out, in]
+    kept: int                                # weights the mask keeps
+    tiers: torch.Tensor | None = None        # int8 [rows/B, cols/B] (block patterns)
+    importance: torch.Tensor | None = None   # float [rows/B, cols/B]: what the blocks were ranked by
+    block_kept: torch.Tensor | None = None   # [rows/B, cols/B] weights kept in each block (when known up front)
+    build: Callable[[], torch.Tensor] | None = None
+    made: torch.Tensor | None = None
+
+    @property
+    def keep(self) -> torch.Tensor:
+        """bool [out, in], True = kept."""
+        if self.made is None:
+            self.made = self.build()
+        return self.made
+
+    @property
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+
+def matrix_mask(keep: torch.Tensor, tiers=None, importance=None) -> MatrixMask:
+    """A MatrixMask of a mask already built."""
+    return MatrixMask(tuple(keep.shape), int(torch.count_nonzero(keep)), tiers, importance, made=keep)
 
 
 @dataclass
@@ -241,12 +263,12 @@ class Replan:
 
     @property
     def numel(self) -> int:
-        return sum(m.keep.numel() for m in self.matrices.values())
+        return sum(m.numel for m in self.matrices.values())
 
     @property
     def sparsity(self) -> float:
         """Share of weights the masks prune."""
-        kept = sum(int(torch.count_nonzero(m.keep)) for m in self.matrices.values())
+        kept = sum(m.kept for m in self.matrices.values())
         return 1 - kept / self.numel if self.numel else 0.0
 
     def tier_census(self) -> dict:
@@ -322,6 +344,7 @@ class BlockChoices:
     ranking: torch.Tensor               # ranking_input: the importance, or the tier costs [3, R, C]
     code: torch.Tensor                  # uint8 [R*B, C*B], matrix layout (padded): which tiers keep each weight,
     shape: tuple[int, int]              # a bit per tier (KEEP_BIT): dense always, 2:4's choice, top-K's choice
+    kept: torch.Tensor                  # [3, R, C] weights each tier would keep in each block
 
 
 KEEP_BIT = torch.tensor([4, 1, 2], dtype=torch.uint8)  # tier id (dense, 2:4, top-K) -> its bit in BlockChoices.code
@@ -345,10 +368,13 @@ def block_choices(W: torch.Tensor, scores: torch.Tensor, spec: PruneSpec) -> Blo
     top_k = torch.zeros_like(blocks, dtype=torch.uint8)
     if K:
         top_k.scatter_(2, blocks.topk(K, dim=2).indices, 1)
-    code = (two_four.view(R, C, B * B) * KEEP_BIT[TWO_FOUR] | top_k * KEEP_BIT[TOPK] | KEEP_BIT[DENSE])
+    two_four = two_four.view(R, C, B * B)
+    code = (two_four * KEEP_BIT[TWO_FOUR] | top_k * KEEP_BIT[TOPK] | KEEP_BIT[DENSE])
     code = code.view(R, C, B, B).permute(0, 2, 1, 3).reshape(R * B, C * B)
+    real = to_blocks(torch.ones_like(select, dtype=torch.uint8), B, fill=0)  # 0 on an edge block's padding
+    kept = torch.stack([real.sum(-1), (two_four & real).sum(-1), (top_k & real).sum(-1)])  # in tier-id order
     return BlockChoices(block_importance(scores, B).cpu(), ranking_input(scores, spec).cpu(), code.cpu(),
-                        tuple(W.shape))
+                        tuple(W.shape), kept.cpu())
 
 
 def _replan_tiers(calibration: Calibration, spec: PruneSpec, targets, scope: str, scores_of) -> dict:
@@ -370,7 +396,9 @@ def _replan_tiers(calibration: Calibration, spec: PruneSpec, targets, scope: str
     out = {}
     for k, c in choices.items():
         tiers = place_tiers(plans.get(k, NO_PLAN), c.importance, c.ranking, spec)  # as the pattern places them
-        out[k] = MatrixMask(keep_from_choices(c, tiers, spec.block), tiers.cpu(), c.importance)
+        block_kept = c.kept.gather(0, tiers.long().cpu().unsqueeze(0)).squeeze(0)
+        out[k] = MatrixMask(c.shape, int(block_kept.sum()), tiers.cpu(), c.importance, block_kept,
+                            partial(keep_from_choices, c, tiers, spec.block))
     return out
 
 
@@ -393,8 +421,8 @@ def _select(pattern, W, scores, spec: PruneSpec, plan) -> MatrixMask:
     if chosen.choose is not None:  # a method that chooses while updating: the mask its score picks, no update
         fixed = next(m.name for m in METHODS.values() if not m.chooses_while_updating)
         chosen = pattern.select(W, scores, spec.replace(method=fixed, group=spec.unstructured_group), plan)
-    return MatrixMask(chosen.keep.cpu(), None if chosen.tiers is None else chosen.tiers.cpu(),
-                      None if chosen.importance is None else chosen.importance.cpu())
+    return matrix_mask(chosen.keep.cpu(), None if chosen.tiers is None else chosen.tiers.cpu(),
+                       None if chosen.importance is None else chosen.importance.cpu())
 
 
 # --- storage ------------------------------------------------------------------------------------------------------
@@ -413,18 +441,20 @@ def storage_estimate(plan: Replan, value_bits: int = 16) -> dict:
     spec, v = plan.spec, value_bits
     bits = dense = 0
     for m in plan.matrices.values():
-        out_f, in_f = m.keep.shape
-        dense += m.keep.numel() * v
+        out_f, in_f = m.shape
+        dense += m.numel * v
         if m.tiers is not None:
             B = spec.block
-            kept = torch.nn.functional.pad(m.keep.float(), (0, (-in_f) % B, 0, (-out_f) % B))
-            per_block = kept.view(kept.shape[0] // B, B, kept.shape[1] // B, B).sum(dim=(1, 3))
+            per_block = m.block_kept
+            if per_block is None:
+                kept = torch.nn.functional.pad(m.keep.float(), (0, (-in_f) % B, 0, (-out_f) % B))
+                per_block = kept.view(kept.shape[0] // B, B, kept.shape[1] // B, B).sum(dim=(1, 3))
             extra = torch.zeros_like(per_block)
             extra[m.tiers == TWO_FOUR] = 2
             extra[m.tiers == TOPK] = math.ceil(math.log2(B * B))
             bits += int((per_block * (v + extra)).sum())
             continue
-        n_kept = int(torch.count_nonzero(m.keep))
+        n_kept = m.kept
         if "m" in PATTERNS[spec.pattern].fields:
             bits += n_kept * (v + math.ceil(math.log2(spec.m)))
         else:

@@ -13,7 +13,6 @@ from engine.discovery import find_decoder_layers, find_targets
 from engine.errors import UserError
 from engine.explore import (
     CalibrationCache,
-    MatrixMask,
     Replan,
     block_choices,
     calibrate,
@@ -21,6 +20,7 @@ from engine.explore import (
     estimate,
     keep_from_choices,
     masks_only,
+    matrix_mask,
     replan,
     storage_estimate,
     sweep,
@@ -115,6 +115,7 @@ def test_replan_equals_the_walks_masks(one_layer, spec):
     assert plan.spec == spec and (plan.notes == []) == (not spec.updates_weights)  # sparsegpt: no update
     assert set(plan.matrices) == set(keep) and len(keep) == 7
     for k, m in plan.matrices.items():
+        assert m.kept == int(keep[k].sum()), k  # counted before the mask is built
         assert torch.equal(m.keep, keep[k]), k
         assert (None if m.tiers is None else encode_tier_map(m.tiers.numpy())) == tier_maps[k], k
     assert _bit_equal(model, dense)
@@ -186,7 +187,12 @@ def test_block_choices_give_three_tier_mask_with_ties_and_edge_blocks(shape, kee
     for seed in range(3):
         tiers = torch.randint(0, 3, (-(-shape[0] // 16), -(-shape[1] // 16)),
                               generator=torch.Generator().manual_seed(seed)).to(torch.int8)
-        assert torch.equal(keep_from_choices(choices, tiers, 16), three_tier_mask(scores, tiers, 16, keep))
+        want = three_tier_mask(scores, tiers, 16, keep)
+        assert torch.equal(keep_from_choices(choices, tiers, 16), want)
+        # the counts a re-plan reports before building any mask: weights kept per block under its tier
+        per_block = torch.nn.functional.pad(want.long(), (0, -shape[1] % 16, 0, -shape[0] % 16))
+        per_block = per_block.view(per_block.shape[0] // 16, 16, per_block.shape[1] // 16, 16).sum(dim=(1, 3))
+        assert torch.equal(choices.kept.gather(0, tiers.long().unsqueeze(0)).squeeze(0), per_block)
 
 
 # --- the cache key: never a stale calibration -----------------------------------------------------------------
@@ -304,7 +310,7 @@ def test_sweep_points_for_each_kind_of_pattern():
 # --- storage -------------------------------------------------------------------------------------------------------
 
 def _plan(spec, keep, tiers=None):
-    return Replan(spec, spec, [], "", {(0, "m"): MatrixMask(keep, tiers)})
+    return Replan(spec, spec, [], "", {(0, "m"): matrix_mask(keep, tiers)})
 
 
 def test_storage_of_a_hand_made_three_tier_plan():
