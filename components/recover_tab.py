@@ -3,20 +3,17 @@ train and held-out loss drawn live, the perplexity before and after beside dense
 current step and keeps those weights; the run's record gets the recovery, so Compare and Past runs show it."""
 from __future__ import annotations
 
-import time
-
 import gradio as gr
 
-from engine import data as textdata
 from engine.errors import UserError
-from engine.recover import recover
+from engine.run import recover_run
 
 from . import policy
 from .jobs import Job
 from .recover import DEFAULT_LR, loss_curve_figure, recover_spec_from_form, recovery_html
 from .registry import FINETUNE_DEFAULTS
 from .results_tab import LIGHT
-from .runner import MODELS, Weights, engine_event, refuse, stopped_before_start, stopped_in_queue, stream
+from .runner import MODELS, engine_event, refuse, stopped_before_start, stopped_in_queue, stream
 from .session import Session
 
 MODES = ["full", "LoRA"]
@@ -52,24 +49,13 @@ def show(page, record) -> dict:
 def recover_run(page, s: Session, run_id: str, spec, progress, cancel) -> dict:
     """The engine's recovery of a run whose pruned weights the cached model still holds; the stored record gets
     the recovery block. Runs on the engine's turn (a Job)."""
-    if Weights.run_id != run_id or MODELS.loaded is None:
+    if MODELS.holds_run != run_id:
         raise UserError(NOT_IN_MEMORY)
     try:
         record = page.store.load(run_id)  # the whole record, also where the page shows it redacted
     except (OSError, ValueError):
         raise UserError("this run's record is no longer in the run store; run it again") from None
-    request = record.get("request") or {}
-    lm = MODELS.loaded
-    source = textdata.resolve_text(request.get("calib") or "auto", "calibration")
-    eval_src = textdata.resolve_text(request["eval"], "evaluation") if request.get("eval") else None
-    eval_ids = textdata.evaluation_ids(lm.tokenizer, eval_src) if eval_src is not None else None
-    Weights.run_id = None  # from here on the weights are no longer the run's pruned ones
-    t = time.perf_counter()
-    block = recover(lm.model, lm.tokenizer, spec, source, eval_ids, record["spec"]["seqlen"],
-                    request.get("eval_windows"), ppl_before=(record.get("ppl") or {}).get("pruned"),
-                    progress=progress, cancel=cancel)
-    record = dict(record, recovery=block,
-                  timings={**(record.get("timings") or {}), "finetune_s": round(time.perf_counter() - t, 3)})
+    record = recover_run(record, spec, MODELS, progress=progress, cancel=cancel)
     warning = page.store.save_final(record)
     shown = policy.redact(record) if page.settings.public else record
     if warning:

@@ -27,12 +27,6 @@ SUBMIT = threading.Lock()  # a tab's two clicks arrive on two threads: only one 
 STOP_GRACE_S = 3.0  # after Stop the page waits this long for the run to end, then frees the Run button
 
 
-class Weights:
-    """Which run's weights the cached model holds: the last run that completed, until any other job uses the model.
-    Read and written only by the job that has the engine's turn, so it needs no lock."""
-    run_id: str | None = None
-
-
 # ---- the engine calls ------------------------------------------------------------------------------------------
 
 def request(page, form: dict, **changes):
@@ -49,10 +43,7 @@ def request(page, form: dict, **changes):
 def prune(page, s: Session, req, progress, cancel) -> dict:
     """One engine run on the worker thread; the record joins the tab's runs as soon as it exists."""
     cap = page.settings.limits.max_params if page.settings.limits else None
-    Weights.run_id = None
     record = run(req, progress=size_guard(req, progress, cap, MODELS), cancel=cancel, models=MODELS)
-    if record.get("status") == "completed" and MODELS.loaded is not None:
-        Weights.run_id = record["run_id"]
     s.add(record)
     return record
 

@@ -84,8 +84,10 @@ class ModelCache:
         self._key = None
         self.loaded: LoadedModel | None = None
         self._dense: DenseWeights | None = None
+        self.holds_run: str | None = None  # the run whose pruned weights the loaded model holds now, if any
 
     def get(self, request: RunRequest, progress=None) -> LoadedModel:
+        self.holds_run = None  # whatever comes next changes the weights
         key = (request.model, request.device, request.dtype, request.trust_remote_code, request.safetensors_only,
                request.slow_tokenizer)
         budget = snapshot_budget_bytes(request.snapshot_max_gb)
@@ -110,6 +112,7 @@ class ModelCache:
 
     def restore(self) -> None:
         """Put the dense weights back into the loaded model, in place."""
+        self.holds_run = None
         if self.loaded is not None and self._dense is not None:
             self._dense.restore()
 
@@ -147,7 +150,31 @@ def run(request: RunRequest, progress=None, cancel: threading.Event | None = Non
         record.update(status="failed", message=why[:500])
         _finish(record, timings, t_start, request)
         raise
+    if record["status"] == "completed":
+        models.holds_run = record["run_id"]
     return _finish(record, timings, t_start, request)
+
+
+def recover_run(record: dict, finetune: FinetuneSpec, models: ModelCache, progress=None,
+                cancel: threading.Event | None = None) -> dict:
+    """Recover a finished run afterwards: a masked fine-tune of its pruned weights, which `models` must still hold,
+    on the run's own calibration text, evaluated on its evaluation text and windows. Returns the record with its
+    recovery block (engine/recover.py) and the fine-tune's time; the caller stores it."""
+    if models.holds_run != record.get("run_id") or models.loaded is None:
+        raise UserError("the model in memory no longer holds this run's pruned weights (another run or recovery "
+                        "came after it, or the process restarted): run it again, then recover it")
+    request = record.get("request") or {}
+    lm = models.loaded
+    source = textdata.resolve_text(request.get("calib") or "auto", "calibration")
+    eval_src = textdata.resolve_text(request["eval"], "evaluation") if request.get("eval") else None
+    eval_ids = textdata.evaluation_ids(lm.tokenizer, eval_src) if eval_src is not None else None
+    models.holds_run = None  # from here on the weights are no longer the run's pruned ones
+    t = time.perf_counter()
+    block = recover(lm.model, lm.tokenizer, finetune, source, eval_ids, record["spec"]["seqlen"],
+                    request.get("eval_windows"), ppl_before=(record.get("ppl") or {}).get("pruned"),
+                    progress=progress, cancel=cancel)
+    return dict(record, recovery=block,
+                timings={**(record.get("timings") or {}), "finetune_s": round(time.perf_counter() - t, 3)})
 
 
 def _run(request: RunRequest, record: dict, timings: dict, t_start: float, progress, cancel, models) -> None:
