@@ -14,6 +14,8 @@ from plotly.subplots import make_subplots
 from engine.record import decode_array, decode_tier_map
 from engine.spec import TIER_NAMES
 
+from .registry import method_colours
+
 # Okabe-Ito colours: told apart by readers with the common colour-vision deficiencies.
 TIER_COLORS = {"dense": "#0072B2", "2:4": "#E69F00", "topk": "#CC79A7"}
 TIER_LABELS = {"dense": "dense", "2:4": "2:4", "topk": "top-K"}
@@ -257,7 +259,7 @@ def ppl_vs_sparsity(records: list[dict]) -> go.Figure:
         return empty_figure("Runs with a perplexity appear here", 340)
     fig = go.Figure()
     symbols = {"three_tier": "diamond", "unstructured": "circle", "nm": "square"}
-    colors = {"magnitude": "#D55E00", "wanda": "#0072B2", "sparsegpt": "#009E73"}
+    colors = method_colours()
     for method in dict.fromkeys(r["spec"]["method"] for r in pts):
         rs = [r for r in pts if r["spec"]["method"] == method]
         fig.add_trace(go.Scatter(

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from components.figures import BASELINE_COLORS, _layout, empty_figure
 from engine.errors import UserError
 from engine.finetune import FinetuneSpec
+from engine.finetune_cli import DEFAULT_LR
 
 DEFAULTS = FinetuneSpec()
 PUBLIC_MAX_STEPS = 60  # a public server's cap on fine-tune steps
@@ -35,6 +36,18 @@ def finetune_from_form(steps, lr, lora_rank, public: bool = False) -> FinetuneSp
     return FinetuneSpec(steps=steps_i, lr=lr_f, lora_rank=rank).validate()
 
 
+def recover_spec_from_form(steps, lr, mode: str, lora_rank, public: bool = False) -> FinetuneSpec:
+    """The Recover tab's fields -> a FinetuneSpec: steps must be >= 1 here (the button asks for a fine-tune), LoRA
+    needs its rank, and a blank learning rate is the default of the mode (engine/finetune_cli.py)."""
+    if steps in (None, "") or (isinstance(steps, (int, float)) and steps < 1):
+        raise UserError(f"fine-tune steps must be a whole number >= 1, got {steps!r}")
+    lora = mode == "LoRA"
+    if lora and lora_rank in (None, "", 0):
+        raise UserError("LoRA needs a rank >= 1 (or choose full fine-tuning)")
+    lr = DEFAULT_LR["lora" if lora else "full"] if lr in (None, "") else lr
+    return finetune_from_form(steps, lr, lora_rank if lora else 0, public=public)
+
+
 def curve_from_events(curve: dict, event: dict) -> bool:
     """Fold one engine event into {"train": [[step, loss]], "heldout": [...]}; True when the curve grew."""
     if event.get("stage") != "finetune" or "step" not in event:
@@ -51,7 +64,7 @@ def loss_curve_figure(curve: dict | None, title: str = "Fine-tune loss (zeros he
     """Train loss per step and held-out loss, as the engine reports them."""
     curve = curve or {}
     if not curve.get("train") and not curve.get("heldout"):
-        return empty_figure("No fine-tune yet: set Recover › steps and run")
+        return empty_figure("No fine-tune yet: press Recover on a finished run")
     fig = go.Figure()
     for name, color, mode in (("train", BASELINE_COLORS["pruned"], "lines"),
                               ("heldout", BASELINE_COLORS["magnitude"], "lines+markers")):
@@ -68,9 +81,9 @@ def recovery_html(record: dict | None) -> str:
     """Perplexity before and after the fine-tune beside dense and magnitude, with the settings and the zeros check."""
     block = (record or {}).get("recovery")
     if not block:
-        return ("<div class='note'>No recovery for this run. Set <b>Recover › fine-tune steps</b> before Run to "
-                "fine-tune the pruned model with its zeros held.</div><div class='note'>" + html.escape(CPU_NOTE)
-                + "</div>")
+        return ("<div class='note'>No recovery for this run. Press <b>Recover</b> above to fine-tune its pruned "
+                "model with the zeros held (or set <i>Set-up › Recover › Steps</i> before Run).</div>"
+                "<div class='note'>" + html.escape(CPU_NOTE) + "</div>")
     ppl = (record or {}).get("ppl") or {}
     rows = [("dense", ppl.get("dense")), ("magnitude (same pattern)", ppl.get("magnitude")),
             ("pruned", block.get("ppl_before")), ("pruned + fine-tune", block.get("ppl_after"))]

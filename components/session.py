@@ -14,8 +14,6 @@ import torch
 from engine.errors import UserError, excerpt
 from engine.models import available_devices
 from engine.run import ModelCache, RunRequest
-from engine.methods import METHODS
-from engine.patterns import ASSIGNMENTS, BLOCK_RULES, PATTERNS, TIER_SCOPES, WITHIN_BLOCK
 from engine.spec import THREE_TIER_RATIOS, PruneSpec
 
 from . import policy
@@ -33,12 +31,6 @@ MODEL_PRESETS = [
     ("mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-v0.1"),
 ]
 PUBLIC_PRESETS = MODEL_PRESETS[:-2]  # a public server takes models up to 2B parameters (components/policy.py)
-METHOD_CHOICES = [(m.label, name) for name, m in METHODS.items()]
-PATTERN_CHOICES = [(p.title, name) for name, p in PATTERNS.items()]
-SCOPE_CHOICES = [(title, name) for name, title in TIER_SCOPES.items()]
-WITHIN_CHOICES = [(title, name) for name, title in WITHIN_BLOCK.items()]
-ASSIGNMENT_CHOICES = [(title, name) for name, title in ASSIGNMENTS.items()]
-BLOCK_RULE_CHOICES = [(title, name) for name, title in BLOCK_RULES.items()]
 NAMED_SOURCES = [("auto (paper: C4 calibration, WikiText-2 evaluation; offline: Python docs)", "auto"),
                  ("WikiText-2", "wikitext2"), ("C4", "c4"), ("Python docs (offline)", "pydoc")]
 LOCAL_SOURCE = ("local file / folder ↓", "path")

@@ -17,7 +17,7 @@ import pytest
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from app import Dashboard, Settings  # noqa: E402
+from app import Page, Settings  # noqa: E402
 from components.session import grid_splits, nominal_text, parse_splits, rebalance  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.spec import PruneSpec  # noqa: E402
@@ -62,7 +62,7 @@ def test_sweep_splits_parse_and_refuse_readably():
 def test_form_opens_on_the_best_recipe_and_the_buttons_set_either_recipe():
     from components.session import recipe_values
     from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE
-    dash = Dashboard(Settings())
+    dash = Page(Settings())
     opened = (dash.method.value, dash.tier_scope.value, dash.assignment.value, dash.within_block.value,
               dash.reconstruct.value, dash.ratio_dense.value, dash.ratio_24.value, dash.ratio_topk.value,
               dash.keep.value, dash.block_rule.value, dash.pattern.value)
@@ -79,8 +79,8 @@ def test_form_opens_on_the_best_recipe_and_the_buttons_set_either_recipe():
 
 @contextmanager
 def serving(settings: Settings):
-    """A Dashboard for `settings`, launched on a free loopback port: yields (dashboard, url)."""
-    dash = Dashboard(settings)
+    """A Page for `settings`, launched on a free loopback port: yields (dashboard, url)."""
+    dash = Page(settings)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -293,10 +293,10 @@ def test_past_runs_survive_a_restart_and_reopen_with_their_figures(tmp_path, tin
 
 def test_zero_shot_accuracy_is_shown_when_the_record_has_it(tmp_path):
     """Issue 7: a record with zero-shot results shows per-task bars (dense beside the run); one without hides them."""
-    from app import Dashboard, Settings
+    from app import Page, Settings
     from components.session import Session
 
-    board = Dashboard(Settings(runs_dir=str(tmp_path / "runs")))
+    board = Page(Settings(runs_dir=str(tmp_path / "runs")))
     record = {"run_id": "20260101-000000-aaaaaaaa", "status": "completed", "spec": {"method": "wanda"},
               "matrices": [], "ppl": {}, "zero_shot": {"boolq": {"acc": 0.6, "acc_stderr": 0.05, "n": 40}},
               "zero_shot_dense": {"boolq": {"acc": 0.7, "acc_stderr": 0.05, "n": 40}}}

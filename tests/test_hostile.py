@@ -29,7 +29,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import app  # noqa: E402
-from app import Dashboard, Settings  # noqa: E402
+from app import Page, Settings  # noqa: E402
 from components import policy  # noqa: E402
 from components.session import parse_splits, spec_from_form  # noqa: E402
 from engine import save as saving  # noqa: E402
@@ -52,8 +52,8 @@ QUICK_CLI = ["--prune_method", "magnitude", "--nsamples", "2", "--seqlen", "32",
 
 @contextlib.contextmanager
 def serving(settings: Settings):
-    """A Dashboard launched as app.main launches it (launch_options: no uploads), on a free loopback port."""
-    dash = Dashboard(settings)
+    """A Page launched as app.main launches it (launch_options: no uploads), on a free loopback port."""
+    dash = Page(settings)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -287,7 +287,7 @@ def test_a_real_server_process_says_its_mode_refuses_a_typo_and_keeps_analytics_
 def test_analytics_only_when_the_owner_turns_them_on():
     assert not Settings.from_env(env={}).analytics
     assert Settings.from_env(env={"GRADIO_ANALYTICS_ENABLED": "True"}).analytics
-    assert Dashboard(Settings()).demo.analytics_enabled is False
+    assert Page(Settings()).demo.analytics_enabled is False
 
 
 # -- 5. misshapen files in the run store ----------------------------------------------------------------------------

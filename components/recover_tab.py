@@ -1,0 +1,124 @@
+"""The Recover tab: a finished run's pruned model fine-tuned in memory with its zeros held (engine/recover.py), the
+train and held-out loss drawn live, the perplexity before and after beside dense and magnitude. Stop ends after the
+current step and keeps those weights; the run's record gets the recovery, so Compare and Past runs show it."""
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+
+from engine import data as textdata
+from engine.errors import UserError
+from engine.recover import recover
+
+from . import policy
+from .jobs import Job
+from .recover import DEFAULT_LR, loss_curve_figure, recover_spec_from_form, recovery_html
+from .registry import FINETUNE_DEFAULTS
+from .results_tab import LIGHT
+from .runner import MODELS, Weights, engine_event, refuse, stopped_before_start, stopped_in_queue, stream
+from .session import Session
+
+MODES = ["full", "LoRA"]
+NOT_IN_MEMORY = ("the model in memory no longer holds this run's pruned weights (another run or recovery came "
+                 "after it, or the server restarted): run it again, then press Recover")
+
+
+def render(page) -> None:
+    with gr.Tab("Recover", id="recover"):
+        gr.Markdown("Fine-tune a finished run's pruned model with every pruned weight held at exactly 0: the loss "
+                    "curve draws as it trains; Stop keeps the weights of the last finished step.",
+                    elem_classes="note")
+        with gr.Row(equal_height=True):
+            page.recover_run = gr.Dropdown([], label="Run to recover", interactive=True, scale=3)
+            page.recover_steps = gr.Number(FINETUNE_DEFAULTS.steps, precision=0, minimum=1, label="Steps",
+                                           min_width=90, scale=1)
+            page.recover_lr = gr.Number(FINETUNE_DEFAULTS.lr, label="Learning rate", min_width=110, scale=1)
+            page.recover_mode = gr.Radio(MODES, value=MODES[0], label="Fine-tune", min_width=140, scale=1)
+            page.recover_rank = gr.Number(8, precision=0, minimum=1, label="LoRA rank", min_width=90, scale=1,
+                                          visible=False)
+        with gr.Row():
+            page.recover_btn = gr.Button("Recover", variant="primary", scale=3, elem_id="recover-button")
+            page.recover_stop_btn = gr.Button("Stop", variant="stop", scale=1)
+        page.loss_plot = gr.Plot(loss_curve_figure(None), show_label=False, elem_id="loss-curve")
+        page.recover_note = gr.HTML(recovery_html(None), elem_id="recover-note")
+
+
+def show(page, record) -> dict:
+    return {page.recover_note: recovery_html(record),
+            page.loss_plot: loss_curve_figure(((record or {}).get("recovery") or {}).get("curve"))}
+
+
+def recover_run(page, s: Session, run_id: str, spec, progress, cancel) -> dict:
+    """The engine's recovery of a run whose pruned weights the cached model still holds; the stored record gets
+    the recovery block. Runs on the engine's turn (a Job)."""
+    if Weights.run_id != run_id or MODELS.loaded is None:
+        raise UserError(NOT_IN_MEMORY)
+    try:
+        record = page.store.load(run_id)  # the whole record, also where the page shows it redacted
+    except (OSError, ValueError):
+        raise UserError("this run's record is no longer in the run store; run it again") from None
+    request = record.get("request") or {}
+    lm = MODELS.loaded
+    source = textdata.resolve_text(request.get("calib") or "auto", "calibration")
+    eval_src = textdata.resolve_text(request["eval"], "evaluation") if request.get("eval") else None
+    eval_ids = textdata.evaluation_ids(lm.tokenizer, eval_src) if eval_src is not None else None
+    Weights.run_id = None  # from here on the weights are no longer the run's pruned ones
+    t = time.perf_counter()
+    block = recover(lm.model, lm.tokenizer, spec, source, eval_ids, record["spec"]["seqlen"],
+                    request.get("eval_windows"), ppl_before=(record.get("ppl") or {}).get("pruned"),
+                    progress=progress, cancel=cancel)
+    record = dict(record, recovery=block,
+                  timings={**(record.get("timings") or {}), "finetune_s": round(time.perf_counter() - t, 3)})
+    warning = page.store.save_final(record)
+    shown = policy.redact(record) if page.settings.public else record
+    if warning:
+        shown = dict(shown, store_warning=warning)
+    s.add(shown)
+    return shown
+
+
+def recovery_summary(records: list, job: Job) -> tuple[str, str, str]:
+    block = records[-1]["recovery"]
+    before, after = block.get("ppl_before"), block.get("ppl_after")
+    ppl = f"; perplexity {before:.2f} → {after:.2f}" if before is not None and after is not None else ""
+    line = f"{block['steps_done']} of {block['settings']['steps']} fine-tune steps"
+    if block.get("status") == "cancelled":
+        return "warn", f"Stopped after {line}: the weights of the last finished step are kept, zeros held{ppl}.", line
+    return "ok", f"Recovered in {block['seconds']:.1f} s: {line}, zeros held{ppl}.", line
+
+
+def wire(page) -> None:
+    def recover_clicked(s: Session, run_id, steps, lr, mode, lora_rank):
+        """Fine-tune a finished run's pruned model (zeros held); streams the loss curve, then the run's figures."""
+        if stopped_in_queue(page, s):
+            yield from stopped_before_start(page)
+            return
+        try:
+            record = s.get(run_id)
+            if record is None:
+                raise UserError("choose a finished run of this tab to recover (run one, or open one under Past runs)")
+            if record.get("status") != "completed":
+                raise UserError(f"only a completed run can be recovered; this one is {record.get('status')}")
+            if record.get("recovery"):
+                raise UserError("this run was already fine-tuned; run it again to recover it with other settings")
+            spec = recover_spec_from_form(steps, lr, mode, lora_rank, public=page.settings.public)
+        except UserError as err:
+            yield from refuse(page, err, "Cannot recover")
+        yield {page.loss_plot: loss_curve_figure(None)}
+        yield from stream(page, s, lambda progress, cancel: recover_run(page, s, run_id, spec, progress, cancel),
+                          f"recovery of run #{s.number(run_id)}", recovery_summary)
+
+    page.recover_btn.click(recover_clicked, [page.session, page.recover_run, page.recover_steps, page.recover_lr,
+                                             page.recover_mode, page.recover_rank],
+                           page.JOB_OUTPUTS, api_name="recover", **engine_event(page))
+
+    def mode_changed(mode):  # LoRA trains far fewer weights: its rank appears, and its own default learning rate
+        return gr.update(visible=mode == "LoRA"), DEFAULT_LR["lora" if mode == "LoRA" else "full"]
+    page.recover_mode.change(mode_changed, page.recover_mode, [page.recover_rank, page.recover_lr], queue=False,
+                             show_progress="hidden")
+
+    def pick(s: Session, run_id):
+        return show(page, s.get(run_id))
+    page.recover_run.input(pick, [page.session, page.recover_run], [page.recover_note, page.loss_plot],
+                           api_visibility="private", **LIGHT)

@@ -1,0 +1,56 @@
+"""The one place the dashboard reads the engine's registries (engine/methods.py, engine/patterns.py): which methods
+and patterns exist, their labels and colours, the spec fields each pattern reads, the titles of the block fields'
+choices, and the spec's defaults. Everything the page lists is derived from here, so a method or a pattern
+registered in the engine appears in the form and the figures with no UI edit.
+"""
+from __future__ import annotations
+
+from engine.finetune import FinetuneSpec
+from engine.methods import METHODS
+from engine.patterns import ASSIGNMENTS, BLOCK_RULES, PATTERNS, TIER_SCOPES, WITHIN_BLOCK
+from engine.spec import BEST_THREE_TIER, PruneSpec
+
+# The form opens on the best three-tier recipe found, with calibration small enough for a CPU: every other
+# widget default is the spec's own.
+FORM_SPEC = PruneSpec(pattern="three_tier", nsamples=32, seqlen=512, **BEST_THREE_TIER)
+FINETUNE_DEFAULTS = FinetuneSpec()
+FIELD_CHOICES = {"tier_scope": TIER_SCOPES, "within_block": WITHIN_BLOCK, "assignment": ASSIGNMENTS,
+                 "block_rule": BLOCK_RULES}  # spec field -> {value: title}
+
+
+def method_choices() -> list[tuple[str, str]]:
+    """(label, name) of every registered method, for a radio."""
+    return [(m.label, name) for name, m in METHODS.items()]
+
+
+def method_colours() -> dict[str, str]:
+    """name -> the colour every figure draws that method in."""
+    return {name: m.colour for name, m in METHODS.items()}
+
+
+def pattern_choices() -> list[tuple[str, str]]:
+    """(title, name) of every registered pattern, for a radio."""
+    return [(p.title, name) for name, p in PATTERNS.items()]
+
+
+def pattern_fields(pattern: str) -> tuple[str, ...]:
+    """The PruneSpec fields `pattern` reads (the form shows only these); () for an unknown pattern."""
+    return tuple(PATTERNS[pattern].fields) if pattern in PATTERNS else ()
+
+
+def block_pattern(pattern: str) -> bool:
+    """Cut into B x B blocks with a tier map per matrix."""
+    return pattern in PATTERNS and PATTERNS[pattern].blocks
+
+
+def field_choices(name: str) -> list[tuple[str, str]]:
+    """(title, value) of a block field's choices (tier_scope, within_block, assignment, block_rule)."""
+    return [(title, value) for value, title in FIELD_CHOICES[name].items()]
+
+
+def uses_calibration(method: str, reconstruct: bool) -> bool:
+    """Whether the form's calibration settings matter for this method (the spec decides)."""
+    try:
+        return PruneSpec(method=method, reconstruct=bool(reconstruct)).uses_calibration
+    except ValueError:
+        return True

@@ -1,0 +1,107 @@
+"""The Results tab: one run's overview and perplexity, its per-layer heatmap, and the block tier map of the matrix
+chosen there (a click on a heatmap cell opens it)."""
+from __future__ import annotations
+
+import gradio as gr
+
+from . import figures, tables
+from .layout import HEATMAP_CLICK_JS
+from .registry import block_pattern
+from .session import Session
+from .zero_shot import zero_shot_figure
+
+VIEWS = ["realised sparsity", "tier shares"]
+LIGHT = dict(concurrency_limit=None)  # figure redraws never wait behind a run
+
+
+def heatmap_for(record, view):
+    if view == VIEWS[1] and record and block_pattern(record.get("spec", {}).get("pattern")):
+        return figures.tier_share_heatmaps(record)
+    return figures.layer_heatmap(record)
+
+
+def tiermap_for(record, layer, module):
+    entry = figures.find_matrix(record, layer, module)
+    block = (record or {}).get("spec", {}).get("block", 16)
+    return figures.tier_map_figure(entry, block=block)
+
+
+def selection_for(record, layer=None, module=None):
+    """Layer/module choices of a record, keeping the current choice when the record has it."""
+    n_layers = (record or {}).get("n_layers") or 0
+    modules = figures.module_order(record or {})
+    layer = layer if layer is not None and int(layer) < n_layers else (0 if n_layers else None)
+    module = module if module in modules else (modules[0] if modules else None)
+    return ([(f"layer {i}", i) for i in range(n_layers)], layer, modules, module)
+
+
+def render(page) -> None:
+    with gr.Tab("Results", id="results"):
+        page.shown_run = gr.Dropdown([], value=None, label="Run shown", interactive=True)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=320):
+                page.overview = gr.HTML(tables.overview_html(None), elem_id="overview")
+            with gr.Column(scale=2, min_width=280):
+                page.ppl_plot = gr.Plot(figures.ppl_bars(None), show_label=False)
+        # zero-shot accuracy per task (CLI --eval_zero_shot / engine RunRequest.zero_shot_tasks), when present
+        page.zero_shot_plot = gr.Plot(zero_shot_figure(None), show_label=False, visible=False)
+        page.heat_view = gr.Radio(VIEWS, value=VIEWS[0], label="Colour the layer map by", container=False)
+        page.heatmap = gr.Plot(figures.layer_heatmap(None), show_label=False, elem_id="layer-heatmap")
+        gr.Markdown("Click a cell — or choose a layer and a module — to open that matrix's block tier map.",
+                    elem_classes="note")
+        with gr.Row():
+            page.layer_dd = gr.Dropdown([], label="Decoder layer", interactive=True)
+            page.module_dd = gr.Dropdown([], label="Module", interactive=True)
+        page.tiermap = gr.Plot(figures.tier_map_figure(None)[0], show_label=False, elem_id="tier-map")
+        page.tiernote = gr.Markdown("", elem_classes="note")
+        page.heatmap_click = gr.Textbox(visible="hidden", elem_id="heatmap-click")
+
+
+def show(page, s: Session, record, layer=None, module=None, view=None) -> dict:
+    """What this tab shows for one record (and the session remembers it as the record shown)."""
+    s.shown = record
+    layers, layer, modules, module = selection_for(record, layer, module)
+    blocks = bool(record) and block_pattern(record.get("spec", {}).get("pattern"))
+    view = view if blocks else VIEWS[0]
+    fig, note = tiermap_for(record, layer, module)
+    has_zero_shot = bool(record) and bool(record.get("zero_shot") or record.get("zero_shot_dense"))
+    return {page.overview: tables.overview_html(record), page.ppl_plot: figures.ppl_bars(record),
+            page.zero_shot_plot: gr.Plot(zero_shot_figure(record), visible=has_zero_shot),
+            page.heatmap: heatmap_for(record, view), page.heat_view: gr.Radio(value=view, interactive=blocks),
+            page.layer_dd: gr.Dropdown(choices=layers, value=layer),
+            page.module_dd: gr.Dropdown(choices=modules, value=module), page.tiermap: fig, page.tiernote: note}
+
+
+def wire(page) -> None:
+    session = page.session
+
+    def pick_run(s: Session, run_id):
+        return page.show_record(s, s.get(run_id), view=s.view)
+    page.shown_run.input(pick_run, [session, page.shown_run], page.RESULT_OUTPUTS, api_visibility="private",
+                         **LIGHT)
+
+    def view(s: Session, choice):
+        s.view = choice
+        return heatmap_for(s.shown, choice)
+    page.heat_view.input(view, [session, page.heat_view], page.heatmap, api_visibility="private", **LIGHT)
+
+    def tier(s: Session, layer, module):
+        s.shown_layer, s.shown_module = layer, module
+        return tiermap_for(s.shown, layer, module)
+    gr.on([page.layer_dd.input, page.module_dd.input], tier, [session, page.layer_dd, page.module_dd],
+          [page.tiermap, page.tiernote], api_name="tier_map", **LIGHT)
+
+    def click(s: Session, text):
+        """'layer|module|t' from the heatmap click script -> that matrix's tier map."""
+        try:
+            layer, module = text.split("|")[:2]
+            layer = int(float(layer))
+        except (AttributeError, ValueError):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        s.shown_layer, s.shown_module = layer, module
+        fig, note = tiermap_for(s.shown, layer, module)
+        return gr.Dropdown(value=layer), gr.Dropdown(value=module), fig, note
+    page.heatmap_click.change(click, [session, page.heatmap_click],
+                              [page.layer_dd, page.module_dd, page.tiermap, page.tiernote],
+                              api_visibility="private", **LIGHT)
+    page.demo.load(None, js=HEATMAP_CLICK_JS)

@@ -1,0 +1,144 @@
+"""The set-up column: model, method and pattern, data, evaluation, recovery, Run and Stop.
+
+The choices come from the engine's registries and every default from the spec (components/registry.py); a widget
+that sets a spec field is shown only for the patterns that read that field. Each widget the engine reads is a form
+field (`page.field`): the API's keyword arguments and request_from_form's keys are these names.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, ORIGINAL_URL
+
+from . import recover
+from .registry import (FINETUNE_DEFAULTS, FORM_SPEC, field_choices, method_choices, pattern_choices, pattern_fields,
+                       uses_calibration)
+from .session import (DEVICE_CHOICES, DTYPE_CHOICES, EMBEDDED, EVAL_CHOICES, MODEL_PRESETS, NAMED_SOURCES,
+                      PUBLIC_PRESETS, SKIP_EVAL, SOURCE_CHOICES, nominal_text, rebalance, recipe_values)
+
+QUIET = dict(queue=False, show_progress="hidden")
+
+
+def render(page) -> None:
+    public, limits, spec, field = page.settings.public, page.settings.limits, FORM_SPEC, page.field
+    shown = page.pattern_parts = {}  # widget or box -> the spec fields it sets; shown when the pattern reads one
+
+    gr.HTML("<div class='section-title'>Model</div>")
+    field("model", gr.Dropdown(PUBLIC_PRESETS if public else MODEL_PRESETS, value=EMBEDDED, label="Preset"))
+    field("model_path", gr.Textbox(
+        label="…or a hub id (overrides the preset)" if public else
+              "…or a hub id, local folder or .gguf file (overrides the preset)",
+        placeholder="e.g. Qwen/Qwen2.5-0.5B" + ("" if public else "  ·  ~/models/llama  ·  model.Q4_1.gguf")))
+    with gr.Row():
+        field("device", gr.Dropdown(DEVICE_CHOICES, value="auto", label="Device", min_width=100))
+        field("dtype", gr.Dropdown(DTYPE_CHOICES, value="auto", label="dtype", min_width=100))
+
+    gr.HTML("<div class='section-title'>Method and pattern</div>")
+    field("method", gr.Radio(method_choices(), value=spec.method, label="Importance (method)"))
+    field("pattern", gr.Radio(pattern_choices(), value=spec.pattern, label="Pattern"))
+    visible = set(pattern_fields(spec.pattern))
+    shown[field("sparsity", gr.Slider(0, 0.95, value=spec.sparsity, step=0.01, label="Sparsity",
+                                      info="block patterns: the share of blocks pruned",
+                                      visible="sparsity" in visible))] = ("sparsity",)
+    with gr.Row(visible="n" in visible) as nm_row:
+        field("n", gr.Number(spec.n, precision=0, label="N (kept)", minimum=0))
+        field("m", gr.Number(spec.m, precision=0, label="M (group)", minimum=1))
+    shown[nm_row] = ("n", "m")
+    with gr.Column(visible="ratios" in visible) as tier_box:
+        gr.Markdown("Tier split of the blocks — moving one slider rescales the other two in proportion, "
+                    "so the three always sum to 1.", elem_classes="note")
+        for name, ratio, label in zip(("ratio_dense", "ratio_24", "ratio_topk"), spec.ratios,
+                                      ("dense blocks (all kept)", "2:4 blocks (half kept)", "top-K blocks (K kept)")):
+            field(name, gr.Slider(0, 1, value=ratio, step=0.01, label=label))
+        with gr.Row():
+            page.best_btn = gr.Button("Best found: Fisher, ranked model-wide by cost, OBS", size="sm")
+            page.original_btn = gr.Button("Original rule (Wanda hybrid fork): Wanda, per matrix, |W| inside",
+                                          size="sm")
+        gr.Markdown(f"Original rule: the three-tier rule of the [Wanda hybrid fork]({ORIGINAL_URL}) with its "
+                    "defaults (0.4/0.4/0.2, K = 10), mask for mask.", elem_classes="note")
+    shown[tier_box] = ("ratios",)
+    for name, label in (("tier_scope", "Rank blocks across"), ("assignment", "Give blocks their tier by"),
+                        ("block_rule", "Block arithmetic")):
+        shown[field(name, gr.Radio(field_choices(name), value=getattr(spec, name), label=label,
+                                   visible=name in visible))] = (name,)
+    shown[field("top_blocks_ratio", gr.Slider(0, 1, value=spec.top_blocks_ratio, step=0.01,
+                                              label="top blocks (try 2:4, else dense)",
+                                              visible="top_blocks_ratio" in visible))] = ("top_blocks_ratio",)
+    shown[field("score_threshold", gr.Slider(0, 1, value=spec.score_threshold, step=0.01,
+                                             label="2:4 taken if it keeps this share of the block's score",
+                                             visible="score_threshold" in visible))] = ("score_threshold",)
+    with gr.Row(visible="block" in visible) as block_row:
+        field("block", gr.Number(spec.block, precision=0, minimum=4, step=4, label="Block size B"))
+        field("keep", gr.Number(spec.keep, precision=0, minimum=0, label="K per top-K block"))
+    shown[block_row] = ("block", "keep")
+    shown[field("within_block", gr.Radio(field_choices("within_block"), value=spec.within_block,
+                                         label="Inside 2:4 / top-K blocks keep by",
+                                         visible="within_block" in visible))] = ("within_block",)
+    field("reconstruct", gr.Checkbox(spec.reconstruct, label="OBS weight update (reconstruct)",
+                                     info="update the kept weights of the chosen mask (magnitude / Wanda; "
+                                          "SparseGPT always does)"))
+    page.nominal = gr.Markdown(nominal_text(spec.pattern, spec.sparsity, spec.n, spec.m, *spec.ratios, spec.block,
+                                            spec.keep, spec.top_blocks_ratio), elem_id="nominal")
+
+    with gr.Accordion("Calibration data", open=False, visible=spec.uses_calibration) as page.calib_box:
+        field("calib", gr.Dropdown(NAMED_SOURCES if public else SOURCE_CHOICES, value="auto", label="Source"))
+        field("calib_path", gr.Textbox(label="Path (.txt, .jsonl, .parquet or a WikiText folder)", visible=False))
+        with gr.Row():
+            field("nsamples", gr.Number(spec.nsamples, precision=0, minimum=1, label="Samples",
+                                        info=f"at most {limits.nsamples} here" if public else "paper: 128"))
+            field("seqlen", gr.Number(spec.seqlen, precision=0, minimum=2, label="Tokens per sample",
+                                      info="blank: model's context, ≤ 2048"))
+    with gr.Accordion("Evaluation", open=False):
+        field("eval_source", gr.Dropdown(NAMED_SOURCES + [SKIP_EVAL] if public else EVAL_CHOICES, value="auto",
+                                         label="Perplexity on"))
+        field("eval_path", gr.Textbox(label="Path (.txt, .jsonl, .parquet or a WikiText folder)", visible=False))
+        field("eval_windows", gr.Number(32, precision=0, minimum=1, label="Windows",
+                                        info=f"at most {limits.eval_windows} here" if public else
+                                             "blank: every window (the paper)"))
+        field("baselines", gr.Checkbox(True, label="Also compute dense and magnitude baselines (cached)"))
+    with gr.Accordion("Recover (masked fine-tune after pruning)", open=False):
+        gr.Markdown("Fine-tune the pruned model with every pruned weight held at exactly 0 (transformers "
+                    "Trainer). Steps 0: off; the Recover tab also recovers a finished run.", elem_classes="note")
+        with gr.Row():
+            field("finetune_steps", gr.Number(0, precision=0, minimum=0, label="Steps",
+                                              info=f"at most {recover.PUBLIC_MAX_STEPS} here" if public else
+                                                   "CPU: a few dozen"))
+            field("finetune_lr", gr.Number(FINETUNE_DEFAULTS.lr, label="Learning rate"))
+            field("lora_rank", gr.Number(0, precision=0, minimum=0, label="LoRA rank", info="0: full fine-tuning"))
+    with gr.Accordion("Advanced", open=False):
+        field("seed", gr.Number(spec.seed, precision=0, label="Seed (calibration sampling)"))
+        # Saving writes to the server's disk: a public server has no such controls and refuses the fields.
+        field("save_dir", gr.Textbox(label="Save the pruned model to (local folder, optional)", visible=not public,
+                                     placeholder="e.g. ./out/smollm2-three-tier"))
+        field("overwrite", gr.Checkbox(False, label="Overwrite that folder if it is not empty", visible=not public))
+        gr.Markdown(page.settings.note(), elem_classes="note")
+    with gr.Row(elem_id="run-buttons"):
+        page.run_btn = gr.Button("Run", variant="primary", scale=3)
+        page.stop_btn = gr.Button("Stop", variant="stop", scale=1)
+
+
+def wire(page) -> None:
+    parts = list(page.pattern_parts)
+
+    def show_pattern_fields(pattern):
+        reads = set(pattern_fields(pattern))
+        return [gr.update(visible=bool(reads & set(page.pattern_parts[part]))) for part in parts]
+    page.pattern.change(show_pattern_fields, page.pattern, parts, **QUIET)
+    gr.on([page.method.change, page.reconstruct.change], lambda m, r: gr.update(visible=uses_calibration(m, r)),
+          [page.method, page.reconstruct], page.calib_box, **QUIET)
+
+    ratios = [page.ratio_dense, page.ratio_24, page.ratio_topk]
+    for i, slider in enumerate(ratios):
+        slider.input(lambda a, b, c, i=i: rebalance(i, (a, b, c)), ratios, ratios, trigger_mode="always_last",
+                     **QUIET)
+    recipe_outputs = [page.method, page.tier_scope, page.assignment, page.within_block, page.reconstruct, *ratios,
+                      page.keep, page.block_rule, page.pattern]
+    page.original_btn.click(lambda: recipe_values(ORIGINAL_RECIPE), None, recipe_outputs, **QUIET)
+    page.best_btn.click(lambda: recipe_values(BEST_THREE_TIER), None, recipe_outputs, **QUIET)
+
+    nominal_inputs = [page.pattern, page.sparsity, page.n, page.m, *ratios, page.block, page.keep,
+                      page.top_blocks_ratio]
+    gr.on([c.change for c in nominal_inputs], nominal_text, nominal_inputs, page.nominal, **QUIET)
+    if not page.settings.public:
+        page.calib.change(lambda c: gr.Textbox(visible=c == "path"), page.calib, page.calib_path, **QUIET)
+        page.eval_source.change(lambda c: gr.Textbox(visible=c == "path"), page.eval_source, page.eval_path, **QUIET)
