@@ -31,11 +31,11 @@ def render(page) -> None:
                     elem_classes="note")
         with gr.Row(equal_height=True):
             page.recover_run = gr.Dropdown([], label="Run to recover", interactive=True, scale=3)
-            page.recover_steps = gr.Number(FINETUNE_DEFAULTS.steps, precision=0, minimum=1, label="Steps",
+            page.recover_steps = gr.Number(FINETUNE_DEFAULTS.steps, precision=0, label="Steps",
                                            min_width=90, scale=1)
             page.recover_lr = gr.Number(FINETUNE_DEFAULTS.lr, label="Learning rate", min_width=110, scale=1)
             page.recover_mode = gr.Radio(MODES, value=MODES[0], label="Fine-tune", min_width=140, scale=1)
-            page.recover_rank = gr.Number(8, precision=0, minimum=1, label="LoRA rank", min_width=90, scale=1,
+            page.recover_rank = gr.Number(8, precision=0, label="LoRA rank", min_width=90, scale=1,
                                           visible=False)
         with gr.Row():
             page.recover_btn = gr.Button("Recover", variant="primary", scale=3, elem_id="recover-button")

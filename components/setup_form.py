@@ -117,13 +117,15 @@ def render(page) -> None:
         page.stop_btn = gr.Button("Stop", variant="stop", scale=1)
 
 
-def wire(page) -> None:
-    parts = list(page.pattern_parts)
+def shown_for(page, pattern: str) -> dict:
+    """Which of the form's pattern widgets and boxes `pattern` shows: those setting a field the pattern reads."""
+    reads = set(pattern_fields(pattern))
+    return {part: bool(reads & set(fields)) for part, fields in page.pattern_parts.items()}
 
-    def show_pattern_fields(pattern):
-        reads = set(pattern_fields(pattern))
-        return [gr.update(visible=bool(reads & set(page.pattern_parts[part]))) for part in parts]
-    page.pattern.change(show_pattern_fields, page.pattern, parts, **QUIET)
+
+def wire(page) -> None:
+    page.pattern.change(lambda pattern: [gr.update(visible=v) for v in shown_for(page, pattern).values()],
+                        page.pattern, list(page.pattern_parts), **QUIET)
     gr.on([page.method.change, page.reconstruct.change], lambda m, r: gr.update(visible=uses_calibration(m, r)),
           [page.method, page.reconstruct], page.calib_box, **QUIET)
 

@@ -327,3 +327,131 @@ def test_recover_step_streams_the_loss_curve_and_shows_perplexity_before_and_aft
     assert "pruned + fine-tune" in note and "every pruned weight still exactly 0" in note
     record = json.loads((runs_dir / f"{last_run_id(dash, result)}.json").read_text())
     assert record["recovery"]["zeros_held"] and record["recovery"]["steps_done"] == 3
+
+
+# -- the Recover step after a run ------------------------------------------------------------------------------------
+
+def has_train_curve(dash, outputs) -> bool:
+    value = outputs[dash.JOB_OUTPUTS.index(dash.loss_plot)] if outputs else None
+    return isinstance(value, dict) and "plot" in value and \
+        any(t.get("name") == "train" for t in plot_json(value)["data"])
+
+
+RECOVER = dict(steps=3, lr=1e-3, mode="full", lora_rank=8)
+
+
+def test_recover_fine_tunes_a_finished_run_and_its_record_keeps_the_recovery(dash, server, tiny_llama_dir, runs_dir):
+    c = client(server)
+    pruned = c.predict(model_path=str(tiny_llama_dir), **FAST, pattern="nm", api_name="/run")
+    run_id = last_run_id(dash, pruned)
+    assert out(dash, pruned, dash.recover_run)["value"] == run_id  # the Recover tab offers the run just finished
+    job = c.submit(run_id, **RECOVER, api_name="/recover")
+    result = job.result(timeout=120)
+    text = out(dash, result, dash.status)
+    assert "Recovered" in text and "3 of 3 fine-tune steps" in text and "perplexity" in text, text
+    assert any(has_train_curve(dash, o) for o in job.outputs()[:-1])  # drawn while it trained
+    curve = plot_json(out(dash, result, dash.loss_plot))
+    assert [t["name"] for t in curve["data"]] == ["train", "held-out"] and curve["data"][0]["x"] == [1, 2, 3]
+    note = out(dash, result, dash.recover_note)
+    assert "pruned + fine-tune" in note and "every pruned weight still exactly 0" in note
+
+    record = json.loads((runs_dir / f"{run_id}.json").read_text())  # the stored record keeps the recovery
+    block = record["recovery"]
+    assert block["steps_done"] == 3 and block["zeros_held"] and block["zeros_after"] == block["zeros_before"]
+    assert block["ppl_before"] == record["ppl"]["pruned"] and block["ppl_after"] is not None
+    # Compare (this tab's runs) and Past runs (the store) show the recovered perplexity
+    runs = out(dash, result, dash.runs_df)
+    recovered = runs["headers"].index("ppl recovered")
+    assert [row[recovered] for row in runs["data"] if row[-1] == run_id] == [round(block["ppl_after"], 3)]
+    past = out(dash, result, dash.past_df)
+    assert [row[past["headers"].index("ppl recovered")] for row in past["data"] if row[-1] == run_id] == \
+        [round(block["ppl_after"], 3)]
+    # a second Recover of the same run is refused in one line: its weights are no longer the pruned ones
+    with pytest.raises(AppError, match="already fine-tuned"):
+        c.predict(run_id, **RECOVER, api_name="/recover")
+
+
+@pytest.fixture
+def slow_steps(monkeypatch):
+    """Hold each optimizer step 0.3 s longer (the keep-masks are applied after every step): a test of Stop during
+    a fine-tune must not depend on the machine's speed."""
+    import engine.finetune as finetune
+    real = finetune.apply_masks
+
+    def slow_masks(*args, **kwargs):
+        real(*args, **kwargs)
+        time.sleep(0.3)
+    monkeypatch.setattr(finetune, "apply_masks", slow_masks)
+
+
+def test_stop_during_recovery_keeps_the_last_steps_weights_with_the_zeros_held(dash, server, tiny_llama_dir, runs_dir,
+                                                                             slow_steps):
+    c = client(server)
+    run_id = last_run_id(dash, c.predict(model_path=str(tiny_llama_dir), **FAST, pattern="nm", api_name="/run"))
+    job = c.submit(run_id, **dict(RECOVER, steps=40), api_name="/recover")
+    deadline = time.monotonic() + 60
+    while not any(has_train_curve(dash, o) for o in job.outputs()):
+        assert time.monotonic() < deadline, "the fine-tune never reported a step"
+        time.sleep(0.1)
+    c.predict(api_name="/stop")
+    result = job.result(timeout=60)
+    text = out(dash, result, dash.status)
+    assert "Stopped after" in text and "of 40 fine-tune steps" in text and "zeros held" in text, text
+    block = json.loads((runs_dir / f"{run_id}.json").read_text())["recovery"]
+    assert block["status"] == "cancelled" and 1 <= block["steps_done"] < 40 and block["zeros_held"]
+    assert "cancelled" in out(dash, result, dash.recover_note)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(steps=0), "fine-tune steps must be a whole number >= 1, got 0"),
+    (dict(lr=-1), "learning rate must be a number > 0, got -1"),
+    (dict(mode="LoRA", lora_rank=1000), "LoRA rank 1000 is larger than the smallest pruned matrix side"),
+])
+def test_a_bad_recover_setting_is_one_clear_line(dash, server, tiny_llama_dir, changes, message):
+    c = client(server)
+    run_id = last_run_id(dash, c.predict(model_path=str(tiny_llama_dir), **FAST, pattern="nm", api_name="/run"))
+    with pytest.raises(AppError) as err:
+        c.predict(run_id, **{**RECOVER, **changes}, api_name="/recover")
+    text = str(err.value)
+    assert message in text and "Traceback" not in text and "\n" not in text.strip(), text
+
+
+def test_a_run_whose_weights_left_memory_is_not_recovered(dash, server, tiny_llama_dir):
+    c = client(server)
+    first = last_run_id(dash, c.predict(model_path=str(tiny_llama_dir), **FAST, pattern="nm", api_name="/run"))
+    c.predict(model_path=str(tiny_llama_dir), **FAST, pattern="nm", n=1, api_name="/run")  # now in memory instead
+    with pytest.raises(AppError, match="no longer holds this run's pruned weights"):
+        c.predict(first, **RECOVER, api_name="/recover")
+
+
+# -- the form is derived from the registries ----------------------------------------------------------------------------
+
+def test_a_method_and_a_pattern_added_to_the_registries_appear_in_the_form_and_the_figures(monkeypatch):
+    import engine.spec as spec
+    from components import figures, setup_form
+    monkeypatch.setattr(spec, "METHODS", (*spec.METHODS, "novel_method"))
+    monkeypatch.setattr(spec, "PATTERNS", {**spec.PATTERNS, "novel_pattern": "A novel pattern"})
+    monkeypatch.setattr(spec, "PATTERN_FIELDS", {**spec.PATTERN_FIELDS, "novel_pattern": ("n", "m", "keep")})
+    page = Page(Settings())
+    assert "novel_method" in [value for _, value in page.method.choices]
+    assert ("A novel pattern", "novel_pattern") in page.pattern.choices
+    shown = setup_form.shown_for(page, "novel_pattern")  # the widgets of the fields it reads, and only those
+    fields = {f for part, on in shown.items() if on for f in page.pattern_parts[part]}
+    assert {"n", "m", "keep"} <= fields and not fields & {"sparsity", "ratios", "tier_scope", "within_block"}
+
+    records = [{"run_id": f"r{i}", "spec": {"method": m, "pattern": "nm", "n": 2, "m": 4}, "sparsity": 0.5,
+                "ppl": {"pruned": 10.0 + i}} for i, m in enumerate(["wanda", "novel_method", "fisher_wanda"])]
+    colours = {t["name"]: t["marker"]["color"] for t in figures.ppl_vs_sparsity(records).to_dict()["data"]}
+    assert set(colours) == {"wanda", "novel_method", "fisher_wanda"}
+    assert None not in colours.values() and len(set(colours.values())) == 3
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "nm", "three_tier", "block", "block_topk", "threshold_hybrid"])
+def test_the_form_shows_exactly_the_fields_each_pattern_reads(pattern):
+    from components import setup_form
+    from engine.spec import PATTERN_FIELDS
+    page = Page(Settings())
+    shown = setup_form.shown_for(page, pattern)
+    fields = {f for part, on in shown.items() if on for f in page.pattern_parts[part]}
+    on_form = {f for fs in page.pattern_parts.values() for f in fs}
+    assert fields == set(PATTERN_FIELDS[pattern]) & on_form
