@@ -52,7 +52,8 @@ def layer_grid(record: dict, value) -> np.ndarray:
     """[n_layers, n_modules] of value(matrix_entry); NaN where a layer is not pruned (yet) or lacks the module."""
     modules = module_order(record)
     col = {name: j for j, name in enumerate(modules)}
-    n_layers = max(int(record.get("n_layers") or 0), 1 + max((m["layer"] for m in record.get("matrices", [])), default=-1))
+    n_layers = max(int(record.get("n_layers") or 0),
+                   1 + max((m["layer"] for m in record.get("matrices", [])), default=-1))
     grid = np.full((n_layers, len(modules)), np.nan)
     for m in record.get("matrices", []):
         grid[m["layer"], col[m["module"]]] = value(m)
@@ -83,7 +84,8 @@ def layer_heatmap(record: dict | None, title: str | None = "Realised sparsity pe
     n_layers = grid.shape[0]
     fig = go.Figure(go.Heatmap(
         z=grid, x=modules, y=list(range(n_layers)), colorscale=SPARSITY_SCALE, hoverongaps=False,
-        zmin=float(np.nanmin(grid)) if np.isfinite(grid).any() else 0, zmax=float(np.nanmax(grid)) if np.isfinite(grid).any() else 1,
+        zmin=float(np.nanmin(grid)) if np.isfinite(grid).any() else 0,
+        zmax=float(np.nanmax(grid)) if np.isfinite(grid).any() else 1,
         colorbar=dict(title=dict(text="sparsity", side="right"), tickformat=".0%", thickness=12),
         hovertemplate="layer %{y} · %{x}<br>sparsity %{z:.2%}<br><i>click for the tier map</i><extra></extra>"))
     fig.update_yaxes(title="decoder layer", autorange="reversed", dtick=1 if n_layers <= 32 else None)
@@ -171,7 +173,8 @@ def tier_map_figure(entry: dict | None, block: int = 16, max_cells: int = MAX_TI
     if not entry:
         return empty_figure("Choose a layer and a module (or click the heatmap) to see its tier map", 420), ""
     if not entry.get("tier_map"):
-        return empty_figure(f"{entry['module']} (layer {entry['layer']}): no tier map — not a three-tier run", 420), ""
+        return empty_figure(f"{entry['module']} (layer {entry['layer']}): no tier map — not a three-tier run",
+                            420), ""
     tiers = decode_tier_map(entry["tier_map"])
     imp = decode_array(entry["block_importance"]) if entry.get("block_importance") else None
     R, C = tiers.shape
@@ -184,8 +187,9 @@ def tier_map_figure(entry: dict | None, block: int = 16, max_cells: int = MAX_TI
         shown, shares, shown_imp = tiers, None, imp
     else:
         shown, shares, shown_imp = pool_tiers(tiers, imp, f)
-        note = (f"{R:,} × {C:,} blocks is more than {max_cells:,} cells: drawn as {shown.shape[0]:,} × {shown.shape[1]:,} "
-                f"super-blocks of {f} × {f} blocks ({f * block} × {f * block} weights), coloured by their majority tier; "
+        note = (f"{R:,} × {C:,} blocks is more than {max_cells:,} cells: drawn as {shown.shape[0]:,} × "
+                f"{shown.shape[1]:,} super-blocks of {f} × {f} blocks ({f * block} × {f * block} weights), "
+                "coloured by their majority tier; "
                 "hover for each tier's share.")
     cell = f * block
     for t, tier in enumerate(TIER_NAMES):
@@ -264,7 +268,8 @@ def ppl_vs_sparsity(records: list[dict]) -> go.Figure:
         rs = [r for r in pts if r["spec"]["method"] == method]
         fig.add_trace(go.Scatter(
             x=[r["sparsity"] for r in rs], y=[r["ppl"]["pruned"] for r in rs], mode="markers", name=method,
-            marker=dict(size=11, color=colors.get(method), symbol=[symbols.get(r["spec"]["pattern"], "circle") for r in rs],
+            marker=dict(size=11, color=colors.get(method),
+                        symbol=[symbols.get(r["spec"]["pattern"], "circle") for r in rs],
                         line=dict(width=1, color="#ffffff")),
             text=[f"#{r['_number']} {run_label(r)}" for r in rs],
             hovertemplate="%{text}<br>sparsity %{x:.2%}<br>perplexity %{y:,.3f}<extra></extra>"))
@@ -325,7 +330,8 @@ def ternary_sweep(records: list[dict], keep: int | None = None, block: int | Non
     axis = dict(min=0, linewidth=1, ticks="outside", tickformat=".1f")
     fig.update_layout(ternary=dict(sum=1, aaxis=dict(title="dense", **axis), baxis=dict(title="2:4", **axis),
                                    caxis=dict(title="top-K", **axis), bgcolor="#fafafa"), showlegend=False)
-    title = "Perplexity over the tier split" + (f" · {pts[-1]['spec']['method']}, K={keep}, B={block} · dotted: equal sparsity" if pts else "")
+    title = "Perplexity over the tier split" + (
+        f" · {pts[-1]['spec']['method']}, K={keep}, B={block} · dotted: equal sparsity" if pts else "")
     if not pts:
         fig.add_annotation(text="Three-tier runs and sweep points appear here", showarrow=False, xref="paper",
                            yref="paper", x=0.5, y=1.08, font=dict(color="#6b7280"))

@@ -243,7 +243,8 @@ def progress_html(p: Progress | None, elapsed: float | None = None) -> str:
         if p.eta_s is not None:
             right += f" · about {_duration(p.eta_s)} left"
     elif p.stage == "eval" and p.eval_total:
-        what = {"pruned": "pruned model", "dense": "dense baseline", "magnitude": "magnitude baseline"}.get(p.eval_what, p.eval_what or "")
+        what = {"pruned": "pruned model", "dense": "dense baseline",
+                "magnitude": "magnitude baseline"}.get(p.eval_what, p.eval_what or "")
         detail = f"perplexity of the {what}: window {p.eval_done} / {p.eval_total}"
     if elapsed is not None:
         right = (right + " · " if right else "") + f"{_duration(elapsed)} elapsed"
@@ -251,6 +252,7 @@ def progress_html(p: Progress | None, elapsed: float | None = None) -> str:
         detail = f"sweep point {p.sweep[0] + 1} / {p.sweep[1]} · " + detail
     state = {"done": "ok", "cancelled": "warn", "failed": "err"}.get(p.stage, "busy" if frac is None else "")
     width = 100 if p.stage in ("done", "cancelled", "failed") else (frac or 0) * 100
-    return (f"<div class='prog {state}'><div class='prog-head'><span class='prog-stage'>{STAGE_TITLES.get(p.stage, p.stage)}</span>"
+    return (f"<div class='prog {state}'><div class='prog-head'>"
+            f"<span class='prog-stage'>{STAGE_TITLES.get(p.stage, p.stage)}</span>"
             f"<span class='prog-detail'>{detail}</span><span class='prog-eta'>{right}</span></div>"
             f"<div class='prog-track'><div class='prog-fill' style='width:{width:.1f}%'></div></div></div>")

@@ -26,7 +26,8 @@ def header_html() -> str:
             "<p>Prune a Hugging Face causal LM with magnitude, Wanda or SparseGPT — unstructured, N:M, or "
             "<b>three-tier</b>: every weight matrix is cut into 16×16 blocks, ranked by importance and split into "
             f"<span class='tiers'>{swatches}</span> blocks (top-K keeps K weights per block). "
-            "Then see where the zeros went, layer by layer and block by block, and what it costs in perplexity.</p></div>")
+            "Then see where the zeros went, layer by layer and block by block, and what it costs in perplexity."
+            "</p></div>")
 
 
 def banner(kind: str, text: str) -> str:

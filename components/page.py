@@ -32,7 +32,7 @@ class Page:
             with gr.Row(equal_height=False):
                 with gr.Column(scale=4, min_width=340, elem_id="setup"):
                     setup_form.render(self)
-                with gr.Column(scale=9):
+                with gr.Column(scale=9, elem_id="results-column"):
                     self.status = gr.HTML("", elem_id="status")
                     self.progress = gr.HTML(progress_html(None), elem_id="progress")
                     with gr.Tabs() as self.tabs:

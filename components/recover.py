@@ -94,7 +94,8 @@ def recovery_html(record: dict | None) -> str:
     return (f"<table class='overview'><tr><th>model</th><th>perplexity</th></tr>{cells}</table>"
             f"<div class='note'>{html.escape(block.get('status', ''))}: {block.get('steps_done')} of {s.get('steps')} "
             f"steps, {html.escape(kind)}, lr {s.get('lr')}, {s.get('batch_size')} x {s.get('seqlen')} tokens per step; "
-            f"{zeros} ({block.get('zeros_after')} zeros). Text: {html.escape(str((block.get('data') or {}).get('train')))}."
+            f"{zeros} ({block.get('zeros_after')} zeros). "
+            f"Text: {html.escape(str((block.get('data') or {}).get('train')))}."
             f"</div><div class='note'>{html.escape(CPU_NOTE)}</div>")
 
 

@@ -153,7 +153,8 @@ def source_from_form(choice: str, path: str, what: str) -> str | None:
     if choice == "path":
         path = _text(path, f"{what} path")
         if not path:
-            raise UserError(f"{what}: choose a source or enter the path of a .txt, .jsonl or .parquet file or a WikiText folder")
+            raise UserError(f"{what}: choose a source or enter the path of a .txt, .jsonl or .parquet file "
+                            "or a WikiText folder")
         return path
     return choice
 

@@ -31,9 +31,11 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
         rows.append({
             "#": i, "status": r.get("status"), "model": (r.get("model") or {}).get("name"), "spec": run_label(r),
             "nominal sparsity": _pct(r.get("nominal_sparsity")), "sparsity": _pct(r.get("sparsity")),
-            "ppl": _num(ppl.get("pruned")), "ppl recovered": _num(recovered_ppl(r)), "ppl dense": _num(ppl.get("dense")),
+            "ppl": _num(ppl.get("pruned")), "ppl recovered": _num(recovered_ppl(r)),
+            "ppl dense": _num(ppl.get("dense")),
             "ppl magnitude": _num(ppl.get("magnitude")), "time (s)": round(secs, 1) if secs else None,
-            "calibration": (r.get("data") or {}).get("calibration"), "evaluation": (r.get("data") or {}).get("evaluation"),
+            "calibration": (r.get("data") or {}).get("calibration"),
+            "evaluation": (r.get("data") or {}).get("evaluation"),
             "run id": r.get("run_id")})
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
@@ -65,7 +67,8 @@ def matrices_table(record: dict | None) -> pd.DataFrame:
         tiers = m.get("tiers") or {}
         rows.append({"layer": m["layer"], "module": m["module"], "out": m["shape"][0], "in": m["shape"][1],
                      "numel": m["numel"], "zeros": m["zeros"], "sparsity": round(m["sparsity"], 6),
-                     "dense blocks": tiers.get("dense"), "2:4 blocks": tiers.get("2:4"), "top-K blocks": tiers.get("topk")})
+                     "dense blocks": tiers.get("dense"), "2:4 blocks": tiers.get("2:4"),
+                     "top-K blocks": tiers.get("topk")})
     return pd.DataFrame(rows, columns=["layer", "module", "out", "in", "numel", "zeros", "sparsity",
                                        "dense blocks", "2:4 blocks", "top-K blocks"])
 
@@ -87,7 +90,8 @@ def overview_html(record: dict | None) -> str:
     data = record.get("data") or {}
     secs = total_seconds(record)
     vs_dense = f"{ppl['pruned'] / ppl['dense']:.2f}× dense" if ppl.get("pruned") and ppl.get("dense") else "&nbsp;"
-    cards = [("realised sparsity", _pct(record.get("sparsity")) or "—", f"nominal {_pct(record.get('nominal_sparsity'))}"),
+    cards = [("realised sparsity", _pct(record.get("sparsity")) or "—",
+              f"nominal {_pct(record.get('nominal_sparsity'))}"),
              ("perplexity", _fmt(ppl.get("pruned")), vs_dense),
              ("dense", _fmt(ppl.get("dense")), "baseline"),
              ("magnitude", _fmt(ppl.get("magnitude")), "same pattern, by |W|"),
@@ -99,10 +103,12 @@ def overview_html(record: dict | None) -> str:
                 f"{model.get('dtype')} on {model.get('device')}" if model.get("model_type") else ""))
     facts = (f"calibration: {html.escape(str(data.get('calibration') or '—'))} · "
              f"evaluation: {html.escape(str(data.get('evaluation') or '—'))}"
-             + (f" ({record['eval']['windows']} windows of {record['eval']['seqlen']} tokens)" if record.get("eval") else "")
+             + (f" ({record['eval']['windows']} windows of {record['eval']['seqlen']} tokens)"
+                if record.get("eval") else "")
              + f" · layers pruned {record.get('layers_done')}/{record.get('n_layers')}"
              + (f" · {model['n_params_pruned']:,} weights in pruned matrices" if model.get("n_params_pruned") else ""))
-    return f"<div class='overview'><div class='what'>{where}</div><div class='cards'>{cells}</div><div class='facts'>{facts}</div></div>"
+    return (f"<div class='overview'><div class='what'>{where}</div><div class='cards'>{cells}</div>"
+            f"<div class='facts'>{facts}</div></div>")
 
 
 def _fmt(x):

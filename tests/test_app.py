@@ -424,7 +424,7 @@ def test_a_run_whose_weights_left_memory_is_not_recovered(dash, server, tiny_lla
         c.predict(first, **RECOVER, api_name="/recover")
 
 
-# -- the form is derived from the registries ----------------------------------------------------------------------------
+# -- the form is derived from the registries ------------------------------------------------------------------------
 
 def test_a_method_and_a_pattern_added_to_the_registries_appear_in_the_form_and_the_figures(monkeypatch):
     import engine.spec as spec

@@ -87,3 +87,23 @@ def test_run_renders_heatmap_and_tier_map_and_a_click_opens_a_matrix(page, tiny_
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     assert not page.errors, page.errors
+
+
+def test_recover_tab_draws_the_loss_curve_as_it_trains(page, tiny_llama_dir, tmp_path):
+    """After the run above: Recover fine-tunes it, the loss curve appears while it trains, then before / after."""
+    page.get_by_role("tab", name="Recover").click()
+    page.get_by_label("Steps", exact=True).last.fill("12")
+    page.get_by_label("Learning rate").last.fill("0.001")
+    page.locator("#recover-button").click()
+    page.wait_for_selector("#loss-curve .js-plotly-plot .scatterlayer .trace", timeout=90_000)
+    page.wait_for_function("() => document.querySelector('#status')?.innerText.includes('Recovered')",
+                           timeout=90_000)
+    assert "12 of 12 fine-tune steps" in page.inner_text("#status")
+    assert "pruned + fine-tune" in page.inner_text("#recover-note")
+    assert page.locator("#loss-curve .js-plotly-plot .scatterlayer .trace").count() == 2  # train and held-out
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(500)
+    shot = Path(os.environ.get("SPARSITY_RECOVER_SCREENSHOT") or tmp_path / "recover-tab.png")
+    page.locator("#results-column").screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
+    assert not page.errors, page.errors

@@ -1,0 +1,90 @@
+"""The README's picture of the Recover tab: a real run on SmolLM2 driven in Chromium, then Recover, then a shot.
+
+    nice -n 19 python bench/recover_screenshot.py [--out assets/recover-tab.png] [--steps 30]
+
+SparseGPT 2:4 on the embedded SmolLM2-135M-Instruct (8 calibration windows x 512 tokens of the local WikiText-2,
+perplexity on 10 test windows, dense and magnitude baselines), then a masked full fine-tune from the Recover tab.
+Needs Debian's Chromium and the playwright package (as tests/test_browser.py); about 5 minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import DEFAULT_DATA  # noqa: E402
+from components.page import Page  # noqa: E402
+from components.server import Settings, launch_options  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="assets/recover-tab.png")
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--lr", default="1e-4")
+    a = p.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    page_app = Page(Settings(runs_dir=tempfile.mkdtemp(prefix="recover-shot-runs-")))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    page_app.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                         **launch_options())
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#layer-heatmap")
+            page.get_by_label("SparseGPT (OBS update)").check()
+            page.get_by_label("N:M", exact=True).check()
+            page.get_by_text("Calibration data").click()
+            choose(page, "Source", "local file / folder ↓")
+            page.get_by_label("Path (.txt").first.fill(a.data)
+            page.get_by_label("Samples").fill("8")
+            page.get_by_label("Tokens per sample").fill("512")
+            page.get_by_text("Evaluation", exact=True).click()
+            choose(page, "Perplexity on", "local file / folder ↓")
+            page.get_by_label("Path (.txt").last.fill(a.data)
+            page.get_by_label("Windows").fill("10")
+            page.get_by_role("button", name="Run", exact=True).click()
+            page.wait_for_selector("#status .banner.ok, #status .banner.err", timeout=1_800_000)
+            print(page.inner_text("#status"), flush=True)
+            if page.locator("#status .banner.err").count():
+                page.screenshot(path=a.out + ".failed.png", full_page=True)
+                sys.exit(f"the run failed; the page is in {a.out}.failed.png")
+
+            page.get_by_role("tab", name="Recover").click()
+            page.get_by_label("Steps", exact=True).last.fill(str(a.steps))
+            page.get_by_label("Learning rate").last.fill(a.lr)
+            page.locator("#recover-button").click()
+            page.wait_for_function("() => document.querySelector('#status')?.innerText.includes('Recovered')",
+                                   timeout=1_800_000)
+            print(page.inner_text("#status"), flush=True)
+            page.mouse.move(5, 5)
+            page.wait_for_timeout(800)
+            page.locator("#results-column").screenshot(path=a.out)
+            browser.close()
+    finally:
+        page_app.demo.close()
+    print(f"wrote {a.out}")
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick `option` in the Gradio dropdown labelled `label`."""
+    page.get_by_label(label, exact=True).click()
+    page.get_by_role("option", name=option).click()
+
+
+if __name__ == "__main__":
+    main()
