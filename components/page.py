@@ -7,8 +7,18 @@ import gradio as gr
 
 from engine.store import RunStore
 
-from . import (compare_tab, export_tab, figures, past_runs_tab, recover_tab, results_tab, runner, setup_form,
-               sweep_tab, tables)
+from . import (
+    compare_tab,
+    export_tab,
+    figures,
+    past_runs_tab,
+    recover_tab,
+    results_tab,
+    runner,
+    setup_form,
+    sweep_tab,
+    tables,
+)
 from .history import History
 from .jobs import progress_html
 from .layout import header_html

@@ -11,10 +11,29 @@ import gradio as gr
 from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, ORIGINAL_URL
 
 from . import recover
-from .registry import (FINETUNE_DEFAULTS, FORM_SPEC, field_choices, method_choices, pattern_choices, pattern_fields,
-                       uses_calibration)
-from .session import (DEVICE_CHOICES, DTYPE_CHOICES, EMBEDDED, EVAL_CHOICES, MODEL_PRESETS, NAMED_SOURCES,
-                      PUBLIC_PRESETS, SKIP_EVAL, SOURCE_CHOICES, nominal_text, rebalance, recipe_values)
+from .registry import (
+    FINETUNE_DEFAULTS,
+    FORM_SPEC,
+    field_choices,
+    method_choices,
+    pattern_choices,
+    pattern_fields,
+    uses_calibration,
+)
+from .session import (
+    DEVICE_CHOICES,
+    DTYPE_CHOICES,
+    EMBEDDED,
+    EVAL_CHOICES,
+    MODEL_PRESETS,
+    NAMED_SOURCES,
+    PUBLIC_PRESETS,
+    SKIP_EVAL,
+    SOURCE_CHOICES,
+    nominal_text,
+    rebalance,
+    recipe_values,
+)
 
 QUIET = dict(queue=False, show_progress="hidden")
 

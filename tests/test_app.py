@@ -20,6 +20,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from app import Page, Settings  # noqa: E402
 from components.session import grid_splits, nominal_text, parse_splits, rebalance  # noqa: E402
 from engine.errors import UserError  # noqa: E402
+from engine.patterns import PATTERNS  # noqa: E402
 from engine.spec import PruneSpec  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # raised inside gradio's queue
@@ -427,13 +428,17 @@ def test_a_run_whose_weights_left_memory_is_not_recovered(dash, server, tiny_lla
 # -- the form is derived from the registries ------------------------------------------------------------------------
 
 def test_a_method_and_a_pattern_added_to_the_registries_appear_in_the_form_and_the_figures(monkeypatch):
-    import engine.spec as spec
+    from dataclasses import replace
+
     from components import figures, setup_form
-    monkeypatch.setattr(spec, "METHODS", (*spec.METHODS, "novel_method"))
-    monkeypatch.setattr(spec, "PATTERNS", {**spec.PATTERNS, "novel_pattern": "A novel pattern"})
-    monkeypatch.setattr(spec, "PATTERN_FIELDS", {**spec.PATTERN_FIELDS, "novel_pattern": ("n", "m", "keep")})
+    from engine.methods import METHODS
+    from engine.patterns import PATTERNS
+    monkeypatch.setitem(METHODS, "novel_method", replace(METHODS["wanda"], name="novel_method", label="Novel |W|",
+                                                         colour="#123456"))
+    monkeypatch.setitem(PATTERNS, "novel_pattern", replace(PATTERNS["nm"], name="novel_pattern",
+                                                           title="A novel pattern", fields=("n", "m", "keep")))
     page = Page(Settings())
-    assert "novel_method" in [value for _, value in page.method.choices]
+    assert ("Novel |W|", "novel_method") in page.method.choices
     assert ("A novel pattern", "novel_pattern") in page.pattern.choices
     shown = setup_form.shown_for(page, "novel_pattern")  # the widgets of the fields it reads, and only those
     fields = {f for part, on in shown.items() if on for f in page.pattern_parts[part]}
@@ -442,16 +447,15 @@ def test_a_method_and_a_pattern_added_to_the_registries_appear_in_the_form_and_t
     records = [{"run_id": f"r{i}", "spec": {"method": m, "pattern": "nm", "n": 2, "m": 4}, "sparsity": 0.5,
                 "ppl": {"pruned": 10.0 + i}} for i, m in enumerate(["wanda", "novel_method", "fisher_wanda"])]
     colours = {t["name"]: t["marker"]["color"] for t in figures.ppl_vs_sparsity(records).to_dict()["data"]}
-    assert set(colours) == {"wanda", "novel_method", "fisher_wanda"}
-    assert None not in colours.values() and len(set(colours.values())) == 3
+    assert colours == {"wanda": METHODS["wanda"].colour, "novel_method": "#123456",
+                       "fisher_wanda": METHODS["fisher_wanda"].colour}
 
 
-@pytest.mark.parametrize("pattern", ["unstructured", "nm", "three_tier", "block", "block_topk", "threshold_hybrid"])
+@pytest.mark.parametrize("pattern", list(PATTERNS))
 def test_the_form_shows_exactly_the_fields_each_pattern_reads(pattern):
     from components import setup_form
-    from engine.spec import PATTERN_FIELDS
     page = Page(Settings())
     shown = setup_form.shown_for(page, pattern)
     fields = {f for part, on in shown.items() if on for f in page.pattern_parts[part]}
     on_form = {f for fs in page.pattern_parts.values() for f in fs}
-    assert fields == set(PATTERN_FIELDS[pattern]) & on_form
+    assert fields == set(PATTERNS[pattern].fields) & on_form
