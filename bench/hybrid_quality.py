@@ -34,6 +34,8 @@ ROWS = [  # key, label, spec keyword arguments (None = dense)
     ("un50-obs", "Wanda unstructured 50% + OBS update", dict(method="wanda", sparsity=0.5, reconstruct=True)),
     ("24", "Wanda 2:4", dict(method="wanda", pattern="nm", n=2, m=4)),
     ("24-obs", "Wanda 2:4 + OBS update", dict(method="wanda", pattern="nm", n=2, m=4, reconstruct=True)),
+    ("sgpt-24", "SparseGPT 2:4 (each group's 2 chosen during the OBS update): the strongest 2:4 of the engine",
+     dict(method="sparsegpt", pattern="nm", n=2, m=4)),
     ("mag50", "magnitude unstructured 50%", dict(method="magnitude", sparsity=0.5)),
     ("original", "three-tier, ORIGINAL_RECIPE: the Wanda hybrid fork's rule (|W| inside blocks, int() counts, ties "
      "with the K-th kept, clipped edge blocks)", dict(ORIGINAL_RECIPE, **TT)),

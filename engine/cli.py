@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--snapshot_max_gb", type=float, default=None, metavar="GB",
                    help="keep the dense weights for restoring in memory up to this size, in a temporary file above "
                    "it (0 = never in memory; default: $SPARSITY_SNAPSHOT_MAX_GB or 8)")
+    e.add_argument("--sweep", nargs="+", default=None, metavar="SPLIT",
+                   help='one calibration, then a quick masks-only perplexity estimate per split (engine/explore.py): '
+                   'each split one quoted triple for three-tier ("0.35 0.45 0.2"), one sparsity for other patterns '
+                   '(N:M: 1 - N/M with M kept); evaluates --eval_windows windows (default 6); --save writes sweep.json')
     e.add_argument("--check", default=None, metavar="DIR", help="prune nothing: print the per-layer and overall "
                    "sparsity (W == 0) of a saved model, as Wanda's check_sparsity, and compare with its results.json")
     add_finetune_arguments(p)
@@ -189,6 +193,9 @@ def _main(args) -> int:
                          zero_shot_include=args.zero_shot_include, snapshot_max_gb=args.snapshot_max_gb,
                          finetune=finetune_spec_from_args(args), finetune_dir=args.finetune_dir,
                          slow_tokenizer=args.use_slow_tokenizer, store=RunStore(args.runs_dir))
+    if args.sweep:
+        from .sweep_cli import sweep_specs
+        sweep_specs(spec, args.sweep)  # a bad split is one line before anything loads
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars
         from transformers.utils import logging as hf_logging
@@ -196,6 +203,9 @@ def _main(args) -> int:
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
         disable_progress_bars()
+    if args.sweep:
+        from .sweep_cli import sweep_main
+        return sweep_main(args, spec, request)
     bars = _Bars(disabled=args.quiet)
     try:
         record = run(request, progress=bars)

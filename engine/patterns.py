@@ -26,16 +26,12 @@ from .block_patterns import (
 from .errors import SpecError
 from .masks import nm_mask, unstructured_mask
 from .methods import METHODS
-from .plan import MatrixPlan
+from .plan import MatrixPlan, place_tiers, ranking_input
 from .sparsegpt import Choose, adaptive, n_of_m
 from .three_tier import (
-    assign_tiers,
-    assign_tiers_by_cost,
     block_importance,
     three_tier_chooser,
     three_tier_mask,
-    tier_costs,
-    tier_counts,
 )
 from .variant import wanda_variant_mask
 
@@ -181,11 +177,8 @@ def _three_tier_select(W, scores, spec, plan):
         return Selection(keep=original_three_tier_mask(_inside(W, scores, spec), tiers, spec.block, spec.keep),
                          tiers=tiers, importance=importance)
     importance = block_importance(scores(), spec.block)
-    tiers = plan.tiers
-    if tiers is None:
-        budget = plan.budget or tier_counts(importance.numel(), spec.ratios)
-        tiers = assign_tiers_by_cost(tier_costs(scores(), spec.block, spec.keep), budget) \
-            if spec.assignment == "cost" else assign_tiers(importance, budget)
+    ranking = importance if spec.assignment == "importance" else ranking_input(scores(), spec)
+    tiers = place_tiers(plan, importance, ranking, spec)
     if spec.within_block == "obs":  # chosen inside the blocks while the weights are updated, as SparseGPT's N:M
         return Selection(choose=three_tier_chooser(tiers, spec.block, spec.keep), tiers=tiers, importance=importance)
     return Selection(keep=three_tier_mask(_inside(W, scores, spec), tiers, spec.block, spec.keep), tiers=tiers,

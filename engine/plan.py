@@ -13,7 +13,16 @@ from dataclasses import dataclass
 import torch
 
 from .methods import METHODS
-from .three_tier import assign_jointly_by_cost, assign_tiers_jointly, block_importance, tier_census, tier_costs
+from .three_tier import (
+    assign_jointly_by_cost,
+    assign_tiers,
+    assign_tiers_by_cost,
+    assign_tiers_jointly,
+    block_importance,
+    tier_census,
+    tier_costs,
+    tier_counts,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,15 @@ def ranking_input(scores: torch.Tensor, spec) -> torch.Tensor:
     if spec.assignment == "cost":
         return tier_costs(scores, spec.block, spec.keep)
     return block_importance(scores, spec.block)
+
+
+def place_tiers(plan: MatrixPlan, importance: torch.Tensor, ranking: torch.Tensor, spec) -> torch.Tensor:
+    """One matrix's tier grid: the plan's, or its budget (else the ratios' counts for this matrix alone) placed on
+    its blocks by importance or, with assignment "cost", by `ranking` (its tier costs, from ranking_input)."""
+    if plan.tiers is not None:
+        return plan.tiers
+    budget = plan.budget or tier_counts(importance.numel(), spec.ratios)
+    return assign_tiers_by_cost(ranking, budget) if spec.assignment == "cost" else assign_tiers(importance, budget)
 
 
 def plan_jointly(rankings: dict, spec) -> dict:

@@ -1,0 +1,380 @@
+"""Calibrate once, re-plan many (engine/explore.py): re-planned masks equal the engine's own, the cache never serves
+stale statistics, an estimate leaves the model dense bit for bit, the storage formula, the --sweep command."""
+import json
+import threading
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import tiny_config
+from engine.cli import main
+from engine.discovery import find_decoder_layers, find_targets
+from engine.errors import UserError
+from engine.explore import (
+    CalibrationCache,
+    Replan,
+    block_choices,
+    calibrate,
+    calibration_key,
+    estimate,
+    keep_from_choices,
+    masks_only,
+    matrix_mask,
+    replan,
+    storage_estimate,
+    sweep,
+    sweep_spec,
+)
+from engine.masks import nm_mask, unstructured_mask
+from engine.perplexity import perplexity
+from engine.pruner import prune_model
+from engine.record import encode_tier_map
+from engine.scores import obs_scores
+from engine.spec import PruneSpec
+from engine.three_tier import three_tier_mask
+from engine.walk import StatsHooks, capture_layer_inputs, run_layer
+
+QUICK = ["--calib_dataset", "pydoc", "--eval_dataset", "pydoc", "--nsamples", "4", "--seqlen", "64", "--quiet"]
+
+
+def _model(layers=1, seed=0):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config("llama", layers=layers)).eval()
+
+
+def _windows(n=4, seqlen=32, seed=1):
+    return torch.randint(0, 384, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def _targets(model):
+    _, layers = find_decoder_layers(model)
+    return {(i, t.name): t for i, layer in enumerate(layers) for t in find_targets(layer)}
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _bit_equal(model, saved):
+    """Every parameter byte for byte (tells -0.0 from 0.0)."""
+    return all(torch.equal(p.detach().reshape(-1).view(torch.uint8), saved[n].reshape(-1).view(torch.uint8))
+               for n, p in model.named_parameters())
+
+
+def S(**kw):
+    return PruneSpec(nsamples=4, **kw)
+
+
+TT = dict(pattern="three_tier")
+# every pattern, every tier scope and assignment, every method (on a model with one decoder layer, where the walk's
+# statistics are the dense model's: the exact walk is the from-scratch plan on the same statistics)
+SPECS = [
+    S(method="wanda", **TT), S(method="wanda", tier_scope="layer", **TT), S(method="wanda", tier_scope="model", **TT),
+    S(method="wanda", assignment="cost", **TT), S(method="wanda", tier_scope="layer", assignment="cost", **TT),
+    S(method="wanda", tier_scope="model", assignment="cost", keep=3, block=8, **TT),
+    S(method="wanda", within_block="magnitude", **TT), S(method="wanda", block_rule="original", keep=10, **TT),
+    S(method="magnitude", tier_scope="model", **TT), S(method="ria", tier_scope="layer", **TT),
+    S(method="fisher", tier_scope="model", assignment="cost", **TT), S(method="fisher", **TT),
+    S(method="fisher_wanda", tier_scope="model", assignment="cost", **TT),
+    S(method="fisher_wanda", tier_scope="layer", **TT),
+    S(method="sparsegpt", tier_scope="model", **TT), S(method="sparsegpt", tier_scope="matrix", keep=0, **TT),
+    S(method="wanda", pattern="unstructured", sparsity=0.6), S(method="magnitude", pattern="unstructured"),
+    S(method="wanda", pattern="unstructured", use_variant=True), S(method="ria", pattern="unstructured"),
+    S(method="wanda", pattern="nm", n=2, m=4), S(method="fisher", pattern="nm", n=1, m=4),
+    S(method="wanda", pattern="block", sparsity=0.3), S(method="wanda", pattern="block_topk", sparsity=0.4),
+    S(method="fisher_wanda", pattern="threshold_hybrid"),
+]
+
+
+@pytest.fixture(scope="module")
+def one_layer():
+    model, windows = _model(layers=1), _windows()
+    return model, windows, _params(model)
+
+
+def _walk_masks(model, spec, windows, dense):
+    """The masks and tier maps of the engine's own walk (then the dense weights back)."""
+    entries = []
+    prune_model(model, spec, windows, progress=lambda e: entries.extend(e.get("matrices", [])))
+    keep = {k: t.weight() != 0 for k, t in _targets(model).items()}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(dense[n])
+    return keep, {(e["layer"], e["module"]): e["tier_map"] for e in entries}
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.label().replace(" ", "_"))
+def test_replan_equals_the_walks_masks(one_layer, spec):
+    model, windows, dense = one_layer
+    cal = calibrate(model, spec, windows)
+    if "ratios" in spec.canonical():  # re-plan another split first: what is kept for it must not leak
+        replan(cal, spec.replace(ratios=(0.1, 0.2, 0.7)))
+    plan = replan(cal, spec)
+    keep, tier_maps = _walk_masks(model, spec, windows, dense)
+    assert plan.spec == spec and (plan.notes == []) == (not spec.updates_weights)  # sparsegpt: no update
+    assert set(plan.matrices) == set(keep) and len(keep) == 7
+    for k, m in plan.matrices.items():
+        assert m.kept == int(keep[k].sum()), k  # counted before the mask is built
+        assert torch.equal(m.keep, keep[k]), k
+        assert (None if m.tiers is None else encode_tier_map(m.tiers.numpy())) == tier_maps[k], k
+    assert _bit_equal(model, dense)
+
+
+@pytest.mark.parametrize("spec", [S(method="wanda", reconstruct=True, within_block="obs", tier_scope="model", **TT),
+                                  S(method="sparsegpt", within_block="obs", assignment="cost", **TT),
+                                  S(method="magnitude", pattern="nm", reconstruct=True)], ids=str)
+def test_a_spec_with_the_update_is_planned_as_its_masks_only_twin(one_layer, spec):
+    model, windows, dense = one_layer
+    plan = replan(calibrate(model, spec, windows), spec)
+    twin, notes = masks_only(spec)
+    assert plan.spec == twin and plan.requested == spec and not twin.reconstruct and twin.within_block != "obs"
+    assert any("no OBS update" in n for n in plan.notes)
+    assert any("chosen by the method's score" in n for n in plan.notes) == (spec.within_block == "obs")
+    keep, _ = _walk_masks(model, twin, windows, dense)
+    assert all(torch.equal(m.keep, keep[k]) for k, m in plan.matrices.items())
+
+
+@pytest.mark.parametrize("pattern", [dict(pattern="unstructured", sparsity=0.5), dict(pattern="nm", n=2, m=4)])
+def test_sparsegpt_masks_only_is_the_mask_of_its_saliency_on_the_dense_weights(one_layer, pattern):
+    model, windows, _ = one_layer
+    spec = S(method="sparsegpt", **pattern)
+    plan = replan(calibrate(model, spec, windows), spec)
+    assert any("saliency on the dense weights" in n for n in plan.notes)
+    _, layers = find_decoder_layers(model)
+    targets = find_targets(layers[0])
+    hooks = StatsHooks(targets, hessian=True)
+    run_layer(layers[0], capture_layer_inputs(model, layers, windows))
+    hooks.remove()
+    for t in targets:
+        s = obs_scores(t.weight(), hooks.stats[t.name])
+        want = unstructured_mask(s, 0.5, "row") if pattern["pattern"] == "unstructured" else nm_mask(s, 2, 4)
+        assert torch.equal(plan.matrices[(0, t.name)].keep, want), t.name
+
+
+@pytest.mark.parametrize("spec", [S(method="magnitude", tier_scope=scope, assignment=a, **TT)
+                                  for scope in ("matrix", "layer", "model") for a in ("importance", "cost")], ids=str)
+def test_magnitude_replan_equals_the_walk_on_every_layer(spec):
+    """Magnitude reads no data, so every layer of a deeper model sees the same statistics in the walk."""
+    model = _model(layers=2)
+    dense = _params(model)
+    plan = replan(calibrate(model, spec, None), spec)
+    keep, _ = _walk_masks(model, spec, None, dense)
+    assert len(keep) == 14 and all(torch.equal(plan.matrices[k].keep, keep[k]) for k in keep)
+
+
+def test_statistics_are_the_dense_models_on_every_layer():
+    """Layer 1's norms are measured on the dense layer 0's outputs."""
+    model, windows = _model(layers=2), _windows()
+    cal = calibrate(model, S(method="wanda"), windows)
+    _, layers = find_decoder_layers(model)
+    inputs = capture_layer_inputs(model, layers, windows)
+    inputs.hidden = run_layer(layers[0], inputs)
+    targets = find_targets(layers[1])
+    hooks = StatsHooks(targets, hessian=False)
+    run_layer(layers[1], inputs)
+    hooks.remove()
+    for t in targets:
+        assert torch.equal(cal.matrices[(1, t.name)].input_norm(), hooks.stats[t.name].input_norm())
+
+
+@pytest.mark.parametrize("shape", [(40, 52), (64, 64), (16, 20)])
+@pytest.mark.parametrize("keep", [0, 5, 256])
+def test_block_choices_give_three_tier_mask_with_ties_and_edge_blocks(shape, keep):
+    scores = torch.randint(0, 4, shape).float()  # many ties
+    spec = S(method="magnitude", keep=keep, **TT)
+    choices = block_choices(scores, scores, spec)
+    for seed in range(3):
+        tiers = torch.randint(0, 3, (-(-shape[0] // 16), -(-shape[1] // 16)),
+                              generator=torch.Generator().manual_seed(seed)).to(torch.int8)
+        want = three_tier_mask(scores, tiers, 16, keep)
+        assert torch.equal(keep_from_choices(choices, tiers, 16), want)
+        # the counts a re-plan reports before building any mask: weights kept per block under its tier
+        per_block = torch.nn.functional.pad(want.long(), (0, -shape[1] % 16, 0, -shape[0] % 16))
+        per_block = per_block.view(per_block.shape[0] // 16, 16, per_block.shape[1] // 16, 16).sum(dim=(1, 3))
+        assert torch.equal(choices.kept.gather(0, tiers.long().unsqueeze(0)).squeeze(0), per_block)
+
+
+# --- the cache key: never a stale calibration -----------------------------------------------------------------
+
+def test_cache_key_follows_weights_data_seed_and_method():
+    model, windows = _model(), _windows()
+    spec = S(method="wanda", **TT)
+    base = calibration_key(model, spec, windows, "pydoc")
+    assert calibration_key(model, spec.replace(ratios=(0.5, 0.3, 0.2), keep=3, tier_scope="model"), windows,
+                           "pydoc") == base  # what a re-plan changes is not part of it
+    changed = [calibration_key(model, spec, _windows(seed=2), "pydoc"),  # other data
+               calibration_key(model, spec, windows, "wikitext2"),
+               calibration_key(model, spec.replace(seed=1), windows, "pydoc"),
+               calibration_key(model, spec.replace(nsamples=5), windows, "pydoc"),
+               calibration_key(model, spec.replace(method="ria"), windows, "pydoc"),
+               calibration_key(model, spec, windows[:, :16], "pydoc")]  # seqlen
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[0, 0] += 1e-3
+    changed.append(calibration_key(model, spec, windows, "pydoc"))
+    assert all(k != base for k in changed) and len({json.dumps(k, sort_keys=True) for k in changed}) == len(changed)
+
+
+def test_the_cache_serves_a_calibration_only_while_nothing_it_depends_on_changed():
+    model, windows = _model(), _windows()
+    spec = S(method="wanda", **TT)
+    cache = CalibrationCache()
+    first = cache.get(model, spec, windows, data="pydoc")
+    assert cache.get(model, spec.replace(ratios=(0.2, 0.2, 0.6)), windows, data="pydoc") is first
+    assert cache.get(model, spec, _windows(seed=3), data="pydoc") is not first
+    assert cache.get(model, spec.replace(seed=7), windows, data="pydoc") is not first
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight[0, 0] += 1e-3
+    assert cache.get(model, spec, windows, data="pydoc") is not first
+    with pytest.raises(UserError, match="weights changed"):
+        replan(first, spec)  # the old calibration refuses the changed model
+
+
+def test_replan_refuses_a_spec_the_calibration_was_not_made_for():
+    model, windows = _model(), _windows()
+    cal = calibrate(model, S(method="wanda", **TT), windows)
+    with pytest.raises(UserError, match="method"):
+        replan(cal, S(method="ria", **TT))
+    with pytest.raises(UserError, match="seed"):
+        replan(cal, S(method="wanda", seed=3, **TT))
+    assert replan(cal, S(method="wanda", keep=3, **TT)).spec.keep == 3
+
+
+# --- the estimate ------------------------------------------------------------------------------------------------
+
+def test_estimate_is_the_perplexity_of_the_pruned_model_and_leaves_it_dense(one_layer):
+    model, windows, dense = one_layer
+    spec = S(method="wanda", tier_scope="model", **TT)
+    plan = replan(calibrate(model, spec, windows), spec)
+    eval_ids = _windows(n=1, seqlen=200, seed=5)
+    events = []
+    est = estimate(model, plan, eval_ids, 32, windows=5, progress=events.append)
+    assert _bit_equal(model, dense)
+    assert est.status == "completed" and est.windows == 5 and [e["done"] for e in events] == [1, 2, 3, 4, 5]
+    assert est.ppl_low < est.ppl < est.ppl_high and events[-1]["ppl"] == est.ppl
+    prune_model(model, spec, windows)
+    want = perplexity(model, eval_ids, 32, max_windows=5).ppl
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(dense[n])
+    assert est.ppl == pytest.approx(want, rel=1e-5)
+
+
+def test_cancel_during_the_estimate_stops_it_and_the_model_is_exactly_dense():
+    model, windows = _model(layers=2), _windows()
+    model.model.layers[1].mlp.up_proj.weight.data[3, :7] = -0.0  # signed zeros come back as they were
+    dense = _params(model)
+    spec = S(method="wanda", **TT)
+    plan = replan(calibrate(model, spec, windows), spec)
+    cancel = threading.Event()
+
+    def moved_a_slider(event):
+        assert not _bit_equal(model, dense)  # the masks are on while it evaluates
+        cancel.set()
+    est = estimate(model, plan, _windows(n=1, seqlen=200), 32, windows=5, progress=moved_a_slider, cancel=cancel)
+    assert est.status == "cancelled" and est.windows == 1 and est.total == 5
+    assert _bit_equal(model, dense)
+
+    def fails(event):
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError):
+        estimate(model, plan, _windows(n=1, seqlen=200), 32, windows=5, progress=fails)
+    assert _bit_equal(model, dense)
+
+
+def test_sweep_is_one_record_per_split_on_one_calibration(one_layer):
+    model, windows, dense = one_layer
+    base = S(method="fisher_wanda", tier_scope="model", assignment="cost", **TT)
+    cal = calibrate(model, base, windows)
+    specs = [sweep_spec(base, (0.35, 0.45, 0.2)), sweep_spec(base, (0.1, 0.3, 0.6))]
+    records = sweep(model, cal, specs, _windows(n=1, seqlen=200), 32, windows=2)
+    assert [r["spec"]["ratios"] for r in records] == [[0.35, 0.45, 0.2], [0.1, 0.3, 0.6]]
+    assert records[1]["sparsity"] > records[0]["sparsity"] and records[1]["storage"]["bytes"] < \
+        records[0]["storage"]["bytes"]
+    assert all(r["ppl"] > 1 and r["windows"] == 2 for r in records)
+    assert _bit_equal(model, dense)
+
+
+def test_sweep_points_for_each_kind_of_pattern():
+    assert sweep_spec(S(pattern="unstructured"), (0.7,)).sparsity == 0.7
+    assert sweep_spec(S(pattern="nm", n=2, m=4), (0.25,)).n == 3
+    assert sweep_spec(S(pattern="block"), (0.3,)).sparsity == 0.3
+    for base, point, message in [(S(**TT), (0.5, 0.5), "three ratios"), (S(**TT), (0.5, 0.3, 0.3), "sum to 1"),
+                                 (S(pattern="nm", n=2, m=4), (0.3,), "multiple of 1/4"),
+                                 (S(pattern="unstructured"), (0.1, 0.2), "one sparsity"),
+                                 (S(pattern="threshold_hybrid"), (0.5,), "no sparsity to sweep")]:
+        with pytest.raises(UserError, match=message):
+            sweep_spec(base, point)
+
+
+# --- storage -------------------------------------------------------------------------------------------------------
+
+def _plan(spec, keep, tiers=None):
+    return Replan(spec, spec, [], "", {(0, "m"): matrix_mask(keep, tiers)})
+
+
+def test_storage_of_a_hand_made_three_tier_plan():
+    """32 x 32, B = 16: one dense block (256 values), one 2:4 block (128 values + 2-bit positions), two top-K blocks
+    (K = 15 values + 8-bit positions each), at 16 bits a value."""
+    tiers = torch.tensor([[0, 1], [2, 2]], dtype=torch.int8)
+    keep = three_tier_mask(torch.rand(32, 32), tiers, 16, 15)
+    got = storage_estimate(_plan(S(keep=15, **TT), keep, tiers))
+    bits = 256 * 16 + 128 * (16 + 2) + 2 * 15 * (16 + 8)
+    assert got["bytes"] == bits / 8 == 890 and got["dense_bytes"] == 32 * 32 * 2
+    assert got["bits_per_weight"] == bits / 1024
+
+
+def test_storage_of_n_m_and_unstructured_plans():
+    keep = torch.tensor([[1, 1, 0, 0, 0, 1, 0, 1]] * 2, dtype=torch.bool)
+    assert storage_estimate(_plan(S(pattern="nm", n=2, m=4), keep))["bytes"] == 8 * (16 + 2) / 8
+    # CSR: a 3-bit column index per kept value, a 32-bit row offset per row
+    assert storage_estimate(_plan(S(pattern="unstructured"), keep))["bytes"] == (8 * (16 + 3) + 2 * 32) / 8
+    assert storage_estimate(_plan(S(pattern="nm", n=2, m=4), keep), value_bits=8)["bytes"] == 8 * 10 / 8
+
+
+# --- the command line ------------------------------------------------------------------------------------------
+
+def test_sweep_command_end_to_end(tiny_llama_dir, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    rc = main(["--model", str(tiny_llama_dir), "--sparsity_type", "three_tier", "--tier_scope", "model",
+               "--sweep", "0.35 0.45 0.2", "0.5,0.3,0.2", "0.1 0.2 0.7", "--eval_windows", "2", "--save", str(out),
+               *QUICK])
+    assert rc == 0
+    text = capsys.readouterr().out.splitlines()
+    lines = [t for t in text if t.startswith("wanda three-tier")]
+    assert len(lines) == 3 and all("status completed" in t and "ppl_test" in t and "estimate: 2 windows" in t
+                                   for t in lines)
+    assert "0.35/0.45/0.2" in lines[0] and "0.5/0.3/0.2" in lines[1]
+    table = [t for t in text if t.startswith("| ")]
+    assert len(table) == 4 and table[0].startswith("| split | sparsity | ppl estimate")
+    saved = json.loads((out / "sweep.json").read_text())
+    assert [p["spec"]["ratios"] for p in saved["points"]] == [[0.35, 0.45, 0.2], [0.5, 0.3, 0.2], [0.1, 0.2, 0.7]]
+    assert saved["calibration"]["key"]["data"].startswith("pydoc") and saved["eval"]["windows"] == 2
+    assert all(p["ppl"] > 1 and 0 < p["storage"]["ratio"] < 1 for p in saved["points"])
+
+
+def test_sweep_command_unstructured_sparsities(tiny_llama_dir, capsys):
+    rc = main(["--model", str(tiny_llama_dir), "--sweep", "0.3", "0.6", "--eval_windows", "1", *QUICK])
+    assert rc == 0
+    lines = [t for t in capsys.readouterr().out.splitlines() if t.startswith("wanda unstructured")]
+    assert [line.split(" | ")[0] for line in lines] == ["wanda unstructured 0.3", "wanda unstructured 0.6"]
+
+
+@pytest.mark.parametrize("points, message", [(["0.5 0.5"], "three ratios"), (["0.4 0.4 0.4"], "sum to 1"),
+                                             (["a b c"], "not a list of numbers"), (["0.3 0.3 nan"], "finite")])
+def test_a_bad_sweep_split_is_one_line(tiny_llama_dir, capsys, points, message):
+    rc = main(["--model", str(tiny_llama_dir), "--sparsity_type", "three_tier", "--sweep", "0.35 0.45 0.2",
+               *points, *QUICK])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert "Traceback" not in err[0]
+
+
+def test_calibration_keeps_vectors_not_scores(one_layer):
+    model, windows, _ = one_layer
+    n_in = sum(t.shape[1] for t in _targets(model).values())
+    n_out = sum(t.shape[0] for t in _targets(model).values())
+    assert calibrate(model, S(method="wanda"), windows).nbytes == 4 * n_in
+    assert calibrate(model, S(method="sparsegpt"), windows).nbytes == 8 * n_in
+    assert calibrate(model, S(method="fisher_wanda"), windows).nbytes == 4 * (n_in + n_out)
+    assert calibrate(model, S(method="magnitude"), None).nbytes == 0
