@@ -209,7 +209,7 @@ def explore_specs(page, xs: ExploreState, specs: list[PruneSpec], windows, token
 
 def calibrate(page, *values):
     """Calibrate for the form's set-up (served from the cache when nothing changed), then explore its split."""
-    *form_values, xs, axis, windows, tokens = values
+    *form_values, xs, windows, tokens, axis = values
     xs.supersede(None)
     try:
         req = runner.request(page, dict(zip(page.form, form_values)))

@@ -60,7 +60,7 @@ def move(dash, xs, dense=0.35, two_four=0.45, sparsity=0.5, keep=15, block=16, s
 def calibrated(dash, tiny_llama_dir):
     xs = ExploreState()
     values = form_values(dash, model_path=str(tiny_llama_dir), **FAST)
-    outs = drain(explore_tab.calibrate(dash, *values, xs, "sparsity", WINDOWS, TOKENS))
+    outs = drain(explore_tab.calibrate(dash, *values, xs, WINDOWS, TOKENS, "sparsity"))
     return xs, values, outs
 
 
@@ -85,7 +85,7 @@ def test_a_second_press_with_the_same_settings_is_served_from_the_cache(dash, ca
     xs, values, _ = calibrated
     cal = xs.setup.calibration
     t = time.perf_counter()
-    drain(explore_tab.calibrate(dash, *values, xs, "sparsity", None, TOKENS))  # no estimate: the press alone
+    drain(explore_tab.calibrate(dash, *values, xs, None, TOKENS, "sparsity"))  # no estimate: the press alone
     assert xs.setup.calibration is cal and xs.setup.cached
     assert time.perf_counter() - t < max(5.0, cal.seconds)
 
@@ -164,5 +164,5 @@ def test_bad_input_is_one_line(dash, calibrated, tiny_llama_dir):
     assert "Press Calibrate first" in last(drain(move(dash, ExploreState())), dash.xs_status)
     bad = form_values(dash, model_path=str(tiny_llama_dir / "missing"), **FAST)
     with pytest.raises(gr.Error) as err:
-        drain(explore_tab.calibrate(dash, *bad, ExploreState(), "sparsity", WINDOWS, TOKENS))
+        drain(explore_tab.calibrate(dash, *bad, ExploreState(), WINDOWS, TOKENS, "sparsity"))
     assert "\n" not in str(err.value.message) and "Traceback" not in str(err.value.message)
