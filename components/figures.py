@@ -363,3 +363,62 @@ def run_label(record: dict) -> str:
     else:
         core = f"unstructured {s.get('sparsity', 0):g}"
     return f"{s.get('method', '?')} {core}"
+
+
+# -- explored splits -----------------------------------------------------------------------------------------------
+
+PARETO_AXES = {"sparsity": "sparsity of the masks", "storage": "estimated storage of the pruned weights (MiB)"}
+
+
+def pareto_front(x: list[float], y: list[float], more_x_is_better: bool = True) -> list[int]:
+    """Indices of the points no other point beats: as good or better on both axes and strictly on one (lower y;
+    higher x when more_x_is_better, else lower x), sorted along x."""
+    sign = 1 if more_x_is_better else -1
+    front = [i for i in range(len(x))
+             if not any(sign * x[j] >= sign * x[i] and y[j] <= y[i] and (sign * x[j] > sign * x[i] or y[j] < y[i])
+                        for j in range(len(x)))]
+    return sorted(front, key=lambda i: x[i])
+
+
+def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
+    """Every explored split (estimated perplexity +- spread) against sparsity or estimated storage, the Pareto
+    front of the estimates, references (2:4, unstructured) as open symbols, and the exact run where one was made."""
+    pts = [p for p in points if p.get("ppl")]
+    if not pts:
+        return empty_figure("Explored splits appear here once their estimate is in", 360)
+    storage = axis == "storage"
+
+    def xs(rs):
+        return [r["storage"] / 2**20 if storage else r["sparsity"] for r in rs]
+    fig = go.Figure()
+    x_all, y_all = xs(pts), [p["ppl"] for p in pts]
+    front = pareto_front(x_all, y_all, more_x_is_better=not storage)
+    fig.add_trace(go.Scatter(x=[x_all[i] for i in front], y=[y_all[i] for i in front], mode="lines",
+                             name="Pareto front", line=dict(color="#9ca3af", dash="dash", width=1.5),
+                             hoverinfo="skip"))
+    for kind, name, symbol, color in (("split", "explored split (estimate)", "circle", TIER_COLORS["dense"]),
+                                      ("reference", "reference (estimate)", "square-open", "#D55E00")):
+        rs = [p for p in pts if p["kind"] == kind]
+        if not rs:
+            continue
+        fig.add_trace(go.Scatter(
+            x=xs(rs), y=[r["ppl"] for r in rs], mode="markers+text", name=name,
+            text=[f"#{r['n']}" for r in rs], textposition="top center", textfont=dict(size=10),
+            error_y=dict(type="data", symmetric=False, array=[r["ppl_high"] - r["ppl"] for r in rs],
+                         arrayminus=[r["ppl"] - r["ppl_low"] for r in rs], thickness=1, color=color),
+            marker=dict(size=11, symbol=symbol, color=color, line=dict(width=1.5, color=color)),
+            customdata=[[r["label"], r["sparsity"], r["storage"] / 2**20] for r in rs],
+            hovertemplate="#%{text} %{customdata[0]}<br>perplexity %{y:,.2f}<br>sparsity %{customdata[1]:.2%}"
+                          "<br>storage %{customdata[2]:,.1f} MiB<extra></extra>"))
+    exact = [p for p in pts if p.get("exact")]
+    if exact:
+        fig.add_trace(go.Scatter(
+            x=xs(exact), y=[p["exact"] for p in exact], mode="markers", name="exact run",
+            marker=dict(size=12, symbol="diamond", color="#009E73", line=dict(width=1, color="#ffffff")),
+            text=[f"#{p['n']}" for p in exact],
+            hovertemplate="#%{text} exact run<br>perplexity %{y:,.3f}<extra></extra>"))
+    fig.update_xaxes(title=PARETO_AXES[axis], tickformat=None if storage else ".0%")
+    log = _log_axis(y_all + [p["exact"] for p in exact])
+    fig.update_yaxes(title="perplexity (lower is better)", type="log" if log else "linear")
+    return _layout(fig, "Explored splits: perplexity vs " + ("storage" if storage else "sparsity"), height=380,
+                   legend=dict(orientation="h", y=-0.2))

@@ -9,6 +9,7 @@ from engine.store import RunStore
 
 from . import (
     compare_tab,
+    explore_tab,
     export_tab,
     figures,
     past_runs_tab,
@@ -25,7 +26,7 @@ from .layout import header_html
 from .server import Settings
 from .session import Session
 
-TABS = (results_tab, recover_tab, compare_tab, past_runs_tab, sweep_tab, export_tab)
+TABS = (results_tab, explore_tab, recover_tab, compare_tab, past_runs_tab, sweep_tab, export_tab)
 
 
 class Page:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from engine import run as engine_run
 from engine.errors import UserError
-from engine.run import recover_run
 
 from . import policy
 from .jobs import Job
@@ -55,7 +55,7 @@ def recover_run(page, s: Session, run_id: str, spec, progress, cancel) -> dict:
         record = page.store.load(run_id)  # the whole record, also where the page shows it redacted
     except (OSError, ValueError):
         raise UserError("this run's record is no longer in the run store; run it again") from None
-    record = recover_run(record, spec, MODELS, progress=progress, cancel=cancel)
+    record = engine_run.recover_run(record, spec, MODELS, progress=progress, cancel=cancel)
     warning = page.store.save_final(record)
     shown = policy.redact(record) if page.settings.public else record
     if warning:

@@ -51,6 +51,7 @@ from .methods import METHODS, ScoreInputs
 from .patterns import PATTERNS
 from .perplexity import window_losses
 from .plan import NO_PLAN, place_tiers, plan_jointly, plan_model_wide, ranking_input
+from .record import encode_array, encode_tier_map
 from .sensitivity import fisher_diagonal
 from .spec import PruneSpec
 from .three_tier import (
@@ -278,6 +279,20 @@ class Replan:
                 for name, n in tier_census(m.tiers).items():
                     total[name] += n
         return total
+
+
+def matrix_entries(plan: Replan) -> list[dict]:
+    """The plan's matrices as a run record lists them (engine/record.py): layer, module, shape, sparsity and, for
+    block patterns, the tier census, tier map and block importances, so the figures that draw a run draw a plan."""
+    entries = []
+    for (layer, name), m in plan.matrices.items():
+        blocks = m.tiers is not None
+        entries.append({"layer": layer, "module": name, "shape": list(m.shape), "sparsity": 1 - m.kept / m.numel,
+                        "tiers": tier_census(m.tiers) if blocks else None,
+                        "tier_map": encode_tier_map(m.tiers.numpy()) if blocks else None,
+                        "block_importance": encode_array(m.importance.numpy())
+                        if blocks and m.importance is not None else None})
+    return entries
 
 
 def check_fresh(calibration: Calibration, spec: PruneSpec) -> None:

@@ -107,3 +107,45 @@ def test_recover_tab_draws_the_loss_curve_as_it_trains(page, tiny_llama_dir, tmp
     page.locator("#results-column").screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
     assert not page.errors, page.errors
+
+
+def _show_field(page, label: str, accordion: str):
+    if not page.get_by_label(label).first.is_visible():
+        page.get_by_text(accordion, exact=True).click()
+
+
+def test_explore_a_moved_slider_redraws_the_heatmap_without_run(page, tiny_llama_dir, tmp_path):
+    """Explore: calibrate a tiny model, release the dense-ratio slider, and the heatmap changes with no Run press."""
+    page.get_by_label("…or a hub id").fill(str(tiny_llama_dir))
+    _show_field(page, "Samples", "Calibration data")
+    page.get_by_label("Samples").fill("4")
+    page.get_by_label("Tokens per sample").fill("64")
+    page.get_by_role("tab", name="Explore").click()
+    page.get_by_label("Tokens per window").fill("64")
+    page.locator("#xs-calibrate").click()
+    page.wait_for_function("() => document.querySelector('#xs-calib-note')?.innerText.includes('MiB of statistics')",
+                           timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#xs-heatmap .js-plotly-plot')?.data?.[0]?.z",
+                           timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#xs-estimate')?.innerText.includes('windows')",
+                           timeout=60_000)
+    z_of = "() => JSON.stringify(document.querySelector('#xs-heatmap .js-plotly-plot').data[0].z)"
+    before = page.evaluate(z_of)
+    runs_before = page.inner_text("#status")
+
+    slider = page.locator("#xs-dense input[type=range]")
+    slider.scroll_into_view_if_needed()
+    box = slider.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.05, box["y"] + box["height"] / 2)  # dense -> ~0.05: more top-K
+    page.wait_for_function(f"(before) => ({z_of})() !== before", arg=before, timeout=15_000)
+    page.wait_for_function("() => document.querySelector('#xs-summary')?.innerText.includes('three-tier 0.0')",
+                           timeout=15_000)
+    assert page.inner_text("#status") == runs_before  # nothing ran: the Run banner is as it was
+    page.wait_for_function("() => document.querySelector('#xs-status .banner.ok')", timeout=60_000)  # estimated
+    assert "wanda" in page.inner_text("#xs-points") or "three-tier" in page.inner_text("#xs-points")
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(500)
+    shot = Path(os.environ.get("SPARSITY_EXPLORE_SCREENSHOT") or tmp_path / "explore-tab.png")
+    page.locator("#results-column").screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
+    assert not page.errors, page.errors

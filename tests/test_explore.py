@@ -378,3 +378,23 @@ def test_calibration_keeps_vectors_not_scores(one_layer):
     assert calibrate(model, S(method="sparsegpt"), windows).nbytes == 8 * n_in
     assert calibrate(model, S(method="fisher_wanda"), windows).nbytes == 4 * (n_in + n_out)
     assert calibrate(model, S(method="magnitude"), None).nbytes == 0
+
+
+def test_matrix_entries_are_what_a_run_record_lists():
+    """engine.explore.matrix_entries: per matrix the sparsity of its mask and, for block patterns, the tier map and
+    census of its plan, in the record's encoding (what components/figures.py draws)."""
+    from engine.explore import matrix_entries
+    from engine.record import decode_tier_map
+    model = _model(layers=2)
+    cal = calibrate(model, S(method="wanda", **TT), _windows())
+    for spec in (S(method="wanda", tier_scope="model", **TT), S(method="wanda", pattern="nm")):
+        plan = replan(cal, spec)
+        entries = matrix_entries(plan)
+        assert [(e["layer"], e["module"]) for e in entries] == list(plan.matrices)
+        for e, m in zip(entries, plan.matrices.values()):
+            assert e["sparsity"] == pytest.approx(1 - m.keep.sum().item() / m.numel)
+            if m.tiers is None:
+                assert e["tier_map"] is None and e["tiers"] is None
+            else:
+                assert (decode_tier_map(e["tier_map"]) == m.tiers.numpy()).all()
+                assert sum(e["tiers"].values()) == m.tiers.numel()

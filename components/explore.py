@@ -1,0 +1,228 @@
+"""The Explore tab's state and its calls into engine/explore.py: calibrate once for the form's model, method and
+data; then every split is a re-plan (no forward pass) and a quick masks-only perplexity estimate, each a job on the
+engine's one line (components/jobs.py), so it never touches the model while a run prunes it.
+
+Nothing here computes masks or scores: CalibrationCache, replan, estimate, storage_estimate and matrix_entries do.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from engine import data as textdata
+from engine.baselines import model_fingerprint
+from engine.errors import UserError
+from engine.explore import (
+    Calibration,
+    CalibrationCache,
+    Replan,
+    estimate,
+    matrix_entries,
+    replan,
+    storage_estimate,
+    sweep_spec,
+)
+from engine.spec import PruneSpec
+
+from .jobs import Job
+from .registry import pattern_fields
+
+CALIBRATIONS = CalibrationCache(size=2)  # one per process, like the model cache (runner.MODELS) it refers to
+REPLANS = threading.Lock()               # a re-plan fills its calibration's per-block store: one at a time
+ESTIMATE_WINDOWS = 4                     # ~1-2 s a window of 256 tokens for SmolLM2 on 2 CPU cores
+ESTIMATE_TOKENS = 256
+
+
+@dataclass
+class Setup:
+    """What a calibration was made for: the base spec (the form's), its model, text and windows."""
+    spec: PruneSpec
+    request: object                      # the RunRequest of the form at calibration (model, device, dtype ...)
+    calibration: Calibration
+    eval_ids: object                     # LongTensor [1, T]: the evaluation text, tokenized once
+    eval_name: str
+    calib_name: str | None
+    seconds: float                       # what this press took (a cache hit: milliseconds)
+    cached: bool
+
+
+@dataclass
+class ExploreState:
+    """One browser tab's exploration: the calibration it explores, the split shown, every split estimated."""
+    setup: Setup | None = None
+    plan: Replan | None = None
+    record: dict | None = None           # the plan as a run record lists matrices (what the figures draw)
+    points: list[dict] = field(default_factory=list)
+    job: Job | None = None               # the re-plan + estimate running now (a new split stops it)
+    shown_layer: int | None = None
+    shown_module: str | None = None
+
+    def supersede(self, job: Job | None = None) -> None:
+        """Stop the running estimate at once (between windows) and make `job` the current one."""
+        if self.job is not None:
+            self.job.stop()
+        self.job = job
+
+
+# ---- calibration -------------------------------------------------------------------------------------------------
+
+def calibrate(req, models, progress, cancel) -> Setup:
+    """Load (or reuse) the request's model, dense, and calibrate it for the request's spec; served from
+    CALIBRATIONS when nothing it depends on changed. Runs on an engine job (it has the model to itself)."""
+    spec = req.spec
+    t0 = time.perf_counter()
+    eval_src = textdata.resolve_text(req.eval, "evaluation") if req.eval else None
+    if eval_src is None:
+        raise UserError("the estimate needs an evaluation text: choose one under Evaluation")
+    calib_src = textdata.resolve_text(req.calib, "calibration") if spec.uses_calibration else None
+    lm = models.get(req, progress)  # the same model comes back restored to its dense weights
+    seqlen = textdata.default_seqlen(lm.model.config, spec.seqlen)
+    context = textdata.model_context(lm.model.config)
+    if context is not None and seqlen > context:
+        raise UserError(f"seqlen {seqlen} is longer than the model's context of {context} tokens")
+    windows = None
+    if calib_src is not None:
+        progress({"stage": "calibration", "message": f"sampling {spec.nsamples} windows of {seqlen} tokens"})
+        windows = textdata.calibration_windows(lm.tokenizer, calib_src, spec.nsamples, seqlen, spec.seed)
+    eval_ids = textdata.evaluation_ids(lm.tokenizer, eval_src)
+    started = time.perf_counter()
+    cal = CALIBRATIONS.get(lm.model, spec, windows, data=calib_src.name if calib_src else None,
+                           progress=progress, cancel=cancel)
+    cached = time.perf_counter() - started < cal.seconds / 2  # a hit costs the key (a fingerprint), not a pass
+    return Setup(spec.replace(seqlen=seqlen), req, cal, eval_ids, eval_src.name,
+                 calib_src.name if calib_src else None, time.perf_counter() - t0, cached)
+
+
+def calibration_text(setup: Setup) -> str:
+    cal = setup.calibration
+    how = (f"served from the cache in {setup.seconds:.2f} s (calibrated in {cal.seconds:.1f} s)" if setup.cached
+           else f"calibrated in {cal.seconds:.1f} s ({setup.seconds:.1f} s with loading and data)")
+    data = f" on {setup.calib_name}" if setup.calib_name else ""
+    return (f"**{setup.spec.method}**{data}: {how}; {len(cal.matrices)} matrices, "
+            f"{cal.nbytes / 2**20:.1f} MiB of statistics. Evaluation text: {setup.eval_name}.")
+
+
+# ---- one split ---------------------------------------------------------------------------------------------------
+
+def split_spec(base: PruneSpec, dense: float, two_four: float, sparsity: float, keep, block, tier_scope,
+               assignment) -> PruneSpec:
+    """The base spec with the tab's controls: three-tier ratios (top-K the rest) or one sparsity (sweep_spec), and
+    K, B, scope and assignment where the pattern reads them. Raises UserError (SpecError) with the spec's words."""
+    reads = set(pattern_fields(base.pattern))
+    changes = {}
+    for name, value in (("keep", keep), ("block", block), ("tier_scope", tier_scope), ("assignment", assignment)):
+        if name in reads and value is not None:
+            changes[name] = int(value) if name in ("keep", "block") else value
+    try:
+        spec = base.replace(**changes)
+        if "ratios" in reads:
+            dense, two_four = round(float(dense), 4), round(float(two_four), 4)
+            return spec.replace(ratios=(dense, two_four, round(1 - dense - two_four, 4)))
+        if "m" in reads:  # N:M: the nearest N of this M
+            sparsity = round(float(sparsity) * spec.m) / spec.m
+        return sweep_spec(spec, (float(sparsity),))
+    except (TypeError, ValueError) as err:
+        raise UserError(str(err)) from None
+
+
+def ensure_dense(setup: Setup, models) -> bool:
+    """Make the calibration's model hold its dense weights again (a run may have pruned it since): True when it
+    had to restore them."""
+    cal = setup.calibration
+    loaded = models.loaded
+    if loaded is None or loaded.model is not cal.model:
+        raise UserError("another model was loaded since this calibration: press Calibrate again")
+    if model_fingerprint(cal.model) == cal.key["fingerprint"]:
+        return False
+    models.restore()
+    return True
+
+
+def explore_job(setup: Setup, specs: list[PruneSpec], models, windows: int | None, tokens: int, on_restore=None):
+    """A job target: for each spec, re-plan ({"stage": "planned", "plan"}), then estimate on `windows` windows of
+    `tokens` tokens (streamed; {"stage": "estimated", "plan", "estimate"} at the end; windows None: maps only).
+    The model is left exactly dense; a set cancel stops between windows."""
+    def target(progress, cancel):
+        if ensure_dense(setup, models) and on_restore is not None:
+            on_restore()
+        for spec in specs:
+            if cancel.is_set():
+                return
+            with REPLANS:
+                plan = replan(setup.calibration, spec)
+            progress({"stage": "planned", "plan": plan, "storage": storage_estimate(plan)})
+            if windows:
+                est = estimate(setup.calibration.model, plan, setup.eval_ids, tokens, windows=windows,
+                               progress=progress, cancel=cancel)
+                progress({"stage": "estimated", "plan": plan, "estimate": est})
+    return target
+
+
+def plan_record(plan: Replan, n_layers: int) -> dict:
+    """A run-record-like dict of a plan, which components/figures.py draws as it draws a run."""
+    return {"spec": plan.spec.to_dict(), "n_layers": n_layers, "matrices": matrix_entries(plan),
+            "sparsity": plan.sparsity}
+
+
+def summary_text(plan: Replan, storage: dict) -> str:
+    census = plan.tier_census()
+    blocks = sum(census.values())
+    tiers = (" · blocks " + ", ".join(f"{name} {n:,} ({n / blocks:.0%})" for name, n in census.items())
+             if blocks else "")
+    notes = "; ".join(plan.notes) if plan.notes else "the masks are those the exact walk would choose from these " \
+                                                      "statistics"
+    return (f"**{plan.spec.label()}** — sparsity **{plan.sparsity:.2%}**{tiers} · storage "
+            f"**{storage['bytes'] / 2**20:,.1f} MiB** of {storage['dense_bytes'] / 2**20:,.1f} MiB dense "
+            f"({storage['bits_per_weight']:.2f} bits per weight) · re-planned in {plan.seconds:.2f} s.  \n"
+            f"Estimate recipe: {plan.spec.label()}, masks only ({notes}).")
+
+
+def estimate_html(event: dict | None, note: str = "") -> str:
+    """The running estimate: perplexity +- the spread over windows, and how many windows so far."""
+    if not event or event.get("ppl") is None:
+        return f"<div class='estimate'><span class='num'>–</span> <span class='note'>{note}</span></div>"
+    spread = (event["ppl_high"] - event["ppl_low"]) / 2
+    return (f"<div class='estimate'><span class='num'>{event['ppl']:,.2f} ± {spread:,.2f}</span> "
+            f"<span class='note'>estimated perplexity, {event['done']} of {event['total']} windows"
+            f"{' · ' + note if note else ''}</span></div>")
+
+
+def add_point(state: ExploreState, plan: Replan, est, storage: dict, kind: str = "split") -> dict:
+    """Keep an estimated split as a point of the Pareto view (the same spec again replaces its point)."""
+    label = plan.spec.label()
+    point = {"label": label, "kind": kind, "sparsity": plan.sparsity, "storage": storage["bytes"],
+             "ppl": est.ppl, "ppl_low": est.ppl_low, "ppl_high": est.ppl_high, "windows": est.windows,
+             "spec": plan.spec.to_dict(), "requested": plan.requested.to_dict(), "exact": None}
+    old = next((i for i, p in enumerate(state.points) if p["label"] == label and p["kind"] == kind), None)
+    if old is None:
+        point["n"] = len(state.points) + 1
+        state.points = [*state.points, point]
+    else:
+        point["n"], point["exact"] = state.points[old]["n"], state.points[old]["exact"]
+        state.points = [*state.points[:old], point, *state.points[old + 1:]]
+    return point
+
+
+def reference_specs(base: PruneSpec) -> list[PruneSpec]:
+    """2:4 and unstructured 50% with the calibrated method, re-planned from the same calibration (masks only)."""
+    return [base.replace(pattern="nm", n=2, m=4), base.replace(pattern="unstructured", sparsity=0.5)]
+
+
+POINT_COLUMNS = ["#", "split", "kind", "sparsity", "storage MiB", "estimate", "± spread", "exact", "front"]
+
+
+def points_table(points: list[dict], axis: str = "sparsity") -> list[list]:
+    """One row per explored point (the Pareto view's table); `front` marks the Pareto front of the estimates."""
+    from .figures import pareto_front
+    done = [p for p in points if p.get("ppl")]
+    x = [p["storage"] if axis == "storage" else p["sparsity"] for p in done]
+    front = {done[i]["n"] for i in pareto_front(x, [p["ppl"] for p in done], more_x_is_better=axis != "storage")}
+    return [[p["n"], p["label"], p["kind"], f"{p['sparsity']:.2%}", round(p["storage"] / 2**20, 2),
+             round(p["ppl"], 2) if p.get("ppl") else None,
+             round((p["ppl_high"] - p["ppl_low"]) / 2, 2) if p.get("ppl") else None,
+             round(p["exact"], 2) if p.get("exact") else None, "✓" if p["n"] in front else ""] for p in points]
+
+
+def point_choices(points: list[dict]) -> list[tuple[str, int]]:
+    return [(f"#{p['n']} {p['label']}", p["n"]) for p in points]

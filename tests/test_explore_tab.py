@@ -1,0 +1,168 @@
+"""The Explore tab through its own functions (components/explore_tab.py), on the real engine and a tiny random model:
+calibrate once (a second press is served from the cache), a moved slider re-plans and redraws, a newer split stops
+the running estimate and leaves the model dense bit for bit, the Pareto view lists every point, Run exact lands
+beside the estimate, bad input is one line."""
+from __future__ import annotations
+
+import json
+import time
+
+import gradio as gr
+import pytest
+import torch
+
+from app import Page, Settings
+from components import explore, explore_tab, figures, runner
+from components.explore import ExploreState
+from components.session import Session
+
+pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
+FAST = dict(calib="pydoc", eval_source="pydoc", nsamples=4, seqlen=64, eval_windows=2, baselines=False,
+            method="wanda", reconstruct=False, within_block="score", tier_scope="layer", assignment="importance")
+WINDOWS, TOKENS = 2, 32
+
+
+@pytest.fixture(scope="module")
+def dash(tmp_path_factory):
+    return Page(Settings(runs_dir=str(tmp_path_factory.mktemp("runs"))))
+
+
+def form_values(dash, **changes) -> list:
+    values = {name: c.value for name, c in dash.form.items()}
+    values.update(changes)
+    return [values[name] for name in dash.form]
+
+
+def drain(gen) -> list[dict]:
+    return list(gen)
+
+
+def last(outs: list[dict], component):
+    return next((o[component] for o in reversed(outs) if component in o), None)
+
+
+def params(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def bit_equal(model, saved) -> bool:
+    return all(torch.equal(p.detach().reshape(-1).view(torch.uint8), saved[n].reshape(-1).view(torch.uint8))
+               for n, p in model.named_parameters())
+
+
+def move(dash, xs, dense=0.35, two_four=0.45, sparsity=0.5, keep=15, block=16, scope="layer",
+         assignment="importance", windows=WINDOWS, tokens=TOKENS):
+    return explore_tab.move(dash, xs, dense, two_four, sparsity, keep, block, scope, assignment, windows, tokens,
+                            "sparsity")
+
+
+@pytest.fixture(scope="module")
+def calibrated(dash, tiny_llama_dir):
+    xs = ExploreState()
+    values = form_values(dash, model_path=str(tiny_llama_dir), **FAST)
+    outs = drain(explore_tab.calibrate(dash, *values, xs, WINDOWS, TOKENS, "sparsity"))
+    return xs, values, outs
+
+
+def test_calibrate_then_a_slider_replans_the_maps(dash, calibrated):
+    xs, values, outs = calibrated
+    assert xs.setup is not None and xs.plan is not None
+    assert "wanda" in last(outs, dash.xs_calib_note) and "MiB of statistics" in last(outs, dash.xs_calib_note)
+    assert len(xs.points) == 1 and xs.points[0]["ppl"] > 1  # the form's split, estimated at once
+    before = json.loads(last(outs, dash.xs_heatmap).to_json())["data"][0]["z"]
+
+    outs = drain(move(dash, xs, dense=0.1, two_four=0.3))
+    assert xs.plan.spec.ratios == pytest.approx((0.1, 0.3, 0.6))
+    after = json.loads(last(outs, dash.xs_heatmap).to_json())["data"][0]["z"]
+    assert after != before  # more top-K blocks: the map changed, without a Run
+    assert "sparsity" in last(outs, dash.xs_summary) and "storage" in last(outs, dash.xs_summary)
+    assert "top-K blocks: **0.60**" in last(outs, dash.xs_topk_note)
+    assert "of 2 windows" in last(outs, dash.xs_estimate)
+    assert "masks only" in last(outs, dash.xs_summary)
+
+
+def test_a_second_press_with_the_same_settings_is_served_from_the_cache(dash, calibrated):
+    xs, values, _ = calibrated
+    cal = xs.setup.calibration
+    t = time.perf_counter()
+    drain(explore_tab.calibrate(dash, *values, xs, None, TOKENS, "sparsity"))  # no estimate: the press alone
+    assert xs.setup.calibration is cal and xs.setup.cached
+    assert time.perf_counter() - t < max(5.0, cal.seconds)
+
+
+def test_a_new_split_stops_the_running_estimate_and_the_model_is_left_dense(dash, calibrated):
+    xs, _, _ = calibrated
+    model = xs.setup.calibration.model
+    dense = params(model)
+    layer = model.model.layers[0]
+    hook = layer.register_forward_pre_hook(lambda *a: time.sleep(0.05))  # each window ~0.1 s: long enough to catch
+    try:
+        old = move(dash, xs, dense=0.5, two_four=0.3, windows=explore_tab.MAX_WINDOWS)
+        for out in old:
+            if "of 64 windows" in (out.get(dash.xs_estimate) or ""):
+                break
+        old_job = xs.job
+        new = drain(move(dash, xs, dense=0.2, two_four=0.4))
+        assert old_job.done.wait(10)
+        assert drain(old) == []  # superseded: the old stream ends without a word
+        ended = [e["estimate"] for e in old_job.events if e.get("stage") == "estimated"]
+        assert ended and ended[0].status == "cancelled" and ended[0].windows < 64
+        assert "of 2 windows" in last(new, dash.xs_estimate)
+    finally:
+        hook.remove()
+    assert bit_equal(model, dense)
+    assert not any(p["label"].startswith("wanda three-tier 0.5/0.3") for p in xs.points)  # not a finished point
+
+
+def test_the_pareto_view_lists_every_explored_point(dash, calibrated):
+    xs, _, _ = calibrated
+    drain(move(dash, xs, dense=0.6, two_four=0.2))
+    drain(explore_tab.references(dash, xs, WINDOWS, TOKENS, "sparsity"))
+    labels = [p["label"] for p in xs.points]
+    assert len(labels) == len(set(labels)) >= 4
+    assert [p["kind"] for p in xs.points].count("reference") == 2
+    rows = explore.points_table(xs.points)
+    assert [r[0] for r in rows] == [p["n"] for p in xs.points]
+    assert any(r[-1] == "✓" for r in rows)
+    for axis in ("sparsity", "storage"):
+        fig = json.loads(figures.pareto_figure(xs.points, axis).to_json())
+        drawn = [t for tr in fig["data"] if tr.get("mode") == "markers+text" for t in tr["text"]]
+        assert sorted(drawn) == sorted(f"#{p['n']}" for p in xs.points)
+    # a point re-opens its maps
+    outs = drain(explore_tab.open_point(dash, xs, xs.points[0]["n"], "sparsity"))
+    assert xs.plan.spec.label() == xs.points[0]["label"] and last(outs, dash.xs_heatmap) is not None
+
+
+def test_pareto_front_is_the_points_nothing_beats():
+    x, y = [0.3, 0.5, 0.5, 0.6, 0.4], [10.0, 12.0, 15.0, 30.0, 11.0]
+    assert figures.pareto_front(x, y) == [0, 4, 1, 3]
+    assert figures.pareto_front(x, y, more_x_is_better=False) == [0]
+
+
+def test_run_exact_lands_beside_the_estimate(dash, calibrated):
+    xs, values, _ = calibrated
+    drain(move(dash, xs, dense=0.35, two_four=0.45))
+    s = Session()
+    outs = drain(explore_tab.run_exact(dash, *values, xs, s))
+    assert s.runs and s.runs[-1]["status"] == "completed"
+    assert s.runs[-1]["spec"]["ratios"] == [0.35, 0.45, 0.2]
+    point = next(p for p in xs.points if p["label"] == xs.plan.spec.label())
+    assert point["exact"] == pytest.approx(s.runs[-1]["ppl"]["pruned"])
+    assert "Exact run" in last(outs, dash.xs_status)
+    # the next split finds the model pruned by that run and puts the dense weights back first
+    drain(move(dash, xs, dense=0.3, two_four=0.5))
+    assert runner.MODELS.holds_run is None and xs.points[-1]["ppl"] > 1
+
+
+def test_bad_input_is_one_line(dash, calibrated, tiny_llama_dir):
+    xs, values, _ = calibrated
+    outs = drain(move(dash, xs, keep=300))
+    status = last(outs, dash.xs_status)
+    assert "err" in status and "\n" not in status and "Traceback" not in status
+    outs = drain(move(dash, xs, windows=0))
+    assert "estimate windows must be between 1" in last(outs, dash.xs_status)
+    assert "Press Calibrate first" in last(drain(move(dash, ExploreState())), dash.xs_status)
+    bad = form_values(dash, model_path=str(tiny_llama_dir / "missing"), **FAST)
+    with pytest.raises(gr.Error) as err:
+        drain(explore_tab.calibrate(dash, *bad, ExploreState(), WINDOWS, TOKENS, "sparsity"))
+    assert "\n" not in str(err.value.message) and "Traceback" not in str(err.value.message)
