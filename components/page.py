@@ -64,7 +64,8 @@ class Page:
     @property
     def RESULT_OUTPUTS(self) -> list:
         return [self.overview, self.ppl_plot, self.zero_shot_plot, self.heatmap, self.heat_view, self.layer_dd,
-                self.module_dd, self.tiermap, self.tiernote, self.matrices_df, self.recover_note, self.loss_plot]
+                self.module_dd, self.tiermap, self.tiernote, self.matrices_df, self.recover_note, self.loss_plot,
+                self.progressive_plot]
 
     @property
     def SESSION_OUTPUTS(self) -> list:

@@ -77,6 +77,33 @@ def loss_curve_figure(curve: dict | None, title: str = "Fine-tune loss (zeros he
     return _layout(fig, title, height=340, legend=dict(orientation="h", y=1.02, x=1, xanchor="right"))
 
 
+def progressive_figure(entries: list | None) -> go.Figure:
+    """A progressive schedule's iterations: perplexity after pruning (and after each fine-tune) and sparsity, the
+    iteration's tier ratios in the hover."""
+    if not entries:
+        return empty_figure("Not a progressive run (main_progressive_three_tier.py records its iterations here)")
+    x = [e["iteration"] for e in entries]
+    ratios = ["/".join(f"{r:g}" for r in e["ratios"]) for e in entries]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=[e.get("ppl_pruned") for e in entries], name="perplexity, pruned",
+                             mode="lines+markers", customdata=ratios, line=dict(color=BASELINE_COLORS["magnitude"]),
+                             hovertemplate="iteration %{x}, ratios %{customdata}<br>perplexity %{y:.2f}"
+                                           "<extra></extra>"))
+    after = [(e.get("recovery") or {}).get("ppl_after") for e in entries]
+    if any(v is not None for v in after):
+        fig.add_trace(go.Scatter(x=x, y=after, name="perplexity, fine-tuned", mode="lines+markers",
+                                 customdata=ratios, line=dict(color=BASELINE_COLORS["pruned"]),
+                                 hovertemplate="iteration %{x}, ratios %{customdata}<br>perplexity %{y:.2f}"
+                                               "<extra></extra>"))
+    fig.add_trace(go.Bar(x=x, y=[e["sparsity"] for e in entries], name="sparsity", yaxis="y2", opacity=0.25,
+                         customdata=ratios, marker_color=BASELINE_COLORS["dense"],
+                         hovertemplate="iteration %{x}, ratios %{customdata}<br>sparsity %{y:.1%}<extra></extra>"))
+    fig.update_layout(yaxis=dict(title="perplexity"), xaxis=dict(title="iteration", dtick=1),
+                      yaxis2=dict(title="sparsity", overlaying="y", side="right", tickformat=".0%", rangemode="tozero"))
+    return _layout(fig, "Progressive schedule: each iteration demotes blocks only", height=340,
+                   legend=dict(orientation="h", y=1.02, x=1, xanchor="right"))
+
+
 def recovery_html(record: dict | None) -> str:
     """Perplexity before and after the fine-tune beside dense and magnitude, with the settings and the zeros check."""
     block = (record or {}).get("recovery")

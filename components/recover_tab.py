@@ -10,7 +10,7 @@ from engine.errors import UserError
 
 from . import policy
 from .jobs import Job
-from .recover import DEFAULT_LR, loss_curve_figure, recover_spec_from_form, recovery_html
+from .recover import DEFAULT_LR, loss_curve_figure, progressive_figure, recover_spec_from_form, recovery_html
 from .registry import FINETUNE_DEFAULTS
 from .results_tab import LIGHT
 from .runner import MODELS, engine_event, refuse, stopped_before_start, stopped_in_queue, stream
@@ -39,11 +39,15 @@ def render(page) -> None:
             page.recover_stop_btn = gr.Button("Stop", variant="stop", scale=1)
         page.loss_plot = gr.Plot(loss_curve_figure(None), show_label=False, elem_id="loss-curve")
         page.recover_note = gr.HTML(recovery_html(None), elem_id="recover-note")
+        page.progressive_plot = gr.Plot(progressive_figure(None), show_label=False, visible=False,
+                                        elem_id="progressive-plot")
 
 
 def show(page, record) -> dict:
+    entries = (record or {}).get("progressive")
     return {page.recover_note: recovery_html(record),
-            page.loss_plot: loss_curve_figure(((record or {}).get("recovery") or {}).get("curve"))}
+            page.loss_plot: loss_curve_figure(((record or {}).get("recovery") or {}).get("curve")),
+            page.progressive_plot: gr.Plot(progressive_figure(entries), visible=bool(entries))}
 
 
 def recover_run(page, s: Session, run_id: str, spec, progress, cancel) -> dict:

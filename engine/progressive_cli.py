@@ -10,9 +10,11 @@ A rerun with the same --state_dir continues after the last finished iteration. B
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .errors import UserError, run_command
 from .finetune_cli import add_finetune_arguments, finetune_spec_from_args
+from .progressive import PROGRESSIVE_METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", required=True, help="tier ratios per iteration: a CSV file (columns dense, mid_2_4, "
                    "topk: the fork's progressive_config.csv) or a list d/s/t,d/s/t,...")
     p.add_argument("--state_dir", required=True, help="tier maps, weights and summary of each finished iteration")
-    p.add_argument("--prune_method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"])
+    p.add_argument("--prune_method", default="wanda", choices=list(PROGRESSIVE_METHODS))
     p.add_argument("--within_block", default="magnitude", choices=["score", "magnitude"],
                    help="weights kept inside 2:4 / top-K blocks (default magnitude, the original code)")
     p.add_argument("--block_size", type=int, default=16)
@@ -39,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust_remote_code", action="store_true")
     p.add_argument("--save", default=None, metavar="DIR", help="write the final model and results.json here")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--runs_dir", default=None, help="run store folder the record joins (default: $SPARSITY_RUNS or "
+                   "~/.cache/sparsity-explorer/runs; the dashboard's Past runs charts its iterations)")
     add_finetune_arguments(p)
     return p
 
@@ -62,10 +66,12 @@ def _main(args) -> int:
         raise UserError(f"eval windows must be a whole number >= 1, got {args.eval_windows}")
     from . import data as textdata
     from .cli import _Bars
+    from .discovery import find_decoder_layers
     from .models import load_model
     from .progressive import run_progressive
-    from .record import new_run_id, versions, write_json_atomic
+    from .record import RunRecord, new_run_id, versions, write_json_atomic
     from .save import check_save_dir, save_pretrained_atomic
+    from .store import RunStore
 
     save = check_save_dir(args.save, args.overwrite) if args.save else None
     eval_src = (None if str(args.eval_dataset).lower() == "none"
@@ -87,15 +93,22 @@ def _main(args) -> int:
                                   args.eval_windows, finetune, progress=progress)
     finally:
         bars.close()
+    last, n_layers = entries[-1], len(find_decoder_layers(lm.model)[1])
+    record = RunRecord.new(
+        run_id=new_run_id(), status="completed", model={"name": lm.name, "source": lm.source}, spec=spec.to_dict(),
+        versions=versions(), schedule=[list(r) for r in schedule], progressive=entries,
+        data={"calibration": calib_src.name, "evaluation": eval_src.name if eval_src else None},
+        sparsity=last["sparsity"], nominal_sparsity=spec.nominal_sparsity(), layers_done=n_layers, n_layers=n_layers,
+        ppl={"pruned": _final_ppl(last), "dense": None, "magnitude": None},
+        actual_sparsity=last["sparsity"], ppl_test=_final_ppl(last))
+    warning = RunStore(args.runs_dir).save_final(record)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     if save is not None:
         save_pretrained_atomic(lm.model, lm.tokenizer, save, overwrite=True)
-        write_json_atomic(str(save / "results.json"), {
-            "run_id": new_run_id(), "status": "completed", "model": {"name": lm.name, "source": lm.source},
-            "spec": spec.to_dict(), "versions": versions(), "schedule": [list(r) for r in schedule],
-            "data": {"calibration": calib_src.name, "evaluation": eval_src.name if eval_src else None},
-            "progressive": entries, "actual_sparsity": entries[-1]["sparsity"],
-            "ppl_test": _final_ppl(entries[-1])})
+        write_json_atomic(str(save / "results.json"), record)
     return 0
+
 
 
 def _final_ppl(entry: dict):

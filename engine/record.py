@@ -72,6 +72,9 @@ class RunRecord(dict):
         "owner": Field("object", None, "pid and host of the process running it (the store sets it)", False),
         "stage": Field("text", None, "'save' while the model is being saved (the store's own)", False),
         "store_warning": Field("text", None, "why the store could not keep the record, if it could not", False),
+        "schedule": Field("list", None, "a progressive run's tier ratios per iteration", False),
+        "progressive": Field("list", None, "a progressive run's iterations (engine/progressive.py): ratios, "
+                                           "sparsity, ppl_pruned, recovery, seconds", False),
     }
 
     @classmethod

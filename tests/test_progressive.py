@@ -104,9 +104,31 @@ def test_cli_runs_the_schedule_and_refuses_a_bad_one(tmp_path, tiny_llama_dir, c
     assert capsys.readouterr().err.strip().startswith("error: schedule iteration 2 (0.6/0.2/0.2) would promote")
     assert main([*base, "--schedule", "0.6/0.4/0", "--prune_method", "wanda", "--finetune_steps", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: fine-tune steps must be a whole number >= 1, got 0"
-    assert main([*base, "--schedule", "0.6/0.4/0,0.35/0.45/0.2", "--save", str(tmp_path / "out")]) == 0
+    assert main([*base, "--schedule", "0.6/0.4/0,0.35/0.45/0.2", "--save", str(tmp_path / "out"),
+                 "--runs_dir", str(tmp_path / "runs")]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("iteration")]
     assert len(lines) == 2 and "ratios 0.35/0.45/0.2" in lines[1] and "ppl_pruned" in lines[1]
     record = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [e["iteration"] for e in record["progressive"]] == [1, 2]
     assert record["actual_sparsity"] == record["progressive"][1]["sparsity"] > record["progressive"][0]["sparsity"]
+
+
+def test_a_progressive_run_joins_the_run_store_and_the_dashboard_charts_it(tmp_path, tiny_llama_dir, capsys):
+    from components import recover
+    from engine.progressive_cli import main
+    from engine.store import RunStore, record_problem
+
+    assert main(["--model", str(tiny_llama_dir), "--state_dir", str(tmp_path / "state"), "--calib_dataset", "pydoc",
+                 "--eval_dataset", "pydoc", "--eval_windows", "2", "--nsamples", "2", "--seqlen", "32",
+                 "--schedule", "0.6/0.4/0,0.35/0.45/0.2", "--runs_dir", str(tmp_path / "runs")]) == 0
+    [summary] = RunStore(tmp_path / "runs").list()
+    record = RunStore(tmp_path / "runs").load(summary["run_id"])
+    assert record_problem(record) is None and record["status"] == "completed"
+    entries = record["progressive"]
+    assert record["schedule"] == [[0.6, 0.4, 0.0], [0.35, 0.45, 0.2]] and record["sparsity"] == entries[1]["sparsity"]
+    fig = recover.progressive_figure(entries)
+    ppl, sparsity = fig.data[0], fig.data[-1]
+    assert list(ppl.x) == [1, 2] and list(ppl.y) == [e["ppl_pruned"] for e in entries]
+    assert list(sparsity.y) == [e["sparsity"] for e in entries]
+    assert list(ppl.customdata) == ["0.6/0.4/0", "0.35/0.45/0.2"]
+    assert "Not a progressive run" in str(recover.progressive_figure(None).layout.annotations[0].text)
