@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,12 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.common import DEFAULT_DATA  # noqa: E402
-from components.page import Page  # noqa: E402
-from components.server import Settings, launch_options  # noqa: E402
+from bench.dashboard_shot import ARGS, CHROMIUM, choose, served_dashboard  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 STATUS_OK = "() => document.querySelector('#xs-status .banner.ok')?.innerText || ''"
 LONG = 1_800_000
 
@@ -48,17 +42,11 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     t0 = time.time()
-    page_app = Page(Settings(runs_dir=tempfile.mkdtemp(prefix="explore-shot-runs-")))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    page_app.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                         **launch_options())
-    try:
+    with served_dashboard("explore-shot-runs-") as url:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": a.width, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(url)
             page.wait_for_selector("#layer-heatmap")
             page.get_by_label("Wanda |W|·‖X‖", exact=True).check()
             page.get_by_text("Calibration data").click()
@@ -115,8 +103,6 @@ def main() -> None:
             else:
                 page.screenshot(path=a.out, full_page=True)
             browser.close()
-    finally:
-        page_app.demo.close()
     say(t0, f"wrote {a.out}")
 
 
@@ -136,12 +122,6 @@ def fail_if_error(page, out: str) -> None:
 
 def say(t0: float, text: str) -> None:
     print(f"[{time.time() - t0:6.1f} s] {text}", flush=True)
-
-
-def choose(page, label: str, option: str) -> None:
-    """Pick `option` in the Gradio dropdown labelled `label`."""
-    page.get_by_label(label, exact=True).click()
-    page.get_by_role("option", name=option).click()
 
 
 if __name__ == "__main__":

@@ -9,20 +9,13 @@ Needs Debian's Chromium and the playwright package (as tests/test_browser.py); a
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DEFAULT_DATA  # noqa: E402
-from components.page import Page  # noqa: E402
-from components.server import Settings, launch_options  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+from bench.dashboard_shot import ARGS, CHROMIUM, choose, served_dashboard  # noqa: E402
 
 
 def main() -> None:
@@ -34,17 +27,11 @@ def main() -> None:
     a = p.parse_args()
     from playwright.sync_api import sync_playwright
 
-    page_app = Page(Settings(runs_dir=tempfile.mkdtemp(prefix="recover-shot-runs-")))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    page_app.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                         **launch_options())
-    try:
+    with served_dashboard("recover-shot-runs-") as url:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(url)
             page.wait_for_selector("#layer-heatmap")
             page.get_by_label("SparseGPT (OBS update)").check()
             page.get_by_label("N:M", exact=True).check()
@@ -75,15 +62,7 @@ def main() -> None:
             page.wait_for_timeout(800)
             page.locator("#results-column").screenshot(path=a.out)
             browser.close()
-    finally:
-        page_app.demo.close()
     print(f"wrote {a.out}")
-
-
-def choose(page, label: str, option: str) -> None:
-    """Pick `option` in the Gradio dropdown labelled `label`."""
-    page.get_by_label(label, exact=True).click()
-    page.get_by_role("option", name=option).click()
 
 
 if __name__ == "__main__":
