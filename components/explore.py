@@ -18,11 +18,15 @@ from engine.explore import (
     CalibrationCache,
     Replan,
     estimate,
+    evaluate_windows,
+    held_masks,
     matrix_entries,
     replan,
     storage_estimate,
     sweep_spec,
 )
+from engine.methods import METHODS
+from engine.pruner import prune_model
 from engine.spec import PruneSpec
 
 from .jobs import Job
@@ -32,6 +36,8 @@ CALIBRATIONS = CalibrationCache(size=2)  # one per process, like the model cache
 REPLANS = threading.Lock()               # a re-plan fills its calibration's per-block store: one at a time
 ESTIMATE_WINDOWS = 4                     # ~1-2 s a window of 256 tokens for SmolLM2 on 2 CPU cores
 ESTIMATE_TOKENS = 256
+# a Pareto point's kind: a split estimated masks only, a reference re-planned the same way, a reference pruned for real
+SPLIT, REFERENCE, EXACT_REFERENCE = "split", "reference", "exact reference"
 
 
 @dataclass
@@ -41,6 +47,7 @@ class Setup:
     request: object                      # the RunRequest of the form at calibration (model, device, dtype ...)
     calibration: Calibration
     eval_ids: object                     # LongTensor [1, T]: the evaluation text, tokenized once
+    windows: object                      # LongTensor [nsamples, seqlen]: the calibration windows (None: magnitude)
     eval_name: str
     calib_name: str | None
     seconds: float                       # what this press took (a cache hit: milliseconds)
@@ -90,7 +97,7 @@ def calibrate(req, models, progress, cancel) -> Setup:
     cal = CALIBRATIONS.get(lm.model, spec, windows, data=calib_src.name if calib_src else None,
                            progress=progress, cancel=cancel)
     cached = time.perf_counter() - started < cal.seconds / 2  # a hit costs the key (a fingerprint), not a pass
-    return Setup(spec.replace(seqlen=seqlen), req, cal, eval_ids, eval_src.name,
+    return Setup(spec.replace(seqlen=seqlen), req, cal, eval_ids, windows, eval_src.name,
                  calib_src.name if calib_src else None, time.perf_counter() - t0, cached)
 
 
@@ -188,8 +195,9 @@ def estimate_html(event: dict | None, note: str = "") -> str:
             f"{' · ' + note if note else ''}</span></div>")
 
 
-def add_point(state: ExploreState, plan: Replan, est, storage: dict, kind: str = "split") -> dict:
-    """Keep an estimated split as a point of the Pareto view (the same spec again replaces its point)."""
+def add_point(state: ExploreState, plan: Replan, est, storage: dict, kind: str = SPLIT) -> dict:
+    """Keep an estimated split (or an exact reference: `plan` then holds the pruned model's masks) as a point of
+    the Pareto view; the same spec and kind again replaces its point."""
     label = plan.spec.label()
     point = {"label": label, "kind": kind, "sparsity": plan.sparsity, "storage": storage["bytes"],
              "ppl": est.ppl, "ppl_low": est.ppl_low, "ppl_high": est.ppl_high, "windows": est.windows,
@@ -207,6 +215,51 @@ def add_point(state: ExploreState, plan: Replan, est, storage: dict, kind: str =
 def reference_specs(base: PruneSpec) -> list[PruneSpec]:
     """2:4 and unstructured 50% with the calibrated method, re-planned from the same calibration (masks only)."""
     return [base.replace(pattern="nm", n=2, m=4), base.replace(pattern="unstructured", sparsity=0.5)]
+
+
+def strongest_specs(base: PruneSpec) -> list[PruneSpec]:
+    """2:4 and unstructured 50% by the engine's strongest recipe for each: the method that chooses its mask during
+    the OBS update (SparseGPT; bench/HYBRID.md and bench/RESULTS.md measure it below Wanda + update at both), on
+    the calibration's data, nsamples, seqlen and seed."""
+    method = next(m.name for m in METHODS.values() if m.chooses_while_updating)
+    keep = dict(nsamples=base.nsamples, seqlen=base.seqlen, seed=base.seed, damp=base.damp,
+                prune_router=base.prune_router)
+    return [PruneSpec(method=method, pattern="nm", n=2, m=4, **keep),
+            PruneSpec(method=method, pattern="unstructured", sparsity=0.5, **keep)]
+
+
+def reference_job(setup: Setup, specs: list[PruneSpec], models, windows: int, tokens: int, on_restore=None):
+    """A job target: prune the dense model by each spec for real (the sequential walk, engine/pruner.py), evaluate
+    it on the estimate's windows ({"stage": "estimated", "plan": its held masks, "estimate"}), put the dense
+    weights back. Cancel stops the walk or the evaluation; the model is dense again whenever it returns."""
+    def target(progress, cancel):
+        if ensure_dense(setup, models) and on_restore is not None:
+            on_restore()
+        model = setup.calibration.model
+        for spec in specs:
+            if cancel.is_set():
+                return
+            progress({"stage": "exact", "message": f"pruning by {spec.label()}"})
+
+            def walked(event, label=spec.label()):
+                if event.get("stage") == "prune":
+                    progress({"stage": "exact", "message": f"{label}: layer {event['layer'] + 1} of "
+                                                           f"{event['n_layers']} pruned"})
+            try:
+                t0 = time.perf_counter()
+                result = prune_model(model, spec, setup.windows, progress=walked, cancel=cancel)
+                if result.status != "completed":
+                    return
+                plan = held_masks(model, spec, time.perf_counter() - t0)
+                est = evaluate_windows(model, setup.eval_ids, tokens, windows=windows, progress=progress,
+                                       cancel=cancel)
+            finally:
+                models.restore()
+                if on_restore is not None:
+                    on_restore()
+            if est.status == "completed":
+                progress({"stage": "estimated", "plan": plan, "estimate": est})
+    return target
 
 
 POINT_COLUMNS = ["#", "split", "kind", "sparsity", "storage MiB", "estimate", "± spread", "exact", "front"]

@@ -77,10 +77,17 @@ def render(page) -> None:
             page.xs_axis = gr.Radio([("sparsity", "sparsity"), ("estimated storage", "storage")], value="sparsity",
                                     label="x axis", scale=2)
             page.xs_refs_btn = gr.Button("Add references (2:4, unstructured 50%)", scale=1)
+            page.xs_strong_btn = gr.Button("Add SparseGPT references (exact walks, minutes)", scale=1,
+                                           elem_id="xs-strong")
+        gr.Markdown("References: **Add references** re-plans 2:4 and unstructured 50% with the calibrated method "
+                    "(masks only, seconds). **Add SparseGPT references** prunes 2:4 and unstructured 50% for real "
+                    "with the engine's strongest recipe of each (SparseGPT: the mask chosen during the OBS update) "
+                    "and evaluates them on the estimate's windows: the bar a split has to beat.", elem_classes="note")
         page.xs_pareto = gr.Plot(figures.pareto_figure([]), show_label=False, elem_id="xs-pareto")
         page.xs_points = gr.Dataframe(headers=explore.POINT_COLUMNS, value=[], interactive=False,
                                       elem_id="xs-points", wrap=True)
-        page.xs_open = gr.Dropdown([], value=None, label="Open a point's maps", interactive=True)
+        page.xs_open = gr.Dropdown([], value=None, label="Open a point's maps (or click it above)", interactive=True)
+        page.xs_pareto_click = gr.Textbox(visible="hidden", elem_id="pareto-click")
 
 
 def topk_text(dense, two_four) -> str:
@@ -149,9 +156,16 @@ def _count(value, name: str, low: int, high: int) -> int:
 
 # ---- the engine calls, streamed -----------------------------------------------------------------------------------
 
-def explore_specs(page, xs: ExploreState, specs: list[PruneSpec], windows, tokens, axis, kind: str = "split"):
+def explore_specs(page, xs: ExploreState, specs: list[PruneSpec], windows, tokens, axis, kind: str = explore.SPLIT):
     """Re-plan and estimate `specs` on the engine's line, streaming maps, then the running estimate; a newer
     call (the next slider release) stops this one between windows and this stream ends without a word."""
+    yield from stream(page, xs, lambda n, seqlen, restored: explore.explore_job(
+        xs.setup, specs, runner.MODELS, n, seqlen, restored), windows, tokens, axis, kind)
+
+
+def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str):
+    """Check the estimate's windows, start make_target(windows, tokens, on_restore) as the tab's job and stream its
+    events: maps of a plan, the running estimate, a finished point, the walk of an exact reference."""
     if xs.setup is None:
         yield {page.xs_status: banner("warn", "Press Calibrate first: the splits are planned from its statistics.")}
         return
@@ -165,15 +179,16 @@ def explore_specs(page, xs: ExploreState, specs: list[PruneSpec], windows, token
 
     def forget_run():  # the model held a run's pruned weights; they are back to dense now
         runner.MODELS.holds_run = None
-    job = Job(explore.explore_job(xs.setup, specs, runner.MODELS, n, seqlen, forget_run), name="explore")
+    job = Job(make_target(n, seqlen, forget_run), name="explore")
     xs.supersede(job)
     try:
         job.start(page.settings.max_waiting)
     except UserError as err:
         yield {page.xs_status: banner("err", str(err))}
         return
-    yield {page.xs_status: banner("info", "Re-planning…")}
-    note = "masks only"
+    exact = kind == explore.EXACT_REFERENCE
+    yield {page.xs_status: banner("info", "Pruning for real…" if exact else "Re-planning…")}
+    note = "exact walk, with the OBS update" if exact else "masks only"
     try:
         for events in job.watch(interval=0.1):
             if xs.job is not job:
@@ -183,6 +198,8 @@ def explore_specs(page, xs: ExploreState, specs: list[PruneSpec], windows, token
                 stage = event.get("stage")
                 if stage == "wait":
                     out[page.xs_status] = banner("info", f"Waiting for the engine: {event['message']}.")
+                elif stage == "exact":
+                    out[page.xs_status] = banner("info", event["message"])
                 elif stage == "planned":
                     plan = event["plan"]
                     out.update(show_plan(page, xs, plan, event["storage"]))
@@ -195,9 +212,9 @@ def explore_specs(page, xs: ExploreState, specs: list[PruneSpec], windows, token
                     plan, est = event["plan"], event["estimate"]
                     explore.add_point(xs, plan, est, explore.storage_estimate(plan), kind)
                     out.update(show_points(page, xs, axis))
-                    out[page.xs_status] = banner("ok", f"{plan.spec.label()}: perplexity ≈ {est.ppl:,.2f} on "
-                                                 f"{est.windows} windows of {seqlen} tokens in {est.seconds:.1f} s "
-                                                 "(masks only).")
+                    out[page.xs_status] = banner("ok", f"{plan.spec.label()}: perplexity {'' if exact else '≈ '}"
+                                                 f"{est.ppl:,.2f} on {est.windows} windows of {seqlen} tokens in "
+                                                 f"{est.seconds:.1f} s ({note}).")
             if out:
                 yield out
     finally:
@@ -273,6 +290,10 @@ def open_point(page, xs: ExploreState, number, axis):
     point = next((p for p in xs.points if p["n"] == number), None)
     if point is None:
         return
+    if point["kind"] == explore.EXACT_REFERENCE:
+        yield {page.xs_status: banner("info", f"#{number} {point['label']} was pruned for real, not planned from "
+                                              f"this calibration: it has no maps here.")}
+        return
     spec = PruneSpec.from_dict(point["requested"])
     yield from explore_specs(page, xs, [spec], None, None, axis)
     yield {page.xs_estimate: explore.estimate_html({"ppl": point["ppl"], "ppl_low": point["ppl_low"],
@@ -285,7 +306,18 @@ def references(page, xs: ExploreState, windows, tokens, axis):
     if xs.setup is None:
         yield {page.xs_status: banner("warn", "Press Calibrate first.")}
         return
-    yield from explore_specs(page, xs, explore.reference_specs(xs.setup.spec), windows, tokens, axis, "reference")
+    yield from explore_specs(page, xs, explore.reference_specs(xs.setup.spec), windows, tokens, axis, explore.REFERENCE)
+
+
+def strongest_references(page, xs: ExploreState, windows, tokens, axis):
+    """SparseGPT 2:4 and unstructured 50%, pruned for real on the calibration's windows and evaluated on the
+    estimate's: the strongest yardsticks the engine has (minutes: each is a full walk with the OBS update)."""
+    if xs.setup is None:
+        yield {page.xs_status: banner("warn", "Press Calibrate first.")}
+        return
+    specs = explore.strongest_specs(xs.setup.spec)
+    yield from stream(page, xs, lambda n, seqlen, restored: explore.reference_job(
+        xs.setup, specs, runner.MODELS, n, seqlen, restored), windows, tokens, axis, explore.EXACT_REFERENCE)
 
 
 def run_exact(page, *values):
@@ -341,9 +373,22 @@ def wire(page) -> None:
         yield from references(page, *values)
     page.xs_refs_btn.click(add_references, [xs, *est], shown, **explore_event)
 
+    def add_strongest(*values):
+        yield from strongest_references(page, *values)
+    page.xs_strong_btn.click(add_strongest, [xs, *est], shown, **explore_event)
+
     def reopen(*values):
         yield from open_point(page, *values)
     page.xs_open.input(reopen, [xs, page.xs_open, page.xs_axis], shown, **explore_event)
+
+    def clicked(x: ExploreState, text, axis):
+        """'n|time' from the Pareto click relay (components/layout.py) -> that point's maps."""
+        try:
+            number = int(str(text).split("|")[0])
+        except ValueError:
+            return
+        yield from open_point(page, x, number, axis)
+    page.xs_pareto_click.change(clicked, [xs, page.xs_pareto_click, page.xs_axis], shown, **explore_event)
     page.xs_axis.input(lambda x, axis: show_points(page, x, axis), [xs, page.xs_axis],
                        [page.xs_pareto, page.xs_points, page.xs_open], api_visibility="private", **LIGHT)
 

@@ -382,7 +382,8 @@ def pareto_front(x: list[float], y: list[float], more_x_is_better: bool = True) 
 
 def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
     """Every explored split (estimated perplexity +- spread) against sparsity or estimated storage, the Pareto
-    front of the estimates, references (2:4, unstructured) as open symbols, and the exact run where one was made."""
+    front of the estimates, references (2:4, unstructured; re-planned, or pruned for real) as open symbols, and the
+    exact run where one was made."""
     pts = [p for p in points if p.get("ppl")]
     if not pts:
         return empty_figure("Explored splits appear here once their estimate is in", 360)
@@ -396,8 +397,11 @@ def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
     fig.add_trace(go.Scatter(x=[x_all[i] for i in front], y=[y_all[i] for i in front], mode="lines",
                              name="Pareto front", line=dict(color="#9ca3af", dash="dash", width=1.5),
                              hoverinfo="skip"))
-    for kind, name, symbol, color in (("split", "explored split (estimate)", "circle", TIER_COLORS["dense"]),
-                                      ("reference", "reference (estimate)", "square-open", "#D55E00")):
+    from .explore import EXACT_REFERENCE, REFERENCE, SPLIT
+    for kind, name, symbol, color in ((SPLIT, "explored split (estimate)", "circle", TIER_COLORS["dense"]),
+                                      (REFERENCE, "reference (estimate)", "square-open", "#D55E00"),
+                                      (EXACT_REFERENCE, "SparseGPT reference (exact walk)", "diamond-open",
+                                       "#CC79A7")):
         rs = [p for p in pts if p["kind"] == kind]
         if not rs:
             continue

@@ -36,22 +36,30 @@ def banner(kind: str, text: str) -> str:
     return f"<div class='banner {kind}'>{icon} {html.escape(text)}</div>"
 
 
-# A plotly click inside #layer-heatmap writes "layer|module|time" into the hidden #heatmap-click box; the box's
-# change event opens that matrix's tier map. Plotly's own plotly_click listeners are dropped whenever Gradio
-# redraws the figure, so this listens on the document and reads the point Plotly last hovered.
-HEATMAP_CLICK_JS = """
+# Plot clicks relayed to hidden text boxes, whose change events do the work: a click on a cell of #layer-heatmap
+# writes "layer|module|time" into #heatmap-click (that matrix's tier map opens), a click on a point of #xs-pareto
+# writes "n|time" into #pareto-click (that split's maps open). Plotly's own plotly_click listeners are dropped
+# whenever Gradio redraws a figure, so one listener on the document reads the point Plotly last hovered.
+CLICK_RELAY_JS = """
 () => {
-  if (window.__sparsityHeatmapClick) return;
-  window.__sparsityHeatmapClick = true;
+  if (window.__sparsityClicks) return;
+  window.__sparsityClicks = true;
+  const relays = [
+    ['#layer-heatmap .js-plotly-plot', '#heatmap-click',
+     (p) => (p.z === null || p.z === undefined || Number.isNaN(p.z)) ? null : `${p.y}|${p.x}`],
+    ['#xs-pareto .js-plotly-plot', '#pareto-click',
+     (p) => (typeof p.text === 'string' && p.text.startsWith('#')) ? p.text.slice(1) : null],
+  ];
   document.addEventListener('click', (event) => {
-    const plot = event.target.closest && event.target.closest('#layer-heatmap .js-plotly-plot');
-    if (!plot || !plot._hoverdata || !plot._hoverdata.length) return;
-    const point = plot._hoverdata[0];
-    if (point.z === null || point.z === undefined || Number.isNaN(point.z)) return;
-    const box = document.querySelector('#heatmap-click textarea, #heatmap-click input');
-    if (!box) return;
-    box.value = `${point.y}|${point.x}|${Date.now()}`;
-    box.dispatchEvent(new Event('input', {bubbles: true}));
+    for (const [plotSel, boxSel, value] of relays) {
+      const plot = event.target.closest && event.target.closest(plotSel);
+      if (!plot || !plot._hoverdata || !plot._hoverdata.length) continue;
+      const v = value(plot._hoverdata[0]);
+      const box = document.querySelector(`${boxSel} textarea, ${boxSel} input`);
+      if (v === null || !box) continue;
+      box.value = `${v}|${Date.now()}`;
+      box.dispatchEvent(new Event('input', {bubbles: true}));
+    }
   }, true);
 }
 """

@@ -22,7 +22,7 @@ from . import (
 )
 from .history import History
 from .jobs import progress_html
-from .layout import header_html
+from .layout import CLICK_RELAY_JS, header_html
 from .server import Settings
 from .session import Session
 
@@ -51,6 +51,7 @@ class Page:
                             tab.render(self)
             for part in (setup_form, *TABS, runner):
                 part.wire(self)
+            self.demo.load(None, js=CLICK_RELAY_JS)  # plot clicks -> hidden boxes (components/layout.py)
         self.demo.queue(default_concurrency_limit=4, max_size=self.settings.queue_size)
 
     def field(self, name: str, component):

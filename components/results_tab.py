@@ -5,7 +5,6 @@ from __future__ import annotations
 import gradio as gr
 
 from . import figures, tables
-from .layout import HEATMAP_CLICK_JS
 from .registry import block_pattern
 from .session import Session
 from .zero_shot import zero_shot_figure
@@ -104,4 +103,3 @@ def wire(page) -> None:
     page.heatmap_click.change(click, [session, page.heatmap_click],
                               [page.layer_dd, page.module_dd, page.tiermap, page.tiernote],
                               api_visibility="private", **LIGHT)
-    page.demo.load(None, js=HEATMAP_CLICK_JS)

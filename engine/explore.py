@@ -525,20 +525,31 @@ def _undo(removed) -> None:
 def estimate(model: nn.Module, plan: Replan, eval_ids: torch.Tensor, seqlen: int, *,
              windows: int = DEFAULT_ESTIMATE_WINDOWS, progress: Progress | None = None,
              cancel: threading.Event | None = None) -> Estimate:
-    """Perplexity of the model under the plan's masks on the first `windows` windows of eval_ids [1, T] (the
-    windows engine/perplexity.py evaluates first), streamed after every window as {"stage": "estimate", "done",
-    "total", "ppl", "ppl_low", "ppl_high"}. A set `cancel` stops it between windows (status "cancelled"). The dense
-    weights are back, bit for bit, whenever it returns or raises."""
+    """Perplexity of the model under the plan's masks on the first `windows` windows of eval_ids [1, T]
+    (evaluate_windows). The dense weights are back, bit for bit, whenever it returns or raises."""
+    t0 = time.perf_counter()
+    _first_windows(eval_ids, seqlen, windows)  # refuse a too-short text before touching the weights
+    undo = apply_masks(model, plan)
+    try:
+        est = evaluate_windows(model, eval_ids, seqlen, windows=windows, progress=progress, cancel=cancel)
+    finally:
+        undo()
+    est.seconds = time.perf_counter() - t0
+    return est
+
+
+@torch.no_grad()
+def evaluate_windows(model: nn.Module, eval_ids: torch.Tensor, seqlen: int, *, windows: int = DEFAULT_ESTIMATE_WINDOWS,
+                     progress: Progress | None = None, cancel: threading.Event | None = None) -> Estimate:
+    """Perplexity of the model as it is on the first `windows` windows of eval_ids [1, T] (the windows
+    engine/perplexity.py evaluates first), streamed after every window as {"stage": "estimate", "done", "total",
+    "ppl", "ppl_low", "ppl_high"}. A set `cancel` stops it between windows (status "cancelled")."""
     t0 = time.perf_counter()
     progress = progress or (lambda event: None)
-    ids = eval_ids.reshape(-1)
-    total = min(windows, ids.numel() // seqlen)
-    if total < 1:
-        raise UserError(f"the evaluation text has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}")
+    ids, total = _first_windows(eval_ids, seqlen, windows)
     device = model.get_input_embeddings().weight.device
     losses: list[float] = []
     status = "completed"
-    undo = apply_masks(model, plan)
     was_training = model.training
     model.eval()
     try:
@@ -551,9 +562,27 @@ def estimate(model: nn.Module, plan: Replan, eval_ids: torch.Tensor, seqlen: int
             progress({"stage": "estimate", "done": w + 1, "total": total, **_running(losses)})
     finally:
         model.train(was_training)
-        undo()
     return Estimate(**_running(losses), windows=len(losses), total=total, seconds=time.perf_counter() - t0,
                     status=status, losses=losses)
+
+
+def _first_windows(eval_ids: torch.Tensor, seqlen: int, windows: int) -> tuple[torch.Tensor, int]:
+    ids = eval_ids.reshape(-1)
+    total = min(windows, ids.numel() // seqlen)
+    if total < 1:
+        raise UserError(f"the evaluation text has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}")
+    return ids, total
+
+
+@torch.no_grad()
+def held_masks(model: nn.Module, spec: PruneSpec, seconds: float = 0.0) -> Replan:
+    """The masks a pruned model holds (kept = W != 0) as a Replan of `spec` (a pattern without blocks: a three-tier
+    run's tier grids are in its record), so that storage_estimate and the Pareto view read an exact run as they
+    read a plan."""
+    _, layers = find_decoder_layers(model)
+    out = {(i, t.name): matrix_mask((t.weight() != 0).cpu())
+           for i, layer in enumerate(layers) for t in find_targets(layer, spec.prune_router)}
+    return Replan(spec, spec, [], model_fingerprint(model), out, seconds)
 
 
 def _running(losses: list[float]) -> dict:

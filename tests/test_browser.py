@@ -115,7 +115,8 @@ def _show_field(page, label: str, accordion: str):
 
 
 def test_explore_a_moved_slider_redraws_the_heatmap_without_run(page, tiny_llama_dir, tmp_path):
-    """Explore: calibrate a tiny model, release the dense-ratio slider, and the heatmap changes with no Run press."""
+    """Explore: calibrate a tiny model, release the dense-ratio slider, and the heatmap changes with no Run press;
+    a click on the first point of the Pareto view opens its maps again."""
     page.get_by_label("…or a hub id").fill(str(tiny_llama_dir))
     _show_field(page, "Samples", "Calibration data")
     page.get_by_label("Samples").fill("4")
@@ -143,6 +144,16 @@ def test_explore_a_moved_slider_redraws_the_heatmap_without_run(page, tiny_llama
     assert page.inner_text("#status") == runs_before  # nothing ran: the Run banner is as it was
     page.wait_for_function("() => document.querySelector('#xs-status .banner.ok')", timeout=60_000)  # estimated
     assert "wanda" in page.inner_text("#xs-points") or "three-tier" in page.inner_text("#xs-points")
+    # a click on a point of the Pareto view re-opens that split's maps: #1, the split calibrated first
+    marker = page.locator("#xs-pareto .scatterlayer .points path").first
+    marker.scroll_into_view_if_needed()
+    b = marker.bounding_box()
+    page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
+    page.wait_for_timeout(300)  # Plotly's hover picks the point first
+    page.mouse.click(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
+    page.wait_for_function("() => document.querySelector('#xs-estimate')?.innerText.includes('point #1')",
+                           timeout=30_000)
+    assert "three-tier 0.0" not in page.inner_text("#xs-summary")
     page.mouse.move(5, 5)
     page.wait_for_timeout(500)
     shot = Path(os.environ.get("SPARSITY_EXPLORE_SCREENSHOT") or tmp_path / "explore-tab.png")

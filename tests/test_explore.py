@@ -18,6 +18,8 @@ from engine.explore import (
     calibrate,
     calibration_key,
     estimate,
+    evaluate_windows,
+    held_masks,
     keep_from_choices,
     masks_only,
     matrix_mask,
@@ -258,6 +260,31 @@ def test_estimate_is_the_perplexity_of_the_pruned_model_and_leaves_it_dense(one_
         for n, p in model.named_parameters():
             p.copy_(dense[n])
     assert est.ppl == pytest.approx(want, rel=1e-5)
+
+
+def test_held_masks_of_a_pruned_model_and_the_perplexity_of_its_windows():
+    """An exact run read as a plan: its masks are the model's nonzero weights (2:4 by SparseGPT: exactly half), its
+    storage follows the N:M formula, and evaluate_windows is the perplexity of the model as it is."""
+    model, windows = _model(layers=2), _windows()
+    dense = _params(model)
+    spec = S(method="sparsegpt", pattern="nm", n=2, m=4)
+    prune_model(model, spec, windows)
+    plan = held_masks(model, spec)
+    assert plan.sparsity == 0.5 and plan.spec == spec and len(plan.matrices) == len(_targets(model))
+    for key, t in _targets(model).items():
+        assert torch.equal(plan.matrices[key].keep, t.weight() != 0)
+    kept = sum(m.kept for m in plan.matrices.values())
+    assert storage_estimate(plan)["bytes"] == kept * (16 + 2) / 8
+    eval_ids = _windows(n=1, seqlen=200, seed=5)
+    events = []
+    got = evaluate_windows(model, eval_ids, 32, windows=4, progress=events.append)
+    assert got.windows == 4 and [e["done"] for e in events] == [1, 2, 3, 4]
+    assert got.ppl == pytest.approx(perplexity(model, eval_ids, 32, max_windows=4).ppl, rel=1e-5)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(dense[n])
+    with pytest.raises(UserError, match="fewer than one window"):
+        evaluate_windows(model, eval_ids, 500)
 
 
 def test_cancel_during_the_estimate_stops_it_and_the_model_is_exactly_dense():

@@ -15,6 +15,10 @@ from app import Page, Settings
 from components import explore, explore_tab, figures, runner
 from components.explore import ExploreState
 from components.session import Session
+from engine.explore import evaluate_windows
+from engine.methods import METHODS
+from engine.pruner import prune_model
+from engine.spec import PruneSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 FAST = dict(calib="pydoc", eval_source="pydoc", nsamples=4, seqlen=64, eval_windows=2, baselines=False,
@@ -131,6 +135,40 @@ def test_the_pareto_view_lists_every_explored_point(dash, calibrated):
     # a point re-opens its maps
     outs = drain(explore_tab.open_point(dash, xs, xs.points[0]["n"], "sparsity"))
     assert xs.plan.spec.label() == xs.points[0]["label"] and last(outs, dash.xs_heatmap) is not None
+
+
+def test_sparsegpt_references_are_pruned_for_real_on_the_estimate_windows_and_leave_the_model_dense(dash,
+                                                                                                     calibrated):
+    xs, _, _ = calibrated
+    model = xs.setup.calibration.model
+    dense = params(model)
+    outs = drain(explore_tab.strongest_references(dash, xs, WINDOWS, TOKENS, "sparsity"))
+    assert bit_equal(model, dense)
+    refs = [p for p in xs.points if p["kind"] == explore.EXACT_REFERENCE]
+    assert [p["label"] for p in refs] == [s.label() for s in explore.strongest_specs(xs.setup.spec)]
+    assert [p["label"].split()[0] for p in refs] == ["sparsegpt", "sparsegpt"]
+    assert [p["sparsity"] for p in refs] == [0.5, 0.5] and all(p["windows"] == WINDOWS for p in refs)
+    assert "exact walk" in last(outs, dash.xs_status)
+    # the number is the pruned model's perplexity on the estimate's windows
+    spec = explore.strongest_specs(xs.setup.spec)[0]
+    prune_model(model, spec, xs.setup.windows)
+    try:
+        want = evaluate_windows(model, xs.setup.eval_ids, TOKENS, windows=WINDOWS).ppl
+    finally:
+        runner.MODELS.restore()
+    assert refs[0]["ppl"] == pytest.approx(want, rel=1e-6)
+    fig = json.loads(figures.pareto_figure(xs.points).to_json())
+    drawn = next(t for t in fig["data"] if t.get("name", "").startswith("SparseGPT reference"))
+    assert sorted(drawn["text"]) == sorted(f"#{p['n']}" for p in refs)
+
+
+def test_strongest_specs_keep_the_calibration_data_and_take_the_method_that_chooses_while_updating():
+    base = PruneSpec(method="fisher_wanda", pattern="three_tier", nsamples=8, seqlen=128, seed=3)
+    two_four, unstructured = explore.strongest_specs(base)
+    assert METHODS[two_four.method].chooses_while_updating and two_four.method == unstructured.method
+    assert (two_four.pattern, two_four.n, two_four.m) == ("nm", 2, 4)
+    assert (unstructured.pattern, unstructured.sparsity) == ("unstructured", 0.5)
+    assert all((s.nsamples, s.seqlen, s.seed) == (8, 128, 3) for s in (two_four, unstructured))
 
 
 def test_pareto_front_is_the_points_nothing_beats():
