@@ -17,6 +17,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "wikitext-2-v1"
 RESULTS = REPO / "bench" / "results"
+# The three-tier recipe bench/HYBRID.md's row tt-best and bench/RECOVER.md measured: Fisher-weighted Wanda, blocks
+# ranked model-wide by cost, the weights inside blocks chosen by the OBS saliency during the update, 0.35/0.45/0.20,
+# K = 15 (engine/spec.py's BEST_THREE_TIER is the best split found since, bench/RESULTS.md).
+OBS_CHOICE_RECIPE = dict(method="fisher_wanda", tier_scope="model", assignment="cost", within_block="obs",
+                         reconstruct=True, block_rule="exact", ratios=(0.35, 0.45, 0.20), keep=15)
 
 
 def sync(device) -> None:

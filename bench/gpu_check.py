@@ -28,7 +28,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import RESULTS, Stopwatch, command_line, forward_pass, machine, peak_memory, write_json  # noqa: E402
+from bench.common import (  # noqa: E402
+    OBS_CHOICE_RECIPE,
+    RESULTS,
+    Stopwatch,
+    command_line,
+    forward_pass,
+    machine,
+    peak_memory,
+    write_json,
+)
 from bench.prune_speed import random_llama_7b  # noqa: E402
 from engine.block_patterns import int_tier_counts  # noqa: E402
 from engine.discovery import find_decoder_layers, find_targets  # noqa: E402
@@ -36,7 +45,7 @@ from engine.errors import UserError  # noqa: E402
 from engine.matrix import matrix_scores, prune_matrix  # noqa: E402
 from engine.pruner import prune_model  # noqa: E402
 from engine.snapshot import DenseWeights  # noqa: E402
-from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, PruneSpec  # noqa: E402
+from engine.spec import ORIGINAL_RECIPE, PruneSpec  # noqa: E402
 from engine.three_tier import (  # noqa: E402
     tier_census,
     tier_counts,  # noqa: E402
@@ -48,9 +57,9 @@ STAGES = {
     "wanda-unstructured": dict(method="wanda", sparsity=0.5),
     "wanda-2:4": dict(method="wanda", pattern="nm"),
     "tt-original": dict(pattern="three_tier", **ORIGINAL_RECIPE),
-    "tt-best": dict(pattern="three_tier", **{**BEST_THREE_TIER, "within_block": "score", "reconstruct": False}),
+    "tt-best": dict(pattern="three_tier", **{**OBS_CHOICE_RECIPE, "within_block": "score", "reconstruct": False}),
     "sparsegpt-2:4": dict(method="sparsegpt", pattern="nm"),
-    "obs-one-layer": dict(pattern="three_tier", **{**BEST_THREE_TIER, "tier_scope": "matrix"}),
+    "obs-one-layer": dict(pattern="three_tier", **{**OBS_CHOICE_RECIPE, "tier_scope": "matrix"}),
     "offload": dict(method="wanda", pattern="nm"),
     "device-map": dict(method="wanda", pattern="nm"),
 }

@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DEFAULT_DATA, REPO, RESULTS  # noqa: E402
+from bench.common import DEFAULT_DATA, OBS_CHOICE_RECIPE, REPO, RESULTS  # noqa: E402
 from engine import data as textdata  # noqa: E402
 from engine.perplexity import perplexity  # noqa: E402
 from engine.run import ModelCache, RunRequest, run  # noqa: E402
-from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, PruneSpec  # noqa: E402
+from engine.spec import ORIGINAL_RECIPE, PruneSpec  # noqa: E402
 
 # The issue's table (an independent layer-wise implementation, same protocol), for the rows that reproduce it.
 ISSUE = {"dense": 25.6, "un50": 49.9, "un50-obs": 45.5, "24": 131.9, "24-obs": 84.4, "tt-score": 396.3,
@@ -92,8 +92,8 @@ ROWS = [  # key, label, spec keyword arguments (None = dense)
     ("hybrid-0.9-0.8", "the fork's threshold hybrid: top 0.9 of blocks 2:4 where it keeps 0.8 of the score, else "
      "dense; rest top-K, K=10", dict(method="wanda", pattern="threshold_hybrid", top_blocks_ratio=0.9,
                                       score_threshold=0.8, keep=10, within_block="magnitude")),
-    ("tt-best", "three-tier, BEST_THREE_TIER: Fisher-weighted Wanda, cost, model scope, OBS update, kept by "
-     "OBS saliency", dict(BEST_THREE_TIER, **TT)),
+    ("tt-best", "three-tier, OBS_CHOICE_RECIPE: Fisher-weighted Wanda, cost, model scope, OBS update, kept by "
+     "OBS saliency", dict(OBS_CHOICE_RECIPE, **TT)),
 ]
 
 

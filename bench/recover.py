@@ -20,19 +20,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DEFAULT_DATA, RESULTS  # noqa: E402
+from bench.common import DEFAULT_DATA, OBS_CHOICE_RECIPE, RESULTS  # noqa: E402
 from engine import data as textdata  # noqa: E402
 from engine.finetune import FinetuneSpec  # noqa: E402
 from engine.recover import recover  # noqa: E402
 from engine.run import ModelCache, RunRequest, run  # noqa: E402
-from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, THREE_TIER_RATIOS, PruneSpec  # noqa: E402
+from engine.spec import ORIGINAL_RECIPE, THREE_TIER_RATIOS, PruneSpec  # noqa: E402
 
 ROWS = {
     "tt-rule": ("three-tier, the original rule of the Wanda hybrid fork (ORIGINAL_RECIPE) at 0.35/0.45/0.20, K=15",
                 dict(pattern="three_tier", **{**ORIGINAL_RECIPE, "ratios": THREE_TIER_RATIOS, "keep": 15})),
     "24-sparsegpt": ("2:4, SparseGPT", dict(method="sparsegpt", pattern="nm", n=2, m=4)),
     "tt-best": ("three-tier, best recipe (Fisher-weighted Wanda, model scope, cost, OBS update inside blocks)",
-                dict(pattern="three_tier", **BEST_THREE_TIER)),
+                dict(pattern="three_tier", **OBS_CHOICE_RECIPE)),
     "dense": ("dense (no pruning), the same fine-tune", None),
 }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, ORIGINAL_URL
+from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, ORIGINAL_URL, PruneSpec
 
 from . import recover
 from .registry import (
@@ -70,7 +70,8 @@ def render(page) -> None:
                                       ("dense blocks (all kept)", "2:4 blocks (half kept)", "top-K blocks (K kept)")):
             field(name, gr.Slider(0, 1, value=ratio, step=0.01, label=label))
         with gr.Row():
-            page.best_btn = gr.Button("Best found: Fisher, ranked model-wide by cost, OBS", size="sm")
+            page.best_btn = gr.Button(f"Best found: {PruneSpec(pattern='three_tier', **BEST_THREE_TIER).label()}",
+                                      size="sm")
             page.original_btn = gr.Button("Original rule (Wanda hybrid fork): Wanda, per matrix, |W| inside",
                                           size="sm")
         gr.Markdown(f"Original rule: the three-tier rule of the [Wanda hybrid fork]({ORIGINAL_URL}) with its "

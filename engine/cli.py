@@ -111,7 +111,7 @@ def _add_fork_flags(p: argparse.ArgumentParser) -> None:
     f.add_argument("--recipe", default=None, choices=list(RECIPES),
                    help="a named three-tier recipe; flags given explicitly win. original: the fork's three-tier rule "
                    "and defaults (wanda, |W| inside blocks, 0.4 0.4 0.2, K=10, block rule original); best: the best "
-                   "measured (bench/HYBRID.md)")
+                   "split and recipe measured (bench/RESULTS.md, 'Which split beats 2:4?')")
     for flag, default, what in (("--top_dense_ratio", 0.4, "dense"), ("--mid_2_4_ratio", 0.4, "2:4"),
                                 ("--bottom_topk_ratio", 0.2, "top-K")):
         f.add_argument(flag, type=float, default=None,

@@ -12,12 +12,15 @@ TIER_NAMES = ("dense", "2:4", "topk")  # tier ids 0, 1, 2 in every tier map
 MAX_SEED = 2**32 - 1    # numpy and torch seeds; larger overflow only after the model and data are loaded
 THREE_TIER_RATIOS = (0.35, 0.45, 0.20)  # the split the fork's model list documents (--sparsity_ratios 0.35 0.45 0.2)
 ORIGINAL_URL = "https://github.com/Jiajun-Ji/wanda"
-# Named three-tier recipes (bench/HYBRID.md). ORIGINAL: the three-tier rule of the Wanda hybrid fork
-# (ORIGINAL_URL, main_block_three_tier.py) with its defaults, mask for mask; BEST: the best variant measured.
+# Named three-tier recipes. ORIGINAL: the three-tier rule of the Wanda hybrid fork (ORIGINAL_URL,
+# main_block_three_tier.py) with its defaults, mask for mask. BEST: the best split and recipe measured on SmolLM2
+# (bench/RESULTS.md "Which split beats 2:4?": a search of the ratio triangle, K and B on one calibration, the best
+# splits then walked exactly): Fisher-weighted Wanda ranks blocks model-wide by cost, the mask is fixed, the OBS
+# update reconstructs the kept weights; 15% dense, 25% 2:4, 60% top-96 of 16 x 16 blocks = 50% sparsity.
 ORIGINAL_RECIPE = dict(method="wanda", tier_scope="matrix", assignment="importance", within_block="magnitude",
                        reconstruct=False, block_rule="original", ratios=(0.4, 0.4, 0.2), keep=10)
-BEST_THREE_TIER = dict(method="fisher_wanda", tier_scope="model", assignment="cost", within_block="obs",
-                       reconstruct=True, block_rule="exact", ratios=THREE_TIER_RATIOS, keep=15)
+BEST_THREE_TIER = dict(method="fisher_wanda", tier_scope="model", assignment="cost", within_block="score",
+                       reconstruct=True, block_rule="exact", ratios=(0.15, 0.25, 0.60), keep=96)
 RECIPES = {"original": ORIGINAL_RECIPE, "best": BEST_THREE_TIER}
 
 

@@ -153,13 +153,15 @@ def test_stop_during_the_gradient_pass_prunes_nothing():
         assert torch.equal(p, before[n]) and p.grad is None
 
 
+@pytest.mark.parametrize("within_block", ["score", "obs"])
 @pytest.mark.parametrize("family", ["llama", "gpt2", "mixtral"])
-def test_best_recipe_end_to_end_exact_counts(family):
-    """The dashboard's default (BEST_THREE_TIER): fisher tiers ranked model-wide by cost, weights chosen inside
-    blocks by the OBS saliency while they are updated. Global tier counts exact, block structure exact."""
+def test_best_recipe_end_to_end_exact_counts(family, within_block):
+    """The dashboard's default (BEST_THREE_TIER): fisher tiers ranked model-wide by cost, the mask fixed and the
+    kept weights updated, and the same with the weights inside blocks chosen by the OBS saliency while they are
+    updated. Global tier counts exact, block structure exact."""
     from engine.spec import BEST_THREE_TIER
     model = _model(family)
-    spec = PruneSpec(pattern="three_tier", nsamples=3, **BEST_THREE_TIER)
+    spec = PruneSpec(pattern="three_tier", nsamples=3, **{**BEST_THREE_TIER, "within_block": within_block})
     result = prune_model(model, spec, _windows())
     assert result.status == "completed"
     total = sum(e["tier_map"]["shape"][0] * e["tier_map"]["shape"][1] for e in result.matrices)
@@ -230,7 +232,7 @@ def test_best_recipe_run_with_baselines(tiny_llama_dir, tmp_path):
     choose 'obs' without an update); it now prunes the same pattern by |W|, masks only."""
     from engine.run import RunRequest, run
     from engine.spec import BEST_THREE_TIER
-    spec = PruneSpec(pattern="three_tier", nsamples=2, seqlen=32, **BEST_THREE_TIER)
+    spec = PruneSpec(pattern="three_tier", nsamples=2, seqlen=32, **{**BEST_THREE_TIER, "within_block": "obs"})
     rec = run(RunRequest(model=str(tiny_llama_dir), device="cpu", spec=spec, calib="pydoc", eval="pydoc",
                          eval_windows=2, baselines=True, baseline_cache_dir=str(tmp_path)))
     assert rec["status"] == "completed"

@@ -412,7 +412,8 @@ def test_best_recipe_on_a_model_with_dead_inputs_keeps_dense_blocks_whole(tiny_l
         for layer in model.model.layers:
             layer.input_layernorm.weight[[3, 17]] = 0  # q/k/v never see channels 3 and 17
     windows = torch.randint(0, len(tiny_tokenizer), (4, 32), generator=torch.Generator().manual_seed(0))
-    spec = PruneSpec(pattern="three_tier", nsamples=4, seqlen=32, **{**BEST_THREE_TIER, "block": 8, "keep": 20})
+    spec = PruneSpec(pattern="three_tier", nsamples=4, seqlen=32,
+                     **{**BEST_THREE_TIER, "within_block": "obs", "block": 8, "keep": 20})
     res = prune_model(model, spec, windows)
     assert res.status == "completed" and res.errors == []
     dense_on_dead = 0
