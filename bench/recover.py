@@ -31,7 +31,7 @@ ROWS = {
     "tt-rule": ("three-tier, the original rule of the Wanda hybrid fork (ORIGINAL_RECIPE) at 0.35/0.45/0.20, K=15",
                 dict(pattern="three_tier", **{**ORIGINAL_RECIPE, "ratios": THREE_TIER_RATIOS, "keep": 15})),
     "24-sparsegpt": ("2:4, SparseGPT", dict(method="sparsegpt", pattern="nm", n=2, m=4)),
-    "tt-best": ("three-tier, best recipe (Fisher-weighted Wanda, model scope, cost, OBS update inside blocks)",
+    "tt-best": ("three-tier, OBS-choice recipe (Fisher-weighted Wanda, model scope, cost, OBS update inside blocks)",
                 dict(pattern="three_tier", **OBS_CHOICE_RECIPE)),
     "dense": ("dense (no pruning), the same fine-tune", None),
 }
