@@ -36,6 +36,8 @@ def main() -> None:
     p.add_argument("--dense", type=float, nargs="*", default=[0.10, 0.20, 0.50],
                    help="where the dense-blocks slider is released after the calibrated split (fractions of its track)")
     p.add_argument("--no-references", action="store_true")
+    p.add_argument("--method", default="Wanda |W|·‖X‖", help="the method's radio label; '' keeps the form's")
+    p.add_argument("--sparsegpt", action="store_true", help="also the SparseGPT references (exact walks)")
     p.add_argument("--width", type=int, default=1500, help="the browser window's width in px")
     p.add_argument("--column", action="store_true", help="only the results column, not the whole page")
     a = p.parse_args()
@@ -48,7 +50,8 @@ def main() -> None:
             page = browser.new_page(viewport={"width": a.width, "height": 1000})
             page.goto(url)
             page.wait_for_selector("#layer-heatmap")
-            page.get_by_label("Wanda |W|·‖X‖", exact=True).check()
+            if a.method:
+                page.get_by_label(a.method, exact=True).check()
             page.get_by_text("Calibration data").click()
             choose(page, "Source", "local file / folder ↓")
             page.get_by_label("Path (.txt").first.fill(a.data)
@@ -79,6 +82,15 @@ def main() -> None:
                 page.get_by_role("button", name="Add references (2:4, unstructured 50%)").click()
                 page.wait_for_function(f"() => ({STATUS_OK})().includes('unstructured') || "
                                        "document.querySelector('#xs-status .banner.err')", timeout=LONG)
+                fail_if_error(page, a.out)
+                last = page.inner_text("#xs-status")
+                say(t0, last)
+
+            if a.sparsegpt:
+                page.locator("#xs-strong").click()
+                page.wait_for_function("() => (document.querySelector('#xs-points')?.innerText.match(/exact "
+                                       "reference/g) || []).length >= 2 || document.querySelector("
+                                       "'#xs-status .banner.err')", timeout=LONG)
                 fail_if_error(page, a.out)
                 last = page.inner_text("#xs-status")
                 say(t0, last)
