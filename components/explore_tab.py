@@ -198,7 +198,7 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
                 stage = event.get("stage")
                 if stage == "wait":
                     out[page.xs_status] = banner("info", f"Waiting for the engine: {event['message']}.")
-                elif stage == "exact":
+                elif stage == "exact" and "banner ok" not in out.get(page.xs_status, ""):  # a result stays shown
                     out[page.xs_status] = banner("info", event["message"])
                 elif stage == "planned":
                     plan = event["plan"]
