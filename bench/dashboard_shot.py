@@ -1,5 +1,6 @@
 """What the README's dashboard screenshots share: the page served on a free local port, Debian's Chromium, a
-Gradio dropdown picked by its label (bench/recover_screenshot.py, bench/explore_screenshot.py)."""
+Gradio dropdown picked by its label, the form pointed at local text (bench/recover_screenshot.py,
+bench/explore_screenshot.py, bench/explore_browser.py)."""
 from __future__ import annotations
 
 import socket
@@ -27,6 +28,24 @@ def served_dashboard(runs_prefix: str):
         yield f"http://127.0.0.1:{port}/"
     finally:
         page_app.demo.close()
+
+
+def use_local_text(page, data: str, samples: int, tokens: int) -> None:
+    """Point the form's calibration and evaluation at the local text `data` (a file or folder), `samples` x
+    `tokens` calibration windows; checks that the evaluation path took."""
+    page.get_by_text("Calibration data").click()
+    choose(page, "Source", "local file / folder ↓")
+    page.get_by_label("Path (.txt").first.fill(data)
+    page.get_by_label("Samples").fill(str(samples))
+    page.get_by_label("Tokens per sample").fill(str(tokens))
+    page.get_by_text("Evaluation", exact=True).click()
+    choose(page, "Perplexity on", "local file / folder ↓")
+    paths = page.get_by_label("Path (.txt")
+    page.wait_for_function("() => [...document.querySelectorAll('label')].filter(l => "
+                           "l.innerText.startsWith('Path (.txt') && l.offsetParent).length >= 2")
+    paths.last.fill(data)
+    page.wait_for_timeout(300)
+    assert paths.last.input_value() == data, "the evaluation path did not take"
 
 
 def choose(page, label: str, option: str) -> None:

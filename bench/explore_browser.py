@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.common import DEFAULT_DATA  # noqa: E402
-from bench.dashboard_shot import ARGS, CHROMIUM, choose, served_dashboard  # noqa: E402
+from bench.dashboard_shot import ARGS, CHROMIUM, served_dashboard, use_local_text  # noqa: E402
 
 LONG = 1_800_000
 PLOTS = ("#xs-heatmap", "#xs-shares", "#xs-tiermap")
@@ -43,16 +43,7 @@ def round_trips(data: str, positions=(0.1, 0.3, 0.5, 0.2, 0.4), samples: int = 4
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         page.goto(url)
         page.wait_for_selector("#layer-heatmap")
-        page.get_by_text("Calibration data").click()
-        choose(page, "Source", "local file / folder ↓")
-        page.get_by_label("Path (.txt").first.fill(data)
-        page.get_by_label("Samples").fill(str(samples))
-        page.get_by_label("Tokens per sample").fill(str(tokens))
-        page.get_by_text("Evaluation", exact=True).click()
-        choose(page, "Perplexity on", "local file / folder ↓")
-        page.wait_for_function("() => [...document.querySelectorAll('label')].filter(l => "
-                               "l.innerText.startsWith('Path (.txt') && l.offsetParent).length >= 2")
-        page.get_by_label("Path (.txt").last.fill(data)
+        use_local_text(page, data, samples, tokens)
         page.get_by_role("tab", name="Explore").click()
         page.get_by_label("Estimate windows").fill("1")
         page.get_by_label("Tokens per window").fill(str(tokens))

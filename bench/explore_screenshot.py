@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.common import DEFAULT_DATA  # noqa: E402
-from bench.dashboard_shot import ARGS, CHROMIUM, choose, served_dashboard  # noqa: E402
+from bench.dashboard_shot import ARGS, CHROMIUM, served_dashboard, use_local_text  # noqa: E402
 
 STATUS_OK = "() => document.querySelector('#xs-status .banner.ok')?.innerText || ''"
 LONG = 1_800_000
@@ -52,19 +52,7 @@ def main() -> None:
             page.wait_for_selector("#layer-heatmap")
             if a.method:
                 page.get_by_label(a.method, exact=True).check()
-            page.get_by_text("Calibration data").click()
-            choose(page, "Source", "local file / folder ↓")
-            page.get_by_label("Path (.txt").first.fill(a.data)
-            page.get_by_label("Samples").fill(str(a.samples))
-            page.get_by_label("Tokens per sample").fill(str(a.tokens))
-            page.get_by_text("Evaluation", exact=True).click()
-            choose(page, "Perplexity on", "local file / folder ↓")
-            paths = page.get_by_label("Path (.txt")
-            page.wait_for_function("() => [...document.querySelectorAll('label')].filter(l => "
-                                   "l.innerText.startsWith('Path (.txt') && l.offsetParent).length >= 2")
-            paths.last.fill(a.data)
-            page.wait_for_timeout(300)
-            assert paths.last.input_value() == a.data, "the evaluation path did not take"
+            use_local_text(page, a.data, a.samples, a.tokens)
 
             page.get_by_role("tab", name="Explore").click()
             page.get_by_label("Estimate windows").fill(str(a.windows))

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DEFAULT_DATA  # noqa: E402
-from bench.dashboard_shot import ARGS, CHROMIUM, choose, served_dashboard  # noqa: E402
+from bench.dashboard_shot import ARGS, CHROMIUM, served_dashboard, use_local_text  # noqa: E402
 
 
 def main() -> None:
@@ -35,14 +35,7 @@ def main() -> None:
             page.wait_for_selector("#layer-heatmap")
             page.get_by_label("SparseGPT (OBS update)").check()
             page.get_by_label("N:M", exact=True).check()
-            page.get_by_text("Calibration data").click()
-            choose(page, "Source", "local file / folder ↓")
-            page.get_by_label("Path (.txt").first.fill(a.data)
-            page.get_by_label("Samples").fill("8")
-            page.get_by_label("Tokens per sample").fill("512")
-            page.get_by_text("Evaluation", exact=True).click()
-            choose(page, "Perplexity on", "local file / folder ↓")
-            page.get_by_label("Path (.txt").last.fill(a.data)
+            use_local_text(page, a.data, 8, 512)
             page.get_by_label("Windows").fill("10")
             page.get_by_role("button", name="Run", exact=True).click()
             page.wait_for_selector("#status .banner.ok, #status .banner.err", timeout=1_800_000)
