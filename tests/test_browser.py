@@ -101,9 +101,13 @@ def test_recover_tab_draws_the_loss_curve_as_it_trains(page, tiny_llama_dir, tmp
     assert "12 of 12 fine-tune steps" in page.inner_text("#status")
     assert "pruned + fine-tune" in page.inner_text("#recover-note")
     assert page.locator("#loss-curve .js-plotly-plot .scatterlayer .trace").count() == 2  # train and held-out
+    _shot_results_column(page, Path(os.environ.get("SPARSITY_RECOVER_SCREENSHOT") or tmp_path / "recover-tab.png"))
+
+
+def _shot_results_column(page, shot: Path) -> None:
+    """A picture of the results column with the pointer out of the way; the page logged no error."""
     page.mouse.move(5, 5)
     page.wait_for_timeout(500)
-    shot = Path(os.environ.get("SPARSITY_RECOVER_SCREENSHOT") or tmp_path / "recover-tab.png")
     page.locator("#results-column").screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
     assert not page.errors, page.errors
@@ -154,9 +158,4 @@ def test_explore_a_moved_slider_redraws_the_heatmap_without_run(page, tiny_llama
     page.wait_for_function("() => document.querySelector('#xs-estimate')?.innerText.includes('point #1')",
                            timeout=30_000)
     assert "three-tier 0.0" not in page.inner_text("#xs-summary")
-    page.mouse.move(5, 5)
-    page.wait_for_timeout(500)
-    shot = Path(os.environ.get("SPARSITY_EXPLORE_SCREENSHOT") or tmp_path / "explore-tab.png")
-    page.locator("#results-column").screenshot(path=str(shot))
-    assert shot.stat().st_size > 10_000
-    assert not page.errors, page.errors
+    _shot_results_column(page, Path(os.environ.get("SPARSITY_EXPLORE_SCREENSHOT") or tmp_path / "explore-tab.png"))
