@@ -261,39 +261,68 @@ def finetune(model: nn.Module, tokenizer, spec: FinetuneSpec, train: torch.Tenso
     masks = pruned_masks(model) if masks is None else masks
     device = model.get_input_embeddings().weight.device
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}  # LoRA freezes the base weights
-    trained = model
-    if spec.lora_rank is not None:
-        trained = _with_lora(model, spec)
-    curves = _Curves(progress, cancel, masks, trained)
-    hooks = _HeldZeros(trained, masks)
+    trained, adapter = model, None
     t0 = time.perf_counter()
     was_training = model.training
     try:
-        trainer = Trainer(model=trained, args=training_arguments(spec, output_dir, device),
-                          train_dataset=WindowDataset(train), eval_dataset=WindowDataset(heldout),
-                          callbacks=[curves.callback])
-        trainer.remove_callback(PrinterCallback)  # progress goes through `progress`, not print()
-        state = trainer.train(resume_from_checkpoint=resume_from)
-        if not curves.heldout or curves.heldout[-1][0] != trainer.state.global_step:
-            trainer.evaluate()  # the held-out loss of the weights we keep
-        steps_done = trainer.state.global_step
-        del state
-    finally:
-        hooks.close()
-        model.train(was_training)
-    adapter = None
-    if spec.lora_rank is not None:
-        if spec.merge:
-            trained.merge_and_unload()
-            apply_masks(model, masks)
-            for n, p in model.named_parameters():
-                p.requires_grad_(requires_grad.get(n, p.requires_grad))
-        else:
-            adapter = trained
+        if spec.lora_rank is not None:
+            trained = _with_lora(model, spec)
+        curves = _Curves(progress, cancel, masks, trained)
+        hooks = _HeldZeros(trained, masks)
+        try:
+            trainer = Trainer(model=trained, args=training_arguments(spec, output_dir, device),
+                              train_dataset=WindowDataset(train), eval_dataset=WindowDataset(heldout),
+                              callbacks=[curves.callback])
+            trainer.remove_callback(PrinterCallback)  # progress goes through `progress`, not print()
+            trainer.train(resume_from_checkpoint=resume_from)
+            if not curves.heldout or curves.heldout[-1][0] != trainer.state.global_step:
+                trainer.evaluate()  # the held-out loss of the weights we keep
+            steps_done = trainer.state.global_step
+            del trainer
+        finally:
+            hooks.close()
+            model.train(was_training)
+        if trained is not model:
+            if spec.merge:
+                trained.merge_and_unload()
+                _unwrap(model)  # nothing of PEFT's stays on the model
+                apply_masks(model, masks)
+                _thaw(model, requires_grad)
+            else:
+                adapter = trained
+    except BaseException:
+        # the caller's model must come out as it went in, structurally: no adapter left around its layers (a later
+        # run would prune lora_A, or skip the wrapped matrices), every parameter as trainable as before, no grads.
+        # Its values are the caller's to restore (ModelCache.restore).
+        _unwrap(model)
+        _thaw(model, requires_grad)
+        model.eval()
+        raise
     model.eval()
     return FinetuneResult(status="cancelled" if curves.stopped else "completed", steps_done=steps_done,
                           train_curve=curves.train, heldout_curve=curves.heldout,
                           seconds=time.perf_counter() - t0, adapter=adapter)
+
+
+def _unwrap(model: nn.Module) -> None:
+    """Take every LoRA layer PEFT injected into `model` out again, unmerged: each goes back to its base layer (also
+    when get_peft_model stopped half-way)."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:
+        return
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer) and name:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())
+    if "peft_config" in vars(model):  # PEFT notes its config on the model it wraps
+        del model.peft_config
+
+
+def _thaw(model: nn.Module, requires_grad: dict[str, bool]) -> None:
+    for n, p in model.named_parameters():
+        p.requires_grad_(requires_grad.get(n, p.requires_grad))
+        p.grad = None
 
 
 def _with_lora(model: nn.Module, spec: FinetuneSpec):

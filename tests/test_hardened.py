@@ -2,6 +2,8 @@
 names the failure it guards against; each test failed on the code before the fix (commit 754ddd5)."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -52,3 +54,124 @@ def test_a_sweep_of_a_block_wider_than_the_matrices_is_one_line(tiny_llama_dir, 
     rc = cli_main(["--model", str(tiny_llama_dir), "--sparsity_type", "three_tier", "--block_size", "256",
                    "--sweep", "0.35 0.45 0.2", *QUICK])
     _one_line(rc, capsys.readouterr().err, "block size 256 is larger than matrix")
+
+
+# -- 3. any failure in a stage that touches the cached model leaves it dense and unwrapped -------------------------
+
+def model_state(model) -> str:
+    """A full hash of the model as a run finds it: every parameter's name, trainability and bytes, and every
+    module's name and class (an adapter left around a layer changes the second)."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(f"{name}|{p.requires_grad}|{p.grad is None}|".encode())
+        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name, m in model.named_modules():
+        h.update(f"{name}:{type(m).__name__}|".encode())
+    h.update(str(sorted(k for k in vars(model) if not k.startswith("_"))).encode())  # e.g. an adapter's config
+    return h.hexdigest()
+
+
+class Injected(RuntimeError):
+    pass
+
+
+def _fail(monkeypatch, owner, name, when=lambda *a, **k: True, after=False):
+    """Make owner.name raise Injected (before its work, or after it with after=True) when `when(*args)` holds."""
+    real = getattr(owner, name)
+
+    def failing(*args, **kwargs):
+        if not when(*args, **kwargs):
+            return real(*args, **kwargs)
+        if after:
+            real(*args, **kwargs)
+        raise Injected(f"injected failure in {name}")
+    monkeypatch.setattr(owner, name, failing)
+
+
+def _stage(name):
+    """The injection of one stage: (what to patch, when, after its work?)."""
+    import peft
+
+    import engine.finetune as finetune
+    import engine.pruner as pruner
+    import engine.recover as recover_mod
+    import engine.run as run_mod
+    steps = {"n": 0}
+
+    def second_call(*a, **k):
+        steps["n"] += 1
+        return steps["n"] == 2
+    return {
+        "magnitude baseline": (run_mod, "_ppl", lambda m, i, s, w, what, *a: what == "magnitude", False),
+        "layer walk": (pruner, "_prune_layer", lambda index, *a: index == 1, False),
+        "pruned perplexity": (run_mod, "_ppl", lambda m, i, s, w, what, *a: what == "pruned", False),
+        "LoRA wrapping": (finetune, "_with_lora", lambda *a: True, True),
+        "training step": (finetune, "apply_masks", second_call, False),
+        "LoRA merge": (peft.tuners.lora.LoraModel, "merge_and_unload", lambda *a, **k: True, False),
+        "recovered perplexity": (recover_mod, "_ppl", lambda m, i, s, w, what, *a: what == "recovered", False),
+        "save": (run_mod, "save_pretrained_atomic", lambda *a, **k: True, False),
+    }[name]
+
+
+RUN_STAGES = ["magnitude baseline", "layer walk", "pruned perplexity", "LoRA wrapping", "training step",
+              "LoRA merge", "recovered perplexity", "save"]
+
+
+def _request(model_dir, tmp_path, lora=True, **changes):
+    from engine.finetune import FinetuneSpec
+    from engine.run import RunRequest
+    ft = FinetuneSpec(steps=2, batch_size=1, seqlen=16, heldout_windows=1, eval_every=1, lr=1e-3,
+                      lora_rank=2 if lora else None)
+    return RunRequest(**{**dict(model=str(model_dir), spec=PruneSpec(method="wanda", nsamples=2, seqlen=32),
+                                calib="pydoc", eval="pydoc", eval_windows=1, device="cpu", finetune=ft,
+                                baseline_cache_dir=str(tmp_path / "baselines")), **changes})
+
+
+def _dense_check(models, request):
+    from engine import data as textdata
+    from engine.perplexity import perplexity
+    lm = models.get(request)
+    ids = textdata.evaluation_ids(lm.tokenizer, textdata.resolve_text("pydoc", "evaluation"))
+    return model_state(lm.model), perplexity(lm.model, ids, 32, max_windows=1).ppl
+
+
+@pytest.fixture(scope="module")
+def cached(tiny_llama_dir, tmp_path_factory):
+    """One ModelCache for the module, and the dense model's full hash and perplexity."""
+    from engine.run import ModelCache
+    models = ModelCache()
+    request = _request(tiny_llama_dir, tmp_path_factory.mktemp("dense"))
+    return models, request, _dense_check(models, request)
+
+
+@pytest.mark.parametrize("stage", RUN_STAGES)
+def test_a_failure_in_any_stage_of_a_run_leaves_the_cached_model_dense(cached, stage, tmp_path, monkeypatch):
+    from engine.run import run
+    models, _, dense = cached
+    owner, name, when, after = _stage(stage)
+    _fail(monkeypatch, owner, name, when, after)
+    request = _request(cached[1].model, tmp_path, save_dir=str(tmp_path / "out") if stage == "save" else None,
+                       baselines=stage == "magnitude baseline")
+    with pytest.raises(Injected):
+        run(request, models=models)
+    monkeypatch.undo()
+    assert _dense_check(models, request) == dense
+    result = run(_request(cached[1].model, tmp_path, finetune=None, eval=None, baselines=False), models=models)
+    assert result["status"] == "completed" and len(result["matrices"]) == 14  # 2 layers x 7, no lora_A / lora_B
+
+
+@pytest.mark.parametrize("stage, lora", [("LoRA wrapping", True), ("training step", True), ("LoRA merge", True),
+                                         ("recovered perplexity", True), ("training step", False)])
+def test_a_failure_in_a_later_recovery_leaves_the_cached_model_dense(cached, stage, lora, tmp_path, monkeypatch):
+    from engine.run import recover_run, run
+    models, _, dense = cached
+    request = _request(cached[1].model, tmp_path, finetune=None, baselines=False)
+    record = run(request, models=models)
+    assert models.holds_run == record["run_id"]
+    owner, name, when, after = _stage(stage)
+    _fail(monkeypatch, owner, name, when, after)
+    with pytest.raises(Injected):
+        recover_run(record, _request(cached[1].model, tmp_path, lora=lora).finetune, models)
+    monkeypatch.undo()
+    assert models.holds_run is None
+    assert _dense_check(models, request) == dense
