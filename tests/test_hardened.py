@@ -2,7 +2,11 @@
 names the failure it guards against; each test failed on the code before the fix (commit 754ddd5)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import os
+import threading
 
 import pytest
 import torch
@@ -175,3 +179,60 @@ def test_a_failure_in_a_later_recovery_leaves_the_cached_model_dense(cached, sta
     monkeypatch.undo()
     assert models.holds_run is None
     assert _dense_check(models, request) == dense
+
+
+# -- 4. a FIFO, a huge or a deeply nested file in the run store -------------------------------------------------------
+
+def _in_time(fn, seconds=20.0):
+    """fn() in a thread; fails (instead of hanging the suite) when it has not returned in `seconds`."""
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("value", fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{fn} blocked for {seconds} s"
+    return out["value"]
+
+
+def test_a_fifo_in_the_run_store_never_blocks_a_listing_a_budget_or_past_runs(tmp_path):
+    from components.history import History
+    from engine.record import new_run_id
+    from engine.store import RunStore, StoreBudget
+    from tests.test_hostile import valid_record
+    store = RunStore(tmp_path, budget=StoreBudget(max_records=5))
+    good = valid_record()
+    store.save(good)
+    fifo = tmp_path / f"{new_run_id()}.json"
+    os.mkfifo(fifo)
+    try:
+        assert [r["run_id"] for r in _in_time(store.list)] == [good["run_id"]]
+        assert [s["run_id"] for s in _in_time(History(store).summaries)] == [good["run_id"]]
+        assert [s["run_id"] for s in _in_time(History(store, public=True).summaries)] == [good["run_id"]]
+        _in_time(lambda: store.enforce_budget(keep=good["run_id"]))
+        assert _in_time(lambda: store.save(valid_record()))  # a public Run's first write enforces the budget
+    finally:
+        with contextlib.suppress(OSError):  # let a reader blocked by the old code go
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        fifo.unlink()
+
+
+def test_deep_and_huge_json_in_the_run_store_are_skipped(tmp_path):
+    from engine.record import new_run_id, read_json
+    from engine.store import RunStore
+    from tests.test_hostile import valid_record
+    store = RunStore(tmp_path)
+    good = valid_record()
+    store.save(good)
+    (tmp_path / f"{new_run_id()}.json").write_text("[" * 200_000 + "]" * 200_000)
+    nested = 1
+    for _ in range(100):
+        nested = [nested]
+    (tmp_path / f"{new_run_id()}.json").write_text(json.dumps(valid_record(matrices=nested)))
+    assert [r["run_id"] for r in store.list()] == [good["run_id"]]
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"x": "y" * 5000}))
+    with pytest.raises(ValueError, match="more than"):
+        read_json(str(big), max_bytes=1000)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[[[[[1]]]]]")
+    with pytest.raises(ValueError, match="nested more than 4"):
+        read_json(str(deep), max_depth=4)
