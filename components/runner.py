@@ -44,6 +44,7 @@ def prune(page, s: Session, req, progress, cancel) -> dict:
     """One engine run on the worker thread; the record joins the tab's runs as soon as it exists."""
     cap = page.settings.limits.max_params if page.settings.limits else None
     record = run(req, progress=size_guard(req, progress, cap, MODELS), cancel=cancel, models=MODELS)
+    s.ran.add(record["run_id"])
     s.add(record)
     return record
 

@@ -8,6 +8,7 @@ import json
 import os
 import threading
 
+import gradio as gr
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -236,3 +237,51 @@ def test_deep_and_huge_json_in_the_run_store_are_skipped(tmp_path):
     deep.write_text("[[[[[1]]]]]")
     with pytest.raises(ValueError, match="nested more than 4"):
         read_json(str(deep), max_depth=4)
+
+
+# -- 5. Recover on a public server; 6. a stranger's Recover of another visitor's run ---------------------------------
+
+@pytest.fixture(scope="module")
+def public_page(tmp_path_factory):
+    from components.page import Page
+    from components.server import Settings
+    return Page(Settings(public=True, runs_dir=str(tmp_path_factory.mktemp("public-runs"))))
+
+
+def test_a_public_recover_ends_with_its_summary_and_the_shown_and_exported_record_keep_the_recovery(
+        public_page, tiny_llama_dir, tmp_path):
+    from components import policy, recover_tab, runner
+    from components.jobs import Job
+    from components.session import Session
+    from engine.finetune import FinetuneSpec
+    from engine.run import run
+    s = Session()
+    record = run(_request(tiny_llama_dir, tmp_path, finetune=None, baselines=False, store=public_page.store),
+                 models=runner.MODELS)
+    s.ran.add(record["run_id"])
+    spec = FinetuneSpec(steps=1, batch_size=1, seqlen=16, heldout_windows=1, eval_every=1, lr=1e-3)
+    shown = recover_tab.recover_run(public_page, s, record["run_id"], spec, lambda e: None, threading.Event())
+    kind, text, _ = recover_tab.recovery_summary([shown], Job(lambda p, c: None))
+    assert kind == "ok" and "1 of 1 fine-tune steps" in text
+    block = shown["recovery"]
+    assert block["steps_done"] == 1 and block["zeros_held"] and block["curve"]["train"]
+    assert "adapter" not in block  # where a separate adapter was written stays on the server
+    assert policy.redact(public_page.store.load(record["run_id"]))["recovery"]["ppl_after"] == block["ppl_after"]
+
+
+def test_a_stranger_cannot_recover_a_run_opened_from_past_runs(public_page, tiny_llama_dir, tmp_path):
+    from components import policy, runner
+    from components.session import Session
+    from engine.run import run
+    record = run(_request(tiny_llama_dir, tmp_path, finetune=None, baselines=False, store=public_page.store),
+                 models=runner.MODELS)
+    assert runner.MODELS.holds_run == record["run_id"]  # the owner could recover it now
+    stranger = Session()
+    # what Past runs gives any visitor of a shareable run (this one ran on a local folder, which is not listed)
+    stranger.add(policy.redact(public_page.store.load(record["run_id"])))
+    handler = next(f.fn for f in public_page.demo.fns.values() if f.api_name == "recover")
+    with pytest.raises(gr.Error, match="only the tab that ran this run can recover it"):
+        for _ in handler(stranger, record["run_id"], 1, None, "full", None):
+            pass
+    assert public_page.store.load(record["run_id"])["recovery"] is None  # the owner's record is untouched
+    assert runner.MODELS.holds_run == record["run_id"]
