@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from engine import data as textdata
@@ -33,6 +35,7 @@ from .jobs import Job
 from .registry import pattern_fields
 
 CALIBRATIONS = CalibrationCache(size=2)  # one per process, like the model cache (runner.MODELS) it refers to
+MAX_EXPLORATIONS = 8                     # live explorations per server (tabs that calibrated); the oldest is closed
 REPLANS = threading.Lock()               # a re-plan fills its calibration's per-block store: one at a time
 ESTIMATE_WINDOWS = 4                     # ~1-2 s a window of 256 tokens for SmolLM2 on 2 CPU cores
 ESTIMATE_TOKENS = 256
@@ -45,13 +48,22 @@ class Setup:
     """What a calibration was made for: the base spec (the form's), its model, text and windows."""
     spec: PruneSpec
     request: object                      # the RunRequest of the form at calibration (model, device, dtype ...)
-    calibration: Calibration
+    key: dict                            # the calibration's key: CALIBRATIONS holds it, shared by every tab
     eval_ids: object                     # LongTensor [1, T]: the evaluation text, tokenized once
     windows: object                      # LongTensor [nsamples, seqlen]: the calibration windows (None: magnitude)
     eval_name: str
     calib_name: str | None
     seconds: float                       # what this press took (a cache hit: milliseconds)
     cached: bool
+
+    @property
+    def calibration(self) -> Calibration:
+        """The shared calibration, while the server still keeps it (a tab never holds one alive on its own)."""
+        cal = CALIBRATIONS.find(self.key)
+        if cal is None:
+            raise UserError(f"this calibration was dropped to make room for newer ones (the server keeps "
+                            f"{CALIBRATIONS.size}): press Calibrate again")
+        return cal
 
 
 @dataclass
@@ -64,12 +76,60 @@ class ExploreState:
     job: Job | None = None               # the re-plan + estimate running now (a new split stops it)
     shown_layer: int | None = None
     shown_module: str | None = None
+    closed: str | None = None            # why the server closed this exploration (the page is told)
 
     def supersede(self, job: Job | None = None) -> None:
         """Stop the running estimate at once (between windows) and make `job` the current one."""
         if self.job is not None:
             self.job.stop()
         self.job = job
+
+    def close(self, why: str) -> None:
+        """Stop its job and let go of everything big it refers to (its setup, plan and maps); the points stay."""
+        self.supersede(None)
+        self.setup, self.plan, self.record, self.closed = None, None, None, why
+
+    def not_ready(self) -> str:
+        """What the page says when a split is asked for before (or after) there is a calibration to plan from."""
+        return self.closed or "Press Calibrate first: the splits are planned from its statistics."
+
+
+class Explorations:
+    """The server's live explorations, one per browser tab that calibrated, oldest first. Beyond `size` the
+    oldest is closed (its page is told why when it next asks for a split); a tab that goes away is closed at
+    once. Only weak references are kept: a tab Gradio forgot is never kept alive here."""
+
+    def __init__(self, size: int = MAX_EXPLORATIONS):
+        self.size = size
+        self._live: OrderedDict[str, weakref.ref] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def admit(self, session: str, state: ExploreState) -> None:
+        with self._lock:
+            self._live.pop(session, None)
+            self._live[session] = weakref.ref(state)
+            dropped = []
+            while len(self._live) > self.size:
+                dropped.append(self._live.popitem(last=False)[1]())
+        for old in dropped:
+            if old is not None and old is not state:
+                old.close(f"this exploration was closed to make room for newer ones (this server explores "
+                          f"{self.size} at once): press Calibrate again")
+
+    def end(self, session: str) -> None:
+        """The tab `session` went away: close its exploration now, not when Gradio forgets its state."""
+        with self._lock:
+            ref = self._live.pop(session, None)
+        state = ref() if ref is not None else None
+        if state is not None:
+            state.close("this page was closed")
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(1 for ref in self._live.values() if ref() is not None)
+
+
+EXPLORATIONS = Explorations()
 
 
 # ---- calibration -------------------------------------------------------------------------------------------------
@@ -97,7 +157,7 @@ def calibrate(req, models, progress, cancel) -> Setup:
     cal = CALIBRATIONS.get(lm.model, spec, windows, data=calib_src.name if calib_src else None,
                            progress=progress, cancel=cancel)
     cached = time.perf_counter() - started < cal.seconds / 2  # a hit costs the key (a fingerprint), not a pass
-    return Setup(spec.replace(seqlen=seqlen), req, cal, eval_ids, windows, eval_src.name,
+    return Setup(spec.replace(seqlen=seqlen), req, cal.key, eval_ids, windows, eval_src.name,
                  calib_src.name if calib_src else None, time.perf_counter() - t0, cached)
 
 
@@ -164,6 +224,17 @@ def explore_job(setup: Setup, specs: list[PruneSpec], models, windows: int | Non
                                progress=progress, cancel=cancel)
                 progress({"stage": "estimated", "plan": plan, "estimate": est})
     return target
+
+
+def keep_maps_only(plan: Replan) -> None:
+    """Let go of a shown plan's keep-masks (a bool per weight: 106 MB for SmolLM2) once they are estimated: a tab
+    keeps a plan's maps, counts and spec; opening it again re-plans it."""
+    for m in plan.matrices.values():
+        m.made, m.build = None, _released
+
+
+def _released():
+    raise UserError("this split's masks were released after its estimate: open it again to re-plan it")
 
 
 def plan_record(plan: Replan, n_layers: int) -> dict:

@@ -3,6 +3,8 @@ and a quick masks-only perplexity estimate seconds later; Run exact prunes the s
 every estimated split lands on a Pareto view. The work is components/explore.py's calls into engine/explore.py."""
 from __future__ import annotations
 
+import inspect
+
 import gradio as gr
 
 from engine import data as textdata
@@ -26,7 +28,7 @@ MAX_WINDOWS = 64
 def render(page) -> None:
     spec = FORM_SPEC
     with gr.Tab("Explore", id="explore"):
-        page.xs_state = gr.State(lambda: ExploreState())
+        page.xs_state = gr.State(lambda: ExploreState(), delete_callback=lambda xs: xs.close("this page was closed"))
         gr.Markdown("Calibrate once for the model, method and calibration data on the left; then every split is "
                     "re-planned from those statistics without a forward pass: the maps follow a slider as soon as "
                     "it is released, then a quick perplexity estimate streams in. The estimate applies the "
@@ -167,12 +169,15 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
     """Check the estimate's windows, start make_target(windows, tokens, on_restore) as the tab's job and stream its
     events: maps of a plan, the running estimate, a finished point, the walk of an exact reference."""
     if xs.setup is None:
-        yield {page.xs_status: banner("warn", "Press Calibrate first: the splits are planned from its statistics.")}
+        yield {page.xs_status: banner("warn", xs.not_ready())}
         return
     try:
         n = None if windows is None else _count(windows, "estimate windows", 1, MAX_WINDOWS)
-        context = textdata.model_context(xs.setup.calibration.model.config) or 2048
-        seqlen = None if n is None else _count(tokens, "tokens per window", 8, context)
+        most = textdata.model_context(xs.setup.calibration.model.config) or 2048
+        limits = page.settings.limits
+        if limits is not None:  # a public server's cap on tokens per window holds for estimates as for runs
+            most = min(most, limits.seqlen)
+        seqlen = None if n is None else _count(tokens, "tokens per window", 8, most)
     except UserError as err:
         yield {page.xs_status: banner("err", str(err))}
         return
@@ -203,6 +208,8 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
                 elif stage == "planned":
                     plan = event["plan"]
                     out.update(show_plan(page, xs, plan, event["storage"]))
+                    if not n:
+                        explore.keep_maps_only(plan)  # maps only: no estimate needs its masks
                     out[page.xs_estimate] = explore.estimate_html(None, "estimating…" if n else "")
                     out[page.xs_status] = banner("info", f"Re-planned in {plan.seconds:.2f} s"
                                                  + ("; estimating perplexity…" if n else "."))
@@ -211,6 +218,7 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
                 elif stage == "estimated" and event["estimate"].status == "completed":
                     plan, est = event["plan"], event["estimate"]
                     explore.add_point(xs, plan, est, explore.storage_estimate(plan), kind)
+                    explore.keep_maps_only(plan)
                     out.update(show_points(page, xs, axis))
                     out[page.xs_status] = banner("ok", f"{plan.spec.label()}: perplexity {'' if exact else '≈ '}"
                                                  f"{est.ppl:,.2f} on {est.windows} windows of {seqlen} tokens in "
@@ -224,8 +232,9 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
         yield {page.xs_status: banner("err", job.error)}
 
 
-def calibrate(page, *values):
-    """Calibrate for the form's set-up (served from the cache when nothing changed), then explore its split."""
+def calibrate(page, *values, request: gr.Request | None = None):
+    """Calibrate for the form's set-up (served from the cache when nothing changed), then explore its split.
+    `request`: the tab's, which the server's live explorations (explore.EXPLORATIONS) know it by."""
     *form_values, xs, windows, tokens, axis = values
     xs.supersede(None)
     try:
@@ -259,7 +268,8 @@ def calibrate(page, *values):
         raise gr.Error(job.error, print_exception=False, title="Cannot calibrate")
     if xs.job is not job or job.result is None:
         return
-    xs.setup = job.result
+    xs.setup, xs.closed = job.result, None
+    explore.EXPLORATIONS.admit(getattr(request, "session_hash", None) or f"tab-{id(xs)}", xs)
     spec = xs.setup.spec
     yield {**controls_for(page, spec), page.xs_calib_note: explore.calibration_text(xs.setup),
            page.xs_topk_note: topk_text(*spec.ratios[:2])}
@@ -269,8 +279,7 @@ def calibrate(page, *values):
 def move(page, xs: ExploreState, dense, two_four, sparsity, keep, block, scope, assignment, windows, tokens, axis):
     """A released slider (or a changed K, B, scope, assignment): re-plan that split and estimate it."""
     if xs.setup is None:
-        yield {page.xs_status: banner("warn", "Press Calibrate first: the splits are planned from its statistics."),
-               page.xs_topk_note: topk_text(dense, two_four)}
+        yield {page.xs_status: banner("warn", xs.not_ready()), page.xs_topk_note: topk_text(dense, two_four)}
         return
     if "ratios" in pattern_fields(xs.setup.spec.pattern) and float(dense) + float(two_four) > 1:
         two_four = round(1 - float(dense), 2)  # top-K cannot go below 0: 2:4 takes what dense leaves
@@ -304,7 +313,7 @@ def open_point(page, xs: ExploreState, number, axis):
 def references(page, xs: ExploreState, windows, tokens, axis):
     """2:4 and unstructured 50% with the same method, masks only, on the same windows: the Pareto view's yardsticks."""
     if xs.setup is None:
-        yield {page.xs_status: banner("warn", "Press Calibrate first.")}
+        yield {page.xs_status: banner("warn", xs.not_ready())}
         return
     yield from explore_specs(page, xs, explore.reference_specs(xs.setup.spec), windows, tokens, axis, explore.REFERENCE)
 
@@ -313,7 +322,7 @@ def strongest_references(page, xs: ExploreState, windows, tokens, axis):
     """SparseGPT 2:4 and unstructured 50%, pruned for real on the calibration's windows and evaluated on the
     estimate's: the strongest yardsticks the engine has (minutes: each is a full walk with the OBS update)."""
     if xs.setup is None:
-        yield {page.xs_status: banner("warn", "Press Calibrate first.")}
+        yield {page.xs_status: banner("warn", xs.not_ready())}
         return
     specs = explore.strongest_specs(xs.setup.spec)
     yield from stream(page, xs, lambda n, seqlen, restored: explore.reference_job(
@@ -354,8 +363,10 @@ def wire(page) -> None:
     explore_event = dict(trigger_mode="multiple", api_visibility="private", show_progress="hidden", **LIGHT)
 
     def calibrate_press(*values):
-        yield from calibrate(page, *values)
-    page.xs_calibrate_btn.click(calibrate_press, [*form.values(), xs, *est], shown + control_outputs(page),
+        yield from calibrate(page, *values[:-1], request=values[-1])
+    calibrate_inputs = [*form.values(), xs, *est]
+    _takes_request(calibrate_press, len(calibrate_inputs))
+    page.xs_calibrate_btn.click(calibrate_press, calibrate_inputs, shown + control_outputs(page),
                                 api_visibility="private", show_progress="minimal", **LIGHT)
 
     def released(*values):
@@ -398,8 +409,20 @@ def wire(page) -> None:
     gr.on([page.xs_layer.input, page.xs_module.input], tier, [xs, page.xs_layer, page.xs_module],
           [page.xs_tiermap, page.xs_tiernote], api_visibility="private", **LIGHT)
 
+    def tab_closed(request: gr.Request):  # release its exploration now, not an hour later with Gradio's state
+        explore.EXPLORATIONS.end(request.session_hash)
+    page.demo.unload(tab_closed)
+
     def exact(*values):
         yield from run_exact(page, *values)
     page.xs_exact_btn.click(exact, [*form.values(), xs, page.session],
                             page.JOB_OUTPUTS + [page.xs_status, page.xs_pareto, page.xs_points, page.xs_open],
                             api_visibility="private", **runner.engine_event(page))
+
+
+def _takes_request(handler, n_inputs: int) -> None:
+    """Give `handler(*values)` a signature of its n inputs then a gr.Request, which Gradio then passes last."""
+    params = [inspect.Parameter(f"value_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD) for i in range(n_inputs)]
+    params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request))
+    handler.__signature__ = inspect.Signature(params)
+    handler.__annotations__ = {"request": gr.Request}

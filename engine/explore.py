@@ -219,6 +219,11 @@ class CalibrationCache:
             self._entries.popitem(last=False)
         return cal
 
+    def find(self, key: dict) -> Calibration | None:
+        """The calibration of `key` (a Calibration's own key) while the cache still holds it, else None: callers
+        that keep only the key never keep a dropped calibration alive."""
+        return self._entries.get(json.dumps(key, sort_keys=True))
+
 
 # --- re-planning ------------------------------------------------------------------------------------------------
 

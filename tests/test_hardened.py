@@ -3,10 +3,13 @@ names the failure it guards against; each test failed on the code before the fix
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import os
 import threading
+import time
+import weakref
 
 import gradio as gr
 import pytest
@@ -285,3 +288,103 @@ def test_a_stranger_cannot_recover_a_run_opened_from_past_runs(public_page, tiny
             pass
     assert public_page.store.load(record["run_id"])["recovery"] is None  # the owner's record is untouched
     assert runner.MODELS.holds_run == record["run_id"]
+
+
+# -- 2. Explore memory bounded per server; 7. the public cap on tokens per window; 8. Stop ends Explore's job -------
+
+EXPLORE_FORM = dict(calib="pydoc", eval_source="pydoc", nsamples=2, seqlen=32, eval_windows=2, baselines=False,
+                    method="wanda", reconstruct=False, within_block="score", tier_scope="layer",
+                    assignment="importance")
+
+
+@pytest.fixture(scope="module")
+def capped_page(tmp_path_factory):
+    """A local page with a cap of 64 tokens per window (a public server's Limits, smaller)."""
+    from components.page import Page
+    from components.policy import Limits
+    from components.server import Settings
+    return Page(Settings(runs_dir=str(tmp_path_factory.mktemp("runs")), limits=Limits(seqlen=64)))
+
+
+def _explore(page, model_dir, seed=0, windows=None, xs=None):
+    from components import explore_tab
+    from components.explore import ExploreState
+    xs = xs or ExploreState()
+    values = {name: c.value for name, c in page.form.items()}
+    values.update(model_path=str(model_dir), seed=seed, **EXPLORE_FORM)
+    outs = list(explore_tab.calibrate(page, *[values[n] for n in page.form], xs, windows, 32, "sparsity"))
+    return xs, outs
+
+
+def _move(page, xs, windows=1, tokens=32):
+    from components import explore_tab
+    return list(explore_tab.move(page, xs, 0.3, 0.4, 0.5, 15, 16, "layer", "importance", windows, tokens,
+                                 "sparsity"))
+
+
+def _status(page, outs) -> str:
+    return next((o[page.xs_status] for o in reversed(outs) if page.xs_status in o), "")
+
+
+def test_tabs_share_the_server_calibrations_and_never_keep_a_dropped_one_alive(capped_page, tiny_llama_dir):
+    from components import explore
+    first, _ = _explore(capped_page, tiny_llama_dir, seed=1)
+    dropped = weakref.ref(first.setup.calibration)
+    _explore(capped_page, tiny_llama_dir, seed=2)
+    _explore(capped_page, tiny_llama_dir, seed=3)  # the cache keeps 2: the first tab's calibration goes
+    gc.collect()
+    assert dropped() is None
+    assert len(explore.CALIBRATIONS._entries) == explore.CALIBRATIONS.size
+    assert "dropped to make room for newer ones" in _status(capped_page, _move(capped_page, first))
+
+
+def test_the_oldest_exploration_is_closed_beyond_the_cap_and_told(capped_page, tiny_llama_dir, monkeypatch):
+    from components import explore
+    monkeypatch.setattr(explore, "EXPLORATIONS", explore.Explorations(size=2))
+    tabs = [_explore(capped_page, tiny_llama_dir, seed=4)[0] for _ in range(3)]
+    assert tabs[0].setup is None and tabs[0].plan is None and tabs[1].setup is not None
+    assert "closed to make room for newer ones" in _status(capped_page, _move(capped_page, tabs[0]))
+    assert len(explore.EXPLORATIONS) == 2
+    explore.EXPLORATIONS.end(f"tab-{id(tabs[2])}")  # the tab went away (demo.unload)
+    assert tabs[2].setup is None and len(explore.EXPLORATIONS) == 1
+
+
+def test_an_estimated_split_keeps_its_maps_not_its_masks(capped_page, tiny_llama_dir):
+    xs, _ = _explore(capped_page, tiny_llama_dir, seed=5)
+    _move(capped_page, xs)
+    assert xs.points and xs.plan is not None and xs.record["matrices"]
+    assert all(m.made is None for m in xs.plan.matrices.values())
+
+
+def test_explore_tokens_per_window_obey_the_server_cap(capped_page, tiny_llama_dir):
+    xs, _ = _explore(capped_page, tiny_llama_dir, seed=5)
+    n = len(xs.points)
+    assert "tokens per window must be between 8 and 64, got 128" in _status(capped_page, _move(capped_page, xs,
+                                                                                                  tokens=128))
+    assert len(xs.points) == n  # nothing was estimated
+    _move(capped_page, xs, tokens=64)
+    assert len(xs.points) == n + 1
+
+
+def test_stop_ends_an_explore_estimate_waiting_for_the_engine(capped_page, tiny_llama_dir):
+    from components import explore_tab, runner
+    from components.jobs import Job
+    from components.session import Session
+    xs, _ = _explore(capped_page, tiny_llama_dir, seed=5)
+    n = len(xs.points)
+    hold = threading.Event()
+    blocker = Job(lambda progress, cancel: hold.wait(30), name="blocker").start()
+    try:
+        stream = explore_tab.move(capped_page, xs, 0.2, 0.5, 0.5, 15, 16, "layer", "importance", 2, 32, "sparsity")
+        next(stream), next(stream)  # the top-K note, then the job is in the engine's line
+        job = xs.job
+        assert job is not None and not job.started_work
+        runner.stop(capped_page, Session(), None, xs)
+    finally:
+        hold.set()
+    list(stream)
+    deadline = time.monotonic() + 20
+    while job.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.cancel.is_set() and not job.started_work and len(xs.points) == n
+    blocker.cancel.set()
