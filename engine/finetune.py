@@ -26,6 +26,14 @@ from torch import nn
 from .discovery import find_decoder_layers, find_targets
 from .errors import UserError
 
+# Upper bounds on what a fine-tune may ask for, whoever asks (CLI, dashboard, API): the training windows are drawn
+# up front (int64 token ids), so steps x batch x accumulation x seqlen is memory before the first step.
+MAX_STEPS = 1_000_000
+MAX_BATCH = 4096                # windows per forward pass, and forward passes per step
+MAX_SEQLEN = 1 << 17
+MAX_TRAIN_TOKENS = 1 << 27      # 134M token ids: 1 GiB of windows
+MAX_LR = 1.0                    # above it every optimizer diverges (a NaN perplexity, not a result)
+
 
 @dataclass(frozen=True)
 class FinetuneSpec:
@@ -48,23 +56,32 @@ class FinetuneSpec:
     seed: int = 0
 
     def validate(self) -> "FinetuneSpec":
-        _whole("fine-tune steps", self.steps, 1)
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+        _whole("fine-tune steps", self.steps, 1, MAX_STEPS)
+        if not _number_in(self.lr, 0.0, math.inf) or self.lr == 0:
             raise UserError(f"learning rate must be a number > 0, got {self.lr!r}")
+        if self.lr > MAX_LR:
+            raise UserError(f"learning rate must be at most {MAX_LR:g} (every optimizer diverges above), "
+                            f"got {self.lr:g}")
         if self.lora_rank is not None:
-            _whole("LoRA rank", self.lora_rank, 1)
-        if self.lora_alpha is not None and not (isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0):
-            raise UserError(f"LoRA alpha must be > 0, got {self.lora_alpha!r}")
-        _whole("fine-tune batch size", self.batch_size, 1)
-        _whole("gradient accumulation", self.grad_accum, 1)
-        _whole("fine-tune seqlen", self.seqlen, 2)
-        _whole("held-out windows", self.heldout_windows, 1)
-        _whole("held-out loss interval", self.eval_every, 1)
+            _whole("LoRA rank", self.lora_rank, 1, MAX_SEQLEN)
+        if self.lora_alpha is not None and not (_number_in(self.lora_alpha, 0.0, 1e6) and self.lora_alpha > 0):
+            raise UserError(f"LoRA alpha must be a number in (0, 1e6], got {self.lora_alpha!r}")
+        _whole("fine-tune batch size", self.batch_size, 1, MAX_BATCH)
+        _whole("gradient accumulation", self.grad_accum, 1, MAX_BATCH)
+        _whole("fine-tune seqlen", self.seqlen, 2, MAX_SEQLEN)
+        _whole("held-out windows", self.heldout_windows, 1, MAX_BATCH)
+        _whole("held-out loss interval", self.eval_every, 1, MAX_STEPS)
         if self.save_every is not None:
-            _whole("checkpoint interval", self.save_every, 1)
-        _whole("warmup steps", self.warmup_steps, 0)
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise UserError(f"weight decay must be >= 0, got {self.weight_decay!r}")
+            _whole("checkpoint interval", self.save_every, 1, MAX_STEPS)
+        _whole("warmup steps", self.warmup_steps, 0, MAX_STEPS)
+        if not _number_in(self.weight_decay, 0.0, 1.0):
+            raise UserError(f"weight decay must be a number in [0, 1], got {self.weight_decay!r}")
+        tokens = self.train_windows * self.seqlen
+        if tokens > MAX_TRAIN_TOKENS:
+            raise UserError(f"a fine-tune of {self.steps} steps x {self.batch_size} windows x {self.grad_accum} "
+                            f"accumulation x {self.seqlen} tokens reads {tokens:,} tokens, more than "
+                            f"{MAX_TRAIN_TOKENS:,} (its windows are drawn up front): use fewer steps or smaller "
+                            "batches")
         return self
 
     @property
@@ -75,9 +92,16 @@ class FinetuneSpec:
         return asdict(self)
 
 
-def _whole(what: str, value, least: int) -> None:
+def _whole(what: str, value, least: int, most: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise UserError(f"{what} must be a whole number >= {least}, got {value!r}")
+    if value > most:
+        raise UserError(f"{what} must be at most {most:,}, got {value:,}")
+
+
+def _number_in(value, low: float, high: float) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value)
+            and low <= value <= high)
 
 
 # ---- masks ---------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import gc
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 import weakref
@@ -261,7 +262,6 @@ def test_a_public_recover_ends_with_its_summary_and_the_shown_and_exported_recor
     s = Session()
     record = run(_request(tiny_llama_dir, tmp_path, finetune=None, baselines=False, store=public_page.store),
                  models=runner.MODELS)
-    s.ran.add(record["run_id"])
     spec = FinetuneSpec(steps=1, batch_size=1, seqlen=16, heldout_windows=1, eval_every=1, lr=1e-3)
     shown = recover_tab.recover_run(public_page, s, record["run_id"], spec, lambda e: None, threading.Event())
     kind, text, _ = recover_tab.recovery_summary([shown], Job(lambda p, c: None))
@@ -388,3 +388,30 @@ def test_stop_ends_an_explore_estimate_waiting_for_the_engine(capped_page, tiny_
         time.sleep(0.05)
     assert job.cancel.is_set() and not job.started_work and len(xs.points) == n
     blocker.cancel.set()
+
+
+# -- 9. upper bounds on fine-tune steps, batch, learning rate (every face: the spec, the CLI flags, the form) ------
+
+@pytest.mark.parametrize("change, message", [
+    (dict(steps=10**9), "fine-tune steps must be at most 1,000,000, got 1,000,000,000"),
+    (dict(batch_size=10**9), "fine-tune batch size must be at most 4,096"),
+    (dict(steps=100_000, batch_size=4096), "reads 52,428,800,000 tokens, more than 134,217,728"),
+    (dict(lr=1e308), "learning rate must be at most 1 (every optimizer diverges above), got 1e+308"),
+    (dict(lr=float("inf")), "learning rate must be at most 1"),
+    (dict(weight_decay=float("inf")), "weight decay must be a number in [0, 1]"),
+])
+def test_a_fine_tune_beyond_its_bounds_is_one_line_before_any_work(change, message):
+    from engine.finetune import FinetuneSpec
+    with pytest.raises(UserError, match=re.escape(message)):
+        FinetuneSpec(**change).validate()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--finetune_steps", "1000000000"], "fine-tune steps must be at most 1,000,000"),
+    (["--finetune_steps", "2", "--finetune_batch_size", "1000000000"], "fine-tune batch size must be at most"),
+    (["--finetune_steps", "2", "--lr", "1e308"], "learning rate must be at most 1"),
+])
+def test_finetune_py_flags_beyond_the_bounds_are_refused(argv, message):
+    from engine.finetune_cli import build_parser, finetune_spec_from_args
+    with pytest.raises(UserError, match=re.escape(message)):
+        finetune_spec_from_args(build_parser().parse_args(["--model", "m", "--save", "s", *argv]))
