@@ -6,6 +6,7 @@ Nothing here computes masks or scores: CalibrationCache, replan, estimate, stora
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 import weakref
@@ -165,9 +166,15 @@ def calibration_text(setup: Setup) -> str:
     cal = setup.calibration
     how = (f"served from the cache in {setup.seconds:.2f} s (calibrated in {cal.seconds:.1f} s)" if setup.cached
            else f"calibrated in {cal.seconds:.1f} s ({setup.seconds:.1f} s with loading and data)")
-    data = f" on {setup.calib_name}" if setup.calib_name else ""
+    data = f" on {markdown_text(setup.calib_name)}" if setup.calib_name else ""
     return (f"**{setup.spec.method}**{data}: {how}; {len(cal.matrices)} matrices, "
-            f"{cal.nbytes / 2**20:.1f} MiB of statistics. Evaluation text: {setup.eval_name}.")
+            f"{cal.nbytes / 2**20:.1f} MiB of statistics. Evaluation text: {markdown_text(setup.eval_name)}.")
+
+
+def markdown_text(text) -> str:
+    """Text shown literally inside Markdown (a file's name may read `[x](javascript:...)`): every character
+    Markdown or HTML gives a meaning is escaped."""
+    return re.sub(r"([\\`*_{}\[\]()<>#+!|~&-])", r"\\\1", str(text))
 
 
 # ---- one split ---------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import inspect
 import gradio as gr
 
 from engine import data as textdata
-from engine.errors import UserError
+from engine.errors import UserError, excerpt
 from engine.spec import PruneSpec
 
 from . import explore, figures, runner
@@ -16,7 +16,7 @@ from .explore import ESTIMATE_TOKENS, ESTIMATE_WINDOWS, ExploreState
 from .jobs import Job
 from .layout import banner
 from .registry import FORM_SPEC, block_pattern, field_choices, pattern_fields
-from .results_tab import LIGHT, selection_for, tiermap_for
+from .results_tab import LIGHT, layer_index, selection_for, tiermap_for
 
 STORAGE_FORMULA = (
     "**Storage estimate** (v = 16 bits a value): dense blocks n·v; 2:4 blocks n_kept·(v + 2) (a 2-bit position in "
@@ -93,7 +93,10 @@ def render(page) -> None:
 
 
 def topk_text(dense, two_four) -> str:
-    rest = 1 - float(dense or 0) - float(two_four or 0)
+    try:
+        rest = 1 - float(dense or 0) - float(two_four or 0)
+    except (TypeError, ValueError):
+        rest = 0.0
     return f"top-K blocks: **{max(rest, 0):.2f}** (the rest)"
 
 
@@ -144,6 +147,17 @@ def controls_for(page, spec: PruneSpec) -> dict:
             page.xs_assignment: gr.Radio(visible="assignment" in reads, value=spec.assignment),
             page.xs_dense: gr.Slider(value=spec.ratios[0]), page.xs_24: gr.Slider(value=spec.ratios[1]),
             page.xs_keep: gr.Number(value=spec.keep), page.xs_block: gr.Number(value=spec.block)}
+
+
+def _share(value, name: str) -> float:
+    """A slider's value as a raw event may send it (empty, text, NaN): a number in [0, 1] or one line."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number between 0 and 1, got {excerpt(value)}") from None
+    if not 0.0 <= x <= 1.0:
+        raise UserError(f"{name} must be a number between 0 and 1, got {excerpt(value)}")
+    return x
 
 
 def _count(value, name: str, low: int, high: int) -> int:
@@ -281,6 +295,11 @@ def move(page, xs: ExploreState, dense, two_four, sparsity, keep, block, scope, 
     if xs.setup is None:
         yield {page.xs_status: banner("warn", xs.not_ready()), page.xs_topk_note: topk_text(dense, two_four)}
         return
+    try:
+        dense, two_four = _share(dense, "dense blocks"), _share(two_four, "2:4 blocks")
+    except UserError as err:
+        yield {page.xs_status: banner("err", str(err))}
+        return
     if "ratios" in pattern_fields(xs.setup.spec.pattern) and float(dense) + float(two_four) > 1:
         two_four = round(1 - float(dense), 2)  # top-K cannot go below 0: 2:4 takes what dense leaves
         yield {page.xs_24: gr.Slider(value=two_four)}
@@ -394,9 +413,8 @@ def wire(page) -> None:
 
     def clicked(x: ExploreState, text, axis):
         """'n|time' from the Pareto click relay (components/layout.py) -> that point's maps."""
-        try:
-            number = int(str(text).split("|")[0])
-        except ValueError:
+        number = layer_index(str(text)[:100].split("|")[0])  # a point's number reads as a layer index does
+        if number is None:
             return
         yield from open_point(page, x, number, axis)
     page.xs_pareto_click.change(clicked, [xs, page.xs_pareto_click, page.xs_axis], shown, **explore_event)
@@ -404,7 +422,7 @@ def wire(page) -> None:
                        [page.xs_pareto, page.xs_points, page.xs_open], api_visibility="private", **LIGHT)
 
     def tier(x: ExploreState, layer, module):
-        x.shown_layer, x.shown_module = layer, module
+        x.shown_layer, x.shown_module = layer_index(layer), module if isinstance(module, str) else None
         return tiermap_for(x.record, layer, module)
     gr.on([page.xs_layer.input, page.xs_module.input], tier, [xs, page.xs_layer, page.xs_module],
           [page.xs_tiermap, page.xs_tiernote], api_visibility="private", **LIGHT)

@@ -219,8 +219,13 @@ def _main(args) -> int:
     if record.get("store_warning"):
         print(f"warning: {record['store_warning']}", file=sys.stderr)
     if args.save and record["status"] == "completed":
-        with open(os.path.join(os.path.expanduser(args.save), f"log_{spec.method}.txt"), "w") as f:
-            f.write(wanda_log(record))
+        from .record import write_text_atomic
+        log = os.path.join(os.path.expanduser(args.save), f"log_{spec.method}.txt")
+        try:
+            write_text_atomic(log, wanda_log(record))
+        except OSError as e:
+            raise UserError(f"could not write {log}: {e.strerror or e}; the run's model and results.json are "
+                            f"in {args.save}") from None
     return 0 if record["status"] == "completed" and not record.get("errors") else 1
 
 

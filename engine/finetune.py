@@ -200,6 +200,17 @@ def lora_targets(model: nn.Module) -> list[str]:
     return [names[id(t.module)] for layer in layers for t in find_targets(layer) if t.kind != "expert"]
 
 
+def check_checkpoint(folder: str) -> None:
+    """Refuse, in one line, a resume folder that is not a checkpoint the Trainer wrote (checkpoint-<step>/ holds
+    trainer_state.json beside the weights and the optimizer)."""
+    import os
+    if not os.path.isdir(folder):
+        raise UserError(f"checkpoint folder {str(folder)[:200]} does not exist")
+    if not os.path.isfile(os.path.join(folder, "trainer_state.json")):
+        raise UserError(f"{str(folder)[:200]} is not a fine-tune checkpoint (no trainer_state.json): pass a "
+                        "checkpoint-<step> folder written with --save_every")
+
+
 def check_lora_rank(model: nn.Module, rank: int) -> None:
     """A LoRA rank larger than a targeted matrix's smaller side is refused with one line."""
     modules = dict(model.named_modules())
@@ -282,6 +293,8 @@ def finetune(model: nn.Module, tokenizer, spec: FinetuneSpec, train: torch.Tenso
 
     progress = progress or (lambda event: None)
     cancel = cancel or threading.Event()
+    if resume_from is not None:
+        check_checkpoint(resume_from)
     masks = pruned_masks(model) if masks is None else masks
     device = model.get_input_embeddings().weight.device
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}  # LoRA freezes the base weights

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from .errors import UserError, run_command
-from .finetune import FinetuneSpec
+from .finetune import FinetuneSpec, check_checkpoint
 
 DEFAULT_LR = {"full": 2e-5, "lora": 2e-4}
 
@@ -104,8 +104,8 @@ def _main(args) -> int:
     folder = Path(args.model).expanduser()
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; pass the folder main.py --save wrote")
-    if args.resume_from_checkpoint and not Path(args.resume_from_checkpoint).is_dir():
-        raise UserError(f"checkpoint folder {args.resume_from_checkpoint} does not exist")
+    if args.resume_from_checkpoint:
+        check_checkpoint(args.resume_from_checkpoint)
     from . import data as textdata
     from .cli import _Bars
     from .models import load_model

@@ -194,12 +194,21 @@ def decode_array(entry: dict) -> np.ndarray:
 
 def write_json_atomic(path: str, obj) -> None:
     """Write JSON to a temporary file beside `path`, then rename: readers never see half a file."""
+    write_atomic(path, lambda f: json.dump(obj, f, indent=1, default=_json_default))
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """`text` into `path` the same way: whole or not at all (a full disk leaves the old file, or none)."""
+    write_atomic(path, lambda f: f.write(text))
+
+
+def write_atomic(path: str, fill) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=_json_default)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

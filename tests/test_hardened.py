@@ -415,3 +415,78 @@ def test_finetune_py_flags_beyond_the_bounds_are_refused(argv, message):
     from engine.finetune_cli import build_parser, finetune_spec_from_args
     with pytest.raises(UserError, match=re.escape(message)):
         finetune_spec_from_args(build_parser().parse_args(["--model", "m", "--save", "s", *argv]))
+
+
+# -- the smaller ones ---------------------------------------------------------------------------------------------
+
+def test_resuming_from_a_folder_that_is_no_checkpoint_is_one_line(tmp_path, tiny_llama_dir, capsys):
+    from engine.finetune_cli import main as finetune_main
+    not_a_checkpoint = tmp_path / "ckpt"
+    not_a_checkpoint.mkdir()
+    (not_a_checkpoint / "notes.txt").write_text("hello")
+    rc = finetune_main(["--model", str(tiny_llama_dir), "--save", str(tmp_path / "out"), "--finetune_steps", "1",
+                        "--calib_dataset", "pydoc", "--eval_dataset", "none", "--device", "cpu",
+                        "--resume_from_checkpoint", str(not_a_checkpoint)])
+    _one_line(rc, capsys.readouterr().err, "is not a fine-tune checkpoint (no trainer_state.json)")
+
+
+def test_the_wanda_log_is_written_whole_or_said_in_one_line(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "log_magnitude.txt").symlink_to("/dev/full")  # every write there fails with ENOSPC
+    argv = ["--model", str(tiny_llama_dir), "--prune_method", "magnitude", "--save", str(out), "--overwrite",
+            "--eval_windows", "1", *QUICK]
+    assert cli_main(argv) == 0
+    assert (out / "log_magnitude.txt").read_text().startswith("method\t")  # replaced whole, never half-written
+    import engine.record
+    monkeypatch.setattr(engine.record, "write_text_atomic",
+                        lambda path, text: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    capsys.readouterr()
+    _one_line(cli_main(argv), capsys.readouterr().err, "No space left on device")
+
+
+@pytest.mark.parametrize("text", ["1e309|q_proj|1", "inf|q_proj", "nan|q_proj", "9" * 400 + "|q_proj", "-1|x",
+                                  "1.5|q_proj", "|", "", None])
+def test_a_hostile_heatmap_click_or_layer_is_ignored(text):
+    from components.results_tab import layer_index, tiermap_for
+    layer = layer_index(str(text).split("|")[0] if text is not None else None)
+    assert layer is None
+    fig, _ = tiermap_for({"matrices": [], "n_layers": 2}, text, "q_proj")
+    assert fig is not None
+    assert layer_index("3") == 3 and layer_index("3.0") == 3 and layer_index(2) == 2
+
+
+@pytest.mark.parametrize("dense, two_four", [("", 0.4), (None, 0.4), (0.3, "nan"), (0.3, float("inf"))])
+def test_a_released_slider_with_an_empty_or_odd_value_is_one_line(capped_page, tiny_llama_dir, dense, two_four):
+    from components import explore_tab
+    xs, _ = _explore(capped_page, tiny_llama_dir, seed=5)
+    outs = list(explore_tab.move(capped_page, xs, dense, two_four, 0.5, 15, 16, "layer", "importance", 1, 32,
+                                 "sparsity"))
+    assert "must be a number between 0 and 1" in _status(capped_page, outs)
+
+
+def test_the_remote_code_hint_survives_a_message_of_several_lines(monkeypatch):
+    import transformers
+
+    from engine.errors import ModelLoadError
+    from engine.models import _check_causal
+
+    def refuse(*a, **k):
+        raise ValueError("The repository for owner/model contains custom code which must be executed to correctly "
+                         "load the model.\nYou can inspect the repository content at https://hf.co/owner/model.\n"
+                         "Please pass the argument `trust_remote_code=True` to allow custom code to be run.")
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", refuse)
+    with pytest.raises(ModelLoadError, match="needs custom code from its repository.*--trust_remote_code"):
+        _check_causal("owner/model", {})
+
+
+def test_a_local_file_name_is_shown_literally_in_the_calibration_note():
+    from types import SimpleNamespace
+
+    from components.explore import calibration_text
+    cal = SimpleNamespace(seconds=1.0, matrices={}, nbytes=0)
+    setup = SimpleNamespace(calibration=cal, cached=False, seconds=1.0, spec=PruneSpec(),
+                            calib_name="local:[x](javascript:alert(1)).txt", eval_name="<b>*e*</b>")
+    text = calibration_text(setup)
+    assert "[x](javascript" not in text and "\\[x\\]\\(javascript:alert\\(1\\)\\)" in text
+    assert "<b>" not in text and "\\*e\\*" in text
