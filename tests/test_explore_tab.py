@@ -173,8 +173,8 @@ def test_strongest_specs_keep_the_calibration_data_and_take_the_method_that_choo
 
 def test_pareto_front_is_the_points_nothing_beats():
     x, y = [0.3, 0.5, 0.5, 0.6, 0.4], [10.0, 12.0, 15.0, 30.0, 11.0]
-    assert figures.pareto_front(x, y) == [0, 4, 1, 3]
-    assert figures.pareto_front(x, y, more_x_is_better=False) == [0]
+    assert explore.pareto_front(x, y) == [0, 4, 1, 3]
+    assert explore.pareto_front(x, y, more_x_is_better=False) == [0]
 
 
 def test_run_exact_lands_beside_the_estimate(dash, calibrated):
