@@ -14,7 +14,7 @@ import torch
 from engine.errors import UserError, excerpt
 from engine.models import available_devices
 from engine.run import ModelCache, RunRequest
-from engine.spec import THREE_TIER_RATIOS, PruneSpec
+from engine.spec import THREE_TIER_RATIOS, PruneSpec, spec_label
 
 from . import policy
 from .jobs import Job
@@ -61,8 +61,8 @@ class Session:
         self.runs = runs[-MAX_SESSION_RUNS:]  # rebinding, not mutating: a page may be reading the old list
 
     def run_choices(self) -> list[tuple[str, str]]:
-        from .figures import run_label
-        return [(f"#{i} {run_label(r)} · {r.get('status')}", r.get("run_id")) for i, r in enumerate(self.runs, 1)]
+        return [(f"#{i} {spec_label(r.get('spec'))} · {r.get('status')}", r.get("run_id"))
+                for i, r in enumerate(self.runs, 1)]
 
     def number(self, run_id) -> int | None:
         """The run's place in this tab's list, counting from 1."""

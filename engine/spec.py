@@ -192,3 +192,14 @@ def parse_sparsity_type(text: str) -> dict:
     names = [name for name, p in PATTERNS.items() if p.sparsity_type is None] + \
         [a for p in PATTERNS.values() if p.sparsity_type is not None for a in p.aliases]
     raise SpecError(f"unknown sparsity type {text[:40]!r}; use N:M (e.g. 2:4, 4:8) or one of {', '.join(names)}")
+
+
+def spec_label(spec: dict | None) -> str:
+    """The label of a record's spec (PruneSpec.label()); the method and pattern names where the stored spec no
+    longer validates (a record written by another version); "?" for a record without one."""
+    if not isinstance(spec, dict) or "pattern" not in spec:
+        return "?"
+    try:
+        return PruneSpec.from_dict(spec).label()
+    except (SpecError, TypeError, ValueError):
+        return f"{spec.get('method', '?')} {spec.get('pattern', '?')}"
