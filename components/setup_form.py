@@ -84,9 +84,9 @@ def render(page) -> None:
         with gr.Row():
             w.best_btn = gr.Button(f"Best found: {PruneSpec(pattern='three_tier', **BEST_THREE_TIER).label()}",
                                    size="sm")
-            w.original_btn = gr.Button("Original rule (Wanda hybrid fork): Wanda, per matrix, |W| inside",
+            w.original_btn = gr.Button("Original rule (Wanda hybrid, Ji et al.): Wanda, per matrix, |W| inside",
                                        size="sm")
-        gr.Markdown(f"Original rule: the three-tier rule of the [Wanda hybrid fork]({ORIGINAL_URL}) with its "
+        gr.Markdown(f"Original rule: the three-tier rule of the [Wanda hybrid of Ji et al.]({ORIGINAL_URL}) with its "
                     "defaults (0.4/0.4/0.2, K = 10), mask for mask.", elem_classes="note")
     shown[tier_box] = ("ratios",)
     for name, label in (("tier_scope", "Rank blocks across"), ("assignment", "Give blocks their tier by"),

@@ -39,7 +39,8 @@ MAX_GROUP = 65536       # N:M group width M and block side B: above any matrix w
 # The choices of the block patterns' fields: {value: what it means} (CLI choices, dashboard titles).
 GROUPS = {"row": "each output row (Wanda, SparseGPT)", "matrix": "the whole matrix (magnitude)"}
 BLOCK_RULES = {"exact": "exact: summed score, exactly K kept, edge blocks padded",
-               "original": "original: the fork's arithmetic (mean score, int() counts, ties with the K-th kept)"}
+               "original": "original: the arithmetic of the Wanda hybrid of Ji et al. (mean score, int() counts, "
+                           "ties with the K-th kept)"}
 TIER_SCOPES = {"matrix": "each matrix (original rule)", "layer": "each decoder layer", "model": "whole model"}
 WITHIN_BLOCK = {"score": "method's score", "magnitude": "|W| (original rule)",
                 "obs": "OBS saliency during the update (SparseGPT-style; needs the OBS update)"}

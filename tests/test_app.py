@@ -293,7 +293,7 @@ def test_past_runs_survive_a_restart_and_reopen_with_their_figures(tmp_path, tin
 
 
 def test_zero_shot_accuracy_is_shown_when_the_record_has_it(tmp_path):
-    """Issue 7: a record with zero-shot results shows per-task bars (dense beside the run); one without hides them."""
+    """A record with zero-shot results shows per-task bars (dense beside the run); one without hides them."""
     from app import Page, Settings
     from components.session import Session
 
@@ -311,7 +311,7 @@ def test_zero_shot_accuracy_is_shown_when_the_record_has_it(tmp_path):
 
 def test_recover_step_streams_the_loss_curve_and_shows_perplexity_before_and_after(dash, server, tiny_llama_dir,
                                                                                    runs_dir):
-    """Issue 15: a run with fine-tune steps streams its loss curve to the Recover tab and keeps the recovery."""
+    """A run with fine-tune steps streams its loss curve to the Recover tab and keeps the recovery."""
     c = client(server)
     job = c.submit(model_path=str(tiny_llama_dir), **FAST, pattern="nm", finetune_steps=3, finetune_lr=1e-3,
                    api_name="/run")
