@@ -602,8 +602,9 @@ def sweep_spec(base: PruneSpec, values: tuple[float, ...]) -> PruneSpec:
         raise UserError(f"{base.sparsity_type} has no sparsity to sweep; sweep "
                         + ", ".join(name for name, p in PATTERNS.items() if p.axis))
     if len(values) != len(pattern.axis):
-        raise UserError(f"a {base.sparsity_type} sweep point is {len(pattern.axis)} number(s) "
-                        f"({' '.join(pattern.axis)}), got {_show(values)}")
+        what = "one sparsity" if len(pattern.axis) == 1 else f"{len(pattern.axis)} numbers"
+        raise UserError(f"a {base.sparsity_type} sweep point is {what} ({' '.join(pattern.axis)}), "
+                        f"got {_show(values)}")
     return pattern.at(base, values, False)
 
 
