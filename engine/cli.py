@@ -19,7 +19,7 @@ from .errors import UserError, run_command
 from .finetune_cli import add_finetune_arguments, finetune_spec_from_args
 from .methods import METHODS
 from .patterns import PATTERNS, pattern_params
-from .spec import ORIGINAL_URL, RECIPES, THREE_TIER_RATIOS, PruneSpec, parse_sparsity_type
+from .spec import ORIGINAL_URL, RECIPES, THREE_TIER_RATIOS, PruneSpec, parse_sparsity_type, sparsity_type_names
 from .zeroshot import PAPER_TASKS
 
 
@@ -32,9 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "SmolLM2-135M-Instruct)")
     w.add_argument("--seed", type=int, default=0, help="seed for the calibration windows (default 0)")
     w.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
-    w.add_argument("--sparsity_type", default="unstructured", help="unstructured (default) | N:M (2:4, 4:8 ...) | "
-                   + " | ".join(n for n, pat in PATTERNS.items() if pat.sparsity_type is None and n != "unstructured")
-                   + " | hybrid_2_4 (the threshold hybrid)")
+    w.add_argument("--sparsity_type", default="unstructured",
+                   help=" | ".join(sparsity_type_names()) + " (default unstructured)")
     w.add_argument("--prune_method", default="wanda", choices=list(METHODS), help="default wanda; "
                    + "; ".join(f"{name}: {m.summary}" for name, m in METHODS.items()))
     w.add_argument("--cache_dir", default=None, help="Hugging Face download cache")
@@ -152,8 +151,9 @@ def tier_ratios(a: argparse.Namespace) -> tuple[float, float, float]:
 def spec_from_args(a: argparse.Namespace) -> PruneSpec:
     params = {name: getattr(a, param.dest) for name, param in pattern_params().items() if param.flag is not None}
     params["ratios"] = tier_ratios(a)  # the fork's three flags, or --sparsity_ratios
+    params.update(parse_sparsity_type(a.sparsity_type))  # a pattern's own syntax (N:M) wins over its flags
     return PruneSpec(method=a.prune_method, reconstruct=a.reconstruct, nsamples=a.nsamples, seqlen=a.seqlen,
-                     seed=a.seed, **params, **parse_sparsity_type(a.sparsity_type))
+                     seed=a.seed, **params)
 
 
 def main(argv: list[str] | None = None, defaults: dict | None = None) -> int:

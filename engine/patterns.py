@@ -109,11 +109,13 @@ class Pattern:
     scope: Callable[[object], str] = lambda spec: "matrix"   # where blocks compete for tiers (engine/plan.py)
     sparsity_type: Callable[[object], str] | None = None     # the Wanda-script name (default: the pattern's name)
     aliases: tuple[str, ...] = ()                            # other names --sparsity_type accepts
+    parse: Callable[[str], dict | None] = lambda text: None  # a --sparsity_type of its own syntax -> spec fields
+    syntax: str = ""                                         # that syntax, for help and errors ("N:M (2:4, 4:8 ...)")
     # Its sweep axis: the names of the numbers of one sweep point (three-tier: its three ratios; others: one
     # sparsity; () = none); where a spec sits on it; the spec at a point (snap: round to the nearest point the
     # pattern reaches, else refuse one it cannot).
     axis: tuple[str, ...] = ("sparsity",)
-    point: Callable[[object], tuple] = lambda spec: (spec.nominal_sparsity(),)
+    point: Callable[[object], tuple] = lambda spec: (spec.sparsity,)
     at: Callable[[object, tuple, bool], object] = lambda spec, values, snap: spec.replace(sparsity=values[0])
     storage_bits: Callable[[object, list, int, int], int] = lambda spec, shape, n_kept, v: csr_bits(shape, n_kept, v)
     # (spec, shape [out, in], n_kept, v bits a value) -> bits of a kept-mask pattern's sparse format (block
@@ -359,6 +361,17 @@ def _three_tier_notes(s) -> str | None:
             "(main_block_three_tier.py), mask for mask.")
 
 
+def _nm_parse(text: str) -> dict | None:
+    """'N:M' (e.g. '2:4') -> {n, m}; None for anything else."""
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    check(all(len(p) <= 9 for p in parts), f"N:M needs N < M <= {MAX_GROUP}, got {text[:24]!r}")
+    n, m = int(parts[0]), int(parts[1])
+    check(0 <= n < m, f"N:M needs N < M, got {n}:{m}")
+    return {"n": n, "m": m}
+
+
 def _nm_at(spec, values, snap):
     """The N:M of this M nearest a sparsity (snap), or exactly at it (0.25 of 2:4 -> 3:4)."""
     x = float(values[0])
@@ -379,7 +392,9 @@ PATTERNS: dict[str, Pattern] = {p.name: p for p in (
             lambda s: s.sparsity, lambda s: f"unstructured {s.sparsity:g}" + (" (variant)" if s.use_variant else ""),
             _unstructured_validate),
     Pattern("nm", "N:M", (N, M), _nm_select, lambda s: 1 - s.n / s.m, lambda s: f"{s.n}:{s.m}", _nm_validate,
-            _nm_too_wide, sparsity_type=lambda s: f"{s.n}:{s.m}", at=_nm_at,
+            _nm_too_wide, sparsity_type=lambda s: f"{s.n}:{s.m}", point=lambda s: (1 - s.n / s.m,), at=_nm_at,
+            parse=_nm_parse,
+            syntax="N:M (2:4, 4:8 ...)",
             storage_bits=lambda s, shape, kept, v: kept * (v + math.ceil(math.log2(s.m)))),
     Pattern("block", "Whole blocks removed", (SPARSITY,) + BLOCK_PARAMS, _block_select, lambda s: s.sparsity,
             lambda s: f"block {s.sparsity:g} of {s.block}x{s.block} blocks",
@@ -394,6 +409,7 @@ PATTERNS: dict[str, Pattern] = {p.name: p for p in (
             lambda s: f"threshold hybrid top {s.top_blocks_ratio:g}, threshold {s.score_threshold:g}, K={s.keep}",
             _all(_block_validate, _threshold_hybrid_validate, _within_score_or_magnitude), _block_too_wide,
             blocks=True, sparsity_type=lambda s: "hybrid_2_4", aliases=("hybrid_2_4", "threshold_hybrid"), axis=(),
+            syntax="hybrid_2_4 (the threshold hybrid)",
             point=lambda s: (), explain=lambda s: f"Nominal sparsity at least **{s.nominal_sparsity():.1%}** (top-K "
             "blocks; each top block that takes 2:4 adds more)"),
 )}

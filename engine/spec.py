@@ -190,21 +190,23 @@ class PruneSpec:
 
 
 def parse_sparsity_type(text: str) -> dict:
-    """A pattern name (or one of its aliases), 'N:M' (e.g. '2:4') or the fork's 'hybrid_2_4' -> PruneSpec keyword
+    """A pattern name (or one of its aliases) or a pattern's own syntax ('N:M', e.g. '2:4') -> PruneSpec keyword
     arguments."""
     t = text.strip().lower().replace("-", "_")
     for name, p in PATTERNS.items():
         if t in p.aliases or (t == name and p.sparsity_type is None):
             return {"pattern": name}
-    parts = t.split(":")
-    if len(parts) == 2 and all(p.isdigit() for p in parts):
-        _check(all(len(p) <= 9 for p in parts), f"N:M needs N < M <= 65536, got {text[:24]!r}")
-        n, m = int(parts[0]), int(parts[1])
-        _check(0 <= n < m, f"N:M needs N < M, got {n}:{m}")
-        return {"pattern": "nm", "n": n, "m": m}
-    names = [name for name, p in PATTERNS.items() if p.sparsity_type is None] + \
-        [a for p in PATTERNS.values() if p.sparsity_type is not None for a in p.aliases]
-    raise SpecError(f"unknown sparsity type {text[:40]!r}; use N:M (e.g. 2:4, 4:8) or one of {', '.join(names)}")
+    for name, p in PATTERNS.items():
+        fields = p.parse(t)
+        if fields is not None:
+            return {"pattern": name, **fields}
+    raise SpecError(f"unknown sparsity type {text[:40]!r}; use {' or '.join(sparsity_type_names())}")
+
+
+def sparsity_type_names() -> list[str]:
+    """What --sparsity_type accepts: the patterns' syntaxes, then their names."""
+    syntaxes = [p.syntax for p in PATTERNS.values() if p.syntax]
+    return [*syntaxes, " | ".join(name for name, p in PATTERNS.items() if p.sparsity_type is None)]
 
 
 def spec_label(spec: dict | None) -> str:
