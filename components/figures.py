@@ -12,8 +12,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.record import decode_array, decode_tier_map
-from engine.spec import TIER_NAMES
+from engine.spec import TIER_NAMES, spec_label
 
+from .explore import EXACT_REFERENCE, REFERENCE, SPLIT, pareto_front
 from .registry import method_colours
 
 # Okabe-Ito colours: told apart by readers with the common colour-vision deficiencies.
@@ -271,7 +272,7 @@ def ppl_vs_sparsity(records: list[dict]) -> go.Figure:
             marker=dict(size=11, color=colors.get(method),
                         symbol=[symbols.get(r["spec"]["pattern"], "circle") for r in rs],
                         line=dict(width=1, color="#ffffff")),
-            text=[f"#{r['_number']} {run_label(r)}" for r in rs],
+            text=[f"#{r['_number']} {spec_label(r.get('spec'))}" for r in rs],
             hovertemplate="%{text}<br>sparsity %{x:.2%}<br>perplexity %{y:,.3f}<extra></extra>"))
     dense = [r["ppl"]["dense"] for r in pts if r["ppl"].get("dense")]
     if dense:
@@ -352,32 +353,9 @@ def _log_ticks(ppl: np.ndarray) -> list[float]:
     return list(np.linspace(lo, hi, 5))
 
 
-def run_label(record: dict) -> str:
-    s = record.get("spec") or {}
-    pattern = s.get("pattern")
-    if pattern == "three_tier":
-        d, m, t = s["ratios"]
-        core = f"three-tier {d:g}/{m:g}/{t:g} K={s['keep']}"
-    elif pattern == "nm":
-        core = f"{s['n']}:{s['m']}"
-    else:
-        core = f"unstructured {s.get('sparsity', 0):g}"
-    return f"{s.get('method', '?')} {core}"
-
-
 # -- explored splits -----------------------------------------------------------------------------------------------
 
 PARETO_AXES = {"sparsity": "sparsity of the masks", "storage": "estimated storage of the pruned weights (MiB)"}
-
-
-def pareto_front(x: list[float], y: list[float], more_x_is_better: bool = True) -> list[int]:
-    """Indices of the points no other point beats: as good or better on both axes and strictly on one (lower y;
-    higher x when more_x_is_better, else lower x), sorted along x."""
-    sign = 1 if more_x_is_better else -1
-    front = [i for i in range(len(x))
-             if not any(sign * x[j] >= sign * x[i] and y[j] <= y[i] and (sign * x[j] > sign * x[i] or y[j] < y[i])
-                        for j in range(len(x)))]
-    return sorted(front, key=lambda i: x[i])
 
 
 def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
@@ -397,7 +375,6 @@ def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
     fig.add_trace(go.Scatter(x=[x_all[i] for i in front], y=[y_all[i] for i in front], mode="lines",
                              name="Pareto front", line=dict(color="#9ca3af", dash="dash", width=1.5),
                              hoverinfo="skip"))
-    from .explore import EXACT_REFERENCE, REFERENCE, SPLIT
     for kind, name, symbol, color in ((SPLIT, "explored split (estimate)", "circle", TIER_COLORS["dense"]),
                                       (REFERENCE, "reference (estimate)", "square-open", "#D55E00"),
                                       (EXACT_REFERENCE, "SparseGPT reference (exact walk)", "diamond-open",

@@ -13,6 +13,7 @@ import os
 import time
 
 from . import data as textdata
+from .console import summary_line
 from .discovery import find_decoder_layers
 from .errors import UserError, excerpt
 from .explore import DEFAULT_ESTIMATE_WINDOWS, calibrate, sweep, sweep_spec
@@ -69,7 +70,6 @@ def sweep_main(args, base: PruneSpec, request) -> int:
     calibration = calibrate(model, base.replace(seqlen=seqlen), windows, data=calib_src.name if uses_data else None)
     records = sweep(model, calibration, [s.replace(seqlen=seqlen) for s in specs], eval_ids, seqlen,
                     windows=windows_asked)
-    from .cli import summary_line
 
     for r in records:
         print(summary_line(_as_run_record(r, eval_src.name)) + f" | estimate: {r['windows']} windows, "
@@ -104,8 +104,7 @@ def sweep_table(records: list[dict]) -> str:
             "|---|---|---|---|---|---|---|---|"]
     for r in records:
         spec = PruneSpec.from_dict(r["spec"])
-        split = "/".join(f"{x:g}" for x in spec.ratios) if "ratios" in PATTERNS[spec.pattern].fields \
-            else f"{spec.nominal_sparsity():g}"
+        split = "/".join(f"{x:g}" for x in PATTERNS[spec.pattern].point(spec))
         rows.append(f"| {split} | {r['sparsity']:.4f} | {r['ppl']:.3f} | {r['ppl_low']:.3f}-{r['ppl_high']:.3f} | "
                     f"{r['storage']['bytes'] / 2**20:.2f} | {r['storage']['ratio']:.3f} | {r['replan_s']:.2f} | "
                     f"{r['estimate_s']:.1f} |")

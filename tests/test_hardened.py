@@ -316,14 +316,19 @@ def _explore(page, model_dir, seed=0, windows=None, xs=None):
     return xs, outs
 
 
-def _move(page, xs, windows=1, tokens=32):
+def _replan(block=16, keep=15, scope="layer", assignment="importance") -> list:
+    from components import explore
+    values = dict(tier_scope=scope, assignment=assignment, block=block, keep=keep)
+    return [values[n] for n in explore.replan_params()]
+
+
+def _move(page, xs, windows=1, tokens=32, dense=0.3, two_four=0.4):
     from components import explore_tab
-    return list(explore_tab.move(page, xs, 0.3, 0.4, 0.5, 15, 16, "layer", "importance", windows, tokens,
-                                 "sparsity"))
+    return list(explore_tab.move(page, xs, dense, two_four, 0.5, *_replan(), windows, tokens, "sparsity"))
 
 
 def _status(page, outs) -> str:
-    return next((o[page.xs_status] for o in reversed(outs) if page.xs_status in o), "")
+    return next((o[page.explore.status] for o in reversed(outs) if page.explore.status in o), "")
 
 
 def test_tabs_share_the_server_calibrations_and_never_keep_a_dropped_one_alive(capped_page, tiny_llama_dir):
@@ -375,7 +380,7 @@ def test_stop_ends_an_explore_estimate_waiting_for_the_engine(capped_page, tiny_
     hold = threading.Event()
     blocker = Job(lambda progress, cancel: hold.wait(30), name="blocker").start()
     try:
-        stream = explore_tab.move(capped_page, xs, 0.2, 0.5, 0.5, 15, 16, "layer", "importance", 2, 32, "sparsity")
+        stream = explore_tab.move(capped_page, xs, 0.2, 0.5, 0.5, *_replan(), 2, 32, "sparsity")
         next(stream), next(stream)  # the top-K note, then the job is in the engine's line
         job = xs.job
         assert job is not None and not job.started_work
@@ -458,10 +463,8 @@ def test_a_hostile_heatmap_click_or_layer_is_ignored(text):
 
 @pytest.mark.parametrize("dense, two_four", [("", 0.4), (None, 0.4), (0.3, "nan"), (0.3, float("inf"))])
 def test_a_released_slider_with_an_empty_or_odd_value_is_one_line(capped_page, tiny_llama_dir, dense, two_four):
-    from components import explore_tab
     xs, _ = _explore(capped_page, tiny_llama_dir, seed=5)
-    outs = list(explore_tab.move(capped_page, xs, dense, two_four, 0.5, 15, 16, "layer", "importance", 1, 32,
-                                 "sparsity"))
+    outs = _move(capped_page, xs, dense=dense, two_four=two_four)
     assert "must be a number between 0 and 1" in _status(capped_page, outs)
 
 
