@@ -453,12 +453,19 @@ def test_the_wanda_log_is_written_whole_or_said_in_one_line(tiny_llama_dir, tmp_
 @pytest.mark.parametrize("text", ["1e309|q_proj|1", "inf|q_proj", "nan|q_proj", "9" * 400 + "|q_proj", "-1|x",
                                   "1.5|q_proj", "|", "", None])
 def test_a_hostile_heatmap_click_or_layer_is_ignored(text):
-    from components.results_tab import layer_index, tiermap_for
-    layer = layer_index(str(text).split("|")[0] if text is not None else None)
-    assert layer is None
-    fig, _ = tiermap_for({"matrices": [], "n_layers": 2}, text, "q_proj")
+    from components.results_tab import selection_for, tiermap_for
+    record = {"n_layers": 2, "spec": {"block": 16},
+              "matrices": [{"layer": 0, "module": "q_proj", "shape": [64, 64], "tier_map": None}]}
+    layer = str(text).split("|")[0] if text is not None else None
+    fig, _ = tiermap_for(record, layer, "q_proj")  # a click's layer, or the layer dropdown's raw value
     assert fig is not None
-    assert layer_index("3") == 3 and layer_index("3.0") == 3 and layer_index(2) == 2
+    assert selection_for(record, layer, "q_proj")[1] == 0  # an unreadable layer falls back to the first
+
+
+def test_layer_indices_a_client_may_send():
+    from components.results_tab import layer_index
+    assert [layer_index(v) for v in ("3", "3.0", 2, " 4 ", 3.0)] == [3, 3, 2, 4, 3]
+    assert [layer_index(v) for v in ("1e309", "inf", float("inf"), "-1", True, 10**7, "1.5", [1])] == [None] * 8
 
 
 @pytest.mark.parametrize("dense, two_four", [("", 0.4), (None, 0.4), (0.3, "nan"), (0.3, float("inf"))])
