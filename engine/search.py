@@ -2,8 +2,8 @@
 pattern's parameters, each trial a re-plan and a quick perplexity estimate; the Pareto front of estimated perplexity
 against the masks' sparsity, or against their storage in bits per weight (storage_estimate).
 
-    space = search_space(base, calibration)          the dimensions, derived from the pattern's registry entry
-    study = open_study(storage_url, name, settings, calibration, evaluation)
+    space = search_space(base, model)                the dimensions, derived from the pattern's registry entry
+    study = open_study(open_storage(url), name, study_identity(calibration_key, space, settings, evaluation), ...)
     records = search(study, calibration, space, settings, eval_ids, seqlen)   -> one record per finished trial
     pareto_front(records, objective)                 the non-dominated feasible trials
 
@@ -240,7 +240,7 @@ def _decode(name: str, value):
     return tuple(float(x) for x in value.split("/")) if name == "ratios" else value
 
 
-def search_space(base: PruneSpec, calibration: Calibration, given: dict | None = None,
+def search_space(base: PruneSpec, model: torch.nn.Module, given: dict | None = None,
                  fields: list[str] | None = None) -> SearchSpace:
     """The space of `base`'s pattern: every field its registry entry declares that DIMENSIONS knows how to search
     (or only `fields`), each over its default range or the explicit choices in `given` {field: [values]}."""
@@ -259,7 +259,7 @@ def search_space(base: PruneSpec, calibration: Calibration, given: dict | None =
                 base.replace(**{name: _decode(name, _encode(v))})
             except (SpecError, TypeError, ValueError) as e:
                 raise UserError(f"search choice {name}={_encode(v)}: {e}") from None
-    _, layers = find_decoder_layers(calibration.model)
+    _, layers = find_decoder_layers(model)
     shapes = [tuple(t.weight().shape) for layer in layers for t in find_targets(layer, base.prune_router)]
     ctx = {"min_side": min(min(s) for s in shapes), "min_width": min(s[1] for s in shapes), "choices": {}}
     for name in CHOICES:
@@ -335,8 +335,10 @@ def default_study_name(identity: dict) -> str:
     return f"{identity['space']['pattern']}-{identity['calibration']['spec']['method']}-{digest}"
 
 
-def study_identity(calibration: Calibration, space: SearchSpace, settings: SearchSettings, evaluation: dict) -> dict:
-    return {"version": SEARCH_VERSION, "calibration": calibration.key, "evaluation": evaluation,
+def study_identity(calibration_key: dict, space: SearchSpace, settings: SearchSettings, evaluation: dict) -> dict:
+    """What a study's trials depend on: the calibration's key (engine/explore.calibration_key), the evaluation,
+    the settings that shape the objective and the space. A study holding another identity is refused."""
+    return {"version": SEARCH_VERSION, "calibration": calibration_key, "evaluation": evaluation,
             "settings": settings.identity(), "space": space.describe(), "base": space.base.canonical()}
 
 

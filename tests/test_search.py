@@ -57,12 +57,12 @@ def setup():
 
 
 def _study(url, cal, space, settings, eval_ids, name="s"):
-    ident = study_identity(cal, space, settings, evaluation_key(eval_ids, SEQLEN, settings.windows, estimate))
+    ident = study_identity(cal.key, space, settings, evaluation_key(eval_ids, SEQLEN, settings.windows, estimate))
     return open_study(open_storage(url), name, ident, settings, model="tiny")
 
 
 def _small_space(base, cal):
-    return search_space(base, cal, given={"ratios": RATIOS, "keep": KEEPS}, fields=[])
+    return search_space(base, cal.model, given={"ratios": RATIOS, "keep": KEEPS}, fields=[])
 
 
 def _exhaustive(model, base, cal, eval_ids, windows):
@@ -107,19 +107,19 @@ def test_a_band_makes_the_search_constrained(setup, tmp_path):
 
 def test_the_default_space_comes_from_the_patterns_fields(setup):
     model, base, cal, eval_ids = setup
-    space = search_space(base, cal)
+    space = search_space(base, cal.model)
     assert space.fields == ["block", "keep", "ratios", "tier_scope", "assignment", "within_block"]
     assert space.fixed == ["block_rule"]
     assert space.ctx["choices"]["within_block"] == ["score", "magnitude"]  # "obs" is planned as "score"
-    nm = search_space(base.replace(pattern="nm"), cal)
+    nm = search_space(base.replace(pattern="nm"), cal.model)
     assert nm.fields == ["m", "n"]
-    assert search_space(base.replace(pattern="unstructured"), cal).fields == ["sparsity", "group"]
+    assert search_space(base.replace(pattern="unstructured"), cal.model).fields == ["sparsity", "group"]
 
 
 def test_a_search_over_the_default_space_runs_every_pattern_kind(setup, tmp_path):
     model, base, cal, eval_ids = setup
     settings = SearchSettings(trials=3, seed=0, windows=1, objective="storage")
-    space = search_space(base, cal)
+    space = search_space(base, cal.model)
     records = search(_study(f"sqlite:///{tmp_path}/d.db", cal, space, settings, eval_ids), cal, space, settings,
                      eval_ids, SEQLEN)
     assert len(records) == 3 and all(r["status"] in ("estimated", "repeat") for r in records)
@@ -151,9 +151,9 @@ def test_bad_settings_are_one_line(kw, words):
 def test_bad_spaces_and_storages_are_one_line(setup, tmp_path):
     model, base, cal, eval_ids = setup
     with pytest.raises(UserError, match="three_tier has no parameter 'sparsity' to search"):
-        search_space(base, cal, fields=["sparsity"])
+        search_space(base, cal.model, fields=["sparsity"])
     with pytest.raises(UserError, match="search choice keep=999: K"):
-        search_space(base, cal, given={"keep": [999]})
+        search_space(base, cal.model, given={"keep": [999]})
     with pytest.raises(UserError, match=r"cannot open the study storage postgresql://u:\*\*\*@127.0.0.1:1/x"):
         open_storage("postgresql://u:secret@127.0.0.1:1/x")
     with pytest.raises(UserError, match="cannot open the study storage"):
@@ -204,7 +204,7 @@ def test_a_search_stopped_mid_estimate_keeps_the_finished_trials(setup, tmp_path
     import threading
 
     model, base, cal, eval_ids = setup
-    space = search_space(base, cal, given={"keep": list(range(1, 40))}, fields=[])
+    space = search_space(base, cal.model, given={"keep": list(range(1, 40))}, fields=[])
     settings = SearchSettings(trials=20, seed=0, windows=3)
     study = _study(f"sqlite:///{tmp_path}/x.db", cal, space, settings, eval_ids)
     stop = threading.Event()
@@ -319,3 +319,73 @@ def postgres():
 def test_two_worker_processes_share_one_postgresql_study(setup, tmp_path, postgres):
     _two_workers(postgres, tmp_path)
     _check_shared(postgres, setup)
+
+
+# --- the command line ----------------------------------------------------------------------------------------------
+
+QUICK = ["--calib_dataset", "pydoc", "--eval_dataset", "pydoc", "--nsamples", "4", "--seqlen", "64", "--quiet",
+         "--eval_windows", "2"]
+
+
+def _cli(tiny_llama_dir, url, *extra):
+    from engine.cli import main
+    return main(["--model", str(tiny_llama_dir), "--sparsity_type", "three_tier", "--tier_scope", "model", "--search",
+                 "--storage", url, "--study", "cli", *QUICK, *extra])
+
+
+def test_search_command_end_to_end_and_resumed(tiny_llama_dir, tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/cli.db"
+    space = ["--search_space", "keep=4,16,64", "ratios=0.5/0.3/0.2,0.2/0.4/0.4"]
+    assert _cli(tiny_llama_dir, url, "--trials", "3", "--search_seed", "0", "--save", str(tmp_path / "out"),
+                *space) == 0
+    out = capsys.readouterr().out
+    assert "study cli in sqlite:///" in out
+    assert "searching block, keep, ratios, tier_scope, assignment, within_block (" in out
+    assert [line.split(" | ")[0] for line in out.splitlines() if line.startswith("trial ")] == \
+        ["trial 0", "trial 1", "trial 2"]
+    assert "| trial | split | sparsity | bits/weight | ppl estimate |" in out
+    saved = json.loads((tmp_path / "out" / "search.json").read_text())
+    assert saved["added"] == [0, 1, 2] and len(saved["trials"]) == 3 and saved["front"]
+    assert saved["identity"]["calibration"]["spec"]["method"] == "wanda"
+    assert _cli(tiny_llama_dir, url, "--trials", "2", *space) == 0  # the same command resumes the study
+    out = capsys.readouterr().out
+    assert "3 finished trials" in out and "2 trials added by this process, 5 in the study" in out
+    from engine.cli import main
+    assert main(["--list_searches", "--storage", url]) == 0
+    assert "| cli | " in capsys.readouterr().out
+    assert main(["--export_search", str(tmp_path / "t.csv"), "--storage", url, "--study", "cli"]) == 0
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == 6
+
+
+@pytest.fixture(scope="module")
+def one_trial_study(tiny_llama_dir, tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('bad')}/bad.db"
+    assert _cli(tiny_llama_dir, url, "--trials", "1", "--search_seed", "0") == 0
+    return url
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--trials", "0"], "error: search trials must be a whole number in [1, 100000], got 0"),
+    (["--minutes", "0"], "error: search minutes must lie in (0,"),
+    ([], "error: a search needs a budget: a number of trials, minutes, or both"),
+    (["--trials", "2", "--target_sparsity", "1.5"], "error: sparsity band must be two numbers 0 <= low <= high <= 1"),
+    (["--trials", "2", "--target_sparsity", "0.6", "0.4"], "error: sparsity band must be two numbers"),
+    (["--trials", "2", "--objective", "speed"], "error: unknown search objective 'speed'; choose one of sparsity, "
+                                                "storage"),
+    (["--trials", "2", "--search_space", "sparsity=0.5"], "error: three_tier has no parameter 'sparsity' to search"),
+    (["--trials", "2", "--storage", "postgresql://u:pw@127.0.0.1:1/db"],
+     "error: cannot open the study storage postgresql://u:***@127.0.0.1:1/db: "),
+    (["--trials", "2", "--seed", "3"], "error: study 'cli' belongs to another calibration (differs in spec, windows)"),
+])
+def test_bad_search_settings_are_one_line_and_lose_nothing(tiny_llama_dir, one_trial_study, capsys, extra, words):
+    url = one_trial_study
+    args = [a for a in extra]
+    if "--storage" not in args:
+        args += ["--storage", url]
+    from engine.cli import main
+    rc = main(["--model", str(tiny_llama_dir), "--sparsity_type", "three_tier", "--tier_scope", "model", "--search",
+               "--study", "cli", *QUICK, *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(words) and "\n" not in err and "pw" not in err
+    import optuna
+    assert len(trial_records(optuna.load_study(study_name="cli", storage=open_storage(url)))) == 1
