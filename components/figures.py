@@ -397,8 +397,9 @@ def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
     fig.add_trace(go.Scatter(x=[x_all[i] for i in front], y=[y_all[i] for i in front], mode="lines",
                              name="Pareto front", line=dict(color="#9ca3af", dash="dash", width=1.5),
                              hoverinfo="skip"))
-    from .explore import EXACT_REFERENCE, REFERENCE, SPLIT
+    from .explore import EXACT_REFERENCE, REFERENCE, SEARCH, SPLIT
     for kind, name, symbol, color in ((SPLIT, "explored split (estimate)", "circle", TIER_COLORS["dense"]),
+                                      (SEARCH, "search trial (estimate)", "circle-open", "#0072B2"),
                                       (REFERENCE, "reference (estimate)", "square-open", "#D55E00"),
                                       (EXACT_REFERENCE, "SparseGPT reference (exact walk)", "diamond-open",
                                        "#CC79A7")):

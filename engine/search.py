@@ -388,13 +388,15 @@ def _differ(a, b) -> str:
 
 
 def list_studies(storage) -> list[dict]:
-    """Every study in the storage: name, model, trials finished, the calibration's method and data, when made."""
+    """Every study in the storage: name, model, finished trials, pattern, method, objective, when it started."""
     import optuna
+    from optuna.trial import TrialState
 
     out = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
         ident = s.user_attrs.get("identity") or {}
-        out.append({"study": s.study_name, "model": s.user_attrs.get("model"), "trials": s.n_trials,
+        finished = storage.get_n_trials(storage.get_study_id_from_name(s.study_name), TrialState.COMPLETE)
+        out.append({"study": s.study_name, "model": s.user_attrs.get("model"), "trials": finished,
                     "pattern": (ident.get("space") or {}).get("pattern"),
                     "method": ((ident.get("calibration") or {}).get("spec") or {}).get("method"),
                     "objective": (ident.get("settings") or {}).get("objective"),
