@@ -67,11 +67,11 @@ def slow_estimates(monkeypatch):
 
 
 def test_a_search_streams_its_trials_and_stop_keeps_the_finished_ones(dash, calibrated, runs, slow_estimates):
-    xs, panel = calibrated, dash.xs_search
+    xs, panel = calibrated, dash.explore.search
     outs, seen = [], []
     for out in start(dash, xs):
         outs.append(out)
-        if dash.xs_points in out:
+        if dash.explore.points in out:
             seen.append(sum(p["kind"] == explore.SEARCH for p in xs.points))
         if "(2 of 6)" in str(out.get(panel.status, "")):
             xs.job.stop()
@@ -91,15 +91,15 @@ def test_a_restarted_server_lists_the_search_and_reopens_its_front(dash, calibra
     n = len(trial_records(optuna.load_study(study_name=name, storage=storage)))
     assert n >= 2
     again = Page(Settings(runs_dir=runs))
-    [(title, listed)] = again.xs_search.past.choices
+    [(title, listed)] = again.explore.search.past.choices
     assert listed == name and f"{n} trials" in title
     xs = ExploreState()
     outs = list(explore_tab.open_search(again, xs, name, "", "sparsity"))
-    status = last(outs, again.xs_search.status)
+    status = last(outs, again.explore.search.status)
     assert f"{n} trials" in status and "on the front; best" in status
     trials = [p for p in xs.points if p["kind"] == explore.SEARCH]
     assert trials and all(p["ppl"] > 1 for p in trials)
-    rows = last(outs, again.xs_points)
+    rows = last(outs, again.explore.points)
     assert any(r[-1] == "✓" for r in rows)
     # a click on a trial opens its maps, re-planned from the calibration it was searched on
     shown = calibrated.plan.spec.label()
@@ -107,7 +107,7 @@ def test_a_restarted_server_lists_the_search_and_reopens_its_front(dash, calibra
     list(explore_tab.open_point(dash, calibrated, point["n"], "sparsity"))
     assert calibrated.plan.spec.label() == point["label"]
     outs = list(explore_tab.open_point(dash, xs, trials[0]["n"], "sparsity"))  # no calibration here
-    assert "Press Calibrate first" in str(last(outs, dash.xs_status))
+    assert "Press Calibrate first" in str(last(outs, dash.explore.status))
 
 
 @pytest.mark.parametrize("kw, words", [
@@ -119,7 +119,7 @@ def test_a_restarted_server_lists_the_search_and_reopens_its_front(dash, calibra
 def test_bad_search_settings_are_one_line(dash, calibrated, kw, words):
     before = list(calibrated.points)
     outs = list(start(dash, calibrated, **kw))
-    status = str(last(outs, dash.xs_search.status))
+    status = str(last(outs, dash.explore.search.status))
     assert words in status and status.count("\n") == 0
     assert calibrated.points == before  # nothing lost
 
@@ -129,4 +129,4 @@ def test_a_public_server_bounds_the_search(tmp_path, calibrated):
     xs = calibrated
     outs = list(explore_tab.start_search(public, xs, "sparsity", 0, 1, None, 500, 5, "", "", WINDOWS, TOKENS,
                                          "sparsity"))
-    assert "adds at most 60 trials" in str(last(outs, public.xs_search.status))
+    assert "adds at most 60 trials" in str(last(outs, public.explore.search.status))
