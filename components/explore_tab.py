@@ -134,12 +134,12 @@ def render_search(page) -> SearchPanel:
                                  label="Objective", scale=2)
             low = gr.Number(0.0, minimum=0, maximum=1, label="sparsity at least", elem_id="xs-search-low")
             high = gr.Number(1.0, minimum=0, maximum=1, label="sparsity at most", elem_id="xs-search-high")
-            max_bits = gr.Number(None, minimum=0, label="bits per weight at most (empty: no cap)")
+            max_bits = gr.Number(0, minimum=0, label="bits per weight at most (0: no cap)")
         with gr.Row():
             trials = gr.Number(20 if not public else min(20, page.settings.limits.search_trials), precision=0,
                                minimum=1, label="trials", elem_id="xs-search-trials")
-            minutes = gr.Number(None if not public else page.settings.limits.search_minutes, minimum=0,
-                                label="minutes (empty: no limit)")
+            minutes = gr.Number(0 if not public else page.settings.limits.search_minutes, minimum=0,
+                                label="minutes (0: no limit)")
             storage = gr.Textbox("", label="study storage URL (empty: SQLite beside the run store)", visible=not public)
             study = gr.Textbox("", label="study name (empty: named after the calibration and settings)",
                                visible=not public)
@@ -179,9 +179,9 @@ def search_settings(page, objective, low, high, max_bits, trials, minutes, windo
             raise UserError(f"{value!r} is not a number") from None
     lo, hi = number(low, float), number(high, float)
     band = None if (lo or 0.0) <= 0.0 and (1.0 if hi is None else hi) >= 1.0 else (lo or 0.0, 1.0 if hi is None else hi)
-    n, m = number(trials, int), number(minutes, float)
+    n, m, cap = number(trials, int), number(minutes, float) or None, number(max_bits, float) or None  # 0: none
     policy.check_search(n, m, page.settings.public, page.settings.limits)
-    return SearchSettings(objective=objective, band=band, max_bits=number(max_bits, float), trials=n, minutes=m,
+    return SearchSettings(objective=objective, band=band, max_bits=cap, trials=n, minutes=m,
                           windows=_count(windows, "estimate windows", 1, MAX_WINDOWS))
 
 
