@@ -309,7 +309,8 @@ def search_point(state: ExploreState, record: dict, calibration: dict | None) ->
     return put_point(state, {"label": record["label"], "kind": SEARCH, "sparsity": record["sparsity"],
                              "storage": record["storage_bytes"], "ppl": record["ppl"], "ppl_low": record["ppl_low"],
                              "ppl_high": record["ppl_high"], "windows": record["windows"], "spec": record["spec"],
-                             "requested": record["spec"], "exact": None, "trial": record["number"],
+                             "requested": record.get("requested", record["spec"]), "exact": None,
+                             "trial": record["number"],
                              "calibration": calibration})
 
 

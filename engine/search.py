@@ -442,7 +442,8 @@ def run_trial(calibration: Calibration, spec: PruneSpec, settings: SearchSetting
     storage = storage_estimate(plan)
     key = json.dumps(plan.spec.canonical(), sort_keys=True)
     violation = settings.violation(plan.sparsity, storage["bits_per_weight"])
-    record = {"spec": plan.spec.to_dict(), "label": plan.spec.label(), "sparsity": plan.sparsity,
+    record = {"spec": plan.spec.to_dict(), "requested": spec.to_dict(), "label": plan.spec.label(),
+              "sparsity": plan.sparsity,
               "bits": storage["bits_per_weight"], "storage_bytes": storage["bytes"], "tiers": plan.tier_census(),
               "feasible": max(violation.values()) <= 0, "violation": violation, "notes": plan.notes,
               "worker": worker_id(),

@@ -13,6 +13,7 @@ from components import explore, explore_tab
 from components.explore import ExploreState
 from engine import explore as engine_explore
 from engine.search import open_storage, trial_records
+from engine.spec import PruneSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 FAST = dict(calib="pydoc", eval_source="pydoc", nsamples=4, seqlen=64, eval_windows=2, baselines=False,
@@ -108,6 +109,23 @@ def test_a_restarted_server_lists_the_search_and_reopens_its_front(dash, calibra
     assert calibrated.plan.spec.label() == point["label"]
     outs = list(explore_tab.open_point(dash, xs, trials[0]["n"], "sparsity"))  # no calibration here
     assert "Press Calibrate first" in str(last(outs, dash.explore.status))
+
+
+def test_run_exact_on_the_fronts_best_puts_exact_numbers_beside_their_estimates(dash, calibrated, tiny_llama_dir):
+    from components.session import Session
+
+    xs = calibrated
+    list(start(dash, xs, trials=3))
+    trials = [p for p in xs.points if p["kind"] == explore.SEARCH]
+    front = sorted((trials[i] for i in explore.pareto_front([p["sparsity"] for p in trials],
+                                                            [p["ppl"] for p in trials])), key=lambda p: p["ppl"])[:3]
+    s = Session()
+    values = form_values(dash, model_path=str(tiny_llama_dir), **FAST)
+    list(explore_tab.run_exact_front(dash, *values, xs, s, "sparsity"))
+    assert len(s.runs) == len(front) and all(r["status"] == "completed" for r in s.runs)
+    for p, run in zip(front, s.runs):
+        assert run["spec"]["ratios"] == list(PruneSpec.from_dict(p["requested"]).ratios)
+        assert p["exact"] == pytest.approx(run["ppl"]["pruned"])
 
 
 @pytest.mark.parametrize("kw, words", [
