@@ -306,13 +306,22 @@ def open_storage(url: str):
     from sqlalchemy.exc import SQLAlchemyError
 
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-        storage.get_all_studies()
-    except (SQLAlchemyError, ValueError, ImportError, ModuleNotFoundError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot open the study storage {shown_url(url)}: {excerpt(first, 160)}") from None
-    return storage
+    for attempt in range(3):
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            storage.get_all_studies()
+            return storage
+        except SQLAlchemyError as e:
+            # workers starting together on an empty database race to create Optuna's tables: the loser retries
+            if attempt < 2 and any(w in str(e) for w in ("already exists", "duplicate key", "UNIQUE constraint")):
+                time.sleep(0.5 + attempt)
+                continue
+            problem = e
+        except (ValueError, ImportError, OSError) as e:
+            problem = e
+        break
+    first = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
+    raise UserError(f"cannot open the study storage {shown_url(url)}: {excerpt(first, 160)}") from None
 
 
 def evaluation_key(eval_ids: torch.Tensor, seqlen: int, windows: int, estimate_fn: EstimateFn) -> dict:
