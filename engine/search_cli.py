@@ -13,7 +13,7 @@ import time
 
 from . import data as textdata
 from .errors import UserError, excerpt
-from .explore import calibrate, calibration_key, estimate
+from .explore import DEFAULT_ESTIMATE_WINDOWS, calibrate, calibration_key, estimate
 from .methods import METHODS
 from .record import versions, write_json_atomic
 from .save import check_save_dir
@@ -70,7 +70,8 @@ def search_settings(args) -> SearchSettings:
         raise UserError(f"--target_sparsity takes LOW or LOW HIGH, got {len(band)} numbers")
     return SearchSettings(objective=args.objective, band=None if band is None else (band[0], band[-1] if
                           len(band) == 2 else 1.0), max_bits=args.max_bits, trials=args.trials, minutes=args.minutes,
-                          sampler=args.sampler, seed=args.search_seed, windows=args.eval_windows or 6)
+                          sampler=args.sampler, seed=args.search_seed,
+                          windows=args.eval_windows or DEFAULT_ESTIMATE_WINDOWS)
 
 
 def parse_space(items: list[str] | None) -> dict:

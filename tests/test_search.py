@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,16 @@ def test_a_search_over_the_default_space_runs_every_pattern_kind(setup, tmp_path
                      eval_ids, SEQLEN)
     assert len(records) == 3 and all(r["status"] in ("estimated", "repeat") for r in records)
     assert all(math.isfinite(r["ppl"]) and r["bits"] > 0 for r in records)
+
+
+def test_a_budget_in_minutes_stops_between_trials(setup, tmp_path):
+    model, base, cal, eval_ids = setup
+    space = _small_space(base, cal)
+    settings = SearchSettings(trials=None, minutes=0.5 / 60, seed=0, windows=1)
+    t0 = time.monotonic()
+    records = search(_study(f"sqlite:///{tmp_path}/m.db", cal, space, settings, eval_ids), cal, space, settings,
+                     eval_ids, SEQLEN)
+    assert records and time.monotonic() - t0 < 0.5 + 5 * max(r["seconds"] for r in records) + 2
 
 
 def test_the_front_of_hand_made_points():

@@ -142,6 +142,15 @@ def test_bad_search_settings_are_one_line(dash, calibrated, kw, words):
     assert calibrated.points == before  # nothing lost
 
 
+def test_an_unreachable_storage_is_one_line(dash, calibrated):
+    before = list(calibrated.points)
+    outs = list(explore_tab.start_search(dash, calibrated, "sparsity", 0, 1, 0, 2, 0, "postgresql://u:pw@127.0.0.1:1/x",
+                                         "", WINDOWS, TOKENS, "sparsity"))
+    status = str(last(outs, dash.explore.search.status))
+    assert "cannot open the study storage postgresql://u:***@127.0.0.1:1/x" in status and "pw" not in status
+    assert calibrated.points == before
+
+
 def test_a_public_server_bounds_the_search(tmp_path, calibrated):
     public = Page(Settings(runs_dir=str(tmp_path), public=True))
     xs = calibrated
