@@ -488,12 +488,14 @@ def search(study, calibration: Calibration, space: SearchSpace, settings: Search
     known = {json.dumps(PruneSpec.from_dict(r["spec"]).canonical(), sort_keys=True): r
              for r in trial_records(study) if r["status"] == "estimated"}
     done: list[dict] = []
-    while (settings.trials is None or len(done) < settings.trials) and \
+    asked = 0  # trials asked for: a combination of explicit choices that is no valid spec spends one too
+    while (settings.trials is None or asked < settings.trials) and \
             (deadline is None or time.monotonic() < deadline) and not (cancel is not None and cancel.is_set()):
         trial = study.ask()
+        asked += 1
         try:
             spec = space.suggest(trial)
-        except SpecError as e:  # a combination of explicit choices that is no valid spec
+        except SpecError as e:
             trial.set_user_attr("error", str(e))
             study.tell(trial, state=TrialState.FAIL)
             continue

@@ -137,6 +137,16 @@ def test_a_budget_in_minutes_stops_between_trials(setup, tmp_path):
     assert records and time.monotonic() - t0 < 0.5 + 5 * max(r["seconds"] for r in records) + 2
 
 
+def test_invalid_combinations_of_choices_spend_the_budget_and_never_loop(setup, tmp_path):
+    model, base, cal, eval_ids = setup
+    space = search_space(base, cal.model, given={"block": [8], "keep": [65]}, fields=[])  # 65 > 8 x 8
+    settings = SearchSettings(trials=3, seed=0, windows=1)
+    study = _study(f"sqlite:///{tmp_path}/i.db", cal, space, settings, eval_ids)
+    assert search(study, cal, space, settings, eval_ids, SEQLEN) == []
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 3
+    assert "K (weights kept per top-K block)" in study.trials[0].user_attrs["error"]
+
+
 def test_the_front_of_hand_made_points():
     def p(n, s, ppl, bits=0.0, feasible=True):
         return {"number": n, "sparsity": s, "ppl": ppl, "bits": bits, "feasible": feasible}
