@@ -448,8 +448,9 @@ def storage_estimate(plan: Replan, value_bits: int = 16) -> dict:
         block patterns   sum over blocks:  dense  n_kept * v
                                            2:4    n_kept * (v + 2)             (a 2-bit position in its group of 4)
                                            top-K  n_kept * (v + ceil(log2 B^2)) (a position inside the B x B block)
-        N:M              n_kept * (v + ceil(log2 M))
-        unstructured     n_kept * (v + ceil(log2 in)) + 32 * out   (column indices and row offsets, CSR)
+        N:M              n_kept * (v + ceil(log2 M))                (a position inside its group of M)
+        unstructured     n_kept * (v + ceil(log2 in)) + 32 * out   (column indices and row counts, CSR)
+        either of these  or n_kept * v + out * in if smaller        (a bitmask: engine/compact.py picks the smaller)
 
     v = value_bits (16: fp16/bf16). n_kept counts the mask's kept weights (exactly K per top-K block under the exact
     rule). Returns {"bytes", "dense_bytes" (every weight at v bits), "ratio", "bits_per_weight"}."""
@@ -471,9 +472,10 @@ def storage_estimate(plan: Replan, value_bits: int = 16) -> dict:
             continue
         n_kept = m.kept
         if "m" in PATTERNS[spec.pattern].fields:
-            bits += n_kept * (v + math.ceil(math.log2(spec.m)))
+            positions = n_kept * (v + math.ceil(math.log2(spec.m)))
         else:
-            bits += n_kept * (v + math.ceil(math.log2(max(in_f, 2)))) + 32 * out_f
+            positions = n_kept * (v + math.ceil(math.log2(max(in_f, 2)))) + 32 * out_f
+        bits += min(positions, n_kept * v + m.numel)
     return {"bytes": bits / 8, "dense_bytes": dense / 8, "ratio": bits / dense if dense else 0.0,
             "bits_per_weight": bits / plan.numel if plan.numel else 0.0}
 
