@@ -118,6 +118,7 @@ def decode_slots(values: torch.Tensor, positions: torch.Tensor, slots: int) -> t
 class Layout:
     encode: Callable[..., tuple[dict, dict]]   # (W, **params) -> ({suffix: tensor}, {part: k})
     decode: Callable[..., torch.Tensor]        # (get(suffix) -> tensor, shape, dtype, parts, **params) -> W
+    size: Callable[..., int] | None = None     # (W, **params) -> its bytes, without encoding (where cheap)
 
 
 def _slots_tensors(part: str, groups: torch.Tensor) -> tuple[dict, int]:
@@ -195,6 +196,11 @@ def encode_positions(W: torch.Tensor) -> tuple[dict, dict]:
             "values": W[nz]}, {}
 
 
+def positions_size(W: torch.Tensor) -> int:
+    nnz = int(nonzero_bits(W).sum())
+    return 4 * W.shape[0] + math.ceil(nnz * position_bits(W.shape[1]) / 8) + nnz * W.element_size()
+
+
 def decode_positions(get, shape, dtype, parts) -> torch.Tensor:
     counts = get("row_counts").long()
     values = get("values").to(dtype)
@@ -210,7 +216,8 @@ def decode_positions(get, shape, dtype, parts) -> torch.Tensor:
 
 
 LAYOUTS = {"blocks": Layout(encode_blocks, decode_blocks), "groups": Layout(encode_groups, decode_groups),
-           "bitmask": Layout(encode_bitmask, decode_bitmask), "positions": Layout(encode_positions, decode_positions)}
+           "bitmask": Layout(encode_bitmask, decode_bitmask),
+           "positions": Layout(encode_positions, decode_positions, positions_size)}
 
 
 def layouts_for(spec: dict, tiers: torch.Tensor | None) -> dict[str, dict]:
@@ -229,7 +236,10 @@ def encode_matrix(W: torch.Tensor, spec: dict, tiers: torch.Tensor | None = None
     """W [out, in] -> (layout, its parameters, {suffix: tensor}, parts) of the smallest layout the pattern allows."""
     best = None
     for name, params in layouts_for(spec, tiers).items():
-        tensors, parts = LAYOUTS[name].encode(W, **params)
+        layout = LAYOUTS[name]
+        if best is not None and layout.size is not None and layout.size(W, **params) >= best[0]:
+            continue  # cannot win: not encoded
+        tensors, parts = layout.encode(W, **params)
         size = sum(t.numel() * t.element_size() for t in tensors.values())
         if best is None or size < best[0]:
             best = (size, name, {k: v for k, v in params.items() if k != "tiers"}, tensors, parts)
