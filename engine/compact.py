@@ -25,7 +25,9 @@ the two sets differ. Format of `compact.safetensors` (version 1):
             `<name>.<part>.values` [G, k] (the group's nonzeros in order, padded with zeros) and
             `<name>.<part>.positions` uint8: G*k positions in [0, S), ascending per group (padding slots take the
             lowest unused positions), each ceil(log2 S) bits, packed into a bit stream least significant bit
-            first (bit j of the stream is bit j % 8 of byte j // 8).
+            first (bit j of the stream is bit j % 8 of byte j // 8). Where S < k * ceil(log2 S) (top-K with
+            K = 96 of 256) the part is a mask instead, k = "mask": `<name>.<part>.mask` G*S bits packed as above,
+            `<name>.<part>.values` [nnz] the nonzeros in order.
   layouts
     blocks     block patterns. W zero-padded to multiples of B, cut into B x B blocks, blocks in row-major order
                of the grid, each block row-major. `<name>.tiers` int8 [R, C] (0 dense, 1 2:4, 2 top-K).
@@ -121,13 +123,23 @@ class Layout:
     size: Callable[..., int] | None = None     # (W, **params) -> its bytes, without encoding (where cheap)
 
 
-def _slots_tensors(part: str, groups: torch.Tensor) -> tuple[dict, int]:
+def _slots_tensors(part: str, groups: torch.Tensor) -> tuple[dict, int | str]:
+    """A part's tensors and its k; "mask" where S bits per group are fewer than k positions (top-K with K = 96)."""
+    slots = groups.shape[1]
+    nz = nonzero_bits(groups)
+    k = int(nz.sum(dim=1).max()) if groups.numel() else 0
+    if slots < k * position_bits(slots):
+        return {f"{part}.mask": pack_bits(nz.reshape(-1), 1), f"{part}.values": groups[nz]}, "mask"
     values, positions = encode_slots(groups)
-    return {f"{part}.values": values,
-            f"{part}.positions": pack_bits(positions.reshape(-1), position_bits(groups.shape[1]))}, values.shape[1]
+    return {f"{part}.values": values, f"{part}.positions": pack_bits(positions.reshape(-1), position_bits(slots))}, k
 
 
-def _slots_from(get, part: str, n_groups: int, k: int, slots: int, dtype) -> torch.Tensor:
+def _slots_from(get, part: str, n_groups: int, k: int | str, slots: int, dtype) -> torch.Tensor:
+    if k == "mask":
+        nz = unpack_bits(get(f"{part}.mask"), 1, n_groups * slots).bool().view(n_groups, slots)
+        groups = torch.zeros(n_groups, slots, dtype=dtype)
+        groups[nz] = get(f"{part}.values").to(dtype)
+        return groups
     values = get(f"{part}.values").reshape(n_groups, k)
     positions = unpack_bits(get(f"{part}.positions"), position_bits(slots), n_groups * k).view(n_groups, k)
     if k and int(positions.max()) >= slots:

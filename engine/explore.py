@@ -448,6 +448,7 @@ def storage_estimate(plan: Replan, value_bits: int = 16) -> dict:
         block patterns   sum over blocks:  dense  n_kept * v
                                            2:4    n_kept * (v + 2)             (a 2-bit position in its group of 4)
                                            top-K  n_kept * (v + ceil(log2 B^2)) (a position inside the B x B block)
+                                                  or n_kept * v + B^2 if smaller   (an in-block bitmask: K = 96)
         N:M              n_kept * (v + ceil(log2 M))                (a position inside its group of M)
         unstructured     n_kept * (v + ceil(log2 in)) + 32 * out   (column indices and row counts, CSR)
         either of these  or n_kept * v + out * in if smaller        (a bitmask: engine/compact.py picks the smaller)
@@ -468,7 +469,8 @@ def storage_estimate(plan: Replan, value_bits: int = 16) -> dict:
             extra = torch.zeros_like(per_block)
             extra[m.tiers == TWO_FOUR] = 2
             extra[m.tiers == TOPK] = math.ceil(math.log2(B * B))
-            bits += int((per_block * (v + extra)).sum())
+            index = torch.minimum(per_block * extra, torch.where(m.tiers == TOPK, B * B, per_block * extra))
+            bits += int((per_block * v + index).sum())
             continue
         n_kept = m.kept
         if "m" in PATTERNS[spec.pattern].fields:

@@ -92,6 +92,23 @@ def test_three_tier_blocks_store_dense_values_two_four_pairs_and_top_k():
     assert tensors["2:4.values"].tolist() == W[0:4, 4:6].tolist()
 
 
+def test_top_k_blocks_keeping_96_of_256_take_an_in_block_mask():
+    """96 positions of 8 bits cost 768 bits a block, a mask 256: the mask is stored, and storage_estimate agrees."""
+    from engine.explore import Replan, matrix_mask, storage_estimate
+    from engine.three_tier import three_tier_mask
+    W = torch.randn(32, 32)
+    tiers = torch.full((2, 2), 2, dtype=torch.int8)
+    keep = three_tier_mask(W.abs(), tiers, 16, 96)
+    W = W.masked_fill(~keep, 0)
+    tensors, parts = encode_blocks(W, tiers, 16)
+    assert parts["topk"] == "mask" and tensors["topk.mask"].numel() == 4 * 256 // 8
+    entry = {"layout": "blocks", "block": 16, "parts": parts, "shape": [32, 32], "dtype": "float32"}
+    assert torch.equal(decode_matrix(lambda s: tensors[s], entry), W)
+    spec = PruneSpec(pattern="three_tier", block=16, keep=96)
+    plan = Replan(spec, spec, [], "", {(0, "m"): matrix_mask(keep, tiers)})
+    assert storage_estimate(plan)["bytes"] == 4 * (96 * 16 + 256) / 8
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_any_matrix_round_trips_bit_for_bit_even_off_its_pattern(dtype):
     """Odd shapes, -0.0, NaN, and a 2:4 group with three weights: the smallest layout that holds it exactly."""
