@@ -84,8 +84,8 @@ def bits_per_weight(kw: dict, shape, v: int = 16, block: int = 16) -> float:
     out_f, in_f = shape
     if kw["pattern"] == "three_tier":
         d, s, t = kw["ratios"]
-        return d * v + s * (v + 2) / 2 + t * kw["keep"] / block ** 2 * (v + math.ceil(math.log2(block ** 2))) \
-            + 8 / block ** 2
+        index = min(kw["keep"] * math.ceil(math.log2(block ** 2)), block ** 2)  # positions, or an in-block mask
+        return d * v + s * (v + 2) / 2 + t * (kw["keep"] * v + index) / block ** 2 + 8 / block ** 2
     kept = kw.get("n", 1) / kw["m"] if kw["pattern"] == "nm" else 1 - kw["sparsity"]
     index = math.ceil(math.log2(kw["m"])) if kw["pattern"] == "nm" else math.ceil(math.log2(in_f)) + 32 / kept / in_f
     return min(kept * (v + index), kept * v + 1)

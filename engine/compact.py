@@ -103,9 +103,11 @@ def encode_slots(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """groups [G, S] -> (values [G, k], positions int64 [G, k]) with k the largest nonzero count of a group:
     each group's nonzeros in order, then padding slots at its lowest unused positions (value zero)."""
     nz = nonzero_bits(groups)
-    k = int(nz.sum(dim=1).max()) if groups.numel() else 0
-    order = torch.argsort((~nz).to(torch.int8), dim=1, stable=True)[:, :k]   # nonzeros first, then the lowest zeros
-    positions = order.sort(dim=1).values
+    count = nz.sum(dim=1, keepdim=True)
+    k = int(count.max()) if groups.numel() else 0
+    # every nonzero, and the (k - count) lowest zeros of its group: exactly k per group, read back in order
+    chosen = nz | ((~nz).cumsum(dim=1) <= k - count)
+    positions = chosen.nonzero()[:, 1].view(groups.shape[0], k)
     return groups.gather(1, positions), positions
 
 
@@ -189,6 +191,10 @@ def decode_groups(get, shape, dtype, parts, group: int) -> torch.Tensor:
     return groups.view(shape[0], width)[:, : shape[1]].contiguous()
 
 
+def bitmask_size(W: torch.Tensor) -> int:
+    return math.ceil(W.numel() / 8) + int(nonzero_bits(W).sum()) * W.element_size()
+
+
 def encode_bitmask(W: torch.Tensor) -> tuple[dict, dict]:
     nz = nonzero_bits(W)
     return {"mask": pack_bits(nz.reshape(-1), 1), "values": W[nz]}, {}
@@ -228,7 +234,7 @@ def decode_positions(get, shape, dtype, parts) -> torch.Tensor:
 
 
 LAYOUTS = {"blocks": Layout(encode_blocks, decode_blocks), "groups": Layout(encode_groups, decode_groups),
-           "bitmask": Layout(encode_bitmask, decode_bitmask),
+           "bitmask": Layout(encode_bitmask, decode_bitmask, bitmask_size),
            "positions": Layout(encode_positions, decode_positions, positions_size)}
 
 
