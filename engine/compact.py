@@ -72,6 +72,7 @@ from .three_tier import DENSE, TOPK, TWO_FOUR
 FORMAT, VERSION = "sparsity-compact", "1"
 COMPACT_FILE = "compact.safetensors"
 TIER_PARTS = {DENSE: "dense", TWO_FOUR: "2:4", TOPK: "topk"}
+_BYTE_SHIFTS = torch.arange(8, dtype=torch.uint8)
 _INT_OF = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -84,15 +85,21 @@ def nonzero_bits(x: torch.Tensor) -> torch.Tensor:
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Non-negative integer codes [n] (each < 2**bits) -> uint8 [ceil(n * bits / 8)], least significant bit first."""
-    stream = ((codes.long().reshape(-1, 1) >> torch.arange(bits)) & 1).reshape(-1)
+    if bits == 1:  # a mask: one byte per weight on the way, never eight
+        stream = codes.reshape(-1).to(torch.uint8)
+    else:
+        stream = ((codes.to(torch.int32).reshape(-1, 1) >> torch.arange(bits, dtype=torch.int32)) & 1).reshape(-1)
+        stream = stream.to(torch.uint8)
     stream = torch.nn.functional.pad(stream, (0, -stream.numel() % 8))
-    return (stream.view(-1, 8) << torch.arange(8)).sum(dim=1).to(torch.uint8)
+    return (stream.view(-1, 8) << _BYTE_SHIFTS).sum(dim=1, dtype=torch.uint8)  # distinct bits: the sum is an OR
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """Inverse of pack_bits -> int64 [n]."""
-    stream = (packed.long().reshape(-1, 1) >> torch.arange(8)) & 1
-    return (stream.reshape(-1)[: n * bits].view(n, bits) << torch.arange(bits)).sum(dim=1)
+    stream = ((packed.reshape(-1, 1) >> _BYTE_SHIFTS) & 1).reshape(-1)[: n * bits]
+    if bits == 1:
+        return stream.long()
+    return (stream.view(n, bits).to(torch.int64) << torch.arange(bits)).sum(dim=1)
 
 
 def position_bits(slots: int) -> int:
