@@ -219,6 +219,17 @@ def test_cli_compact_save_records_measured_bytes_and_decompresses_to_the_same_lo
     assert_same_weights(plain, compact)
 
 
+def test_the_dashboard_overview_shows_the_measured_bytes_beside_the_estimate(compact_run):
+    from components.tables import overview_html
+    record = json.loads((compact_run / "results.json").read_text())
+    storage = record["storage"]
+    page = overview_html(record)
+    assert "compact save (measured)" in page and f"{storage['bytes'] / 1e6:,.2f} MB" in page
+    assert f"estimate {storage['estimate_bytes'] / 1e6:,.2f}" in page
+    assert f"topk {storage['per_tier']['topk'] / 1e6:,.2f}" in page and f"{storage['estimate_gap']:+.2%}" in page
+    assert "compact save" not in overview_html({k: v for k, v in record.items() if k != "storage"})
+
+
 def _copy(src, dst):
     import shutil
     shutil.copytree(src, dst)
