@@ -72,6 +72,7 @@ from .three_tier import DENSE, TOPK, TWO_FOUR
 FORMAT, VERSION = "sparsity-compact", "1"
 COMPACT_FILE = "compact.safetensors"
 TIER_PARTS = {DENSE: "dense", TWO_FOUR: "2:4", TOPK: "topk"}
+VALUE_DTYPES = ("float32", "bfloat16", "float16", "float64")
 _BYTE_SHIFTS = torch.arange(8, dtype=torch.uint8)
 _INT_OF = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -396,20 +397,21 @@ def read_manifest(path: Path) -> dict:
         raise UserError(f"{path} is not a {FORMAT} version {VERSION} file")
     try:
         manifest = json.loads(meta["manifest"])
-        assert isinstance(manifest["matrices"], list)
-    except (KeyError, ValueError, TypeError, AssertionError):
-        raise UserError(f"{path}: its manifest is unreadable") from None
+        ok = isinstance(manifest["matrices"], list) and all(
+            isinstance(m, dict) and m.get("dtype") in VALUE_DTYPES and m.get("layout") in LAYOUTS
+            and isinstance(m.get("name"), str) and isinstance(m.get("shape"), list) for m in manifest["matrices"])
+    except (KeyError, ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise UserError(f"{path}: its manifest is unreadable")
     return manifest
 
 
-def is_compact(folder) -> bool:
-    return (Path(folder).expanduser() / COMPACT_FILE).is_file()
-
-
 @torch.no_grad()
-def load_compact(folder, dtype: torch.dtype | None = None, device: str = "cpu"):
-    """A compact folder -> (model, tokenizer). The rest of the weights load as transformers loads them, then each
-    pruned matrix is decoded, checked against its sha256 and copied into its parameter, one at a time."""
+def load_compact(folder, device: str = "cpu"):
+    """A compact folder -> (model, tokenizer), in the dtype it was saved in. The rest of the weights load as
+    transformers loads them, then each pruned matrix is decoded, checked against its sha256 and copied into its
+    parameter, one at a time."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -422,7 +424,7 @@ def load_compact(folder, dtype: torch.dtype | None = None, device: str = "cpu"):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the pruned matrices are "missing" from model.safetensors by design
     try:
-        dtype = dtype or (getattr(torch, entries[0]["dtype"]) if entries else None)
+        dtype = getattr(torch, entries[0]["dtype"]) if entries else None
         model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, dtype=dtype)
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise UserError(f"could not load the dense part of {folder}: {excerpt(str(e), 160)}") from None
@@ -434,16 +436,18 @@ def load_compact(folder, dtype: torch.dtype | None = None, device: str = "cpu"):
         raise UserError(f"{folder}: the compact file's matrices ({len(stored)} parameters) are not the ones missing "
                         f"from model.safetensors ({len(missing)}); the folder is not one compact save")
     params = dict(model.named_parameters(remove_duplicate=False))
+    entry: dict = {}
     try:
         with safe_open(path, "pt") as f:
             for entry in entries:
+                target = _target(params[entry["parameter"]], entry)  # shape and dtype checked before decoding
                 W = decode_matrix(lambda suffix, n=entry["name"]: f.get_tensor(f"{n}.{suffix}"), entry)
                 if matrix_sha256(W) != entry["sha256"]:
                     raise ValueError("its weights do not match their checksum")
-                _set(params[entry["parameter"]], entry, W)
-    except (SafetensorError, ValueError, RuntimeError, KeyError, IndexError) as e:
+                target.copy_(W.T if entry["transposed"] else W)
+    except (SafetensorError, ValueError, RuntimeError, KeyError, IndexError, TypeError, AttributeError) as e:
         name = entry.get("name", "?") if isinstance(entry, dict) else "?"
-        raise UserError(f"{path} is damaged at matrix {name}: {excerpt(str(e), 120)}") from None
+        raise UserError(f"{path} is damaged at matrix {excerpt(str(name), 80)}: {excerpt(str(e), 120)}") from None
     tokenizer = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -452,12 +456,14 @@ def load_compact(folder, dtype: torch.dtype | None = None, device: str = "cpu"):
     return model.to(device).eval(), tokenizer
 
 
-def _set(param: torch.nn.Parameter, entry: dict, W: torch.Tensor) -> None:
-    W = W.T if entry["transposed"] else W
+def _target(param: torch.nn.Parameter, entry: dict) -> torch.Tensor:
+    """The slice of `param` an entry fills, once its shape and dtype are those of the model (so a hand-edited shape
+    never allocates more than the matrix it names)."""
     target = param[entry["expert"]] if entry["expert"] is not None else param
-    if tuple(target.shape) != tuple(W.shape):
-        raise ValueError(f"shape {list(W.shape)} does not fit parameter {entry['parameter']} {list(target.shape)}")
-    target.copy_(W)
+    shape = tuple(target.shape[::-1] if entry["transposed"] else target.shape)
+    if tuple(entry["shape"]) != shape or entry["dtype"] != str(param.dtype).removeprefix("torch."):
+        raise ValueError(f"shape {entry['shape']} {entry['dtype']} does not fit parameter {entry['parameter']}")
+    return target
 
 
 def decompress(folder, out, overwrite: bool = False) -> Path:

@@ -265,18 +265,32 @@ def test_an_edited_weight_in_a_compact_file_is_one_error_line(compact_run, tmp_p
     assert "checksum" in line and first in line
 
 
-def test_a_compact_file_missing_a_matrix_is_refused(compact_run, tmp_path, capsys):
-    """A compact file from another save (fewer matrices) never leaves random weights in the model."""
-    bad = _copy(compact_run, tmp_path / "bad")
-    path = bad / COMPACT_FILE
+def _edit_manifest(folder, edit):
+    from safetensors.torch import save_file
+    path = folder / COMPACT_FILE
     with safe_open(path, "pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     manifest = json.loads(meta["manifest"])
-    manifest["matrices"] = manifest["matrices"][1:]
-    from safetensors.torch import save_file
+    edit(manifest["matrices"])
     save_file(tensors, path, metadata={**meta, "manifest": json.dumps(manifest)})
+
+
+def test_a_compact_file_missing_a_matrix_is_refused(compact_run, tmp_path, capsys):
+    """A compact file from another save (fewer matrices) never leaves random weights in the model."""
+    bad = _copy(compact_run, tmp_path / "bad")
+    _edit_manifest(bad, lambda matrices: matrices.pop(0))
     assert "missing" in _one_error_line(capsys, ["--decompress", str(bad), str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("field, value, message", [("shape", [10**6, 10**6], "does not fit"),
+                                                    ("dtype", "garbage", "manifest is unreadable"),
+                                                    ("layout", "nope", "manifest is unreadable")])
+def test_an_edited_manifest_is_one_error_line_before_any_allocation(compact_run, tmp_path, capsys, field, value,
+                                                                    message):
+    bad = _copy(compact_run, tmp_path / "bad")
+    _edit_manifest(bad, lambda matrices: matrices[0].update({field: value}))
+    assert message in _one_error_line(capsys, ["--decompress", str(bad), str(tmp_path / "out")])
 
 
 def test_decompress_of_a_dense_folder_is_one_error_line(tiny_llama_dir, tmp_path, capsys):
