@@ -8,9 +8,8 @@ import tempfile
 
 import pandas as pd
 
+from engine.spec import spec_label
 from engine.store import RUN_ID
-
-from .figures import run_label
 
 RUN_COLUMNS = ["#", "status", "model", "spec", "nominal sparsity", "sparsity", "ppl", "ppl recovered", "ppl dense",
                "ppl magnitude", "time (s)", "calibration", "evaluation", "run id"]
@@ -29,7 +28,8 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
         ppl = r.get("ppl") or {}
         secs = total_seconds(r)
         rows.append({
-            "#": i, "status": r.get("status"), "model": (r.get("model") or {}).get("name"), "spec": run_label(r),
+            "#": i, "status": r.get("status"), "model": (r.get("model") or {}).get("name"),
+            "spec": spec_label(r.get("spec")),
             "nominal sparsity": _pct(r.get("nominal_sparsity")), "sparsity": _pct(r.get("sparsity")),
             "ppl": _num(ppl.get("pruned")), "ppl recovered": _num(recovered_ppl(r)),
             "ppl dense": _num(ppl.get("dense")),
@@ -102,7 +102,8 @@ def overview_html(record: dict | None) -> str:
                          f"estimate {_mb(storage['estimate_bytes'])} · dense {_mb(storage['pruned_dense_bytes'])} MB"))
     cells = "".join(f"<div class='card'><div class='k'>{k}</div><div class='v'>{v}</div><div class='s'>{s}</div></div>"
                     for k, v, s in cards)
-    where = (f"<b>{html.escape(run_label(record))}</b> on <code>{html.escape(str(model.get('name')))}</code>"
+    label = spec_label(record.get("spec"))
+    where = (f"<b>{html.escape(label)}</b> on <code>{html.escape(str(model.get('name')))}</code>"
              + (f" · {html.escape(str(model.get('model_type')))}, {model.get('n_layers')} decoder layers, "
                 f"{model.get('dtype')} on {model.get('device')}" if model.get("model_type") else ""))
     facts = (f"calibration: {html.escape(str(data.get('calibration') or '—'))} · "
