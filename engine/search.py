@@ -45,7 +45,7 @@ from .explore import (
     replan,
     storage_estimate,
 )
-from .patterns import ASSIGNMENTS, GROUPS, PATTERNS, TIER_SCOPES, WITHIN_BLOCK
+from .patterns import PATTERNS, pattern_params
 from .spec import PruneSpec
 
 SEARCH_VERSION = 1       # bump when what a trial stores or how it is measured changes
@@ -154,11 +154,14 @@ def _finite(x) -> bool:
 
 # --- the search space: derived from the pattern's fields -----------------------------------------------------------
 
-# How each PruneSpec field a pattern may read is searched (engine/patterns.py names them in `fields`). A field absent
-# here stays at the base spec's value: block_rule (the fork's arithmetic is a reproduction, not a candidate) and
-# use_variant. Categorical fields take the choices of their registry (patterns.py) that give a valid spec with the
-# base and that a masks-only plan keeps as they are (within_block "obs" is planned as "score": not a new point).
-CHOICES = {"tier_scope": TIER_SCOPES, "assignment": ASSIGNMENTS, "within_block": WITHIN_BLOCK, "group": GROUPS}
+# How each PruneSpec field a pattern may read is searched (its registry entry declares them: engine/patterns.py,
+# Param). A field with choices is categorical over the choices that give a valid spec with the base and that a
+# masks-only plan keeps as they are (within_block "obs" is planned as "score": not a new point); the numbers have
+# the ranges below. NOT_SEARCHED stay at the base spec's value: the fork's block arithmetic is a reproduction, not a
+# candidate, and the Wanda variant is another method rather than a split.
+NOT_SEARCHED = ("block_rule", "use_variant")
+CHOICES = {name: p.choices for name, p in pattern_params().items()
+           if p.choices and p.type is str and name not in NOT_SEARCHED}
 BLOCK_SIDES = (8, 16, 32)    # searched block sides B (at most the narrowest matrix)
 GROUP_WIDTHS = (4, 8)        # searched N:M widths M
 
