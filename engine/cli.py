@@ -19,6 +19,8 @@ from .errors import UserError, run_command
 from .finetune_cli import add_finetune_arguments, finetune_spec_from_args
 from .methods import METHODS
 from .patterns import PATTERNS, pattern_params
+from .save import SAVE_FORMATS
+from .search_cli import add_search_arguments
 from .spec import ORIGINAL_URL, RECIPES, THREE_TIER_RATIOS, PruneSpec, parse_sparsity_type, sparsity_type_names
 from .zeroshot import PAPER_TASKS
 
@@ -64,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default="auto",
                    help="auto (float32 on CPU, bf16/fp16 on GPU) | float32 | float16 | bfloat16")
     e.add_argument("--no_save_model", action="store_true", help="with --save: write results only, not the model")
+    e.add_argument("--save_format", default="dense", choices=list(SAVE_FORMATS),
+                   help="; ".join(SAVE_FORMATS.values()) + " (default dense; layout: engine/compact.py)")
+    e.add_argument("--decompress", nargs=2, default=None, metavar=("DIR", "OUT"),
+                   help="prune nothing: write the compact save DIR as a normal folder OUT "
+                   "(AutoModelForCausalLM.from_pretrained loads it)")
     e.add_argument("--overwrite", action="store_true", help="allow a non-empty --save directory")
     e.add_argument("--trust_remote_code", action="store_true", help="run a model repository's own code")
     e.add_argument("--runs_dir", default=None, help="run store folder (default: $SPARSITY_RUNS or "
@@ -79,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--check", default=None, metavar="DIR", help="prune nothing: print the per-layer and overall "
                    "sparsity (W == 0) of a saved model, as Wanda's check_sparsity, and compare with its results.json")
     add_finetune_arguments(p)
+    add_search_arguments(p)
     return p
 
 
@@ -161,7 +169,9 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> int:
     if defaults:
         parser.set_defaults(**defaults)
     args = parse_args(parser, argv)
-    return run_command(_main, args, "nothing was saved (the run store records the run as stopped)")
+    searching = args.search or args.list_searches or args.export_search
+    return run_command(_main, args, "the finished trials are in the study; the same command resumes it" if searching
+                       else "nothing was saved (the run store records the run as stopped)")
 
 
 def _main(args) -> int:
@@ -170,13 +180,18 @@ def _main(args) -> int:
 
     if args.check:
         return check_saved(args.check, args.device, args.dtype, args.trust_remote_code)
+    if args.decompress:
+        from .compact import decompress
+        out = decompress(*args.decompress, overwrite=args.overwrite)
+        print(f"decompressed {args.decompress[0]} into {out}")
+        return 0
 
     spec = spec_from_args(args)
     eval_source = None if str(args.eval_dataset).lower() == "none" else args.eval_dataset
     request = RunRequest(model=args.model, spec=spec, calib=args.calib_dataset, eval=eval_source,
                          eval_windows=args.eval_windows, baselines=args.baselines, device=args.device,
                          dtype=args.dtype, save_dir=args.save, save_model=not args.no_save_model,
-                         save_model_dir=args.save_model, overwrite=args.overwrite,
+                         save_model_dir=args.save_model, save_format=args.save_format, overwrite=args.overwrite,
                          trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir,
                          zero_shot_tasks=zero_shot_tasks(args.eval_zero_shot), zero_shot_limit=args.zero_shot_limit,
                          zero_shot_include=args.zero_shot_include, snapshot_max_gb=args.snapshot_max_gb,
@@ -185,6 +200,9 @@ def _main(args) -> int:
     if args.sweep:
         from .sweep_cli import sweep_specs
         sweep_specs(spec, args.sweep)  # a bad split is one line before anything loads
+    if args.search:
+        from .search_cli import parse_space, search_settings
+        search_settings(args), parse_space(args.search_space)  # bad settings are one line before anything loads
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars
         from transformers.utils import logging as hf_logging
@@ -195,6 +213,9 @@ def _main(args) -> int:
     if args.sweep:
         from .sweep_cli import sweep_main
         return sweep_main(args, spec, request)
+    if args.search or args.list_searches or args.export_search:
+        from .search_cli import search_main
+        return search_main(args, spec, request)
     bars = ProgressBars(disabled=args.quiet)
     try:
         record = run(request, progress=bars)
