@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -67,6 +68,7 @@ def save_tiny_model(folder: Path) -> Path:
 
 
 HUB_ID = "soak/tiny-llama"
+RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")  # engine/record.py: YYYYMMDD-HHMMSS-8 hex digits
 
 
 def as_hub_cache(model: Path, cache: Path) -> None:
@@ -144,6 +146,191 @@ def hostile_loop(url: str, enough, counts: dict, lock: threading.Lock) -> None:
             counts[name] = counts.get(name, 0) + 1
 
 
+class RawSession:
+    """One browser tab as the page's own JavaScript drives it: events by fn_index through Gradio's queue
+    (POST /gradio_api/queue/join, then the SSE stream /gradio_api/queue/data), and a heartbeat stream whose end
+    is the tab closing (Gradio then runs the page's unload listeners, components/explore_tab.tab_closed)."""
+
+    def __init__(self, url: str, app: dict):
+        import httpx
+
+        self.url, self.app = url, app
+        self.hash = os.urandom(6).hex()
+        self.http = httpx.Client(base_url=url + "gradio_api/", timeout=600)
+        self._alive = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        try:
+            with self.http.stream("GET", f"heartbeat/{self.hash}") as r:
+                for _ in r.iter_lines():
+                    if self._alive.is_set():
+                        return  # leaving the block closes the connection: the tab is gone
+        except Exception:
+            pass
+
+    def submit(self, dep: int, data: list) -> str | None:
+        """Queue one event (the page's `trigger_id` is the dependency's first target) and return its event id."""
+        target = self.app["deps"][dep]["targets"][0][0] if self.app["deps"][dep]["targets"] else None
+        r = self.http.post("queue/join", json={"data": data, "fn_index": dep, "trigger_id": target,
+                                               "session_hash": self.hash, "event_data": None})
+        return r.json().get("event_id") if r.status_code == 200 else None
+
+    def wait(self, seconds: float = 300) -> list[dict]:
+        """Read the session's stream until every event sent so far completed (the server then closes it)."""
+        messages, deadline = [], time.monotonic() + seconds
+        with self.http.stream("GET", "queue/data", params={"session_hash": self.hash}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    messages.append(json.loads(line[5:]))
+                if time.monotonic() > deadline:
+                    break
+        return messages
+
+    def close(self) -> None:
+        self._alive.set()
+        self.http.close()
+
+
+def app_config(url: str) -> dict:
+    """What the page knows from GET /config: each dependency's fn_index, inputs and targets, and each
+    component's default value, label and elem_id; /info names the form's fields (the /run endpoint's parameters)."""
+    import httpx
+
+    config = httpx.get(url + "config", timeout=60).json()
+    info = httpx.get(url + "gradio_api/info", timeout=60).json()
+    comps = {c["id"]: c for c in config["components"]}
+    deps = {d["id"]: d for d in config["dependencies"]}
+    by_elem = {c["props"].get("elem_id"): i for i, c in comps.items() if c.get("props", {}).get("elem_id")}
+
+    def dep(where) -> int:
+        return next(i for i, d in deps.items() if where(d))
+
+    form_names = [p["parameter_name"] for p in info["named_endpoints"]["/run"]["parameters"]]
+    return dict(comps=comps, deps=deps, form_names=form_names,
+                calibrate=dep(lambda d: [by_elem["xs-calibrate"], "click"] in d["targets"]),
+                release=dep(lambda d: [by_elem["xs-dense"], "release"] in d["targets"]),
+                stop=dep(lambda d: d.get("api_name") == "stop"),
+                recover=dep(lambda d: d.get("api_name") == "recover"), run=dep(lambda d: d.get("api_name") == "run"),
+                open_run=dep(lambda d: d.get("api_name") == "open_run"),
+                on_load=[i for i, d in deps.items()
+                         if d.get("backend_fn") and any(t[1] == "load" for t in d["targets"])])
+
+
+def event_data(app: dict, dep: int, form: dict | None = None, **by_label) -> list:
+    """The inputs of dependency `dep` as the page sends them: every component's default, the form's fields
+    (the first inputs, /run's parameter names) from `form`, other inputs by their label (`by_label`)."""
+    comps, inputs = app["comps"], app["deps"][dep]["inputs"]
+    values = [None if comps[i]["type"] == "state" else comps[i]["props"].get("value") for i in inputs]
+    names = app["form_names"] if dep in (app["calibrate"], app["run"]) else []
+    for k, name in enumerate(names[: len(inputs)]):
+        if form and name in form:
+            values[k] = form[name]
+    labels = [comps[i]["props"].get("label") for i in inputs]
+    for label, value in by_label.items():
+        for k, lab in enumerate(labels):
+            if lab == label.replace("_", " "):
+                values[k] = value
+    return values
+
+
+def explore_attack(url: str, app: dict, model_name: str, store: Path, enough, counts: dict, lock) -> None:
+    """One attacker of Explore and Recover, through the raw event API (these endpoints are not public). Each cycle
+    opens a fresh tab (its page-load events, Past runs' listing among them), calibrates it with its own seed and
+    set-up (so the tabs' calibrations differ), asks for a split with a block size of 65536, then for 64 windows of
+    10^6 tokens per estimate, presses Stop while an estimate runs, opens another visitor's run from Past runs and
+    presses Recover on it, runs a run of its own and recovers it (full or LoRA, 5 steps), then closes the tab
+    (its heartbeat stream ends). Refusals are expected: the report counts each step's outcome and one refusal each."""
+    methods = ["wanda", "magnitude", "wanda", "sparsegpt"]
+    samples = counts.setdefault("explore_refusals", {})
+    cycle = 0
+    while not enough():
+        cycle += 1
+        tab = RawSession(url, app)
+        form = dict(model_path=model_name, method=methods[cycle % 4], pattern="three_tier", calib="pydoc",
+                    nsamples=2 + cycle % 4, seqlen=32 + 16 * (cycle % 3), eval_source="pydoc",
+                    seed=int.from_bytes(os.urandom(3), "big"))
+        steps = [
+            ("calibrate", lambda: tab.submit(app["calibrate"], event_data(app, app["calibrate"], form,
+                                                                          Estimate_windows=2,
+                                                                          Tokens_per_window=32))),
+            ("huge_block", lambda: tab.submit(app["release"], event_data(app, app["release"],
+                                                                         Block_size_B=65536))),
+            ("huge_tokens", lambda: tab.submit(app["release"], event_data(app, app["release"], Estimate_windows=64,
+                                                                          Tokens_per_window=1_000_000))),
+            ("estimate_then_stop", lambda: (tab.submit(app["release"], event_data(app, app["release"], dense=0.2)),
+                                            time.sleep(0.3), tab.submit(app["stop"], [None, None]))),
+            ("open_others", lambda: tab.submit(app["open_run"], [None, listed[-1] if listed else "none"])),
+            ("recover_others", lambda: tab.submit(app["recover"], _recover_data(app, listed[-1] if listed else ""))),
+            ("own_run", lambda: (before.update(p.stem for p in store.glob("*.json")),
+                                 tab.submit(app["run"], event_data(app, app["run"], {**form, "nsamples": 2,
+                                                                                     "eval_windows": 1})))),
+            ("recover_own", lambda: tab.submit(app["recover"], _recover_data(app, mine.pop() if mine else "",
+                                                                             "LoRA" if cycle % 2 else "full"))),
+        ]
+        before, mine = set(), []
+        for dep in app["on_load"]:  # what the page asks for when it opens: Past runs' listing among it
+            tab.submit(dep, [])
+        listed = RUN_ID.findall(json.dumps(tab.wait(60)))  # other visitors' completed runs, as Past runs lists them
+        for name, step in steps:
+            if enough():
+                break
+            outcome = "no answer"
+            try:
+                step()
+                messages = tab.wait(300)
+                done = [m for m in messages if m.get("msg") == "process_completed"]
+                text = json.dumps(done)
+                said = re.findall(r"banner (?:err|warn)[^>]*>(.{0,100})", text)
+                outcome = "ok" if done and all(m.get("success") for m in done) and not said else "refused"
+                if outcome == "refused":
+                    samples.setdefault(name, said[-1] if said else
+                                       str(done[-1].get("output", {}).get("error") if done else None)[:100])
+                if name == "own_run" and outcome == "ok":  # its id: new in the store and in this tab's answer;
+                    # a normal client's run that ended meanwhile may be both (the history table): then the oldest
+                    mine[:] = sorted(set(RUN_ID.findall(text)) - before, reverse=True)
+            except Exception:  # a refused request, a closed stream: expected
+                pass
+            with lock:
+                counts[f"{name}: {outcome}"] = counts.get(f"{name}: {outcome}", 0) + 1
+        tab.close()
+        with lock:
+            counts["tabs_closed"] = counts.get("tabs_closed", 0) + 1
+
+
+def _recover_data(app: dict, run_id: str, mode: str = "full") -> list:
+    """Recover's inputs (session, run, steps, lr, mode, rank): `run_id`, 5 steps, `mode`, the rest as the page."""
+    values = event_data(app, app["recover"])
+    values[1:3], values[4] = [run_id, 5], mode
+    return values
+
+
+def model_check(client, setup: dict, scratch: Path) -> dict:
+    """Is the server's cached model still the dense model it loaded? Every run with baselines keys its dense
+    perplexity by the model's fingerprint (engine/baselines.model_fingerprint: a sample of every parameter) at
+    the time, so one fingerprint in the cache means every normal job found the same weights. Then the cache is
+    emptied and a last run of the first set-up must recompute the dense perplexity on the cached model and get
+    the first run's dense and pruned perplexities exactly (all digits of the stored floats): the same forward
+    pass over every weight, before and after pruning with the same calibration."""
+    cache = scratch / "baselines"
+    keys = [json.loads(p.read_text())["key"] for p in cache.glob("*.json")]
+    fingerprints = sorted({k["fingerprint"] for k in keys if k["kind"] == "dense"})
+    for p in cache.glob("*.json"):
+        p.unlink()
+    status = client.predict(**setup, api_name="/run")[0]
+    records = sorted((json.loads(p.read_text()) for p in (scratch / "runs").glob("*.json")),
+                     key=lambda r: r["run_id"])
+    last = records[-1]
+    same = [r for r in records if r.get("status") == "completed" and r["spec"] == last["spec"]
+            and r.get("request", {}).get("calib") == last.get("request", {}).get("calib")]
+    first = same[0]
+    return {"dense_fingerprints_seen": fingerprints, "last_run": status[:80],
+            "first_ppl": first["ppl"], "last_ppl": last["ppl"],
+            "ppl_equal": first["ppl"]["dense"] == last["ppl"]["dense"] and first["ppl"]["pruned"] ==
+            last["ppl"]["pruned"]}
+
+
 def store_size(folder: Path) -> tuple[int, int]:
     files = list(folder.glob("*.json")) if folder.is_dir() else []
     return len(files), sum(p.stat().st_size for p in files if p.exists())
@@ -195,8 +382,19 @@ def main(argv=None) -> dict:
                 else:
                     errors.append(error)
                 rss.append((len(latencies) + len(errors), rss_mb(server.pid)))
+                if len(rss) >= args.clients * len(SETUPS) and not warmed.is_set():
+                    rss_before[:] = [rss_mb(server.pid)]  # the model, the tokenizer, every code path loaded once
+                    warmed.set()
 
     hostile_counts: dict = {}
+    warmed, rss_before = threading.Event(), []  # the attackers start once the first round is done
+    app = app_config(url) if args.hostile else None
+
+    def attacker(loop, *extra) -> None:
+        while not warmed.wait(1.0):
+            if enough():
+                return
+        loop(*extra)
     store_peak = [0, 0]
 
     def watch_store() -> None:
@@ -206,7 +404,10 @@ def main(argv=None) -> dict:
             time.sleep(1.0)
 
     threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(args.clients)]
-    threads += [threading.Thread(target=hostile_loop, args=(url, enough, hostile_counts, lock), daemon=True)
+    threads += [threading.Thread(target=attacker, args=(hostile_loop, url, enough, hostile_counts, lock), daemon=True)
+                for _ in range(args.hostile)]
+    threads += [threading.Thread(target=attacker, args=(explore_attack, url, app, model_name, scratch / "runs",
+                                                        enough, hostile_counts, lock), daemon=True)
                 for _ in range(args.hostile)]
     threads.append(threading.Thread(target=watch_store, daemon=True))
     try:
@@ -214,6 +415,11 @@ def main(argv=None) -> dict:
             t.start()
         for t in threads:
             t.join()
+        # every attacker's tab is closed: give Gradio a heartbeat (15 s) to notice and run the unload listeners
+        time.sleep(25)
+        rss_idle = rss_mb(server.pid)
+        check = model_check(Client(url, verbose=False), {**COMMON, **SETUPS[0], "model_path": model_name},
+                            scratch)
     finally:
         server.terminate()
         try:
@@ -238,6 +444,10 @@ def main(argv=None) -> dict:
         "growth_first_round_to_job_50_mb": round(at_50 - first_round, 1) if at_50 else None,
         "rss_by_jobs": [(n, round(mb, 1)) for n, mb in rss[:: max(1, len(rss) // 20)]],
     }
+    report.update(rss_before_attack_mb=round(rss_before[0], 1) if rss_before else None,
+                  rss_idle_end_mb=round(rss_idle, 1), model_check=check)
+    if rss_before:
+        report["rss_idle_end_minus_before_attack_mb"] = round(rss_idle - rss_before[0], 1)
     n_files, n_bytes = store_size(scratch / "runs")
     report.update(store_files_end=n_files, store_kb_end=round(n_bytes / 1024, 1), store_files_peak=store_peak[0],
                   store_kb_peak=round(store_peak[1] / 1024, 1))
