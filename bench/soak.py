@@ -14,8 +14,12 @@ the model, the tokenizer and every code path have been loaded once) to the end.
 `--public` serves under the public policy; the tiny model is then a hub id (`soak/tiny-llama`) in a temporary hub
 cache, as a Space would find a downloaded model. `--hostile N` adds N clients that send, in a loop and as fast as
 the server answers, what tests/test_hostile.py sends one at a time: a 1 MB model id, hub ids that pass the checks
-and fail, an absurd N:M, a malformed sweep, a huge seed, a 5 MB upload, Stop, and Past runs. The report adds their
-request counts and the run store's size (files, bytes) at the end.
+and fail, an absurd N:M, a malformed sweep, a huge seed, a 5 MB upload, Stop, and Past runs; and N more that
+attack Explore and Recover through the raw event API the page itself uses (explore_attack: those endpoints are not
+public). The attackers start once the normal clients' first round is done. The report adds their request counts, the
+run store's size (files, bytes) at the end, the server's RSS just before the attack and 25 s after the clients
+stopped and every tab closed (`rss_idle_end_mb`), and a check that the cached model is still the dense model it
+loaded (model_check).
 """
 from __future__ import annotations
 
@@ -287,9 +291,9 @@ def explore_attack(url: str, app: dict, model_name: str, store: Path, enough, co
                 if outcome == "refused":
                     samples.setdefault(name, said[-1] if said else
                                        str(done[-1].get("output", {}).get("error") if done else None)[:100])
-                if name == "own_run" and outcome == "ok":  # its id: new in the store and in this tab's answer;
-                    # a normal client's run that ended meanwhile may be both (the history table): then the oldest
-                    mine[:] = sorted(set(RUN_ID.findall(text)) - before, reverse=True)
+                if name == "own_run" and outcome == "ok":  # its id: new in this tab's answer, and its own seed
+                    mine[:] = [i for i in set(RUN_ID.findall(text)) - before
+                               if _seed_of(store / f"{i}.json") == form["seed"]]
             except Exception:  # a refused request, a closed stream: expected
                 pass
             with lock:
@@ -304,6 +308,13 @@ def _recover_data(app: dict, run_id: str, mode: str = "full") -> list:
     values = event_data(app, app["recover"])
     values[1:3], values[4] = [run_id, 5], mode
     return values
+
+
+def _seed_of(path: Path):
+    try:
+        return json.loads(path.read_text())["spec"]["seed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def model_check(client, setup: dict, scratch: Path) -> dict:
