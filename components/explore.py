@@ -95,7 +95,7 @@ def calibrate(req, models, progress, cancel) -> Setup:
     eval_ids = textdata.evaluation_ids(lm.tokenizer, eval_src)
     started = time.perf_counter()
     cal = CALIBRATIONS.get(lm.model, spec, windows, data=calib_src.name if calib_src else None,
-                           progress=progress, cancel=cancel)
+                           progress=progress, cancel=cancel, hessians=True)
     cached = time.perf_counter() - started < cal.seconds / 2  # a hit costs the key (a fingerprint), not a pass
     return Setup(spec.replace(seqlen=seqlen), req, cal, eval_ids, windows, eval_src.name,
                  calib_src.name if calib_src else None, time.perf_counter() - t0, cached)
@@ -106,8 +106,10 @@ def calibration_text(setup: Setup) -> str:
     how = (f"served from the cache in {setup.seconds:.2f} s (calibrated in {cal.seconds:.1f} s)" if setup.cached
            else f"calibrated in {cal.seconds:.1f} s ({setup.seconds:.1f} s with loading and data)")
     data = f" on {setup.calib_name}" if setup.calib_name else ""
+    hessians = (f", {cal.hessian_nbytes / 2**20:,.0f} MiB of Hessians for the estimate with the update"
+                if cal.hessians is not None else f" ({cal.hessians_note})" if cal.hessians_note else "")
     return (f"**{setup.spec.method}**{data}: {how}; {len(cal.matrices)} matrices, "
-            f"{cal.nbytes / 2**20:.1f} MiB of statistics. Evaluation text: {setup.eval_name}.")
+            f"{cal.nbytes / 2**20:.1f} MiB of statistics{hessians}. Evaluation text: {setup.eval_name}.")
 
 
 # ---- one split ---------------------------------------------------------------------------------------------------
@@ -148,8 +150,9 @@ def ensure_dense(setup: Setup, models) -> bool:
 
 def explore_job(setup: Setup, specs: list[PruneSpec], models, windows: int | None, tokens: int, on_restore=None):
     """A job target: for each spec, re-plan ({"stage": "planned", "plan"}), then estimate on `windows` windows of
-    `tokens` tokens (streamed; {"stage": "estimated", "plan", "estimate"} at the end; windows None: maps only).
-    The model is left exactly dense; a set cancel stops between windows."""
+    `tokens` tokens (streamed; {"stage": "estimated", "plan", "estimate"} at the end; windows None: maps only);
+    when the recipe updates weights and the calibration kept its Hessians, a second estimate with the update follows
+    (its events' "kind" says which). The model is left exactly dense; a set cancel stops at once."""
     def target(progress, cancel):
         if ensure_dense(setup, models) and on_restore is not None:
             on_restore()
@@ -160,9 +163,14 @@ def explore_job(setup: Setup, specs: list[PruneSpec], models, windows: int | Non
                 plan = replan(setup.calibration, spec)
             progress({"stage": "planned", "plan": plan, "storage": storage_estimate(plan)})
             if windows:
-                est = estimate(setup.calibration.model, plan, setup.eval_ids, tokens, windows=windows,
-                               progress=progress, cancel=cancel)
+                cal = setup.calibration
+                est = estimate(cal.model, plan, setup.eval_ids, tokens, windows=windows, progress=progress,
+                               cancel=cancel)
                 progress({"stage": "estimated", "plan": plan, "estimate": est})
+                if est.status == "completed" and plan.requested.updates_weights and cal.hessians is not None:
+                    est = estimate(cal.model, plan, setup.eval_ids, tokens, windows=windows, progress=progress,
+                                   cancel=cancel, update_from=cal)
+                    progress({"stage": "estimated", "plan": plan, "estimate": est})
     return target
 
 
@@ -179,6 +187,9 @@ def summary_text(plan: Replan, storage: dict) -> str:
              if blocks else "")
     notes = "; ".join(plan.notes) if plan.notes else "the masks are those the exact walk would choose from these " \
                                                       "statistics"
+    if plan.requested.updates_weights:
+        notes += "; then with the update, each matrix pruned as the exact walk prunes it from the dense inputs' " \
+                 "Hessian, when the calibration kept them"
     return (f"**{plan.spec.label()}** — sparsity **{plan.sparsity:.2%}**{tiers} · storage "
             f"**{storage['bytes'] / 2**20:,.1f} MiB** of {storage['dense_bytes'] / 2**20:,.1f} MiB dense "
             f"({storage['bits_per_weight']:.2f} bits per weight) · re-planned in {plan.seconds:.2f} s.  \n"
@@ -201,6 +212,7 @@ def add_point(state: ExploreState, plan: Replan, est, storage: dict, kind: str =
     label = plan.spec.label()
     point = {"label": label, "kind": kind, "sparsity": plan.sparsity, "storage": storage["bytes"],
              "ppl": est.ppl, "ppl_low": est.ppl_low, "ppl_high": est.ppl_high, "windows": est.windows,
+             "estimate": est.kind if kind != EXACT_REFERENCE else "exact",
              "spec": plan.spec.to_dict(), "requested": plan.requested.to_dict(), "exact": None}
     old = next((i for i, p in enumerate(state.points) if p["label"] == label and p["kind"] == kind), None)
     if old is None:
@@ -208,6 +220,8 @@ def add_point(state: ExploreState, plan: Replan, est, storage: dict, kind: str =
         state.points = [*state.points, point]
     else:
         point["n"], point["exact"] = state.points[old]["n"], state.points[old]["exact"]
+        if point["estimate"] == "with update":  # it follows the masks-only number of the same split
+            point["masks_only"] = state.points[old]["ppl"]
         state.points = [*state.points[:old], point, *state.points[old + 1:]]
     return point
 
@@ -271,10 +285,16 @@ def points_table(points: list[dict], axis: str = "sparsity") -> list[list]:
     done = [p for p in points if p.get("ppl")]
     x = [p["storage"] if axis == "storage" else p["sparsity"] for p in done]
     front = {done[i]["n"] for i in pareto_front(x, [p["ppl"] for p in done], more_x_is_better=axis != "storage")}
-    return [[p["n"], p["label"], p["kind"], f"{p['sparsity']:.2%}", round(p["storage"] / 2**20, 2),
+    return [[p["n"], p["label"], point_kind(p), f"{p['sparsity']:.2%}", round(p["storage"] / 2**20, 2),
              round(p["ppl"], 2) if p.get("ppl") else None,
              round((p["ppl_high"] - p["ppl_low"]) / 2, 2) if p.get("ppl") else None,
              round(p["exact"], 2) if p.get("exact") else None, "✓" if p["n"] in front else ""] for p in points]
+
+
+def point_kind(point: dict) -> str:
+    """A point's kind and what its estimate is: a split or reference "masks only" or "with update"."""
+    how = point.get("estimate", "masks only")
+    return point["kind"] if how == "exact" else f"{point['kind']}, {how}"
 
 
 def point_choices(points: list[dict]) -> list[tuple[str, int]]:

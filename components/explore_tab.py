@@ -207,14 +207,15 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
                     out[page.xs_status] = banner("info", f"Re-planned in {plan.seconds:.2f} s"
                                                  + ("; estimating perplexity…" if n else "."))
                 elif stage == "estimate":
-                    out[page.xs_estimate] = explore.estimate_html(event, note)
+                    out[page.xs_estimate] = explore.estimate_html(event, event.get("kind", note))
                 elif stage == "estimated" and event["estimate"].status == "completed":
                     plan, est = event["plan"], event["estimate"]
                     explore.add_point(xs, plan, est, explore.storage_estimate(plan), kind)
                     out.update(show_points(page, xs, axis))
                     out[page.xs_status] = banner("ok", f"{plan.spec.label()}: perplexity {'' if exact else '≈ '}"
                                                  f"{est.ppl:,.2f} on {est.windows} windows of {seqlen} tokens in "
-                                                 f"{est.seconds:.1f} s ({note}).")
+                                                 f"{est.seconds:.1f} s ({note if exact else est.kind}"
+                                                 f"{'; ' + est.note if est.note else ''}).")
             if out:
                 yield out
     finally:

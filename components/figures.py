@@ -398,11 +398,14 @@ def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
                              name="Pareto front", line=dict(color="#9ca3af", dash="dash", width=1.5),
                              hoverinfo="skip"))
     from .explore import EXACT_REFERENCE, REFERENCE, SPLIT
-    for kind, name, symbol, color in ((SPLIT, "explored split (estimate)", "circle", TIER_COLORS["dense"]),
-                                      (REFERENCE, "reference (estimate)", "square-open", "#D55E00"),
-                                      (EXACT_REFERENCE, "SparseGPT reference (exact walk)", "diamond-open",
-                                       "#CC79A7")):
-        rs = [p for p in pts if p["kind"] == kind]
+    groups = [(SPLIT, how, f"explored split (estimate, {how})", symbol, TIER_COLORS["dense"])
+              for how, symbol in (("masks only", "circle-open"), ("with update", "circle"))]
+    groups += [(REFERENCE, how, f"reference (estimate, {how})", symbol, "#D55E00")
+               for how, symbol in (("masks only", "square-open"), ("with update", "square"))]
+    groups.append((EXACT_REFERENCE, "exact", "SparseGPT reference (exact walk)", "diamond-open", "#CC79A7"))
+    for kind, how, name, symbol, color in groups:
+        rs = [p for p in pts if p["kind"] == kind and p.get("estimate", "exact" if kind == EXACT_REFERENCE
+                                                               else "masks only") == how]
         if not rs:
             continue
         fig.add_trace(go.Scatter(
@@ -412,8 +415,8 @@ def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
                          arrayminus=[r["ppl"] - r["ppl_low"] for r in rs], thickness=1, color=color),
             marker=dict(size=11, symbol=symbol, color=color, line=dict(width=1.5, color=color)),
             customdata=[[r["label"], r["sparsity"], r["storage"] / 2**20] for r in rs],
-            hovertemplate="#%{text} %{customdata[0]}<br>perplexity %{y:,.2f}<br>sparsity %{customdata[1]:.2%}"
-                          "<br>storage %{customdata[2]:,.1f} MiB<extra></extra>"))
+            hovertemplate=f"#%{{text}} %{{customdata[0]}}<br>perplexity %{{y:,.2f}} ({how})<br>sparsity "
+                          "%{customdata[1]:.2%}<br>storage %{customdata[2]:,.1f} MiB<extra></extra>"))
     exact = [p for p in pts if p.get("exact")]
     if exact:
         fig.add_trace(go.Scatter(

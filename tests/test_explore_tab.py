@@ -204,3 +204,22 @@ def test_bad_input_is_one_line(dash, calibrated, tiny_llama_dir):
     with pytest.raises(gr.Error) as err:
         drain(explore_tab.calibrate(dash, *bad, ExploreState(), WINDOWS, TOKENS, "sparsity"))
     assert "\n" not in str(err.value.message) and "Traceback" not in str(err.value.message)
+
+
+def test_a_recipe_with_the_update_is_estimated_masks_only_then_with_the_update(dash, tiny_llama_dir):
+    xs = ExploreState()
+    values = form_values(dash, model_path=str(tiny_llama_dir), **{**FAST, "reconstruct": True})
+    outs = drain(explore_tab.calibrate(dash, *values, xs, WINDOWS, TOKENS, "sparsity"))
+    model = xs.setup.calibration.model
+    dense = params(model)
+    assert "MiB of Hessians" in last(outs, dash.xs_calib_note)
+    outs = drain(move(dash, xs, dense=0.2, two_four=0.4))
+    boxes = [o[dash.xs_estimate] for o in outs if dash.xs_estimate in o]
+    assert any("masks only" in b for b in boxes) and "with update" in boxes[-1]
+    assert "with update" in last(outs, dash.xs_status)
+    point = next(p for p in xs.points if p["label"] == xs.plan.spec.label())
+    assert point["estimate"] == "with update" and point["masks_only"] > 0 and point["ppl"] != point["masks_only"]
+    assert explore.points_table(xs.points)[point["n"] - 1][2] == "split, with update"
+    fig = json.loads(figures.pareto_figure(xs.points).to_json())
+    assert "explored split (estimate, with update)" in {t.get("name") for t in fig["data"]}
+    assert bit_equal(model, dense)
