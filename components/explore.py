@@ -14,9 +14,11 @@ from engine import data as textdata
 from engine.baselines import model_fingerprint
 from engine.errors import UserError
 from engine.explore import (
+    FIRST_WINDOWS,
     Calibration,
     CalibrationCache,
     Replan,
+    calibrate_progressively,
     estimate,
     evaluate_windows,
     held_masks,
@@ -74,9 +76,12 @@ class ExploreState:
 
 # ---- calibration -------------------------------------------------------------------------------------------------
 
-def calibrate(req, models, progress, cancel) -> Setup:
+def calibrate(req, models, progress, cancel, first: tuple[int, int] | None = None) -> Setup:
     """Load (or reuse) the request's model, dense, and calibrate it for the request's spec; served from
-    CALIBRATIONS when nothing it depends on changed. Runs on an engine job (it has the model to itself)."""
+    CALIBRATIONS when nothing it depends on changed. Runs on an engine job (it has the model to itself).
+    first: (estimate windows, tokens): when the calibration is not served from the cache, first calibrate on a few
+    windows and stream the form's split from them ({"stage": "first", "setup"}, then explore_job's events) before
+    the full calibration, which is returned."""
     spec = req.spec
     t0 = time.perf_counter()
     eval_src = textdata.resolve_text(req.eval, "evaluation") if req.eval else None
@@ -93,12 +98,24 @@ def calibrate(req, models, progress, cancel) -> Setup:
         progress({"stage": "calibration", "message": f"sampling {spec.nsamples} windows of {seqlen} tokens"})
         windows = textdata.calibration_windows(lm.tokenizer, calib_src, spec.nsamples, seqlen, spec.seed)
     eval_ids = textdata.evaluation_ids(lm.tokenizer, eval_src)
-    started = time.perf_counter()
-    cal = CALIBRATIONS.get(lm.model, spec, windows, data=calib_src.name if calib_src else None,
-                           progress=progress, cancel=cancel, hessians=True)
-    cached = time.perf_counter() - started < cal.seconds / 2  # a hit costs the key (a fingerprint), not a pass
-    return Setup(spec.replace(seqlen=seqlen), req, cal, eval_ids, windows, eval_src.name,
-                 calib_src.name if calib_src else None, time.perf_counter() - t0, cached)
+    data = calib_src.name if calib_src else None
+    if first is not None and context is not None and first[1] > context:
+        first = None  # the estimate's windows do not fit the model: the split's own estimate says so afterwards
+    hit = CALIBRATIONS.peek(lm.model, spec, windows, data=data, hessians=True)
+
+    def setup_of(cal) -> Setup:
+        return Setup(spec.replace(seqlen=seqlen), req, cal, eval_ids, windows, eval_src.name, data,
+                     time.perf_counter() - t0, hit is not None)
+    if hit is not None:
+        return setup_of(hit)
+    for cal in calibrate_progressively(lm.model, spec, windows, data=data, progress=progress, cancel=cancel,
+                                       hessians=True, cache=CALIBRATIONS, first=FIRST_WINDOWS if first else 0):
+        if windows is not None and cal.windows < len(windows):  # the first maps, from a few windows
+            progress({"stage": "first", "setup": setup_of(cal)})
+            explore_job(setup_of(cal), [spec.replace(seqlen=seqlen)], models, *first)(progress, cancel)
+            progress({"stage": "calibration", "message": f"the other {len(windows) - cal.windows} of "
+                                                         f"{len(windows)} calibration windows"})
+    return setup_of(cal)
 
 
 def calibration_text(setup: Setup) -> str:
@@ -108,8 +125,11 @@ def calibration_text(setup: Setup) -> str:
     data = f" on {setup.calib_name}" if setup.calib_name else ""
     hessians = (f", {cal.hessian_nbytes / 2**20:,.0f} MiB of Hessians for the estimate with the update"
                 if cal.hessians is not None else f" ({cal.hessians_note})" if cal.hessians_note else "")
+    rests = (f" · **first maps from {cal.windows} of {len(setup.windows)} calibration windows**; the rest are "
+             "calibrating, the maps are re-planned when they land" if setup.windows is not None
+             and cal.windows < len(setup.windows) else "")
     return (f"**{setup.spec.method}**{data}: {how}; {len(cal.matrices)} matrices, "
-            f"{cal.nbytes / 2**20:.1f} MiB of statistics{hessians}. Evaluation text: {setup.eval_name}.")
+            f"{cal.nbytes / 2**20:.1f} MiB of statistics{hessians}. Evaluation text: {setup.eval_name}.{rests}")
 
 
 # ---- one split ---------------------------------------------------------------------------------------------------

@@ -235,8 +235,13 @@ def calibrate(page, *values):
         yield {page.xs_status: banner("err", str(err))}
         raise gr.Error(str(err), print_exception=False, title="Cannot calibrate") from None
 
+    first = None
+    if windows:
+        context = getattr(req, "context", None) or 2048
+        first = (_count(windows, "estimate windows", 1, MAX_WINDOWS), _count(tokens, "tokens per window", 8, context))
+
     def target(progress, cancel):
-        setup = explore.calibrate(req, runner.MODELS, progress, cancel)
+        setup = explore.calibrate(req, runner.MODELS, progress, cancel, first=first)
         runner.MODELS.holds_run = None  # the model was restored to dense to calibrate it
         return setup
     job = Job(target, name="calibrate")
@@ -249,9 +254,14 @@ def calibrate(page, *values):
     yield {page.xs_status: banner("info", "Calibrating…")}
     try:
         for events in job.watch():
+            out = {}
+            for event in events:
+                out.update(first_maps(page, xs, event))
             messages = [e.get("message") for e in events if e.get("message")]
             if messages:
-                yield {page.xs_status: banner("info", f"Calibrating: {messages[-1]}")}
+                out[page.xs_status] = banner("info", f"Calibrating: {messages[-1]}")
+            if out:
+                yield out
     finally:
         if job.running:
             job.stop()
@@ -265,6 +275,22 @@ def calibrate(page, *values):
     yield {**controls_for(page, spec), page.xs_calib_note: explore.calibration_text(xs.setup),
            page.xs_topk_note: topk_text(*spec.ratios[:2])}
     yield from explore_specs(page, xs, [spec], windows, tokens, axis)
+
+
+def first_maps(page, xs: ExploreState, event: dict) -> dict:
+    """What the calibration job streams before the full calibration lands: the form's split re-planned and
+    estimated (masks only) from the first few calibration windows, labelled with how many."""
+    stage = event.get("stage")
+    if stage == "first":
+        xs.setup = event["setup"]
+        return {**controls_for(page, xs.setup.spec), page.xs_calib_note: explore.calibration_text(xs.setup)}
+    rests = f"from {xs.setup.calibration.windows} calibration windows" if xs.setup is not None else ""
+    if stage == "planned":
+        return {**show_plan(page, xs, event["plan"], event["storage"]),
+                page.xs_estimate: explore.estimate_html(None, "estimating…")}
+    if stage == "estimate":
+        return {page.xs_estimate: explore.estimate_html(event, f"{event.get('kind', 'masks only')}, {rests}")}
+    return {}
 
 
 def move(page, xs: ExploreState, dense, two_four, sparsity, keep, block, scope, assignment, windows, tokens, axis):

@@ -208,6 +208,27 @@ def calibrate(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None, *
                        hessians=held, hessians_note=why_not)
 
 
+FIRST_WINDOWS = 4  # calibration windows of the first maps: an eighth of 32 x 512, seconds on SmolLM2
+
+
+def calibrate_progressively(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None, *,
+                            first: int = FIRST_WINDOWS, data: str | None = None, progress: Progress | None = None,
+                            cancel: threading.Event | None = None, hessians: bool = False,
+                            cache: "CalibrationCache | None" = None):
+    """First maps in seconds: yields a Calibration on the first `first` calibration windows (its `windows` says
+    how many it rests on; no Hessians), then the one on all of them (from `cache` when it has it, and then alone).
+    Each is a complete calibration: re-plan and estimate from either. The first costs `first / len(windows)` of
+    the full one on top of it."""
+    full = partial(cache.get if cache is not None else calibrate, model, spec, windows, data=data,
+                   progress=progress, cancel=cancel, hessians=hessians)
+    served = cache is not None and cache.peek(model, spec, windows, data=data, hessians=hessians) is not None
+    if not first or windows is None or len(windows) <= first or served:
+        yield full()
+        return
+    yield calibrate(model, spec, windows[:first], data=data, progress=progress, cancel=cancel)
+    yield full()
+
+
 def hessian_bytes(targets: list[list]) -> int:
     """Bytes of one float32 input Hessian [in, in] per target matrix, before matrices fed the same input share one
     (q/k/v and gate/up do: what is kept is less, see Calibration.hessian_nbytes)."""
@@ -248,19 +269,28 @@ class CalibrationCache:
         self.size = size
         self._entries: OrderedDict[str, Calibration] = OrderedDict()
 
-    def get(self, model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None, *, data: str | None = None,
-            progress: Progress | None = None, cancel: threading.Event | None = None,
-            hessians: bool = False) -> Calibration:
-        """hessians: serve only a calibration that kept them (or could not: calibrate's `hessians_note`)."""
+    def peek(self, model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None, *, data: str | None = None,
+             hessians: bool = False) -> Calibration | None:
+        """The calibration `get` would serve without calibrating, or None."""
         wanted = json.dumps(calibration_key(model, spec, windows, data), sort_keys=True)
-        hessians = hessians and spec.updates_weights
         hit = self._entries.get(wanted)
+        hessians = hessians and spec.updates_weights
         if hit is not None and hit.model is model and (not hessians or hit.hessians is not None
                                                        or hit.hessians_note):
             self._entries.move_to_end(wanted)
             return hit
-        cal = calibrate(model, spec, windows, data=data, progress=progress, cancel=cancel, hessians=hessians)
-        self._entries[wanted] = cal
+        return None
+
+    def get(self, model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None, *, data: str | None = None,
+            progress: Progress | None = None, cancel: threading.Event | None = None,
+            hessians: bool = False) -> Calibration:
+        """hessians: serve only a calibration that kept them (or could not: calibrate's `hessians_note`)."""
+        hit = self.peek(model, spec, windows, data=data, hessians=hessians)
+        if hit is not None:
+            return hit
+        cal = calibrate(model, spec, windows, data=data, progress=progress, cancel=cancel,
+                        hessians=hessians and spec.updates_weights)
+        self._entries[json.dumps(cal.key, sort_keys=True)] = cal
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
         return cal

@@ -17,6 +17,7 @@ from engine.explore import (
     apply_update,
     block_choices,
     calibrate,
+    calibrate_progressively,
     calibration_key,
     estimate,
     evaluate_windows,
@@ -508,3 +509,18 @@ def test_a_cancelled_estimate_lets_go_inside_a_forward_pass():
         first.remove()
         second.remove()
     assert est.status == "cancelled" and est.windows == 0 and ran == []
+
+
+def test_progressive_calibration_first_rests_on_a_few_windows_then_on_all(one_layer):
+    model, windows, _ = one_layer
+    spec = S(method="wanda", **TT)
+    cache = CalibrationCache()
+    first, full = list(calibrate_progressively(model, spec, windows, first=2, cache=cache))
+    assert (first.windows, full.windows) == (2, 4)
+    assert first.key["windows"] == calibrate(model, spec, windows[:2]).key["windows"] != full.key["windows"]
+    want = calibrate(model, spec, windows)
+    assert all(torch.equal(want.matrices[k].norm, full.matrices[k].norm) for k in want.matrices)
+    assert torch.equal(replan(first, spec).matrices[(0, "mlp.up_proj")].keep,
+                       replan(calibrate(model, spec, windows[:2]), spec).matrices[(0, "mlp.up_proj")].keep)
+    again = list(calibrate_progressively(model, spec, windows, first=2, cache=cache))
+    assert again == [full]  # served from the cache: no first pass

@@ -223,3 +223,19 @@ def test_a_recipe_with_the_update_is_estimated_masks_only_then_with_the_update(d
     fig = json.loads(figures.pareto_figure(xs.points).to_json())
     assert "explored split (estimate, with update)" in {t.get("name") for t in fig["data"]}
     assert bit_equal(model, dense)
+
+
+def test_calibrate_streams_first_maps_from_a_few_windows_then_replans_on_all(dash, tiny_llama_dir):
+    xs = ExploreState()
+    values = form_values(dash, model_path=str(tiny_llama_dir), **{**FAST, "nsamples": explore.FIRST_WINDOWS + 4,
+                                                                  "seed": 7})
+    outs = drain(explore_tab.calibrate(dash, *values, xs, WINDOWS, TOKENS, "sparsity"))
+    notes = [o[dash.xs_calib_note] for o in outs if dash.xs_calib_note in o]
+    assert f"first maps from {explore.FIRST_WINDOWS} of {explore.FIRST_WINDOWS + 4} calibration windows" in notes[0]
+    boxes = [o[dash.xs_estimate] for o in outs if dash.xs_estimate in o]
+    assert any(f"from {explore.FIRST_WINDOWS} calibration windows" in b for b in boxes)
+    first_maps = next(i for i, o in enumerate(outs) if dash.xs_heatmap in o)
+    landed = next(i for i, o in enumerate(outs) if "first maps" not in o.get(dash.xs_calib_note, "first maps"))
+    assert first_maps < landed  # maps drawn before the full calibration landed
+    assert xs.setup.calibration.windows == explore.FIRST_WINDOWS + 4 and "first maps" not in notes[-1]
+    assert len(xs.points) == 1  # the split of the full calibration; the first estimate is shown, not kept
