@@ -4,6 +4,7 @@
              Hessians kept, then per split (K in {15, 32, 64, 96}, B in {8, 16}): the masks-only estimate, the
              update-aware estimate (its time), and the exact walk with the update on the same windows, written
              after every split (the exact walks are minutes each: as many as fit)
+    first_maps  Calibrate -> first maps from the first few windows, and how fast a running estimate lets go
     memory   what the kept Hessians cost: SmolLM2 (measured), one LLaMA-2-7B-shaped decoder layer on CPU
              (measured), extrapolated to 32 layers
 
@@ -128,9 +129,48 @@ def memory_stage(a) -> None:
     finish(RESULTS / "estimate_update_memory.json", rec)
 
 
+def first_maps_stage(a) -> None:
+    """Calibrate -> first maps on SmolLM2 (model loaded): the first FIRST_WINDOWS windows calibrated and the form's
+    split re-planned; then how fast a running estimate lets go when a new split stops it (cancel -> returned)."""
+    import threading
+
+    from engine.explore import FIRST_WINDOWS, calibrate_progressively
+    lm = ModelCache().get(RunRequest(model=None, device="cpu"))
+    model, tok = lm.model, lm.tokenizer
+    windows = textdata.calibration_windows(tok, textdata.resolve_text(a.data, "calibration"), a.nsamples, a.seqlen, 0)
+    eval_ids = textdata.evaluation_ids(tok, textdata.resolve_text(a.data, "evaluation"))
+    spec = PruneSpec(pattern="three_tier", nsamples=a.nsamples, seqlen=a.seqlen, **BEST_THREE_TIER)
+    rec = header(a) | {"spec": spec.to_dict(), "first_windows": FIRST_WINDOWS}
+    t0 = time.perf_counter()
+    first = next(calibrate_progressively(model, spec, windows))
+    rec["first_calibration_s"] = time.perf_counter() - t0
+    plan = replan(first, spec)
+    rec["first_maps_s"] = time.perf_counter() - t0
+    rec["load_at_first_maps"] = os.getloadavg()
+    print(f"first maps after {rec['first_maps_s']:.1f} s ({first.windows} windows)", flush=True)
+    latencies = []
+    for _ in range(3):
+        cancel, started, out = threading.Event(), threading.Event(), {}
+        worker = threading.Thread(target=lambda: out.update(est=estimate(
+            model, plan, eval_ids, a.seqlen, windows=6, cancel=cancel, progress=lambda e: started.set())))
+        worker.start()
+        started.wait()
+        time.sleep(0.3)  # inside the second window's forward pass
+        t = time.perf_counter()
+        cancel.set()
+        worker.join()
+        latencies.append(time.perf_counter() - t)
+    rec["abandon_s"] = latencies
+    rec["window_s"] = estimate(model, plan, eval_ids, a.seqlen, windows=2).seconds / 2
+    print(f"estimate let go {[round(x, 3) for x in latencies]} s after a cancel; a window takes "
+          f"{rec['window_s']:.2f} s", flush=True)
+    finish(RESULTS / "estimate_update_first_maps.json", rec)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stages", nargs="+", choices=("splits", "memory"), default=["splits", "memory"])
+    p.add_argument("--stages", nargs="+", choices=("splits", "memory", "first_maps"),
+                   default=["splits", "memory", "first_maps"])
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
@@ -141,7 +181,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     for stage in a.stages:
-        {"splits": splits_stage, "memory": memory_stage}[stage](a)
+        {"splits": splits_stage, "memory": memory_stage, "first_maps": first_maps_stage}[stage](a)
 
 
 if __name__ == "__main__":

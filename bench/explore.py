@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench.common import DEFAULT_DATA, REPO, RESULTS, Stopwatch, command_line, machine, write_json  # noqa: E402
-from components.figures import pareto_front  # noqa: E402
+from components.explore import pareto_front  # noqa: E402
 from engine import data as textdata  # noqa: E402
 from engine.explore import DEFAULT_ESTIMATE_WINDOWS, calibrate, estimate, replan, storage_estimate  # noqa: E402
 from engine.perplexity import perplexity  # noqa: E402

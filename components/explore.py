@@ -296,12 +296,22 @@ def reference_job(setup: Setup, specs: list[PruneSpec], models, windows: int, to
     return target
 
 
+def pareto_front(x: list[float], y: list[float], more_x_is_better: bool = True) -> list[int]:
+    """Indices of the points no other point beats: as good or better on both axes and strictly on one (lower y;
+    higher x when more_x_is_better, else lower x), sorted along x."""
+    sign = 1 if more_x_is_better else -1
+    front = [i for i in range(len(x))
+             if not any(sign * x[j] >= sign * x[i] and y[j] <= y[i] and (sign * x[j] > sign * x[i] or y[j] < y[i])
+                        for j in range(len(x)))]
+    return sorted(front, key=lambda i: x[i])
+
+
+
 POINT_COLUMNS = ["#", "split", "kind", "sparsity", "storage MiB", "estimate", "± spread", "exact", "front"]
 
 
 def points_table(points: list[dict], axis: str = "sparsity") -> list[list]:
     """One row per explored point (the Pareto view's table); `front` marks the Pareto front of the estimates."""
-    from .figures import pareto_front
     done = [p for p in points if p.get("ppl")]
     x = [p["storage"] if axis == "storage" else p["sparsity"] for p in done]
     front = {done[i]["n"] for i in pareto_front(x, [p["ppl"] for p in done], more_x_is_better=axis != "storage")}

@@ -23,71 +23,80 @@ STORAGE_FORMULA = (
 MAX_WINDOWS = 64
 
 
+class ExploreWidgets:
+    """The Explore tab's widgets (page.explore), made by render: what its listeners and the other tabs read."""
+    __slots__ = ("state", "status", "calibrate_btn", "calib_note", "ratio_box", "dense", "two_four", "topk_note",
+                 "sparsity", "block_row", "keep", "block", "scope", "assignment", "windows", "tokens", "exact_btn",
+                 "estimate", "summary", "heatmap", "shares", "layer", "module", "tiermap", "tiernote", "axis",
+                 "refs_btn", "strong_btn", "pareto", "points", "open", "pareto_click")
+
+
 def render(page) -> None:
+    w = page.explore = ExploreWidgets()
     spec = FORM_SPEC
     with gr.Tab("Explore", id="explore"):
-        page.xs_state = gr.State(lambda: ExploreState())
+        w.state = gr.State(lambda: ExploreState())
         gr.Markdown("Calibrate once for the model, method and calibration data on the left; then every split is "
                     "re-planned from those statistics without a forward pass: the maps follow a slider as soon as "
                     "it is released, then a quick perplexity estimate streams in. The estimate applies the "
                     "**masks only** (no OBS update of the kept weights) on a few evaluation windows; **Run exact** "
                     "prunes the split layer by layer as Run does.", elem_classes="note")
         with gr.Row():
-            page.xs_calibrate_btn = gr.Button("Calibrate", variant="primary", scale=1, elem_id="xs-calibrate")
-            page.xs_calib_note = gr.Markdown("Not calibrated yet.", elem_id="xs-calib-note")
-        page.xs_status = gr.HTML("", elem_id="xs-status")
+            w.calibrate_btn = gr.Button("Calibrate", variant="primary", scale=1, elem_id="xs-calibrate")
+            w.calib_note = gr.Markdown("Not calibrated yet.", elem_id="xs-calib-note")
+        w.status = gr.HTML("", elem_id="xs-status")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=260):
-                with gr.Column(visible="ratios" in pattern_fields(spec.pattern)) as page.xs_ratio_box:
-                    page.xs_dense = gr.Slider(0, 1, value=spec.ratios[0], step=0.01, label="dense blocks",
-                                              elem_id="xs-dense")
-                    page.xs_24 = gr.Slider(0, 1, value=spec.ratios[1], step=0.01, label="2:4 blocks",
+                with gr.Column(visible="ratios" in pattern_fields(spec.pattern)) as w.ratio_box:
+                    w.dense = gr.Slider(0, 1, value=spec.ratios[0], step=0.01, label="dense blocks",
+                                        elem_id="xs-dense")
+                    w.two_four = gr.Slider(0, 1, value=spec.ratios[1], step=0.01, label="2:4 blocks",
                                            elem_id="xs-24")
-                    page.xs_topk_note = gr.Markdown(topk_text(spec.ratios[0], spec.ratios[1]))
-                page.xs_sparsity = gr.Slider(0, 0.95, value=spec.sparsity, step=0.01, label="Sparsity",
-                                             info="N:M: rounded to a multiple of 1/M",
-                                             visible="ratios" not in pattern_fields(spec.pattern))
-                with gr.Row() as page.xs_block_row:
-                    page.xs_keep = gr.Number(spec.keep, precision=0, minimum=0, label="K per top-K block")
-                    page.xs_block = gr.Number(spec.block, precision=0, minimum=4, step=4, label="Block size B")
-                page.xs_scope = gr.Radio(field_choices("tier_scope"), value=spec.tier_scope,
-                                         label="Rank blocks across")
-                page.xs_assignment = gr.Radio(field_choices("assignment"), value=spec.assignment,
-                                              label="Give blocks their tier by")
+                    w.topk_note = gr.Markdown(topk_text(spec.ratios[0], spec.ratios[1]))
+                w.sparsity = gr.Slider(0, 0.95, value=spec.sparsity, step=0.01, label="Sparsity",
+                                       info="N:M: rounded to a multiple of 1/M",
+                                       visible="ratios" not in pattern_fields(spec.pattern))
+                with gr.Row() as w.block_row:
+                    w.keep = gr.Number(spec.keep, precision=0, minimum=0, label="K per top-K block")
+                    w.block = gr.Number(spec.block, precision=0, minimum=4, step=4, label="Block size B")
+                w.scope = gr.Radio(field_choices("tier_scope"), value=spec.tier_scope,
+                                   label="Rank blocks across")
+                w.assignment = gr.Radio(field_choices("assignment"), value=spec.assignment,
+                                        label="Give blocks their tier by")
                 with gr.Row():
-                    page.xs_windows = gr.Number(ESTIMATE_WINDOWS, precision=0, minimum=1, maximum=MAX_WINDOWS,
-                                                label="Estimate windows")
-                    page.xs_tokens = gr.Number(ESTIMATE_TOKENS, precision=0, minimum=8, label="Tokens per window")
-                page.xs_exact_btn = gr.Button("Run exact", variant="secondary", elem_id="xs-exact")
+                    w.windows = gr.Number(ESTIMATE_WINDOWS, precision=0, minimum=1, maximum=MAX_WINDOWS,
+                                          label="Estimate windows")
+                    w.tokens = gr.Number(ESTIMATE_TOKENS, precision=0, minimum=8, label="Tokens per window")
+                w.exact_btn = gr.Button("Run exact", variant="secondary", elem_id="xs-exact")
                 gr.Markdown("Run exact: the full layer-by-layer walk of this split with the form's recipe (the OBS "
                             "update too, if chosen) and its Evaluation windows; it shows in Results and beside "
                             "the estimate below.", elem_classes="note")
             with gr.Column(scale=2):
-                page.xs_estimate = gr.HTML(explore.estimate_html(None), elem_id="xs-estimate")
-                page.xs_summary = gr.Markdown("", elem_id="xs-summary")
-                page.xs_heatmap = gr.Plot(figures.layer_heatmap(None), show_label=False, elem_id="xs-heatmap")
-        page.xs_shares = gr.Plot(figures.tier_share_heatmaps(None), show_label=False, elem_id="xs-shares")
+                w.estimate = gr.HTML(explore.estimate_html(None), elem_id="xs-estimate")
+                w.summary = gr.Markdown("", elem_id="xs-summary")
+                w.heatmap = gr.Plot(figures.layer_heatmap(None), show_label=False, elem_id="xs-heatmap")
+        w.shares = gr.Plot(figures.tier_share_heatmaps(None), show_label=False, elem_id="xs-shares")
         with gr.Row():
-            page.xs_layer = gr.Dropdown([], label="Decoder layer", interactive=True)
-            page.xs_module = gr.Dropdown([], label="Module", interactive=True)
-        page.xs_tiermap = gr.Plot(figures.tier_map_figure(None)[0], show_label=False, elem_id="xs-tiermap")
-        page.xs_tiernote = gr.Markdown("", elem_classes="note")
+            w.layer = gr.Dropdown([], label="Decoder layer", interactive=True)
+            w.module = gr.Dropdown([], label="Module", interactive=True)
+        w.tiermap = gr.Plot(figures.tier_map_figure(None)[0], show_label=False, elem_id="xs-tiermap")
+        w.tiernote = gr.Markdown("", elem_classes="note")
         gr.Markdown(STORAGE_FORMULA, elem_classes="note")
         with gr.Row():
-            page.xs_axis = gr.Radio([("sparsity", "sparsity"), ("estimated storage", "storage")], value="sparsity",
-                                    label="x axis", scale=2)
-            page.xs_refs_btn = gr.Button("Add references (2:4, unstructured 50%)", scale=1)
-            page.xs_strong_btn = gr.Button("Add SparseGPT references (exact walks, minutes)", scale=1,
-                                           elem_id="xs-strong")
+            w.axis = gr.Radio([("sparsity", "sparsity"), ("estimated storage", "storage")], value="sparsity",
+                              label="x axis", scale=2)
+            w.refs_btn = gr.Button("Add references (2:4, unstructured 50%)", scale=1)
+            w.strong_btn = gr.Button("Add SparseGPT references (exact walks, minutes)", scale=1,
+                                     elem_id="xs-strong")
         gr.Markdown("References: **Add references** re-plans 2:4 and unstructured 50% with the calibrated method "
                     "(masks only, seconds). **Add SparseGPT references** prunes 2:4 and unstructured 50% for real "
                     "with the engine's strongest recipe of each (SparseGPT: the mask chosen during the OBS update) "
                     "and evaluates them on the estimate's windows: the bar a split has to beat.", elem_classes="note")
-        page.xs_pareto = gr.Plot(figures.pareto_figure([]), show_label=False, elem_id="xs-pareto")
-        page.xs_points = gr.Dataframe(headers=explore.POINT_COLUMNS, value=[], interactive=False,
-                                      elem_id="xs-points", wrap=True)
-        page.xs_open = gr.Dropdown([], value=None, label="Open a point's maps (or click it above)", interactive=True)
-        page.xs_pareto_click = gr.Textbox(visible="hidden", elem_id="pareto-click")
+        w.pareto = gr.Plot(figures.pareto_figure([]), show_label=False, elem_id="xs-pareto")
+        w.points = gr.Dataframe(headers=explore.POINT_COLUMNS, value=[], interactive=False,
+                                elem_id="xs-points", wrap=True)
+        w.open = gr.Dropdown([], value=None, label="Open a point's maps (or click it above)", interactive=True)
+        w.pareto_click = gr.Textbox(visible="hidden", elem_id="pareto-click")
 
 
 def topk_text(dense, two_four) -> str:
@@ -98,50 +107,55 @@ def topk_text(dense, two_four) -> str:
 # ---- what the tab shows -------------------------------------------------------------------------------------------
 
 def outputs(page) -> list:
-    return [page.xs_status, page.xs_estimate, page.xs_summary, page.xs_topk_note, page.xs_heatmap, page.xs_shares,
-            page.xs_layer, page.xs_module, page.xs_tiermap, page.xs_tiernote, page.xs_pareto, page.xs_points,
-            page.xs_open]
+    w = page.explore
+    return [w.status, w.estimate, w.summary, w.topk_note, w.heatmap, w.shares,
+            w.layer, w.module, w.tiermap, w.tiernote, w.pareto, w.points,
+            w.open]
 
 
 def control_outputs(page) -> list:
-    return [page.xs_ratio_box, page.xs_sparsity, page.xs_block_row, page.xs_scope, page.xs_assignment, page.xs_dense,
-            page.xs_24, page.xs_keep, page.xs_block, page.xs_calib_note]
+    w = page.explore
+    return [w.ratio_box, w.sparsity, w.block_row, w.scope, w.assignment, w.dense,
+            w.two_four, w.keep, w.block, w.calib_note]
 
 
 def show_plan(page, xs: ExploreState, plan, storage) -> dict:
     """The maps, tier map and summary of a fresh plan (the tier map stays on the matrix chosen before)."""
+    w = page.explore
     xs.plan = plan
     xs.record = explore.plan_record(plan, 1 + max(k[0] for k in plan.matrices))
     layers, layer, modules, module = selection_for(xs.record, xs.shown_layer, xs.shown_module)
     xs.shown_layer, xs.shown_module = layer, module
     fig, note = tiermap_for(xs.record, layer, module)
     blocks = block_pattern(plan.spec.pattern)
-    return {page.xs_summary: explore.summary_text(plan, storage),
-            page.xs_heatmap: figures.layer_heatmap(xs.record, title=f"Sparsity per matrix · {plan.spec.label()}"),
-            page.xs_shares: gr.Plot(figures.tier_share_heatmaps(xs.record) if blocks else None, visible=blocks),
-            page.xs_layer: gr.Dropdown(choices=layers, value=layer),
-            page.xs_module: gr.Dropdown(choices=modules, value=module), page.xs_tiermap: fig,
-            page.xs_tiernote: note}
+    return {w.summary: explore.summary_text(plan, storage),
+            w.heatmap: figures.layer_heatmap(xs.record, title=f"Sparsity per matrix · {plan.spec.label()}"),
+            w.shares: gr.Plot(figures.tier_share_heatmaps(xs.record) if blocks else None, visible=blocks),
+            w.layer: gr.Dropdown(choices=layers, value=layer),
+            w.module: gr.Dropdown(choices=modules, value=module), w.tiermap: fig,
+            w.tiernote: note}
 
 
 def show_points(page, xs: ExploreState, axis: str) -> dict:
-    return {page.xs_pareto: figures.pareto_figure(xs.points, axis),
-            page.xs_points: explore.points_table(xs.points, axis),
-            page.xs_open: gr.Dropdown(choices=explore.point_choices(xs.points))}
+    w = page.explore
+    return {w.pareto: figures.pareto_figure(xs.points, axis),
+            w.points: explore.points_table(xs.points, axis),
+            w.open: gr.Dropdown(choices=explore.point_choices(xs.points))}
 
 
 def controls_for(page, spec: PruneSpec) -> dict:
     """The split controls of a calibrated spec: the ones its pattern reads, shown, set to its values."""
+    w = page.explore
     reads = set(pattern_fields(spec.pattern))
     ratios = "ratios" in reads
-    return {page.xs_ratio_box: gr.Column(visible=ratios),
-            page.xs_sparsity: gr.Slider(visible=not ratios and ("sparsity" in reads or "m" in reads),
-                                        value=spec.nominal_sparsity()),
-            page.xs_block_row: gr.Row(visible="block" in reads),
-            page.xs_scope: gr.Radio(visible="tier_scope" in reads, value=spec.tier_scope),
-            page.xs_assignment: gr.Radio(visible="assignment" in reads, value=spec.assignment),
-            page.xs_dense: gr.Slider(value=spec.ratios[0]), page.xs_24: gr.Slider(value=spec.ratios[1]),
-            page.xs_keep: gr.Number(value=spec.keep), page.xs_block: gr.Number(value=spec.block)}
+    return {w.ratio_box: gr.Column(visible=ratios),
+            w.sparsity: gr.Slider(visible=not ratios and ("sparsity" in reads or "m" in reads),
+                                  value=spec.nominal_sparsity()),
+            w.block_row: gr.Row(visible="block" in reads),
+            w.scope: gr.Radio(visible="tier_scope" in reads, value=spec.tier_scope),
+            w.assignment: gr.Radio(visible="assignment" in reads, value=spec.assignment),
+            w.dense: gr.Slider(value=spec.ratios[0]), w.two_four: gr.Slider(value=spec.ratios[1]),
+            w.keep: gr.Number(value=spec.keep), w.block: gr.Number(value=spec.block)}
 
 
 def _count(value, name: str, low: int, high: int) -> int:
@@ -166,15 +180,16 @@ def explore_specs(page, xs: ExploreState, specs: list[PruneSpec], windows, token
 def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str):
     """Check the estimate's windows, start make_target(windows, tokens, on_restore) as the tab's job and stream its
     events: maps of a plan, the running estimate, a finished point, the walk of an exact reference."""
+    w = page.explore
     if xs.setup is None:
-        yield {page.xs_status: banner("warn", "Press Calibrate first: the splits are planned from its statistics.")}
+        yield {w.status: banner("warn", "Press Calibrate first: the splits are planned from its statistics.")}
         return
     try:
         n = None if windows is None else _count(windows, "estimate windows", 1, MAX_WINDOWS)
         context = textdata.model_context(xs.setup.calibration.model.config) or 2048
         seqlen = None if n is None else _count(tokens, "tokens per window", 8, context)
     except UserError as err:
-        yield {page.xs_status: banner("err", str(err))}
+        yield {w.status: banner("err", str(err))}
         return
 
     def forget_run():  # the model held a run's pruned weights; they are back to dense now
@@ -184,35 +199,36 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
     try:
         job.start(page.settings.max_waiting)
     except UserError as err:
-        yield {page.xs_status: banner("err", str(err))}
+        yield {w.status: banner("err", str(err))}
         return
     exact = kind == explore.EXACT_REFERENCE
-    yield {page.xs_status: banner("info", "Pruning for real…" if exact else "Re-planning…")}
+    yield {w.status: banner("info", "Pruning for real…" if exact else "Re-planning…")}
     note = "exact walk, with the OBS update" if exact else "masks only"
     try:
         for events in job.watch(interval=0.1):
             if xs.job is not job:
                 return  # a newer split took over; it draws from now on
-            out = {}
+            out, finished = {}, False  # finished: this update shows a point's result, which the status keeps
             for event in events:
                 stage = event.get("stage")
                 if stage == "wait":
-                    out[page.xs_status] = banner("info", f"Waiting for the engine: {event['message']}.")
-                elif stage == "exact" and "banner ok" not in out.get(page.xs_status, ""):  # a result stays shown
-                    out[page.xs_status] = banner("info", event["message"])
+                    out[w.status] = banner("info", f"Waiting for the engine: {event['message']}.")
+                elif stage == "exact" and not finished:
+                    out[w.status] = banner("info", event["message"])
                 elif stage == "planned":
                     plan = event["plan"]
                     out.update(show_plan(page, xs, plan, event["storage"]))
-                    out[page.xs_estimate] = explore.estimate_html(None, "estimating…" if n else "")
-                    out[page.xs_status] = banner("info", f"Re-planned in {plan.seconds:.2f} s"
-                                                 + ("; estimating perplexity…" if n else "."))
+                    out[w.estimate] = explore.estimate_html(None, "estimating…" if n else "")
+                    out[w.status] = banner("info", f"Re-planned in {plan.seconds:.2f} s"
+                                           + ("; estimating perplexity…" if n else "."))
                 elif stage == "estimate":
-                    out[page.xs_estimate] = explore.estimate_html(event, event.get("kind", note))
+                    out[w.estimate] = explore.estimate_html(event, event.get("kind", note))
                 elif stage == "estimated" and event["estimate"].status == "completed":
                     plan, est = event["plan"], event["estimate"]
                     explore.add_point(xs, plan, est, explore.storage_estimate(plan), kind)
                     out.update(show_points(page, xs, axis))
-                    out[page.xs_status] = banner("ok", f"{plan.spec.label()}: perplexity {'' if exact else '≈ '}"
+                    finished = True
+                    out[w.status] = banner("ok", f"{plan.spec.label()}: perplexity {'' if exact else '≈ '}"
                                                  f"{est.ppl:,.2f} on {est.windows} windows of {seqlen} tokens in "
                                                  f"{est.seconds:.1f} s ({note if exact else est.kind}"
                                                  f"{'; ' + est.note if est.note else ''}).")
@@ -222,23 +238,21 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
         if job.running and xs.job is job:
             job.stop()  # the page went away: free the engine
     if xs.job is job and job.error:
-        yield {page.xs_status: banner("err", job.error)}
+        yield {w.status: banner("err", job.error)}
 
 
 def calibrate(page, *values):
     """Calibrate for the form's set-up (served from the cache when nothing changed), then explore its split."""
+    w = page.explore
     *form_values, xs, windows, tokens, axis = values
     xs.supersede(None)
     try:
         req = runner.request(page, dict(zip(page.form, form_values)))
+        first = None if not windows else (_count(windows, "estimate windows", 1, MAX_WINDOWS),
+                                          _count(tokens, "tokens per window", 8, 1 << 20))
     except UserError as err:
-        yield {page.xs_status: banner("err", str(err))}
+        yield {w.status: banner("err", str(err))}
         raise gr.Error(str(err), print_exception=False, title="Cannot calibrate") from None
-
-    first = None
-    if windows:
-        context = getattr(req, "context", None) or 2048
-        first = (_count(windows, "estimate windows", 1, MAX_WINDOWS), _count(tokens, "tokens per window", 8, context))
 
     def target(progress, cancel):
         setup = explore.calibrate(req, runner.MODELS, progress, cancel, first=first)
@@ -249,9 +263,9 @@ def calibrate(page, *values):
     try:
         job.start(page.settings.max_waiting)
     except UserError as err:
-        yield {page.xs_status: banner("err", str(err))}
+        yield {w.status: banner("err", str(err))}
         return
-    yield {page.xs_status: banner("info", "Calibrating…")}
+    yield {w.status: banner("info", "Calibrating…")}
     try:
         for events in job.watch():
             out = {}
@@ -259,79 +273,81 @@ def calibrate(page, *values):
                 out.update(first_maps(page, xs, event))
             messages = [e.get("message") for e in events if e.get("message")]
             if messages:
-                out[page.xs_status] = banner("info", f"Calibrating: {messages[-1]}")
+                out[w.status] = banner("info", f"Calibrating: {messages[-1]}")
             if out:
                 yield out
     finally:
         if job.running:
             job.stop()
     if job.error:
-        yield {page.xs_status: banner("err", job.error)}
+        yield {w.status: banner("err", job.error)}
         raise gr.Error(job.error, print_exception=False, title="Cannot calibrate")
     if xs.job is not job or job.result is None:
         return
     xs.setup = job.result
     spec = xs.setup.spec
-    yield {**controls_for(page, spec), page.xs_calib_note: explore.calibration_text(xs.setup),
-           page.xs_topk_note: topk_text(*spec.ratios[:2])}
+    yield {**controls_for(page, spec), w.calib_note: explore.calibration_text(xs.setup),
+           w.topk_note: topk_text(*spec.ratios[:2])}
     yield from explore_specs(page, xs, [spec], windows, tokens, axis)
 
 
 def first_maps(page, xs: ExploreState, event: dict) -> dict:
     """What the calibration job streams before the full calibration lands: the form's split re-planned and
     estimated (masks only) from the first few calibration windows, labelled with how many."""
-    stage = event.get("stage")
+    w, stage = page.explore, event.get("stage")
     if stage == "first":
         xs.setup = event["setup"]
-        return {**controls_for(page, xs.setup.spec), page.xs_calib_note: explore.calibration_text(xs.setup)}
+        return {**controls_for(page, xs.setup.spec), w.calib_note: explore.calibration_text(xs.setup)}
     rests = f"from {xs.setup.calibration.windows} calibration windows" if xs.setup is not None else ""
     if stage == "planned":
         return {**show_plan(page, xs, event["plan"], event["storage"]),
-                page.xs_estimate: explore.estimate_html(None, "estimating…")}
+                w.estimate: explore.estimate_html(None, "estimating…")}
     if stage == "estimate":
-        return {page.xs_estimate: explore.estimate_html(event, f"{event.get('kind', 'masks only')}, {rests}")}
+        return {w.estimate: explore.estimate_html(event, f"{event.get('kind', 'masks only')}, {rests}")}
     return {}
 
 
 def move(page, xs: ExploreState, dense, two_four, sparsity, keep, block, scope, assignment, windows, tokens, axis):
     """A released slider (or a changed K, B, scope, assignment): re-plan that split and estimate it."""
+    w = page.explore
     if xs.setup is None:
-        yield {page.xs_status: banner("warn", "Press Calibrate first: the splits are planned from its statistics."),
-               page.xs_topk_note: topk_text(dense, two_four)}
+        yield {w.status: banner("warn", "Press Calibrate first: the splits are planned from its statistics."),
+               w.topk_note: topk_text(dense, two_four)}
         return
     if "ratios" in pattern_fields(xs.setup.spec.pattern) and float(dense) + float(two_four) > 1:
         two_four = round(1 - float(dense), 2)  # top-K cannot go below 0: 2:4 takes what dense leaves
-        yield {page.xs_24: gr.Slider(value=two_four)}
-    yield {page.xs_topk_note: topk_text(dense, two_four)}
+        yield {w.two_four: gr.Slider(value=two_four)}
+    yield {w.topk_note: topk_text(dense, two_four)}
     try:
         spec = explore.split_spec(xs.setup.spec, dense, two_four, sparsity, keep, block, scope, assignment)
     except UserError as err:
         xs.supersede(None)
-        yield {page.xs_status: banner("err", str(err))}
+        yield {w.status: banner("err", str(err))}
         return
     yield from explore_specs(page, xs, [spec], windows, tokens, axis)
 
 
 def open_point(page, xs: ExploreState, number, axis):
     """Re-open an explored point: its maps again (re-planned from the calibration, no estimate)."""
+    w = page.explore
     point = next((p for p in xs.points if p["n"] == number), None)
     if point is None:
         return
     if point["kind"] == explore.EXACT_REFERENCE:
-        yield {page.xs_status: banner("info", f"#{number} {point['label']} was pruned for real, not planned from "
-                                              f"this calibration: it has no maps here.")}
+        yield {w.status: banner("info", f"#{number} {point['label']} was pruned for real, not planned from "
+                                f"this calibration: it has no maps here.")}
         return
     spec = PruneSpec.from_dict(point["requested"])
     yield from explore_specs(page, xs, [spec], None, None, axis)
-    yield {page.xs_estimate: explore.estimate_html({"ppl": point["ppl"], "ppl_low": point["ppl_low"],
-                                                    "ppl_high": point["ppl_high"], "done": point["windows"],
-                                                    "total": point["windows"]}, f"point #{number}")}
+    yield {w.estimate: explore.estimate_html({"ppl": point["ppl"], "ppl_low": point["ppl_low"],
+                                              "ppl_high": point["ppl_high"], "done": point["windows"],
+                                              "total": point["windows"]}, f"point #{number}")}
 
 
 def references(page, xs: ExploreState, windows, tokens, axis):
     """2:4 and unstructured 50% with the same method, masks only, on the same windows: the Pareto view's yardsticks."""
     if xs.setup is None:
-        yield {page.xs_status: banner("warn", "Press Calibrate first.")}
+        yield {page.explore.status: banner("warn", "Press Calibrate first.")}
         return
     yield from explore_specs(page, xs, explore.reference_specs(xs.setup.spec), windows, tokens, axis, explore.REFERENCE)
 
@@ -340,7 +356,7 @@ def strongest_references(page, xs: ExploreState, windows, tokens, axis):
     """SparseGPT 2:4 and unstructured 50%, pruned for real on the calibration's windows and evaluated on the
     estimate's: the strongest yardsticks the engine has (minutes: each is a full walk with the OBS update)."""
     if xs.setup is None:
-        yield {page.xs_status: banner("warn", "Press Calibrate first.")}
+        yield {page.explore.status: banner("warn", "Press Calibrate first.")}
         return
     specs = explore.strongest_specs(xs.setup.spec)
     yield from stream(page, xs, lambda n, seqlen, restored: explore.reference_job(
@@ -368,45 +384,46 @@ def run_exact(page, *values):
         if p["label"] == label:
             p["exact"] = ppl
     yield {**show_points(page, xs, "sparsity"),
-           page.xs_status: banner("ok", f"Exact run of {label}: perplexity {ppl:,.3f} at sparsity "
-                                        f"{record['sparsity']:.2%} (Results tab).")}
+           page.explore.status: banner("ok", f"Exact run of {label}: perplexity {ppl:,.3f} at sparsity "
+                                       f"{record['sparsity']:.2%} (Results tab).")}
 
 
 # ---- listeners ----------------------------------------------------------------------------------------------------
 
 def wire(page) -> None:
-    xs, form = page.xs_state, page.form
-    est = [page.xs_windows, page.xs_tokens, page.xs_axis]
+    w = page.explore
+    xs, form = w.state, page.form
+    est = [w.windows, w.tokens, w.axis]
     shown = outputs(page)
     explore_event = dict(trigger_mode="multiple", api_visibility="private", show_progress="hidden", **LIGHT)
 
     def calibrate_press(*values):
         yield from calibrate(page, *values)
-    page.xs_calibrate_btn.click(calibrate_press, [*form.values(), xs, *est], shown + control_outputs(page),
-                                api_visibility="private", show_progress="minimal", **LIGHT)
+    w.calibrate_btn.click(calibrate_press, [*form.values(), xs, *est], shown + control_outputs(page),
+                          api_visibility="private", show_progress="minimal", **LIGHT)
 
     def released(*values):
         yield from move(page, *values)
-    controls = [page.xs_dense, page.xs_24, page.xs_sparsity, page.xs_keep, page.xs_block, page.xs_scope,
-                page.xs_assignment]
-    triggers = [page.xs_dense.release, page.xs_24.release, page.xs_sparsity.release, page.xs_keep.submit,
-                page.xs_block.submit, page.xs_scope.input, page.xs_assignment.input, page.xs_windows.submit,
-                page.xs_tokens.submit]
-    gr.on(triggers, released, [xs, *controls, *est], shown + [page.xs_24], **explore_event)
-    for slider in (page.xs_dense, page.xs_24):  # the top-K share follows while dragging; the plan on release
-        slider.input(topk_text, [page.xs_dense, page.xs_24], page.xs_topk_note, queue=False, show_progress="hidden")
+    controls = [w.dense, w.two_four, w.sparsity, w.keep, w.block, w.scope,
+                w.assignment]
+    triggers = [w.dense.release, w.two_four.release, w.sparsity.release, w.keep.submit,
+                w.block.submit, w.scope.input, w.assignment.input, w.windows.submit,
+                w.tokens.submit]
+    gr.on(triggers, released, [xs, *controls, *est], shown + [w.two_four], **explore_event)
+    for slider in (w.dense, w.two_four):  # the top-K share follows while dragging; the plan on release
+        slider.input(topk_text, [w.dense, w.two_four], w.topk_note, queue=False, show_progress="hidden")
 
     def add_references(*values):
         yield from references(page, *values)
-    page.xs_refs_btn.click(add_references, [xs, *est], shown, **explore_event)
+    w.refs_btn.click(add_references, [xs, *est], shown, **explore_event)
 
     def add_strongest(*values):
         yield from strongest_references(page, *values)
-    page.xs_strong_btn.click(add_strongest, [xs, *est], shown, **explore_event)
+    w.strong_btn.click(add_strongest, [xs, *est], shown, **explore_event)
 
     def reopen(*values):
         yield from open_point(page, *values)
-    page.xs_open.input(reopen, [xs, page.xs_open, page.xs_axis], shown, **explore_event)
+    w.open.input(reopen, [xs, w.open, w.axis], shown, **explore_event)
 
     def clicked(x: ExploreState, text, axis):
         """'n|time' from the Pareto click relay (components/layout.py) -> that point's maps."""
@@ -415,18 +432,18 @@ def wire(page) -> None:
         except ValueError:
             return
         yield from open_point(page, x, number, axis)
-    page.xs_pareto_click.change(clicked, [xs, page.xs_pareto_click, page.xs_axis], shown, **explore_event)
-    page.xs_axis.input(lambda x, axis: show_points(page, x, axis), [xs, page.xs_axis],
-                       [page.xs_pareto, page.xs_points, page.xs_open], api_visibility="private", **LIGHT)
+    w.pareto_click.change(clicked, [xs, w.pareto_click, w.axis], shown, **explore_event)
+    w.axis.input(lambda x, axis: show_points(page, x, axis), [xs, w.axis],
+                 [w.pareto, w.points, w.open], api_visibility="private", **LIGHT)
 
     def tier(x: ExploreState, layer, module):
         x.shown_layer, x.shown_module = layer, module
         return tiermap_for(x.record, layer, module)
-    gr.on([page.xs_layer.input, page.xs_module.input], tier, [xs, page.xs_layer, page.xs_module],
-          [page.xs_tiermap, page.xs_tiernote], api_visibility="private", **LIGHT)
+    gr.on([w.layer.input, w.module.input], tier, [xs, w.layer, w.module],
+          [w.tiermap, w.tiernote], api_visibility="private", **LIGHT)
 
     def exact(*values):
         yield from run_exact(page, *values)
-    page.xs_exact_btn.click(exact, [*form.values(), xs, page.session],
-                            page.JOB_OUTPUTS + [page.xs_status, page.xs_pareto, page.xs_points, page.xs_open],
-                            api_visibility="private", **runner.engine_event(page))
+    w.exact_btn.click(exact, [*form.values(), xs, page.session],
+                      page.JOB_OUTPUTS + [w.status, w.pareto, w.points, w.open],
+                      api_visibility="private", **runner.engine_event(page))

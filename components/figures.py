@@ -14,6 +14,7 @@ from plotly.subplots import make_subplots
 from engine.record import decode_array, decode_tier_map
 from engine.spec import TIER_NAMES
 
+from .explore import EXACT_REFERENCE, REFERENCE, SPLIT, pareto_front
 from .registry import method_colours
 
 # Okabe-Ito colours: told apart by readers with the common colour-vision deficiencies.
@@ -370,16 +371,6 @@ def run_label(record: dict) -> str:
 PARETO_AXES = {"sparsity": "sparsity of the masks", "storage": "estimated storage of the pruned weights (MiB)"}
 
 
-def pareto_front(x: list[float], y: list[float], more_x_is_better: bool = True) -> list[int]:
-    """Indices of the points no other point beats: as good or better on both axes and strictly on one (lower y;
-    higher x when more_x_is_better, else lower x), sorted along x."""
-    sign = 1 if more_x_is_better else -1
-    front = [i for i in range(len(x))
-             if not any(sign * x[j] >= sign * x[i] and y[j] <= y[i] and (sign * x[j] > sign * x[i] or y[j] < y[i])
-                        for j in range(len(x)))]
-    return sorted(front, key=lambda i: x[i])
-
-
 def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
     """Every explored split (estimated perplexity +- spread) against sparsity or estimated storage, the Pareto
     front of the estimates, references (2:4, unstructured; re-planned, or pruned for real) as open symbols, and the
@@ -397,7 +388,6 @@ def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
     fig.add_trace(go.Scatter(x=[x_all[i] for i in front], y=[y_all[i] for i in front], mode="lines",
                              name="Pareto front", line=dict(color="#9ca3af", dash="dash", width=1.5),
                              hoverinfo="skip"))
-    from .explore import EXACT_REFERENCE, REFERENCE, SPLIT
     groups = [(SPLIT, how, f"explored split (estimate, {how})", symbol, TIER_COLORS["dense"])
               for how, symbol in (("masks only", "circle-open"), ("with update", "circle"))]
     groups += [(REFERENCE, how, f"reference (estimate, {how})", symbol, "#D55E00")

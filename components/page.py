@@ -1,6 +1,6 @@
 """One dashboard page: the set-up column on the left, the tabs on the right, each a module with its widgets
-(`render`) and, right below them, its listeners (`wire`). Widgets are attributes of the page (`page.heatmap`);
-what one record or one session shows spans several tabs and is gathered here."""
+(`render`) and, right below them, its listeners (`wire`). Each tab keeps its widgets in its own object on the page
+(`page.results.heatmap`); what one record or one session shows spans several tabs and is gathered here."""
 from __future__ import annotations
 
 import gradio as gr
@@ -36,7 +36,6 @@ class Page:
         self.settings = settings or Settings()
         self.store = RunStore(self.settings.runs_dir, budget=self.settings.store_budget)
         self.history = History(self.store, public=self.settings.public)
-        self.form: dict[str, gr.components.Component] = {}
         with gr.Blocks(title="LLM sparsity explorer", analytics_enabled=self.settings.analytics) as self.demo:
             self.session = gr.State(lambda: Session())  # a fresh Session per browser tab
             gr.HTML(header_html())
@@ -54,28 +53,32 @@ class Page:
             self.demo.load(None, js=CLICK_RELAY_JS)  # plot clicks -> hidden boxes (components/layout.py)
         self.demo.queue(default_concurrency_limit=4, max_size=self.settings.queue_size)
 
-    def field(self, name: str, component):
-        """A widget the engine reads: a page attribute and a form field (an API keyword argument) named `name`."""
-        setattr(self, name, component)
-        self.form[name] = component
-        return component
+    @property
+    def form(self) -> dict[str, gr.components.Component]:
+        """The set-up fields by name (components/setup_form.py): the API's keyword arguments."""
+        return self.setup.fields
 
     # ---- what several tabs show at once --------------------------------------------------------------------------
 
     @property
     def RESULT_OUTPUTS(self) -> list:
-        return [self.overview, self.ppl_plot, self.zero_shot_plot, self.heatmap, self.heat_view, self.layer_dd,
-                self.module_dd, self.tiermap, self.tiernote, self.matrices_df, self.recover_note, self.loss_plot,
-                self.progressive_plot]
+        r, rec = self.results, self.recover
+        return [r.overview, r.ppl_plot, r.zero_shot_plot, r.heatmap, r.heat_view, r.layer_dd, r.module_dd, r.tiermap,
+                r.tiernote, self.export.matrices_df, rec.note, rec.loss_plot, rec.progressive_plot]
 
     @property
     def SESSION_OUTPUTS(self) -> list:
-        return [self.runs_df, self.compare_plot, self.ternary, self.shown_run, self.run_a, self.run_b,
-                self.export_run, self.recover_run]
+        c = self.compare
+        return [c.runs_df, c.plot, self.sweep.ternary, *self.run_pickers, c.run_a, c.run_b]
+
+    @property
+    def run_pickers(self) -> list:
+        """The tabs' "which run" dropdowns that follow the latest run."""
+        return [self.results.shown_run, self.export.run, self.recover.run]
 
     @property
     def HISTORY_OUTPUTS(self) -> list:
-        return [self.past_df, self.past_pick]
+        return [self.past_runs.table, self.past_runs.pick]
 
     @property
     def JOB_OUTPUTS(self) -> list:
@@ -84,15 +87,14 @@ class Page:
     def show_record(self, s: Session, record, layer=None, module=None, view=None) -> dict:
         """Everything the Results, Recover and Export tabs show for one record."""
         return {**results_tab.show(self, s, record, layer, module, view), **recover_tab.show(self, record),
-                self.matrices_df: tables.matrices_table(record)}
+                self.export.matrices_df: tables.matrices_table(record)}
 
     def show_session(self, s: Session) -> dict:
         """The runs table, the plots over all runs, and the run pickers (each on the latest run)."""
         choices = s.run_choices()
         last = choices[-1][1] if choices else None
-        pickers = {picker: gr.Dropdown(choices=choices, value=last)
-                   for picker in (self.shown_run, self.export_run, self.recover_run)}
-        return {**compare_tab.show(self, s, choices), self.ternary: figures.ternary_sweep(s.runs), **pickers}
+        pickers = {picker: gr.Dropdown(choices=choices, value=last) for picker in self.run_pickers}
+        return {**compare_tab.show(self, s, choices), self.sweep.ternary: figures.ternary_sweep(s.runs), **pickers}
 
     def show_history(self) -> dict:
         return past_runs_tab.show(self)

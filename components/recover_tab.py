@@ -21,33 +21,40 @@ NOT_IN_MEMORY = ("the model in memory no longer holds this run's pruned weights 
                  "after it, or the server restarted): run it again, then press Recover")
 
 
+class RecoverWidgets:
+    """The Recover tab's widgets (page.recover), made by render: what its listeners and the other tabs read."""
+    __slots__ = ("run", "steps", "lr", "mode", "rank", "button", "stop_btn", "loss_plot", "note", "progressive_plot")
+
+
 def render(page) -> None:
+    w = page.recover = RecoverWidgets()
     with gr.Tab("Recover", id="recover"):
         gr.Markdown("Fine-tune a finished run's pruned model with every pruned weight held at exactly 0: the loss "
                     "curve draws as it trains; Stop keeps the weights of the last finished step.",
                     elem_classes="note")
         with gr.Row(equal_height=True):
-            page.recover_run = gr.Dropdown([], label="Run to recover", interactive=True, scale=3)
-            page.recover_steps = gr.Number(FINETUNE_DEFAULTS.steps, precision=0, label="Steps",
-                                           min_width=90, scale=1)
-            page.recover_lr = gr.Number(FINETUNE_DEFAULTS.lr, label="Learning rate", min_width=110, scale=1)
-            page.recover_mode = gr.Radio(MODES, value=MODES[0], label="Fine-tune", min_width=140, scale=1)
-            page.recover_rank = gr.Number(8, precision=0, label="LoRA rank", min_width=90, scale=1,
-                                          visible=False)
+            w.run = gr.Dropdown([], label="Run to recover", interactive=True, scale=3)
+            w.steps = gr.Number(FINETUNE_DEFAULTS.steps, precision=0, label="Steps",
+                                min_width=90, scale=1)
+            w.lr = gr.Number(FINETUNE_DEFAULTS.lr, label="Learning rate", min_width=110, scale=1)
+            w.mode = gr.Radio(MODES, value=MODES[0], label="Fine-tune", min_width=140, scale=1)
+            w.rank = gr.Number(8, precision=0, label="LoRA rank", min_width=90, scale=1,
+                               visible=False)
         with gr.Row():
-            page.recover_btn = gr.Button("Recover", variant="primary", scale=3, elem_id="recover-button")
-            page.recover_stop_btn = gr.Button("Stop", variant="stop", scale=1)
-        page.loss_plot = gr.Plot(loss_curve_figure(None), show_label=False, elem_id="loss-curve")
-        page.recover_note = gr.HTML(recovery_html(None), elem_id="recover-note")
-        page.progressive_plot = gr.Plot(progressive_figure(None), show_label=False, visible=False,
-                                        elem_id="progressive-plot")
+            w.button = gr.Button("Recover", variant="primary", scale=3, elem_id="recover-button")
+            w.stop_btn = gr.Button("Stop", variant="stop", scale=1)
+        w.loss_plot = gr.Plot(loss_curve_figure(None), show_label=False, elem_id="loss-curve")
+        w.note = gr.HTML(recovery_html(None), elem_id="recover-note")
+        w.progressive_plot = gr.Plot(progressive_figure(None), show_label=False, visible=False,
+                                     elem_id="progressive-plot")
 
 
 def show(page, record) -> dict:
+    w = page.recover
     entries = (record or {}).get("progressive")
-    return {page.recover_note: recovery_html(record),
-            page.loss_plot: loss_curve_figure(((record or {}).get("recovery") or {}).get("curve")),
-            page.progressive_plot: gr.Plot(progressive_figure(entries), visible=bool(entries))}
+    return {w.note: recovery_html(record),
+            w.loss_plot: loss_curve_figure(((record or {}).get("recovery") or {}).get("curve")),
+            w.progressive_plot: gr.Plot(progressive_figure(entries), visible=bool(entries))}
 
 
 def recover_run(page, s: Session, run_id: str, spec, progress, cancel) -> dict:
@@ -79,6 +86,7 @@ def recovery_summary(records: list, job: Job) -> tuple[str, str, str]:
 
 
 def wire(page) -> None:
+    w = page.recover
     def recover_clicked(s: Session, run_id, steps, lr, mode, lora_rank):
         """Fine-tune a finished run's pruned model (zeros held); streams the loss curve, then the run's figures."""
         if stopped_in_queue(page, s):
@@ -95,20 +103,20 @@ def wire(page) -> None:
             spec = recover_spec_from_form(steps, lr, mode, lora_rank, public=page.settings.public)
         except UserError as err:
             yield from refuse(page, err, "Cannot recover")
-        yield {page.loss_plot: loss_curve_figure(None)}
+        yield {w.loss_plot: loss_curve_figure(None)}
         yield from stream(page, s, lambda progress, cancel: recover_run(page, s, run_id, spec, progress, cancel),
                           f"recovery of run #{s.number(run_id)}", recovery_summary)
 
-    page.recover_btn.click(recover_clicked, [page.session, page.recover_run, page.recover_steps, page.recover_lr,
-                                             page.recover_mode, page.recover_rank],
-                           page.JOB_OUTPUTS, api_name="recover", **engine_event(page))
+    w.button.click(recover_clicked, [page.session, w.run, w.steps, w.lr,
+                                     w.mode, w.rank],
+                   page.JOB_OUTPUTS, api_name="recover", **engine_event(page))
 
     def mode_changed(mode):  # LoRA trains far fewer weights: its rank appears, and its own default learning rate
         return gr.update(visible=mode == "LoRA"), DEFAULT_LR["lora" if mode == "LoRA" else "full"]
-    page.recover_mode.change(mode_changed, page.recover_mode, [page.recover_rank, page.recover_lr], queue=False,
-                             show_progress="hidden")
+    w.mode.change(mode_changed, w.mode, [w.rank, w.lr], queue=False,
+                  show_progress="hidden")
 
     def pick(s: Session, run_id):
         return show(page, s.get(run_id))
-    page.recover_run.input(pick, [page.session, page.recover_run], [page.recover_note, page.loss_plot],
-                           api_visibility="private", **LIGHT)
+    w.run.input(pick, [page.session, w.run], [w.note, w.loss_plot],
+                api_visibility="private", **LIGHT)

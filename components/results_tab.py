@@ -34,61 +34,70 @@ def selection_for(record, layer=None, module=None):
     return ([(f"layer {i}", i) for i in range(n_layers)], layer, modules, module)
 
 
+class ResultsWidgets:
+    """The Results tab's widgets (page.results), made by render: what its listeners and the other tabs read."""
+    __slots__ = ("shown_run", "overview", "ppl_plot", "zero_shot_plot", "heat_view", "heatmap", "layer_dd", "module_dd",
+                 "tiermap", "tiernote", "heatmap_click")
+
+
 def render(page) -> None:
+    w = page.results = ResultsWidgets()
     with gr.Tab("Results", id="results"):
-        page.shown_run = gr.Dropdown([], value=None, label="Run shown", interactive=True)
+        w.shown_run = gr.Dropdown([], value=None, label="Run shown", interactive=True)
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=320):
-                page.overview = gr.HTML(tables.overview_html(None), elem_id="overview")
+                w.overview = gr.HTML(tables.overview_html(None), elem_id="overview")
             with gr.Column(scale=2, min_width=280):
-                page.ppl_plot = gr.Plot(figures.ppl_bars(None), show_label=False)
+                w.ppl_plot = gr.Plot(figures.ppl_bars(None), show_label=False)
         # zero-shot accuracy per task (CLI --eval_zero_shot / engine RunRequest.zero_shot_tasks), when present
-        page.zero_shot_plot = gr.Plot(zero_shot_figure(None), show_label=False, visible=False)
-        page.heat_view = gr.Radio(VIEWS, value=VIEWS[0], label="Colour the layer map by", container=False)
-        page.heatmap = gr.Plot(figures.layer_heatmap(None), show_label=False, elem_id="layer-heatmap")
+        w.zero_shot_plot = gr.Plot(zero_shot_figure(None), show_label=False, visible=False)
+        w.heat_view = gr.Radio(VIEWS, value=VIEWS[0], label="Colour the layer map by", container=False)
+        w.heatmap = gr.Plot(figures.layer_heatmap(None), show_label=False, elem_id="layer-heatmap")
         gr.Markdown("Click a cell — or choose a layer and a module — to open that matrix's block tier map.",
                     elem_classes="note")
         with gr.Row():
-            page.layer_dd = gr.Dropdown([], label="Decoder layer", interactive=True)
-            page.module_dd = gr.Dropdown([], label="Module", interactive=True)
-        page.tiermap = gr.Plot(figures.tier_map_figure(None)[0], show_label=False, elem_id="tier-map")
-        page.tiernote = gr.Markdown("", elem_classes="note")
-        page.heatmap_click = gr.Textbox(visible="hidden", elem_id="heatmap-click")
+            w.layer_dd = gr.Dropdown([], label="Decoder layer", interactive=True)
+            w.module_dd = gr.Dropdown([], label="Module", interactive=True)
+        w.tiermap = gr.Plot(figures.tier_map_figure(None)[0], show_label=False, elem_id="tier-map")
+        w.tiernote = gr.Markdown("", elem_classes="note")
+        w.heatmap_click = gr.Textbox(visible="hidden", elem_id="heatmap-click")
 
 
 def show(page, s: Session, record, layer=None, module=None, view=None) -> dict:
     """What this tab shows for one record (and the session remembers it as the record shown)."""
+    w = page.results
     s.shown = record
     layers, layer, modules, module = selection_for(record, layer, module)
     blocks = bool(record) and block_pattern(record.get("spec", {}).get("pattern"))
     view = view if blocks else VIEWS[0]
     fig, note = tiermap_for(record, layer, module)
     has_zero_shot = bool(record) and bool(record.get("zero_shot") or record.get("zero_shot_dense"))
-    return {page.overview: tables.overview_html(record), page.ppl_plot: figures.ppl_bars(record),
-            page.zero_shot_plot: gr.Plot(zero_shot_figure(record), visible=has_zero_shot),
-            page.heatmap: heatmap_for(record, view), page.heat_view: gr.Radio(value=view, interactive=blocks),
-            page.layer_dd: gr.Dropdown(choices=layers, value=layer),
-            page.module_dd: gr.Dropdown(choices=modules, value=module), page.tiermap: fig, page.tiernote: note}
+    return {w.overview: tables.overview_html(record), w.ppl_plot: figures.ppl_bars(record),
+            w.zero_shot_plot: gr.Plot(zero_shot_figure(record), visible=has_zero_shot),
+            w.heatmap: heatmap_for(record, view), w.heat_view: gr.Radio(value=view, interactive=blocks),
+            w.layer_dd: gr.Dropdown(choices=layers, value=layer),
+            w.module_dd: gr.Dropdown(choices=modules, value=module), w.tiermap: fig, w.tiernote: note}
 
 
 def wire(page) -> None:
+    w = page.results
     session = page.session
 
     def pick_run(s: Session, run_id):
         return page.show_record(s, s.get(run_id), view=s.view)
-    page.shown_run.input(pick_run, [session, page.shown_run], page.RESULT_OUTPUTS, api_visibility="private",
-                         **LIGHT)
+    w.shown_run.input(pick_run, [session, w.shown_run], page.RESULT_OUTPUTS, api_visibility="private",
+                      **LIGHT)
 
     def view(s: Session, choice):
         s.view = choice
         return heatmap_for(s.shown, choice)
-    page.heat_view.input(view, [session, page.heat_view], page.heatmap, api_visibility="private", **LIGHT)
+    w.heat_view.input(view, [session, w.heat_view], w.heatmap, api_visibility="private", **LIGHT)
 
     def tier(s: Session, layer, module):
         s.shown_layer, s.shown_module = layer, module
         return tiermap_for(s.shown, layer, module)
-    gr.on([page.layer_dd.input, page.module_dd.input], tier, [session, page.layer_dd, page.module_dd],
-          [page.tiermap, page.tiernote], api_name="tier_map", **LIGHT)
+    gr.on([w.layer_dd.input, w.module_dd.input], tier, [session, w.layer_dd, w.module_dd],
+          [w.tiermap, w.tiernote], api_name="tier_map", **LIGHT)
 
     def click(s: Session, text):
         """'layer|module|t' from the heatmap click script -> that matrix's tier map."""
@@ -100,6 +109,6 @@ def wire(page) -> None:
         s.shown_layer, s.shown_module = layer, module
         fig, note = tiermap_for(s.shown, layer, module)
         return gr.Dropdown(value=layer), gr.Dropdown(value=module), fig, note
-    page.heatmap_click.change(click, [session, page.heatmap_click],
-                              [page.layer_dd, page.module_dd, page.tiermap, page.tiernote],
-                              api_visibility="private", **LIGHT)
+    w.heatmap_click.change(click, [session, w.heatmap_click],
+                           [w.layer_dd, w.module_dd, w.tiermap, w.tiernote],
+                           api_visibility="private", **LIGHT)

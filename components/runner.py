@@ -86,14 +86,14 @@ def stream(page, s: Session, target, label: str, summary, spec: dict | None = No
                     p.matrices.clear()
                 p.update(event)
                 if recover.curve_from_events(curve, event):
-                    out[page.loss_plot] = recover.loss_curve_figure(curve)
+                    out[page.recover.loss_plot] = recover.loss_curve_figure(curve)
             out[page.progress] = progress_html(p, time.monotonic() - job.started)
             if live is not None and p.new_layers:
                 first, drawn = not drawn, True
-                out[page.heatmap] = heatmap_for(live, s.view)
+                out[page.results.heatmap] = heatmap_for(live, s.view)
                 if first:
                     out.update(page.show_record(s, live, view=s.view))
-                    out.pop(page.matrices_df)
+                    out.pop(page.export.matrices_df)
                 p.new_layers = 0
             yield out
             if job.stopping and time.monotonic() - job.stop_requested > STOP_GRACE_S:
@@ -267,14 +267,14 @@ def engine_event(page) -> dict:
 
 def wire(page) -> None:
     form, session = page.form, page.session
-    page.run_btn.click(with_signature(run_pruning, page, form), [*form.values(), session], page.JOB_OUTPUTS,
-                       api_name="run", **engine_event(page))
-    page.sweep_btn.click(with_signature(run_sweep, page, {"splits": page.sweep_text, **form}),
-                         [page.sweep_text, *form.values(), session], page.JOB_OUTPUTS, api_name="sweep",
-                         **engine_event(page))
+    page.setup.run_btn.click(with_signature(run_pruning, page, form), [*form.values(), session], page.JOB_OUTPUTS,
+                             api_name="run", **engine_event(page))
+    page.sweep.button.click(with_signature(run_sweep, page, {"splits": page.sweep.splits, **form}),
+                            [page.sweep.splits, *form.values(), session], page.JOB_OUTPUTS, api_name="sweep",
+                            **engine_event(page))
 
     def stop_job(s: Session, request: gr.Request = None):
         """Stop this tab's job: a run, a sweep or a recovery."""
         return stop(page, s, request)
-    page.stop_btn.click(stop_job, session, page.status, api_name="stop", **LIGHT)
-    page.recover_stop_btn.click(stop_job, session, page.status, api_visibility="private", **LIGHT)
+    page.setup.stop_btn.click(stop_job, session, page.status, api_name="stop", **LIGHT)
+    page.recover.stop_btn.click(stop_job, session, page.status, api_visibility="private", **LIGHT)

@@ -2,7 +2,7 @@
 
 The choices come from the engine's registries and every default from the spec (components/registry.py); a widget
 that sets a spec field is shown only for the patterns that read that field. Each widget the engine reads is a form
-field (`page.field`): the API's keyword arguments and request_from_form's keys are these names.
+field (`page.setup.fields`): the API's keyword arguments and request_from_form's keys are these names.
 """
 from __future__ import annotations
 
@@ -38,9 +38,21 @@ from .session import (
 QUIET = dict(queue=False, show_progress="hidden")
 
 
+class SetupFormWidgets:
+    """The set-up column's widgets (page.setup). `fields`: the widgets the engine reads, by name (the API's keyword
+    arguments, request_from_form's keys); `parts`: widget or box -> the spec fields it sets."""
+    __slots__ = ("fields", "parts", "nominal", "calib_box", "best_btn", "original_btn", "run_btn", "stop_btn")
+
+
 def render(page) -> None:
-    public, limits, spec, field = page.settings.public, page.settings.limits, FORM_SPEC, page.field
-    shown = page.pattern_parts = {}  # widget or box -> the spec fields it sets; shown when the pattern reads one
+    w = page.setup = SetupFormWidgets()
+    w.fields = {}
+    public, limits, spec = page.settings.public, page.settings.limits, FORM_SPEC
+
+    def field(name: str, component):
+        w.fields[name] = component
+        return component
+    shown = w.parts = {}  # widget or box -> the spec fields it sets; shown when the pattern reads one
 
     gr.HTML("<div class='section-title'>Model</div>")
     field("model", gr.Dropdown(PUBLIC_PRESETS if public else MODEL_PRESETS, value=EMBEDDED, label="Preset"))
@@ -70,10 +82,10 @@ def render(page) -> None:
                                       ("dense blocks (all kept)", "2:4 blocks (half kept)", "top-K blocks (K kept)")):
             field(name, gr.Slider(0, 1, value=ratio, step=0.01, label=label))
         with gr.Row():
-            page.best_btn = gr.Button(f"Best found: {PruneSpec(pattern='three_tier', **BEST_THREE_TIER).label()}",
-                                      size="sm")
-            page.original_btn = gr.Button("Original rule (Wanda hybrid fork): Wanda, per matrix, |W| inside",
-                                          size="sm")
+            w.best_btn = gr.Button(f"Best found: {PruneSpec(pattern='three_tier', **BEST_THREE_TIER).label()}",
+                                   size="sm")
+            w.original_btn = gr.Button("Original rule (Wanda hybrid fork): Wanda, per matrix, |W| inside",
+                                       size="sm")
         gr.Markdown(f"Original rule: the three-tier rule of the [Wanda hybrid fork]({ORIGINAL_URL}) with its "
                     "defaults (0.4/0.4/0.2, K = 10), mask for mask.", elem_classes="note")
     shown[tier_box] = ("ratios",)
@@ -97,10 +109,10 @@ def render(page) -> None:
     field("reconstruct", gr.Checkbox(spec.reconstruct, label="OBS weight update (reconstruct)",
                                      info="update the kept weights of the chosen mask (magnitude / Wanda; "
                                           "SparseGPT always does)"))
-    page.nominal = gr.Markdown(nominal_text(spec.pattern, spec.sparsity, spec.n, spec.m, *spec.ratios, spec.block,
-                                            spec.keep, spec.top_blocks_ratio), elem_id="nominal")
+    w.nominal = gr.Markdown(nominal_text(spec.pattern, spec.sparsity, spec.n, spec.m, *spec.ratios, spec.block,
+                                         spec.keep, spec.top_blocks_ratio), elem_id="nominal")
 
-    with gr.Accordion("Calibration data", open=False, visible=spec.uses_calibration) as page.calib_box:
+    with gr.Accordion("Calibration data", open=False, visible=spec.uses_calibration) as w.calib_box:
         field("calib", gr.Dropdown(NAMED_SOURCES if public else SOURCE_CHOICES, value="auto", label="Source"))
         field("calib_path", gr.Textbox(label="Path (.txt, .jsonl, .parquet or a WikiText folder)", visible=False))
         with gr.Row():
@@ -133,34 +145,35 @@ def render(page) -> None:
         field("overwrite", gr.Checkbox(False, label="Overwrite that folder if it is not empty", visible=not public))
         gr.Markdown(page.settings.note(), elem_classes="note")
     with gr.Row(elem_id="run-buttons"):
-        page.run_btn = gr.Button("Run", variant="primary", scale=3)
-        page.stop_btn = gr.Button("Stop", variant="stop", scale=1)
+        w.run_btn = gr.Button("Run", variant="primary", scale=3)
+        w.stop_btn = gr.Button("Stop", variant="stop", scale=1)
 
 
 def shown_for(page, pattern: str) -> dict:
     """Which of the form's pattern widgets and boxes `pattern` shows: those setting a field the pattern reads."""
     reads = set(pattern_fields(pattern))
-    return {part: bool(reads & set(fields)) for part, fields in page.pattern_parts.items()}
+    return {part: bool(reads & set(fields)) for part, fields in page.setup.parts.items()}
 
 
 def wire(page) -> None:
-    page.pattern.change(lambda pattern: [gr.update(visible=v) for v in shown_for(page, pattern).values()],
-                        page.pattern, list(page.pattern_parts), **QUIET)
-    gr.on([page.method.change, page.reconstruct.change], lambda m, r: gr.update(visible=uses_calibration(m, r)),
-          [page.method, page.reconstruct], page.calib_box, **QUIET)
+    w, f = page.setup, page.setup.fields
+    f["pattern"].change(lambda pattern: [gr.update(visible=v) for v in shown_for(page, pattern).values()],
+                        f["pattern"], list(w.parts), **QUIET)
+    gr.on([f["method"].change, f["reconstruct"].change], lambda m, r: gr.update(visible=uses_calibration(m, r)),
+          [f["method"], f["reconstruct"]], w.calib_box, **QUIET)
 
-    ratios = [page.ratio_dense, page.ratio_24, page.ratio_topk]
+    ratios = [f["ratio_dense"], f["ratio_24"], f["ratio_topk"]]
     for i, slider in enumerate(ratios):
         slider.input(lambda a, b, c, i=i: rebalance(i, (a, b, c)), ratios, ratios, trigger_mode="always_last",
                      **QUIET)
-    recipe_outputs = [page.method, page.tier_scope, page.assignment, page.within_block, page.reconstruct, *ratios,
-                      page.keep, page.block_rule, page.pattern]
-    page.original_btn.click(lambda: recipe_values(ORIGINAL_RECIPE), None, recipe_outputs, **QUIET)
-    page.best_btn.click(lambda: recipe_values(BEST_THREE_TIER), None, recipe_outputs, **QUIET)
+    recipe_outputs = [f[name] for name in ("method", "tier_scope", "assignment", "within_block", "reconstruct")]
+    recipe_outputs += [*ratios, f["keep"], f["block_rule"], f["pattern"]]
+    w.original_btn.click(lambda: recipe_values(ORIGINAL_RECIPE), None, recipe_outputs, **QUIET)
+    w.best_btn.click(lambda: recipe_values(BEST_THREE_TIER), None, recipe_outputs, **QUIET)
 
-    nominal_inputs = [page.pattern, page.sparsity, page.n, page.m, *ratios, page.block, page.keep,
-                      page.top_blocks_ratio]
-    gr.on([c.change for c in nominal_inputs], nominal_text, nominal_inputs, page.nominal, **QUIET)
+    nominal_inputs = [f["pattern"], f["sparsity"], f["n"], f["m"], *ratios, f["block"], f["keep"],
+                      f["top_blocks_ratio"]]
+    gr.on([c.change for c in nominal_inputs], nominal_text, nominal_inputs, w.nominal, **QUIET)
     if not page.settings.public:
-        page.calib.change(lambda c: gr.Textbox(visible=c == "path"), page.calib, page.calib_path, **QUIET)
-        page.eval_source.change(lambda c: gr.Textbox(visible=c == "path"), page.eval_source, page.eval_path, **QUIET)
+        f["calib"].change(lambda c: gr.Textbox(visible=c == "path"), f["calib"], f["calib_path"], **QUIET)
+        f["eval_source"].change(lambda c: gr.Textbox(visible=c == "path"), f["eval_source"], f["eval_path"], **QUIET)

@@ -14,8 +14,9 @@ import sys
 
 from .block_patterns import normalise_ratios
 from .check import SparsityReport, sparsity_report
+from .console import ProgressBars, summary_line
 from .errors import UserError, run_command
-from .finetune_cli import add_finetune_arguments, finetune_spec_from_args, recovery_summary
+from .finetune_cli import add_finetune_arguments, finetune_spec_from_args
 from .methods import METHODS
 from .patterns import ASSIGNMENTS, BLOCK_RULES, GROUPS, PATTERNS, TIER_SCOPES, WITHIN_BLOCK
 from .spec import ORIGINAL_URL, RECIPES, THREE_TIER_RATIOS, PruneSpec, parse_sparsity_type
@@ -206,7 +207,7 @@ def _main(args) -> int:
     if args.sweep:
         from .sweep_cli import sweep_main
         return sweep_main(args, spec, request)
-    bars = _Bars(disabled=args.quiet)
+    bars = ProgressBars(disabled=args.quiet)
     try:
         record = run(request, progress=bars)
     finally:
@@ -278,66 +279,3 @@ def zero_shot_tasks(values: list[str] | None) -> list[str] | None:
         return None
     names = [t.strip() for v in values for t in v.split(",") if t.strip()]
     return names or list(PAPER_TASKS)
-
-
-def summary_line(record: dict) -> str:
-    spec = PruneSpec.from_dict(record["spec"])
-    ppl = record["ppl"]
-    parts = [spec.label(), f"status {record['status']}", f"actual_sparsity {record['sparsity']:.4f}"]
-    if record.get("mask_sparsity") is not None:
-        parts.append(f"mask_sparsity {record['mask_sparsity']:.4f}")
-    if ppl["pruned"] is not None:
-        parts.append(f"ppl_test {ppl['pruned']:.3f}")
-    for k in ("dense", "magnitude"):
-        if ppl[k] is not None:
-            parts.append(f"ppl_{k} {ppl[k]:.3f}")
-    for task, scores in (record.get("zero_shot") or {}).items():
-        parts.append(f"{task} acc {scores['acc']:.4f}")
-    parts.extend(recovery_summary(record.get("recovery")))
-    parts.append(f"time {record['timings'].get('total_s', 0):.1f}s")
-    if record.get("data", {}).get("evaluation"):
-        parts.append(f"eval {record['data']['evaluation']}")
-    return " | ".join(parts)
-
-
-class _Bars:
-    """tqdm bars driven by the engine's progress events."""
-
-    def __init__(self, disabled: bool):
-        self.disabled = disabled
-        self.bar = None
-        self.kind = None
-
-    def __call__(self, event: dict) -> None:
-        if self.disabled:
-            return
-        from tqdm.auto import tqdm
-
-        stage = event.get("stage")
-        if "message" in event:
-            self.close()
-            tqdm.write(f"[{stage}] {event['message']}", file=sys.stderr)
-            return
-        if stage in ("prune", "finetune"):
-            kind, total = stage, event["n_layers" if stage == "prune" else "total"]
-        else:
-            kind, total = f"eval:{event.get('what')}", event.get("total")
-        if self.kind != kind:
-            self.close()
-            desc = {"prune": "pruning layers", "finetune": "fine-tuning"}.get(stage,
-                                                                               f"perplexity ({event.get('what')})")
-            self.bar, self.kind = tqdm(total=total, desc=desc, file=sys.stderr, leave=True), kind
-        if stage == "prune":
-            self.bar.set_postfix_str(f"layer {event['layer']}")
-            self.bar.update(1)
-        elif stage == "finetune":
-            loss = {k: f"{event[k]:.3f}" for k in ("loss", "heldout_loss") if k in event}
-            self.bar.set_postfix(loss, refresh=False)
-            self.bar.update(event["step"] - self.bar.n)
-        else:
-            self.bar.update(event["done"] - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        self.bar, self.kind = None, None

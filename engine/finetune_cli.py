@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from .console import ProgressBars, recovery_summary
 from .errors import UserError, run_command
 from .finetune import FinetuneSpec
 
@@ -46,17 +47,6 @@ def finetune_spec_from_args(a: argparse.Namespace) -> FinetuneSpec | None:
                         grad_accum=a.finetune_accum, seqlen=a.finetune_seqlen, heldout_windows=a.heldout_windows,
                         eval_every=a.eval_every, save_every=a.save_every,
                         gradient_checkpointing=a.gradient_checkpointing, seed=a.seed).validate()
-
-
-def recovery_summary(block: dict | None) -> list[str]:
-    """The parts of a summary line about the recovery."""
-    if not block:
-        return []
-    parts = [f"recovery {block['status']} {block['steps_done']} steps"]
-    if block.get("ppl_after") is not None:
-        parts.append(f"ppl_recovered {block['ppl_after']:.3f}")
-    parts.append("zeros held" if block["zeros_held"] else "ZEROS CHANGED")
-    return parts
 
 
 # ---- finetune.py: recover a saved pruned folder ---------------------------------------------------------------
@@ -107,7 +97,6 @@ def _main(args) -> int:
     if args.resume_from_checkpoint and not Path(args.resume_from_checkpoint).is_dir():
         raise UserError(f"checkpoint folder {args.resume_from_checkpoint} does not exist")
     from . import data as textdata
-    from .cli import _Bars
     from .models import load_model
     from .record import new_run_id, read_json, versions, write_json_atomic
     from .recover import recover
@@ -122,7 +111,7 @@ def _main(args) -> int:
     eval_ids = textdata.evaluation_ids(lm.tokenizer, eval_src) if eval_src else None
     record = read_json(str(folder / "results.json")) if (folder / "results.json").is_file() else \
         {"run_id": new_run_id(), "model": {"name": str(folder)}, "versions": versions()}
-    bars = _Bars(disabled=False)
+    bars = ProgressBars(disabled=False)
     try:
         block = recover(lm.model, lm.tokenizer, spec, train_src, eval_ids, seqlen, args.eval_windows,
                         output_dir=args.finetune_dir, resume_from=args.resume_from_checkpoint,

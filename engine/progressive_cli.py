@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .console import ProgressBars
 from .errors import UserError, run_command
 from .finetune_cli import add_finetune_arguments, finetune_spec_from_args
 from .progressive import PROGRESSIVE_METHODS
@@ -65,7 +66,6 @@ def _main(args) -> int:
     if args.eval_windows is not None and args.eval_windows < 1:
         raise UserError(f"eval windows must be a whole number >= 1, got {args.eval_windows}")
     from . import data as textdata
-    from .cli import _Bars
     from .discovery import find_decoder_layers
     from .models import load_model
     from .progressive import run_progressive
@@ -80,7 +80,7 @@ def _main(args) -> int:
     lm = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
     seqlen = textdata.default_seqlen(lm.model.config, args.seqlen)
     eval_ids = textdata.evaluation_ids(lm.tokenizer, eval_src) if eval_src else None
-    bars = _Bars(disabled=False)
+    bars = ProgressBars(disabled=False)
 
     def progress(event):
         if event.get("stage") == "progressive" and "entry" in event:

@@ -13,6 +13,7 @@ import os
 import time
 
 from . import data as textdata
+from .console import summary_line
 from .errors import UserError, excerpt
 from .explore import DEFAULT_ESTIMATE_WINDOWS, calibrate, sweep, sweep_spec
 from .methods import METHODS
@@ -66,7 +67,6 @@ def sweep_main(args, base: PruneSpec, request) -> int:
     calibration = calibrate(model, base.replace(seqlen=seqlen), windows, data=calib_src.name if uses_data else None)
     records = sweep(model, calibration, [s.replace(seqlen=seqlen) for s in specs], eval_ids, seqlen,
                     windows=windows_asked)
-    from .cli import summary_line
 
     for r in records:
         print(summary_line(_as_run_record(r, eval_src.name)) + f" | estimate: {r['windows']} windows, "

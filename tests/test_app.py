@@ -64,9 +64,9 @@ def test_form_opens_on_the_best_recipe_and_the_buttons_set_either_recipe():
     from components.session import recipe_values
     from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE
     dash = Page(Settings())
-    opened = (dash.method.value, dash.tier_scope.value, dash.assignment.value, dash.within_block.value,
-              dash.reconstruct.value, dash.ratio_dense.value, dash.ratio_24.value, dash.ratio_topk.value,
-              dash.keep.value, dash.block_rule.value, dash.pattern.value)
+    opened = tuple(dash.form[name].value for name in ("method", "tier_scope", "assignment", "within_block",
+                                                      "reconstruct", "ratio_dense", "ratio_24", "ratio_topk", "keep",
+                                                      "block_rule", "pattern"))
     assert opened == recipe_values(BEST_THREE_TIER)
     assert recipe_values(ORIGINAL_RECIPE) == ("wanda", "matrix", "importance", "magnitude", False, 0.4, 0.4, 0.2, 10,
                                               "original", "three_tier")
@@ -137,7 +137,7 @@ def z_of(trace) -> np.ndarray:
 
 
 def last_run_id(dash, result) -> str:
-    return out(dash, result, dash.runs_df)["data"][-1][-1]
+    return out(dash, result, dash.compare.runs_df)["data"][-1][-1]
 
 
 def test_a_run_streams_progress_and_returns_heatmap_and_tier_map(dash, server, tiny_llama_dir, runs_dir):
@@ -148,28 +148,28 @@ def test_a_run_streams_progress_and_returns_heatmap_and_tier_map(dash, server, t
     assert len(job.outputs()) >= 2  # streamed (per-layer updates are checked on a longer run below)
     assert "2 of 2 decoder layers pruned" in out(dash, result, dash.progress)
 
-    heat = plot_json(out(dash, result, dash.heatmap))["data"][0]
+    heat = plot_json(out(dash, result, dash.results.heatmap))["data"][0]
     z = z_of(heat)
     assert z.shape == (2, 7) and np.isfinite(z).all()  # 2 layers x 7 LLaMA matrices
     # the default recipe ranks blocks model-wide: per-matrix sparsity varies, every value a real fraction
     assert ((z >= 0) & (z < 1)).all() and z.max() > 0.3
     assert heat["x"][0] == "self_attn.q_proj" and heat["x"][-1] == "mlp.down_proj"
 
-    tier = plot_json(out(dash, result, dash.tiermap))
+    tier = plot_json(out(dash, result, dash.results.tiermap))
     maps = [t for t in tier["data"] if t["type"] == "heatmap"]
     assert [t["name"] for t in maps] == ["dense", "2:4", "top-K"]
     drawn = sum(np.isfinite(z_of(t)) for t in maps)
     assert drawn.shape == (4, 4) and (drawn == 1).all()  # q_proj [64, 64]: 4 x 4 blocks, each in one tier
     assert "layer 0" in tier["layout"]["title"]["text"]
 
-    assert "perplexity" in out(dash, result, dash.overview)
-    runs = out(dash, result, dash.runs_df)
+    assert "perplexity" in out(dash, result, dash.results.overview)
+    runs = out(dash, result, dash.compare.runs_df)
     assert len(runs["data"]) == 1 and runs["data"][0][1] == "completed"
 
     # recorded in the run store, and listed under Past runs by the same update
     run_id = last_run_id(dash, result)
     assert json.loads((runs_dir / f"{run_id}.json").read_text())["status"] == "completed"
-    assert run_id in [row[-1] for row in out(dash, result, dash.past_df)["data"]]
+    assert run_id in [row[-1] for row in out(dash, result, dash.past_runs.table)["data"]]
 
     # choosing another matrix in the dropdowns redraws the tier map for it
     fig, note = c.predict(1, "mlp.down_proj", api_name="/tier_map")
@@ -223,9 +223,9 @@ def test_stop_interrupts_a_long_run_between_layers(dash, server, deep_llama_dir,
     assert time.monotonic() - t_stop < 10, "Stop must land between layers, not at the end"
     text = out(dash, result, dash.status)
     assert "Stopped" in text and "restored to dense weights" in text, text
-    runs = out(dash, result, dash.runs_df)["data"]
+    runs = out(dash, result, dash.compare.runs_df)["data"]
     assert runs[-1][1] == "cancelled"
-    heat = z_of(plot_json(out(dash, result, dash.heatmap))["data"][0])
+    heat = z_of(plot_json(out(dash, result, dash.results.heatmap))["data"][0])
     assert heat.shape[0] == 16
     done = np.isfinite(heat).all(axis=1)
     assert 1 <= done.sum() < 16 and not done[-1]  # the first layers pruned, the rest untouched
@@ -255,11 +255,11 @@ def test_sweep_runs_each_split_and_fills_the_triangle(dash, server, tiny_llama_d
     result = c.predict(splits="0.35/0.45/0.20\n0.6/0.2/0.2", model_path=str(tiny_llama_dir), method="magnitude",
                        **FAST, api_name="/sweep")
     assert "2 split(s)" in out(dash, result, dash.status)
-    tern = plot_json(out(dash, result, dash.ternary))
+    tern = plot_json(out(dash, result, dash.sweep.ternary))
     (points,) = [t for t in tern["data"] if t.get("name") == "runs"]
     a = points["a"] if isinstance(points["a"], list) else z_of({"z": points["a"]}).tolist()
     assert sorted(np.round(a, 2).tolist()) == [0.35, 0.6]
-    assert len(out(dash, result, dash.runs_df)["data"]) == 2  # this client's session only
+    assert len(out(dash, result, dash.compare.runs_df)["data"]) == 2  # this client's session only
 
 
 # -- nothing lost: the run store outlives the server ----------------------------------------------------------------
@@ -282,12 +282,12 @@ def test_past_runs_survive_a_restart_and_reopen_with_their_figures(tmp_path, tin
         assert rows[run_id][1] == "completed" and rows[killed["run_id"]][1] == "killed"
         opened = dict(zip([*dash.RESULT_OUTPUTS, *dash.SESSION_OUTPUTS, dash.tabs],
                           c.predict(run_id, api_name="/open_run")))
-        assert "realised sparsity" in opened[dash.overview]
-        heat = z_of(plot_json(opened[dash.heatmap])["data"][0])
+        assert "realised sparsity" in opened[dash.results.overview]
+        heat = z_of(plot_json(opened[dash.results.heatmap])["data"][0])
         assert heat.shape == (2, 7) and np.isfinite(heat).all()
-        tier = plot_json(opened[dash.tiermap])
+        tier = plot_json(opened[dash.results.tiermap])
         assert "layer 0" in tier["layout"]["title"]["text"]
-        assert [row[-1] for row in opened[dash.runs_df]["data"]] == [run_id]  # joined this session's runs
+        assert [row[-1] for row in opened[dash.compare.runs_df]["data"]] == [run_id]  # joined this session's runs
         with pytest.raises(AppError):  # not a run id: never a path
             c.predict("../../etc/passwd", api_name="/open_run")
 
@@ -301,10 +301,11 @@ def test_zero_shot_accuracy_is_shown_when_the_record_has_it(tmp_path):
     record = {"run_id": "20260101-000000-aaaaaaaa", "status": "completed", "spec": {"method": "wanda"},
               "matrices": [], "ppl": {}, "zero_shot": {"boolq": {"acc": 0.6, "acc_stderr": 0.05, "n": 40}},
               "zero_shot_dense": {"boolq": {"acc": 0.7, "acc_stderr": 0.05, "n": 40}}}
-    shown = board.show_record(Session(), record)[board.zero_shot_plot]
+    shown = board.show_record(Session(), record)[board.results.zero_shot_plot]
     assert shown.visible is True
     assert "boolq" in str(shown.value) and "dense" in str(shown.value)
-    hidden = board.show_record(Session(), dict(record, zero_shot=None, zero_shot_dense=None))[board.zero_shot_plot]
+    hidden = board.show_record(Session(), dict(record, zero_shot=None, zero_shot_dense=None))
+    hidden = hidden[board.results.zero_shot_plot]
     assert hidden.visible is False
 
 
@@ -316,15 +317,15 @@ def test_recover_step_streams_the_loss_curve_and_shows_perplexity_before_and_aft
                    api_name="/run")
     result = job.result(timeout=120)
     assert "Done" in out(dash, result, dash.status), out(dash, result, dash.status)
-    curve = plot_json(out(dash, result, dash.loss_plot))
+    curve = plot_json(out(dash, result, dash.recover.loss_plot))
     assert [t["name"] for t in curve["data"]] == ["train", "held-out"] and curve["data"][0]["x"] == [1, 2, 3]
 
     def has_train_curve(outputs) -> bool:
-        value = outputs[dash.JOB_OUTPUTS.index(dash.loss_plot)]
+        value = outputs[dash.JOB_OUTPUTS.index(dash.recover.loss_plot)]
         return isinstance(value, dict) and "plot" in value and \
             any(t.get("name") == "train" for t in plot_json(value)["data"])
     assert any(has_train_curve(o) for o in job.outputs()[:-1])  # drawn while training ran, not only at the end
-    note = out(dash, result, dash.recover_note)
+    note = out(dash, result, dash.recover.note)
     assert "pruned + fine-tune" in note and "every pruned weight still exactly 0" in note
     record = json.loads((runs_dir / f"{last_run_id(dash, result)}.json").read_text())
     assert record["recovery"]["zeros_held"] and record["recovery"]["steps_done"] == 3
@@ -333,7 +334,7 @@ def test_recover_step_streams_the_loss_curve_and_shows_perplexity_before_and_aft
 # -- the Recover step after a run ------------------------------------------------------------------------------------
 
 def has_train_curve(dash, outputs) -> bool:
-    value = outputs[dash.JOB_OUTPUTS.index(dash.loss_plot)] if outputs else None
+    value = outputs[dash.JOB_OUTPUTS.index(dash.recover.loss_plot)] if outputs else None
     return isinstance(value, dict) and "plot" in value and \
         any(t.get("name") == "train" for t in plot_json(value)["data"])
 
@@ -345,15 +346,15 @@ def test_recover_fine_tunes_a_finished_run_and_its_record_keeps_the_recovery(das
     c = client(server)
     pruned = c.predict(model_path=str(tiny_llama_dir), **FAST, pattern="nm", api_name="/run")
     run_id = last_run_id(dash, pruned)
-    assert out(dash, pruned, dash.recover_run)["value"] == run_id  # the Recover tab offers the run just finished
+    assert out(dash, pruned, dash.recover.run)["value"] == run_id  # the Recover tab offers the run just finished
     job = c.submit(run_id, **RECOVER, api_name="/recover")
     result = job.result(timeout=120)
     text = out(dash, result, dash.status)
     assert "Recovered" in text and "3 of 3 fine-tune steps" in text and "perplexity" in text, text
     assert any(has_train_curve(dash, o) for o in job.outputs()[:-1])  # drawn while it trained
-    curve = plot_json(out(dash, result, dash.loss_plot))
+    curve = plot_json(out(dash, result, dash.recover.loss_plot))
     assert [t["name"] for t in curve["data"]] == ["train", "held-out"] and curve["data"][0]["x"] == [1, 2, 3]
-    note = out(dash, result, dash.recover_note)
+    note = out(dash, result, dash.recover.note)
     assert "pruned + fine-tune" in note and "every pruned weight still exactly 0" in note
 
     record = json.loads((runs_dir / f"{run_id}.json").read_text())  # the stored record keeps the recovery
@@ -361,10 +362,10 @@ def test_recover_fine_tunes_a_finished_run_and_its_record_keeps_the_recovery(das
     assert block["steps_done"] == 3 and block["zeros_held"] and block["zeros_after"] == block["zeros_before"]
     assert block["ppl_before"] == record["ppl"]["pruned"] and block["ppl_after"] is not None
     # Compare (this tab's runs) and Past runs (the store) show the recovered perplexity
-    runs = out(dash, result, dash.runs_df)
+    runs = out(dash, result, dash.compare.runs_df)
     recovered = runs["headers"].index("ppl recovered")
     assert [row[recovered] for row in runs["data"] if row[-1] == run_id] == [round(block["ppl_after"], 3)]
-    past = out(dash, result, dash.past_df)
+    past = out(dash, result, dash.past_runs.table)
     assert [row[past["headers"].index("ppl recovered")] for row in past["data"] if row[-1] == run_id] == \
         [round(block["ppl_after"], 3)]
     # a second Recover of the same run is refused in one line: its weights are no longer the pruned ones
@@ -400,7 +401,7 @@ def test_stop_during_recovery_keeps_the_last_steps_weights_with_the_zeros_held(d
     assert "Stopped after" in text and "of 40 fine-tune steps" in text and "zeros held" in text, text
     block = json.loads((runs_dir / f"{run_id}.json").read_text())["recovery"]
     assert block["status"] == "cancelled" and 1 <= block["steps_done"] < 40 and block["zeros_held"]
-    assert "cancelled" in out(dash, result, dash.recover_note)
+    assert "cancelled" in out(dash, result, dash.recover.note)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -438,10 +439,10 @@ def test_a_method_and_a_pattern_added_to_the_registries_appear_in_the_form_and_t
     monkeypatch.setitem(PATTERNS, "novel_pattern", replace(PATTERNS["nm"], name="novel_pattern",
                                                            title="A novel pattern", fields=("n", "m", "keep")))
     page = Page(Settings())
-    assert ("Novel |W|", "novel_method") in page.method.choices
-    assert ("A novel pattern", "novel_pattern") in page.pattern.choices
+    assert ("Novel |W|", "novel_method") in page.form["method"].choices
+    assert ("A novel pattern", "novel_pattern") in page.form["pattern"].choices
     shown = setup_form.shown_for(page, "novel_pattern")  # the widgets of the fields it reads, and only those
-    fields = {f for part, on in shown.items() if on for f in page.pattern_parts[part]}
+    fields = {f for part, on in shown.items() if on for f in page.setup.parts[part]}
     assert {"n", "m", "keep"} <= fields and not fields & {"sparsity", "ratios", "tier_scope", "within_block"}
 
     records = [{"run_id": f"r{i}", "spec": {"method": m, "pattern": "nm", "n": 2, "m": 4}, "sparsity": 0.5,
@@ -456,6 +457,6 @@ def test_the_form_shows_exactly_the_fields_each_pattern_reads(pattern):
     from components import setup_form
     page = Page(Settings())
     shown = setup_form.shown_for(page, pattern)
-    fields = {f for part, on in shown.items() if on for f in page.pattern_parts[part]}
-    on_form = {f for fs in page.pattern_parts.values() for f in fs}
+    fields = {f for part, on in shown.items() if on for f in page.setup.parts[part]}
+    on_form = {f for fs in page.setup.parts.values() for f in fs}
     assert fields == set(PATTERNS[pattern].fields) & on_form

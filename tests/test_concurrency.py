@@ -78,7 +78,7 @@ def test_two_sessions_at_once_queue_and_each_gets_its_own_run(served, tiny_llama
     for job, target in ((job1, 0.3), (job2, 0.7)):
         result = job.result(timeout=60)
         assert "Done" in out(dash, result, dash.status)
-        rows = out(dash, result, dash.runs_df)["data"]
+        rows = out(dash, result, dash.compare.runs_df)["data"]
         assert len(rows) == 1, rows  # its own runs only
         assert float(rows[0][5].rstrip("%")) / 100 == pytest.approx(target, abs=0.01)
     records = stored(runs_dir)[before:]
@@ -103,7 +103,7 @@ def test_repeated_clicks_of_one_tab_start_one_job(served, tiny_llama_dir, runs_d
             with pytest.raises(AppError, match="already has a run"):
                 job.result()
     result = kept[0].result(timeout=60)
-    assert len(out(dash, result, dash.runs_df)["data"]) == 1
+    assert len(out(dash, result, dash.compare.runs_df)["data"]) == 1
     assert len(stored(runs_dir)) == before + 1
 
 
@@ -117,7 +117,7 @@ def test_stop_then_run_at_once_starts_the_next_run(served, tiny_llama_dir, deep_
     assert "Stopped" in out(dash, long_run.result(timeout=60), dash.status)
     result = next_run.result(timeout=60)
     assert "Done" in out(dash, result, dash.status)
-    assert [row[1] for row in out(dash, result, dash.runs_df)["data"]] == ["cancelled", "completed"]
+    assert [row[1] for row in out(dash, result, dash.compare.runs_df)["data"]] == ["cancelled", "completed"]
 
 
 def test_stop_while_waiting_leaves_the_queue(served, tiny_llama_dir, runs_dir):

@@ -71,18 +71,18 @@ def calibrated(dash, tiny_llama_dir):
 def test_calibrate_then_a_slider_replans_the_maps(dash, calibrated):
     xs, values, outs = calibrated
     assert xs.setup is not None and xs.plan is not None
-    assert "wanda" in last(outs, dash.xs_calib_note) and "MiB of statistics" in last(outs, dash.xs_calib_note)
+    assert "wanda" in last(outs, dash.explore.calib_note) and "MiB of statistics" in last(outs, dash.explore.calib_note)
     assert len(xs.points) == 1 and xs.points[0]["ppl"] > 1  # the form's split, estimated at once
-    before = json.loads(last(outs, dash.xs_heatmap).to_json())["data"][0]["z"]
+    before = json.loads(last(outs, dash.explore.heatmap).to_json())["data"][0]["z"]
 
     outs = drain(move(dash, xs, dense=0.1, two_four=0.3))
     assert xs.plan.spec.ratios == pytest.approx((0.1, 0.3, 0.6))
-    after = json.loads(last(outs, dash.xs_heatmap).to_json())["data"][0]["z"]
+    after = json.loads(last(outs, dash.explore.heatmap).to_json())["data"][0]["z"]
     assert after != before  # more top-K blocks: the map changed, without a Run
-    assert "sparsity" in last(outs, dash.xs_summary) and "storage" in last(outs, dash.xs_summary)
-    assert "top-K blocks: **0.60**" in last(outs, dash.xs_topk_note)
-    assert "of 2 windows" in last(outs, dash.xs_estimate)
-    assert "masks only" in last(outs, dash.xs_summary)
+    assert "sparsity" in last(outs, dash.explore.summary) and "storage" in last(outs, dash.explore.summary)
+    assert "top-K blocks: **0.60**" in last(outs, dash.explore.topk_note)
+    assert "of 2 windows" in last(outs, dash.explore.estimate)
+    assert "masks only" in last(outs, dash.explore.summary)
 
 
 def test_a_second_press_with_the_same_settings_is_served_from_the_cache(dash, calibrated):
@@ -103,7 +103,7 @@ def test_a_new_split_stops_the_running_estimate_and_the_model_is_left_dense(dash
     try:
         old = move(dash, xs, dense=0.5, two_four=0.3, windows=explore_tab.MAX_WINDOWS)
         for out in old:
-            if "of 64 windows" in (out.get(dash.xs_estimate) or ""):
+            if "of 64 windows" in (out.get(dash.explore.estimate) or ""):
                 break
         old_job = xs.job
         new = drain(move(dash, xs, dense=0.2, two_four=0.4))
@@ -111,7 +111,7 @@ def test_a_new_split_stops_the_running_estimate_and_the_model_is_left_dense(dash
         assert drain(old) == []  # superseded: the old stream ends without a word
         ended = [e["estimate"] for e in old_job.events if e.get("stage") == "estimated"]
         assert ended and ended[0].status == "cancelled" and ended[0].windows < 64
-        assert "of 2 windows" in last(new, dash.xs_estimate)
+        assert "of 2 windows" in last(new, dash.explore.estimate)
     finally:
         hook.remove()
     assert bit_equal(model, dense)
@@ -134,7 +134,7 @@ def test_the_pareto_view_lists_every_explored_point(dash, calibrated):
         assert sorted(drawn) == sorted(f"#{p['n']}" for p in xs.points)
     # a point re-opens its maps
     outs = drain(explore_tab.open_point(dash, xs, xs.points[0]["n"], "sparsity"))
-    assert xs.plan.spec.label() == xs.points[0]["label"] and last(outs, dash.xs_heatmap) is not None
+    assert xs.plan.spec.label() == xs.points[0]["label"] and last(outs, dash.explore.heatmap) is not None
 
 
 def test_sparsegpt_references_are_pruned_for_real_on_the_estimate_windows_and_leave_the_model_dense(dash,
@@ -148,7 +148,7 @@ def test_sparsegpt_references_are_pruned_for_real_on_the_estimate_windows_and_le
     assert [p["label"] for p in refs] == [s.label() for s in explore.strongest_specs(xs.setup.spec)]
     assert [p["label"].split()[0] for p in refs] == ["sparsegpt", "sparsegpt"]
     assert [p["sparsity"] for p in refs] == [0.5, 0.5] and all(p["windows"] == WINDOWS for p in refs)
-    assert "exact walk" in last(outs, dash.xs_status)
+    assert "exact walk" in last(outs, dash.explore.status)
     # the number is the pruned model's perplexity on the estimate's windows
     spec = explore.strongest_specs(xs.setup.spec)[0]
     prune_model(model, spec, xs.setup.windows)
@@ -173,8 +173,8 @@ def test_strongest_specs_keep_the_calibration_data_and_take_the_method_that_choo
 
 def test_pareto_front_is_the_points_nothing_beats():
     x, y = [0.3, 0.5, 0.5, 0.6, 0.4], [10.0, 12.0, 15.0, 30.0, 11.0]
-    assert figures.pareto_front(x, y) == [0, 4, 1, 3]
-    assert figures.pareto_front(x, y, more_x_is_better=False) == [0]
+    assert explore.pareto_front(x, y) == [0, 4, 1, 3]
+    assert explore.pareto_front(x, y, more_x_is_better=False) == [0]
 
 
 def test_run_exact_lands_beside_the_estimate(dash, calibrated):
@@ -186,7 +186,7 @@ def test_run_exact_lands_beside_the_estimate(dash, calibrated):
     assert s.runs[-1]["spec"]["ratios"] == [0.35, 0.45, 0.2]
     point = next(p for p in xs.points if p["label"] == xs.plan.spec.label())
     assert point["exact"] == pytest.approx(s.runs[-1]["ppl"]["pruned"])
-    assert "Exact run" in last(outs, dash.xs_status)
+    assert "Exact run" in last(outs, dash.explore.status)
     # the next split finds the model pruned by that run and puts the dense weights back first
     drain(move(dash, xs, dense=0.3, two_four=0.5))
     assert runner.MODELS.holds_run is None and xs.points[-1]["ppl"] > 1
@@ -195,11 +195,11 @@ def test_run_exact_lands_beside_the_estimate(dash, calibrated):
 def test_bad_input_is_one_line(dash, calibrated, tiny_llama_dir):
     xs, values, _ = calibrated
     outs = drain(move(dash, xs, keep=300))
-    status = last(outs, dash.xs_status)
+    status = last(outs, dash.explore.status)
     assert "err" in status and "\n" not in status and "Traceback" not in status
     outs = drain(move(dash, xs, windows=0))
-    assert "estimate windows must be between 1" in last(outs, dash.xs_status)
-    assert "Press Calibrate first" in last(drain(move(dash, ExploreState())), dash.xs_status)
+    assert "estimate windows must be between 1" in last(outs, dash.explore.status)
+    assert "Press Calibrate first" in last(drain(move(dash, ExploreState())), dash.explore.status)
     bad = form_values(dash, model_path=str(tiny_llama_dir / "missing"), **FAST)
     with pytest.raises(gr.Error) as err:
         drain(explore_tab.calibrate(dash, *bad, ExploreState(), WINDOWS, TOKENS, "sparsity"))
@@ -212,11 +212,11 @@ def test_a_recipe_with_the_update_is_estimated_masks_only_then_with_the_update(d
     outs = drain(explore_tab.calibrate(dash, *values, xs, WINDOWS, TOKENS, "sparsity"))
     model = xs.setup.calibration.model
     dense = params(model)
-    assert "MiB of Hessians" in last(outs, dash.xs_calib_note)
+    assert "MiB of Hessians" in last(outs, dash.explore.calib_note)
     outs = drain(move(dash, xs, dense=0.2, two_four=0.4))
-    boxes = [o[dash.xs_estimate] for o in outs if dash.xs_estimate in o]
+    boxes = [o[dash.explore.estimate] for o in outs if dash.explore.estimate in o]
     assert any("masks only" in b for b in boxes) and "with update" in boxes[-1]
-    assert "with update" in last(outs, dash.xs_status)
+    assert "with update" in last(outs, dash.explore.status)
     point = next(p for p in xs.points if p["label"] == xs.plan.spec.label())
     assert point["estimate"] == "with update" and point["masks_only"] > 0 and point["ppl"] != point["masks_only"]
     assert explore.points_table(xs.points)[point["n"] - 1][2] == "split, with update"
@@ -230,12 +230,12 @@ def test_calibrate_streams_first_maps_from_a_few_windows_then_replans_on_all(das
     values = form_values(dash, model_path=str(tiny_llama_dir), **{**FAST, "nsamples": explore.FIRST_WINDOWS + 4,
                                                                   "seed": 7})
     outs = drain(explore_tab.calibrate(dash, *values, xs, WINDOWS, TOKENS, "sparsity"))
-    notes = [o[dash.xs_calib_note] for o in outs if dash.xs_calib_note in o]
+    notes = [o[dash.explore.calib_note] for o in outs if dash.explore.calib_note in o]
     assert f"first maps from {explore.FIRST_WINDOWS} of {explore.FIRST_WINDOWS + 4} calibration windows" in notes[0]
-    boxes = [o[dash.xs_estimate] for o in outs if dash.xs_estimate in o]
+    boxes = [o[dash.explore.estimate] for o in outs if dash.explore.estimate in o]
     assert any(f"from {explore.FIRST_WINDOWS} calibration windows" in b for b in boxes)
-    first_maps = next(i for i, o in enumerate(outs) if dash.xs_heatmap in o)
-    landed = next(i for i, o in enumerate(outs) if "first maps" not in o.get(dash.xs_calib_note, "first maps"))
+    first_maps = next(i for i, o in enumerate(outs) if dash.explore.heatmap in o)
+    landed = next(i for i, o in enumerate(outs) if "first maps" not in o.get(dash.explore.calib_note, "first maps"))
     assert first_maps < landed  # maps drawn before the full calibration landed
     assert xs.setup.calibration.windows == explore.FIRST_WINDOWS + 4 and "first maps" not in notes[-1]
     assert len(xs.points) == 1  # the split of the full calibration; the first estimate is shown, not kept

@@ -172,9 +172,10 @@ def test_settings_follow_the_flag_and_the_environment():
 
 def test_the_public_page_has_no_save_no_paths_no_remote_code_and_a_bounded_queue(public_app):
     dash, url = public_app
-    assert not dash.save_dir.visible and not dash.overwrite.visible
-    assert "path" not in [v for _, v in dash.calib.choices] and "path" not in [v for _, v in dash.eval_source.choices]
-    assert not any("7b" in v.lower() for _, v in dash.model.choices)
+    assert not dash.form["save_dir"].visible and not dash.form["overwrite"].visible
+    for name in ("calib", "eval_source"):
+        assert "path" not in [v for _, v in dash.form[name].choices]
+    assert not any("7b" in v.lower() for _, v in dash.form["model"].choices)
     assert dash.demo._queue.max_size == 16
     params = {p["parameter_name"] for p in gradio_client.Client(url, verbose=False).view_api(
         print_info=False, return_format="dict")["named_endpoints"]["/run"]["parameters"]}
