@@ -1,6 +1,6 @@
-"""Three-tier quality on the embedded SmolLM2-135M: the issue's table, then one row per variant.
+"""Three-tier quality on the embedded SmolLM2-135M: a reference table, then one row per variant.
 
-Protocol (issue #6): calibration 32 windows x 512 tokens of valid.txt, evaluation 40 windows x 512 of test.txt,
+Protocol: calibration 32 windows x 512 tokens of valid.txt, evaluation 40 windows x 512 of test.txt,
 Wanda scores unless the row says otherwise. Every row runs through the product's own path (engine.run.run).
 
     python bench/hybrid_quality.py                 # every row, writes bench/HYBRID.md and bench/results/hybrid.json
@@ -24,7 +24,7 @@ from engine.perplexity import perplexity  # noqa: E402
 from engine.run import ModelCache, RunRequest, run  # noqa: E402
 from engine.spec import ORIGINAL_RECIPE, PruneSpec  # noqa: E402
 
-# The issue's table (an independent layer-wise implementation, same protocol), for the rows that reproduce it.
+# A reference table (an independent layer-wise implementation, same protocol), for the rows that reproduce it.
 ISSUE = {"dense": 25.6, "un50": 49.9, "un50-obs": 45.5, "24": 131.9, "24-obs": 84.4, "tt-score": 396.3,
          "tt-score-obs": 138.5, "mag50": 296.9}
 TT = dict(pattern="three_tier", ratios=(0.35, 0.45, 0.20), keep=15)
@@ -165,9 +165,9 @@ def _write(a, results: dict, meta: dict | None = None) -> None:
     lines = ["# Three-tier quality on SmolLM2-135M-Instruct", "",
              f"Calibration {a.nsamples} windows x {a.seqlen} tokens of valid.txt, evaluation {a.eval_windows} "
              f"windows x {a.seqlen} of test.txt (local WikiText-2), {meta['machine']}, {meta['date']}.",
-             "", "Command: `python bench/hybrid_quality.py" + (" --quick" if a.quick else "") + "`. Column *issue #6*: "
-             "the issue's own numbers (an independent layer-wise implementation) where a row reproduces them.", "",
-             "| row | variant | sparsity | perplexity | issue #6 | time (s) |", "|---|---|---|---|---|---|"]
+             "", "Command: `python bench/hybrid_quality.py" + (" --quick" if a.quick else "") + "`. Column "
+             "*reference*: the numbers of an independent layer-wise implementation, where a row reproduces them.", "",
+             "| row | variant | sparsity | perplexity | reference | time (s) |", "|---|---|---|---|---|---|"]
     for k in order:
         r = results[k]
         lines.append(f"| `{k}` | {r['label'].replace('|', chr(92) + '|')} | {r['sparsity']:.4f} | {r['ppl']:.2f} "

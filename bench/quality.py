@@ -146,7 +146,7 @@ def write_results_md(doc: dict) -> None:
         "",
         f"- command: `{doc['command']}`",
         f"- date: {m['date_utc']}; wall time of the table {doc.get('wall_s', 0) / 60:.1f} min (model loaded once)",
-        f"- machine: {m['host_cpus']} CPU cores ({m['cpu']}) shared with other engineers' test runs, "
+        f"- machine: {m['host_cpus']} CPU cores ({m['cpu']}) shared with other processes, "
         f"{m['torch_threads']} torch threads; load average at start {m.get('load_avg_1_5_15')}, "
         f"at end {end.get('load_avg_1_5_15')}; torch {m['torch']}, transformers {m['transformers']}, "
         f"device {s['device']}, dtype {rows[0]['model']['dtype'] if rows else '?'}, "
@@ -340,9 +340,9 @@ def speed_sections() -> list[str]:
     return out
 
 
-SIZE_NOTE = ("The issue asks for 128 evaluation windows of {seqlen} tokens if the machine allows. On these two shared "
-             "cores one {seqlen}-token forward pass of SmolLM2 takes {fast:.1f} s when they are quiet and up to ~7 s "
-             "while other engineers' tests run at normal priority (these scripts run at `nice -n 19`), so evaluating "
+SIZE_NOTE = ("The protocol asks for 128 evaluation windows of {seqlen} tokens if the machine allows. On these two "
+             "shared cores one {seqlen}-token forward pass of SmolLM2 takes {fast:.1f} s when they are quiet and up to "
+             "~7 s while other processes run at normal priority (these scripts run at `nice -n 19`), so evaluating "
              "128 windows x {rows} rows would take {full_fast:.0f} minutes to over two hours before any calibration. "
              "The tables therefore use fewer windows (the same windows in every row of a table). How long each took:")
 
@@ -351,10 +351,10 @@ SIZE_CHOICE = ("The sizes were chosen after timing single rows (`--only`) under 
                "that one row, SparseGPT three-tier with 8 + 8 took 292 s). 8 x 8 is the size that stays within 25 "
                "minutes whatever the neighbours do: it took 15.5 min at load average 5-6 (engine a7c52c4, the same "
                "perplexities as the 8 x 8 table here except magnitude 50% unstructured, 361.16, whose ties are broken "
-               "differently since). 32 x 64, the issue's example, needs a quiet machine: 17 min at load ~2, about an "
-               "hour at the early-afternoon load. SparseGPT's rows carry a fixed cost that no data size reduces (its "
-               "OBS column loop over the 210 matrices, 'prune_matrix' in the prune-speed table); the layer walk costs "
-               "about two forward passes per calibration window, evaluation one per window.")
+               "differently since). 32 x 64, the protocol's example, needs a quiet machine: 17 min at load ~2, about "
+               "an hour at the early-afternoon load. SparseGPT's rows carry a fixed cost that no data size reduces "
+               "(its OBS column loop over the 210 matrices, 'prune_matrix' in the prune-speed table); the layer walk "
+               "costs about two forward passes per calibration window, evaluation one per window.")
 
 NOTES = """- Perplexities on {eval_windows} evaluation windows are comparable across the rows of this table (the same
   windows), not with published full-test-set numbers. WikiText-2 here is the tokenized v1 form (`<unk>`, ` @-@ `),
@@ -367,7 +367,7 @@ NOTES = """- Perplexities on {eval_windows} evaluation windows are comparable ac
   counted W == 0. It differs from nominal only by the rounding of per-matrix block counts; the engine's records now
   count the weights too, which adds the 4-bit checkpoint's own zeros kept inside dense blocks (`mask_sparsity` in a
   record is the column here).
-- Times are wall times on two cores shared with other engineers' test runs at normal priority while this ran at
+- Times are wall times on two cores shared with other processes at normal priority while this ran at
   `nice -n 19`; the same row can take twice as long an hour later. The stage split above is the robust part:
   calibration rows pay about two forward passes per calibration window, SparseGPT adds its OBS solve.
 """

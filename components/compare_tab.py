@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from engine.spec import spec_label
+
 from . import figures, tables
 from .results_tab import LIGHT, selection_for, tiermap_for
 from .session import Session
@@ -52,7 +54,7 @@ def compare(s: Session, a, b, layer, module):
     fb, _ = tiermap_for(rb, layer, module)
 
     def label(run_id, record):
-        return f"Run #{s.number(run_id)}: {figures.run_label(record)}" if record else None
+        return f"Run #{s.number(run_id)}: {spec_label(record.get('spec'))}" if record else None
     return (figures.layer_heatmap(ra, title=label(a, ra)), figures.layer_heatmap(rb, title=label(b, rb)),
             gr.Dropdown(choices=layers, value=layer), gr.Dropdown(choices=modules, value=module), fa, fb)
 

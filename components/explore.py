@@ -25,14 +25,13 @@ from engine.explore import (
     matrix_entries,
     replan,
     storage_estimate,
-    sweep_spec,
 )
 from engine.methods import METHODS
+from engine.patterns import PATTERNS, pattern_params
 from engine.pruner import prune_model
 from engine.spec import PruneSpec
 
 from .jobs import Job
-from .registry import pattern_fields
 
 CALIBRATIONS = CalibrationCache(size=2)  # one per process, like the model cache (runner.MODELS) it refers to
 REPLANS = threading.Lock()               # a re-plan fills its calibration's per-block store: one at a time
@@ -134,23 +133,25 @@ def calibration_text(setup: Setup) -> str:
 
 # ---- one split ---------------------------------------------------------------------------------------------------
 
-def split_spec(base: PruneSpec, dense: float, two_four: float, sparsity: float, keep, block, tier_scope,
-               assignment) -> PruneSpec:
-    """The base spec with the tab's controls: three-tier ratios (top-K the rest) or one sparsity (sweep_spec), and
-    K, B, scope and assignment where the pattern reads them. Raises UserError (SpecError) with the spec's words."""
-    reads = set(pattern_fields(base.pattern))
-    changes = {}
-    for name, value in (("keep", keep), ("block", block), ("tier_scope", tier_scope), ("assignment", assignment)):
-        if name in reads and value is not None:
-            changes[name] = int(value) if name in ("keep", "block") else value
+def replan_params() -> dict:
+    """The pattern parameters a re-plan may move without calibrating again (K, B, scope, assignment ...)."""
+    return {name: p for name, p in pattern_params().items() if p.replan}
+
+
+def split_spec(base: PruneSpec, dense: float, two_four: float, sparsity: float, replan: dict) -> PruneSpec:
+    """The base spec with the tab's controls: a point on its pattern's sweep axis (three numbers: the tier ratios,
+    dense and 2:4 given, top-K the rest; one: a sparsity, N:M snapped to the nearest N of its M) and the re-plan
+    parameters its pattern reads. Raises UserError (SpecError) with the spec's words."""
+    pattern = PATTERNS[base.pattern]
+    params = replan_params()
     try:
+        changes = {name: params[name].type(value) for name, value in replan.items()
+                   if name in pattern.fields and value is not None}
         spec = base.replace(**changes)
-        if "ratios" in reads:
+        if len(pattern.axis) == 3:
             dense, two_four = round(float(dense), 4), round(float(two_four), 4)
-            return spec.replace(ratios=(dense, two_four, round(1 - dense - two_four, 4)))
-        if "m" in reads:  # N:M: the nearest N of this M
-            sparsity = round(float(sparsity) * spec.m) / spec.m
-        return sweep_spec(spec, (float(sparsity),))
+            return pattern.at(spec, (dense, two_four, round(1 - dense - two_four, 4)), True)
+        return pattern.at(spec, (float(sparsity),), True) if pattern.axis else spec
     except (TypeError, ValueError) as err:
         raise UserError(str(err)) from None
 

@@ -7,14 +7,16 @@ import gradio as gr
 
 from engine import data as textdata
 from engine.errors import UserError
+from engine.patterns import PATTERNS
 from engine.spec import PruneSpec
 
 from . import explore, figures, runner
 from .explore import ESTIMATE_TOKENS, ESTIMATE_WINDOWS, ExploreState
 from .jobs import Job
 from .layout import banner
-from .registry import FORM_SPEC, block_pattern, field_choices, pattern_fields
+from .registry import FORM_SPEC, block_pattern, spec_form_values
 from .results_tab import LIGHT, selection_for, tiermap_for
+from .setup_form import param_widget
 
 STORAGE_FORMULA = (
     "**Storage estimate** (v = 16 bits a value): dense blocks n·v; 2:4 blocks n_kept·(v + 2) (a 2-bit position in "
@@ -26,9 +28,9 @@ MAX_WINDOWS = 64
 class ExploreWidgets:
     """The Explore tab's widgets (page.explore), made by render: what its listeners and the other tabs read."""
     __slots__ = ("state", "status", "calibrate_btn", "calib_note", "ratio_box", "dense", "two_four", "topk_note",
-                 "sparsity", "block_row", "keep", "block", "scope", "assignment", "windows", "tokens", "exact_btn",
-                 "estimate", "summary", "heatmap", "shares", "layer", "module", "tiermap", "tiernote", "axis",
-                 "refs_btn", "strong_btn", "pareto", "points", "open", "pareto_click")
+                 "sparsity", "replan", "windows", "tokens", "exact_btn", "estimate", "summary", "heatmap", "shares",
+                 "layer", "module", "tiermap", "tiernote", "axis", "refs_btn", "strong_btn", "pareto", "points",
+                 "open", "pareto_click")
 
 
 def render(page) -> None:
@@ -47,7 +49,8 @@ def render(page) -> None:
         w.status = gr.HTML("", elem_id="xs-status")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=260):
-                with gr.Column(visible="ratios" in pattern_fields(spec.pattern)) as w.ratio_box:
+                axis = PATTERNS[spec.pattern].axis
+                with gr.Column(visible=len(axis) == 3) as w.ratio_box:
                     w.dense = gr.Slider(0, 1, value=spec.ratios[0], step=0.01, label="dense blocks",
                                         elem_id="xs-dense")
                     w.two_four = gr.Slider(0, 1, value=spec.ratios[1], step=0.01, label="2:4 blocks",
@@ -55,14 +58,10 @@ def render(page) -> None:
                     w.topk_note = gr.Markdown(topk_text(spec.ratios[0], spec.ratios[1]))
                 w.sparsity = gr.Slider(0, 0.95, value=spec.sparsity, step=0.01, label="Sparsity",
                                        info="N:M: rounded to a multiple of 1/M",
-                                       visible="ratios" not in pattern_fields(spec.pattern))
-                with gr.Row() as w.block_row:
-                    w.keep = gr.Number(spec.keep, precision=0, minimum=0, label="K per top-K block")
-                    w.block = gr.Number(spec.block, precision=0, minimum=4, step=4, label="Block size B")
-                w.scope = gr.Radio(field_choices("tier_scope"), value=spec.tier_scope,
-                                   label="Rank blocks across")
-                w.assignment = gr.Radio(field_choices("assignment"), value=spec.assignment,
-                                        label="Give blocks their tier by")
+                                       visible=len(axis) == 1)
+                reads = PATTERNS[spec.pattern].fields
+                w.replan = {name: param_widget(p, getattr(spec, name), name in reads)
+                            for name, p in explore.replan_params().items()}
                 with gr.Row():
                     w.windows = gr.Number(ESTIMATE_WINDOWS, precision=0, minimum=1, maximum=MAX_WINDOWS,
                                           label="Estimate windows")
@@ -115,8 +114,7 @@ def outputs(page) -> list:
 
 def control_outputs(page) -> list:
     w = page.explore
-    return [w.ratio_box, w.sparsity, w.block_row, w.scope, w.assignment, w.dense,
-            w.two_four, w.keep, w.block, w.calib_note]
+    return [w.ratio_box, w.sparsity, *w.replan.values(), w.dense, w.two_four, w.calib_note]
 
 
 def show_plan(page, xs: ExploreState, plan, storage) -> dict:
@@ -146,16 +144,15 @@ def show_points(page, xs: ExploreState, axis: str) -> dict:
 def controls_for(page, spec: PruneSpec) -> dict:
     """The split controls of a calibrated spec: the ones its pattern reads, shown, set to its values."""
     w = page.explore
-    reads = set(pattern_fields(spec.pattern))
-    ratios = "ratios" in reads
-    return {w.ratio_box: gr.Column(visible=ratios),
-            w.sparsity: gr.Slider(visible=not ratios and ("sparsity" in reads or "m" in reads),
-                                  value=spec.nominal_sparsity()),
-            w.block_row: gr.Row(visible="block" in reads),
-            w.scope: gr.Radio(visible="tier_scope" in reads, value=spec.tier_scope),
-            w.assignment: gr.Radio(visible="assignment" in reads, value=spec.assignment),
-            w.dense: gr.Slider(value=spec.ratios[0]), w.two_four: gr.Slider(value=spec.ratios[1]),
-            w.keep: gr.Number(value=spec.keep), w.block: gr.Number(value=spec.block)}
+    pattern = PATTERNS[spec.pattern]
+    point = pattern.point(spec)
+    out = {w.ratio_box: gr.Column(visible=len(point) == 3),
+           w.sparsity: gr.Slider(visible=len(point) == 1, value=point[0] if len(point) == 1 else None),
+           **{widget: gr.update(visible=name in pattern.fields, value=getattr(spec, name))
+              for name, widget in w.replan.items()}}
+    if len(point) == 3:
+        out.update({w.dense: gr.Slider(value=point[0]), w.two_four: gr.Slider(value=point[1])})
+    return out
 
 
 def _count(value, name: str, low: int, high: int) -> int:
@@ -307,19 +304,21 @@ def first_maps(page, xs: ExploreState, event: dict) -> dict:
     return {}
 
 
-def move(page, xs: ExploreState, dense, two_four, sparsity, keep, block, scope, assignment, windows, tokens, axis):
-    """A released slider (or a changed K, B, scope, assignment): re-plan that split and estimate it."""
+def move(page, xs: ExploreState, dense, two_four, sparsity, *values):
+    """A released slider (or a changed re-plan parameter: K, B, scope, assignment ...): re-plan that split and
+    estimate it. values: the re-plan parameters' (explore.replan_params order), then windows, tokens, axis."""
     w = page.explore
+    *replan, windows, tokens, axis = values
     if xs.setup is None:
         yield {w.status: banner("warn", "Press Calibrate first: the splits are planned from its statistics."),
                w.topk_note: topk_text(dense, two_four)}
         return
-    if "ratios" in pattern_fields(xs.setup.spec.pattern) and float(dense) + float(two_four) > 1:
+    if len(PATTERNS[xs.setup.spec.pattern].axis) == 3 and float(dense) + float(two_four) > 1:
         two_four = round(1 - float(dense), 2)  # top-K cannot go below 0: 2:4 takes what dense leaves
         yield {w.two_four: gr.Slider(value=two_four)}
     yield {w.topk_note: topk_text(dense, two_four)}
     try:
-        spec = explore.split_spec(xs.setup.spec, dense, two_four, sparsity, keep, block, scope, assignment)
+        spec = explore.split_spec(xs.setup.spec, dense, two_four, sparsity, dict(zip(w.replan, replan)))
     except UserError as err:
         xs.supersede(None)
         yield {w.status: banner("err", str(err))}
@@ -371,9 +370,7 @@ def run_exact(page, *values):
         raise gr.Error("Calibrate and explore a split first.", print_exception=False, title="Nothing to run")
     form = dict(zip(page.form, form_values))
     spec = xs.plan.requested
-    form.update(pattern=spec.pattern, ratio_dense=spec.ratios[0], ratio_24=spec.ratios[1],
-                ratio_topk=spec.ratios[2], keep=spec.keep, block=spec.block, tier_scope=spec.tier_scope,
-                assignment=spec.assignment, sparsity=spec.sparsity, n=spec.n, m=spec.m)
+    form.update(spec_form_values(spec))
     label = xs.plan.spec.label()
     yield from runner.run_pruning(page, *form.values(), s)
     record = s.runs[-1] if s.runs else None
@@ -404,10 +401,9 @@ def wire(page) -> None:
 
     def released(*values):
         yield from move(page, *values)
-    controls = [w.dense, w.two_four, w.sparsity, w.keep, w.block, w.scope,
-                w.assignment]
-    triggers = [w.dense.release, w.two_four.release, w.sparsity.release, w.keep.submit,
-                w.block.submit, w.scope.input, w.assignment.input, w.windows.submit,
+    controls = [w.dense, w.two_four, w.sparsity, *w.replan.values()]
+    triggers = [w.dense.release, w.two_four.release, w.sparsity.release,
+                *(c.submit if isinstance(c, gr.Number) else c.input for c in w.replan.values()), w.windows.submit,
                 w.tokens.submit]
     gr.on(triggers, released, [xs, *controls, *est], shown + [w.two_four], **explore_event)
     for slider in (w.dense, w.two_four):  # the top-K share follows while dragging; the plan on release

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.record import decode_array, decode_tier_map
-from engine.spec import TIER_NAMES
+from engine.spec import TIER_NAMES, spec_label
 
 from .explore import EXACT_REFERENCE, REFERENCE, SPLIT, pareto_front
 from .registry import method_colours
@@ -272,7 +272,7 @@ def ppl_vs_sparsity(records: list[dict]) -> go.Figure:
             marker=dict(size=11, color=colors.get(method),
                         symbol=[symbols.get(r["spec"]["pattern"], "circle") for r in rs],
                         line=dict(width=1, color="#ffffff")),
-            text=[f"#{r['_number']} {run_label(r)}" for r in rs],
+            text=[f"#{r['_number']} {spec_label(r.get('spec'))}" for r in rs],
             hovertemplate="%{text}<br>sparsity %{x:.2%}<br>perplexity %{y:,.3f}<extra></extra>"))
     dense = [r["ppl"]["dense"] for r in pts if r["ppl"].get("dense")]
     if dense:
@@ -351,19 +351,6 @@ def _log_ticks(ppl: np.ndarray) -> list[float]:
     if hi - lo < 1e-9:
         return [lo]
     return list(np.linspace(lo, hi, 5))
-
-
-def run_label(record: dict) -> str:
-    s = record.get("spec") or {}
-    pattern = s.get("pattern")
-    if pattern == "three_tier":
-        d, m, t = s["ratios"]
-        core = f"three-tier {d:g}/{m:g}/{t:g} K={s['keep']}"
-    elif pattern == "nm":
-        core = f"{s['n']}:{s['m']}"
-    else:
-        core = f"unstructured {s.get('sparsity', 0):g}"
-    return f"{s.get('method', '?')} {core}"
 
 
 # -- explored splits -----------------------------------------------------------------------------------------------

@@ -12,10 +12,10 @@ import threading
 
 from engine.errors import UserError
 from engine.record import read_json
+from engine.spec import spec_label
 from engine.store import RUN_ID, RunStore, record_problem
 
 from . import policy
-from .figures import run_label
 from .tables import recovered_ppl, total_seconds
 
 log = logging.getLogger("dashboard")
@@ -76,7 +76,7 @@ class History:
         run_id = str(record.get("run_id"))
         return {"run_id": run_id, "started": f"{run_id[:4]}-{run_id[4:6]}-{run_id[6:8]} {run_id[9:11]}:{run_id[11:13]}",
                 "status": record.get("status"), "message": record.get("message"),
-                "model": (record.get("model") or {}).get("name") or "embedded", "spec": run_label(record),
+                "model": (record.get("model") or {}).get("name") or "embedded", "spec": spec_label(record.get("spec")),
                 "sparsity": record.get("sparsity"), "ppl": ppl.get("pruned"), "ppl_dense": ppl.get("dense"),
                 "ppl_recovered": recovered_ppl(record),
                 "layers": f"{record.get('layers_done', 0)}/{record.get('n_layers') or '?'}",

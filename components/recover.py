@@ -16,7 +16,8 @@ DEFAULTS = FinetuneSpec()
 PUBLIC_MAX_STEPS = 60  # a public server's cap on fine-tune steps
 CPU_NOTE = ("On CPU a step of 4 windows x 128 tokens of SmolLM2-135M takes seconds: the default is a few dozen steps. "
             "On a GPU the Trainer runs bf16/fp16 mixed precision and the same steps take a fraction of a second, so "
-            "hundreds of steps of longer windows (an epoch, as in the fork's 7B recipe) become practical.")
+            "hundreds of steps of longer windows (an epoch, as in the 7B recipe of the Wanda hybrid of Ji et al.) "
+            "become practical.")
 
 
 def finetune_from_form(steps, lr, lora_rank, public: bool = False) -> FinetuneSpec | None:

@@ -7,15 +7,31 @@ from __future__ import annotations
 
 from engine.finetune import FinetuneSpec
 from engine.methods import METHODS
-from engine.patterns import ASSIGNMENTS, BLOCK_RULES, PATTERNS, TIER_SCOPES, WITHIN_BLOCK
-from engine.spec import BEST_THREE_TIER, PruneSpec
+from engine.patterns import PATTERNS, Param, pattern_params
+from engine.spec import BEST_THREE_TIER, RECIPE_PATTERN, PruneSpec
 
 # The form opens on the best three-tier recipe found, with calibration small enough for a CPU: every other
 # widget default is the spec's own.
-FORM_SPEC = PruneSpec(pattern="three_tier", nsamples=32, seqlen=512, **BEST_THREE_TIER)
+FORM_SPEC = PruneSpec(pattern=RECIPE_PATTERN, nsamples=32, seqlen=512, **BEST_THREE_TIER)
 FINETUNE_DEFAULTS = FinetuneSpec()
-FIELD_CHOICES = {"tier_scope": TIER_SCOPES, "within_block": WITHIN_BLOCK, "assignment": ASSIGNMENTS,
-                 "block_rule": BLOCK_RULES}  # spec field -> {value: title}
+
+
+def form_params() -> dict[str, Param]:
+    """The pattern parameters the form shows, by name, in the patterns' order (engine/patterns.py)."""
+    return {name: p for name, p in pattern_params().items() if p.form}
+
+
+def form_fields(param: Param) -> tuple[str, ...]:
+    """The form fields of one parameter: its name, or one per element of a tuple (ratio_dense, ratio_24 ...)."""
+    return tuple(field for field, _ in param.parts) if param.parts else (param.name,)
+
+
+def spec_form_values(spec: PruneSpec) -> dict:
+    """The form fields of `spec`'s pattern and its parameters (form field -> value): what sets the form to it."""
+    values = {"pattern": spec.pattern}
+    for name, param in form_params().items():
+        values.update(zip(form_fields(param), getattr(spec, name)) if param.parts else {name: getattr(spec, name)})
+    return values
 
 
 def method_choices() -> list[tuple[str, str]]:
@@ -44,8 +60,8 @@ def block_pattern(pattern: str) -> bool:
 
 
 def field_choices(name: str) -> list[tuple[str, str]]:
-    """(title, value) of a block field's choices (tier_scope, within_block, assignment, block_rule)."""
-    return [(title, value) for value, title in FIELD_CHOICES[name].items()]
+    """(title, value) of a pattern parameter's choices (tier_scope, within_block ...), for a radio."""
+    return [(title, value) for value, title in pattern_params()[name].choices.items()]
 
 
 def uses_calibration(method: str, reconstruct: bool) -> bool:

@@ -16,7 +16,7 @@ import gradio as gr
 from engine.errors import UserError
 from engine.run import ModelCache, run
 
-from . import figures, policy, recover, tables
+from . import policy, recover, tables
 from .jobs import Job, Progress, progress_html
 from .layout import banner
 from .results_tab import LIGHT, heatmap_for
@@ -190,7 +190,7 @@ def run_pruning(page, *values):
         req = request(page, dict(zip(page.form, values[:-1])))
     except UserError as err:
         yield from refuse(page, err, "Cannot run")
-    label = figures.run_label({"spec": req.spec.to_dict()})
+    label = req.spec.label()
     yield from stream(page, s, lambda progress, cancel: prune(page, s, req, progress, cancel), label, run_summary,
                       spec=req.spec.to_dict())
 

@@ -13,11 +13,13 @@ import torch
 
 from engine.errors import UserError, excerpt
 from engine.models import available_devices
+from engine.patterns import PATTERNS, Param, pattern_params
 from engine.run import ModelCache, RunRequest
-from engine.spec import THREE_TIER_RATIOS, PruneSpec
+from engine.spec import RECIPE_PATTERN, THREE_TIER_RATIOS, PruneSpec, spec_label
 
 from . import policy
 from .jobs import Job
+from .registry import form_fields
 
 EMBEDDED = "embedded"
 MODEL_PRESETS = [
@@ -61,8 +63,8 @@ class Session:
         self.runs = runs[-MAX_SESSION_RUNS:]  # rebinding, not mutating: a page may be reading the old list
 
     def run_choices(self) -> list[tuple[str, str]]:
-        from .figures import run_label
-        return [(f"#{i} {run_label(r)} · {r.get('status')}", r.get("run_id")) for i, r in enumerate(self.runs, 1)]
+        return [(f"#{i} {spec_label(r.get('spec'))} · {r.get('status')}", r.get("run_id"))
+                for i, r in enumerate(self.runs, 1)]
 
     def number(self, run_id) -> int | None:
         """The run's place in this tab's list, counting from 1."""
@@ -133,16 +135,31 @@ def _text(value, name: str) -> str:
     return value.strip()
 
 
+def param_value(param: Param, form: dict):
+    """One pattern parameter from the form's widget values, typed (UserError naming it); its default where the
+    form has no widget for it."""
+    fields = form_fields(param)
+    if not param.form or not all(f in form for f in fields):
+        return param.default
+    if param.type is tuple:
+        return tuple(_float(form[f], param.called) for f in fields)
+    value = form[param.name]
+    if param.type is int:
+        return _int(value, param.called)
+    if param.type is float:
+        return _float(value, param.called)
+    return bool(value) if param.type is bool else value
+
+
+def pattern_values(form: dict) -> dict:
+    """The pattern parameters of the form (every pattern's: the spec keeps those its pattern reads)."""
+    return {name: param_value(param, form) for name, param in pattern_params().items()}
+
+
 def spec_from_form(form: dict) -> PruneSpec:
     """Widget values -> a validated PruneSpec (raises SpecError with the engine's message)."""
     seqlen = _int(form["seqlen"], "sequence length", allow_none=True)
-    return PruneSpec(method=form["method"], pattern=form["pattern"], sparsity=_float(form["sparsity"], "sparsity"),
-                     n=_int(form["n"], "N"), m=_int(form["m"], "M"),
-                     ratios=tuple(_float(form[k], "tier ratio") for k in ("ratio_dense", "ratio_24", "ratio_topk")),
-                     block=_int(form["block"], "block size"), keep=_int(form["keep"], "K"),
-                     tier_scope=form["tier_scope"], within_block=form["within_block"], assignment=form["assignment"],
-                     block_rule=form["block_rule"], top_blocks_ratio=float(form["top_blocks_ratio"]),
-                     score_threshold=float(form["score_threshold"]),
+    return PruneSpec(method=form["method"], pattern=form["pattern"], **pattern_values(form),
                      nsamples=_int(form["nsamples"], "calibration samples"), seqlen=seqlen or None,
                      reconstruct=bool(form["reconstruct"]), seed=_int(form["seed"], "seed", high=2**32 - 1))
 
@@ -177,7 +194,8 @@ def request_from_form(form: dict, **server) -> RunRequest:
         calib=source_from_form(form["calib"], form["calib_path"], "calibration") if spec.uses_calibration else "auto",
         eval=source_from_form(form["eval_source"], form["eval_path"], "evaluation"), eval_windows=windows,
         baselines=bool(form["baselines"]), device=form["device"] or "auto", dtype=form["dtype"] or "auto",
-        save_dir=_text(form["save_dir"], "save folder") or None, overwrite=bool(form["overwrite"]), **server)
+        save_dir=_text(form["save_dir"], "save folder") or None, save_format=form.get("save_format") or "dense",
+        overwrite=bool(form["overwrite"]), **server)
     request.validate()
     return request
 
@@ -221,22 +239,17 @@ def size_guard(request: RunRequest, progress, max_params: int | None, models: Mo
     return guarded
 
 
-def nominal_text(pattern, sparsity, n, m, r_dense, r_24, r_topk, block, keep, top_blocks_ratio=0.6) -> str:
-    """The sparsity a set-up aims at, as one line of Markdown (or the spec's complaint)."""
+NOMINAL_INPUTS = ("method", "pattern", "reconstruct")  # with every pattern parameter's form fields
+
+
+def nominal_text(form: dict) -> str:
+    """The sparsity a set-up aims at (form field -> value), as one line of Markdown (or the spec's complaint)."""
     try:
-        spec = PruneSpec(pattern=pattern, sparsity=float(sparsity), n=_int(n, "N"), m=_int(m, "M"),
-                         ratios=(float(r_dense), float(r_24), float(r_topk)), block=_int(block, "block size"),
-                         keep=_int(keep, "K"), top_blocks_ratio=float(top_blocks_ratio), within_block="score")
+        spec = PruneSpec(method=form.get("method", "wanda"), pattern=form["pattern"],
+                         reconstruct=bool(form.get("reconstruct")), **pattern_values(form))
     except (UserError, TypeError, ValueError) as err:
         return f"<span class='bad'>⚠ {err}</span>"
-    s = spec.nominal_sparsity()
-    if pattern == "three_tier":
-        d, h, t = spec.ratios
-        return (f"Nominal sparsity **{s:.1%}** = 2:4 share {h:.2f} × ½ + top-K share {t:.2f} × "
-                f"(1 − {spec.keep}/{spec.block}²) · dense blocks {d:.0%}")
-    if pattern == "threshold_hybrid":
-        return f"Nominal sparsity at least **{s:.1%}** (top-K blocks; each top block that takes 2:4 adds more)"
-    return f"Nominal sparsity **{s:.1%}**"
+    return PATTERNS[spec.pattern].explain(spec)
 
 
 NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"  # 0.35, .35, 1, 1. -- nothing else (no signs, exponents, "1.2.3")
@@ -281,4 +294,4 @@ def recipe_values(recipe: dict) -> tuple:
     """Form values (method, tier scope, assignment, within-block, reconstruct, 3 ratios, K, block rule) of a named
     recipe, with the three-tier pattern."""
     return (recipe["method"], recipe["tier_scope"], recipe["assignment"], recipe["within_block"], recipe["reconstruct"],
-            *recipe.get("ratios", THREE_TIER_RATIOS), recipe["keep"], recipe["block_rule"], "three_tier")
+            *recipe.get("ratios", THREE_TIER_RATIOS), recipe["keep"], recipe["block_rule"], RECIPE_PATTERN)

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, ORIGINAL_URL, PruneSpec
+from engine.patterns import Param
+from engine.save import SAVE_FORMATS
+from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, ORIGINAL_URL, RECIPE_PATTERN, PruneSpec
 
 from . import recover
 from .registry import (
     FINETUNE_DEFAULTS,
     FORM_SPEC,
     field_choices,
+    form_fields,
+    form_params,
     method_choices,
     pattern_choices,
     pattern_fields,
@@ -27,6 +31,7 @@ from .session import (
     EVAL_CHOICES,
     MODEL_PRESETS,
     NAMED_SOURCES,
+    NOMINAL_INPUTS,
     PUBLIC_PRESETS,
     SKIP_EVAL,
     SOURCE_CHOICES,
@@ -67,50 +72,19 @@ def render(page) -> None:
     gr.HTML("<div class='section-title'>Method and pattern</div>")
     field("method", gr.Radio(method_choices(), value=spec.method, label="Importance (method)"))
     field("pattern", gr.Radio(pattern_choices(), value=spec.pattern, label="Pattern"))
-    visible = set(pattern_fields(spec.pattern))
-    shown[field("sparsity", gr.Slider(0, 0.95, value=spec.sparsity, step=0.01, label="Sparsity",
-                                      info="block patterns: the share of blocks pruned",
-                                      visible="sparsity" in visible))] = ("sparsity",)
-    with gr.Row(visible="n" in visible) as nm_row:
-        field("n", gr.Number(spec.n, precision=0, label="N (kept)", minimum=0))
-        field("m", gr.Number(spec.m, precision=0, label="M (group)", minimum=1))
-    shown[nm_row] = ("n", "m")
-    with gr.Column(visible="ratios" in visible) as tier_box:
-        gr.Markdown("Tier split of the blocks — moving one slider rescales the other two in proportion, "
-                    "so the three always sum to 1.", elem_classes="note")
-        for name, ratio, label in zip(("ratio_dense", "ratio_24", "ratio_topk"), spec.ratios,
-                                      ("dense blocks (all kept)", "2:4 blocks (half kept)", "top-K blocks (K kept)")):
-            field(name, gr.Slider(0, 1, value=ratio, step=0.01, label=label))
-        with gr.Row():
-            w.best_btn = gr.Button(f"Best found: {PruneSpec(pattern='three_tier', **BEST_THREE_TIER).label()}",
+    pattern_widgets(spec, field, shown)
+    with gr.Row():
+        w.best_btn = gr.Button(f"Best found: {PruneSpec(pattern=RECIPE_PATTERN, **BEST_THREE_TIER).label()}",
+                               size="sm")
+        w.original_btn = gr.Button("Original rule (Wanda hybrid, Ji et al.): Wanda, per matrix, |W| inside",
                                    size="sm")
-            w.original_btn = gr.Button("Original rule (Wanda hybrid fork): Wanda, per matrix, |W| inside",
-                                       size="sm")
-        gr.Markdown(f"Original rule: the three-tier rule of the [Wanda hybrid fork]({ORIGINAL_URL}) with its "
-                    "defaults (0.4/0.4/0.2, K = 10), mask for mask.", elem_classes="note")
-    shown[tier_box] = ("ratios",)
-    for name, label in (("tier_scope", "Rank blocks across"), ("assignment", "Give blocks their tier by"),
-                        ("block_rule", "Block arithmetic")):
-        shown[field(name, gr.Radio(field_choices(name), value=getattr(spec, name), label=label,
-                                   visible=name in visible))] = (name,)
-    shown[field("top_blocks_ratio", gr.Slider(0, 1, value=spec.top_blocks_ratio, step=0.01,
-                                              label="top blocks (try 2:4, else dense)",
-                                              visible="top_blocks_ratio" in visible))] = ("top_blocks_ratio",)
-    shown[field("score_threshold", gr.Slider(0, 1, value=spec.score_threshold, step=0.01,
-                                             label="2:4 taken if it keeps this share of the block's score",
-                                             visible="score_threshold" in visible))] = ("score_threshold",)
-    with gr.Row(visible="block" in visible) as block_row:
-        field("block", gr.Number(spec.block, precision=0, minimum=4, step=4, label="Block size B"))
-        field("keep", gr.Number(spec.keep, precision=0, minimum=0, label="K per top-K block"))
-    shown[block_row] = ("block", "keep")
-    shown[field("within_block", gr.Radio(field_choices("within_block"), value=spec.within_block,
-                                         label="Inside 2:4 / top-K blocks keep by",
-                                         visible="within_block" in visible))] = ("within_block",)
+    gr.Markdown(f"Original rule: the three-tier rule of the [Wanda hybrid of Ji et al.]({ORIGINAL_URL}) with its "
+                "defaults (0.4/0.4/0.2, K = 10), mask for mask.", elem_classes="note")
     field("reconstruct", gr.Checkbox(spec.reconstruct, label="OBS weight update (reconstruct)",
                                      info="update the kept weights of the chosen mask (magnitude / Wanda; "
                                           "SparseGPT always does)"))
-    w.nominal = gr.Markdown(nominal_text(spec.pattern, spec.sparsity, spec.n, spec.m, *spec.ratios, spec.block,
-                                         spec.keep, spec.top_blocks_ratio), elem_id="nominal")
+    w.nominal = gr.Markdown(nominal_text({name: w.fields[name].value for name in nominal_fields()}),
+                            elem_id="nominal")
 
     with gr.Accordion("Calibration data", open=False, visible=spec.uses_calibration) as w.calib_box:
         field("calib", gr.Dropdown(NAMED_SOURCES if public else SOURCE_CHOICES, value="auto", label="Source"))
@@ -142,11 +116,60 @@ def render(page) -> None:
         # Saving writes to the server's disk: a public server has no such controls and refuses the fields.
         field("save_dir", gr.Textbox(label="Save the pruned model to (local folder, optional)", visible=not public,
                                      placeholder="e.g. ./out/smollm2-three-tier"))
+        field("save_format", gr.Radio([(title, name) for name, title in SAVE_FORMATS.items()], value="dense",
+                                      label="Save format", visible=not public,
+                                      info="compact: bytes measured per tier beside the estimate (Results)"))
         field("overwrite", gr.Checkbox(False, label="Overwrite that folder if it is not empty", visible=not public))
         gr.Markdown(page.settings.note(), elem_classes="note")
     with gr.Row(elem_id="run-buttons"):
         w.run_btn = gr.Button("Run", variant="primary", scale=3)
         w.stop_btn = gr.Button("Stop", variant="stop", scale=1)
+
+
+def param_widget(param: Param, value, visible: bool):
+    """The widget of one pattern parameter, from its declaration (engine/patterns.py)."""
+    label = param.label or param.name
+    if param.choices:
+        return gr.Radio(field_choices(param.name), value=value, label=label, visible=visible, info=param.info)
+    if param.type is bool:
+        return gr.Checkbox(value, label=label, visible=visible, info=param.info)
+    if param.type is float and param.high is not None:
+        return gr.Slider(param.low or 0, param.high, value=value, step=param.step or 0.01, label=label,
+                         visible=visible, info=param.info)
+    return gr.Number(value, precision=0 if param.type is int else None, minimum=param.low, maximum=param.high,
+                     step=param.step or 1, label=label, visible=visible, info=param.info)
+
+
+def pattern_widgets(spec: PruneSpec, field, shown: dict) -> None:
+    """A widget per pattern parameter (a slider per element of a tuple, e.g. the three tier ratios), shown when
+    `spec`'s pattern reads it; parameters sharing a row sit side by side. `shown`: widget or box -> its fields."""
+    reads = set(pattern_fields(spec.pattern))
+    params = list(form_params().values())
+    i = 0
+    while i < len(params):
+        row = [params[i]]
+        while params[i].row and i + len(row) < len(params) and params[i + len(row)].row == params[i].row:
+            row.append(params[i + len(row)])
+        i += len(row)
+        visible = any(p.name in reads for p in row)
+        if row[0].parts:  # a tuple: one slider per element, summing to 1 (rebalance)
+            with gr.Column(visible=visible) as box:
+                gr.Markdown("Tier split of the blocks — moving one slider rescales the other two in proportion, "
+                            "so the three always sum to 1.", elem_classes="note")
+                for (name, label), value in zip(row[0].parts, getattr(spec, row[0].name)):
+                    field(name, gr.Slider(0, 1, value=value, step=0.01, label=label))
+        elif len(row) > 1:
+            with gr.Row(visible=visible) as box:
+                for p in row:
+                    field(p.name, param_widget(p, getattr(spec, p.name), True))
+        else:
+            box = field(row[0].name, param_widget(row[0], getattr(spec, row[0].name), visible))
+        shown[box] = tuple(p.name for p in row)
+
+
+def nominal_fields() -> list[str]:
+    """The form fields the nominal sparsity line reads."""
+    return [*NOMINAL_INPUTS, *(f for p in form_params().values() for f in form_fields(p))]
 
 
 def shown_for(page, pattern: str) -> dict:
@@ -171,9 +194,9 @@ def wire(page) -> None:
     w.original_btn.click(lambda: recipe_values(ORIGINAL_RECIPE), None, recipe_outputs, **QUIET)
     w.best_btn.click(lambda: recipe_values(BEST_THREE_TIER), None, recipe_outputs, **QUIET)
 
-    nominal_inputs = [f["pattern"], f["sparsity"], f["n"], f["m"], *ratios, f["block"], f["keep"],
-                      f["top_blocks_ratio"]]
-    gr.on([c.change for c in nominal_inputs], nominal_text, nominal_inputs, w.nominal, **QUIET)
+    names = nominal_fields()
+    gr.on([f[name].change for name in names], lambda *values: nominal_text(dict(zip(names, values))),
+          [f[name] for name in names], w.nominal, **QUIET)
     if not page.settings.public:
         f["calib"].change(lambda c: gr.Textbox(visible=c == "path"), f["calib"], f["calib_path"], **QUIET)
         f["eval_source"].change(lambda c: gr.Textbox(visible=c == "path"), f["eval_source"], f["eval_path"], **QUIET)

@@ -18,8 +18,9 @@ from .console import ProgressBars, summary_line
 from .errors import UserError, run_command
 from .finetune_cli import add_finetune_arguments, finetune_spec_from_args
 from .methods import METHODS
-from .patterns import ASSIGNMENTS, BLOCK_RULES, GROUPS, PATTERNS, TIER_SCOPES, WITHIN_BLOCK
-from .spec import ORIGINAL_URL, RECIPES, THREE_TIER_RATIOS, PruneSpec, parse_sparsity_type
+from .patterns import PATTERNS, pattern_params
+from .save import SAVE_FORMATS
+from .spec import ORIGINAL_URL, RECIPES, THREE_TIER_RATIOS, PruneSpec, parse_sparsity_type, sparsity_type_names
 from .zeroshot import PAPER_TASKS
 
 
@@ -32,19 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "SmolLM2-135M-Instruct)")
     w.add_argument("--seed", type=int, default=0, help="seed for the calibration windows (default 0)")
     w.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
-    w.add_argument("--sparsity_ratio", type=float, default=0.5, help="unstructured sparsity (default 0.5)")
-    w.add_argument("--sparsity_type", default="unstructured", help="unstructured (default) | N:M (2:4, 4:8 ...) | "
-                   + " | ".join(n for n, pat in PATTERNS.items() if pat.sparsity_type is None and n != "unstructured")
-                   + " | hybrid_2_4 (the threshold hybrid)")
+    w.add_argument("--sparsity_type", default="unstructured",
+                   help=" | ".join(sparsity_type_names()) + " (default unstructured)")
     w.add_argument("--prune_method", default="wanda", choices=list(METHODS), help="default wanda; "
                    + "; ".join(f"{name}: {m.summary}" for name, m in METHODS.items()))
     w.add_argument("--cache_dir", default=None, help="Hugging Face download cache")
     w.add_argument("--save", default=None, metavar="DIR",
                    help="write results.json, a log line and the pruned model here")
     w.add_argument("--save_model", default=None, metavar="DIR2", help="put the pruned model here instead of --save")
-    w.add_argument("--use_variant", action="store_true",
-                   help="unstructured: Wanda's variant, per row prune while the sorted scores' running sum stays "
-                   "under alpha x the row total, alpha bisected to the target sparsity")
     w.add_argument("--eval_zero_shot", nargs="*", default=None, metavar="TASK",
                    help="zero-shot accuracy of the pruned model with lm-evaluation-harness (pip install -r "
                    "requirements-eval.txt); no TASK = the paper's seven: " + ", ".join(PAPER_TASKS))
@@ -53,23 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--zero_shot_include", default=None, metavar="DIR",
                    help="a folder of extra lm-eval task YAMLs (their relative data_files are read from the working "
                    "directory)")
-    o = p.add_argument_group("three-tier")
-    o.add_argument("--sparsity_ratios", type=float, nargs=3, default=None, metavar=("DENSE", "2:4", "TOPK"),
-                   help="share of 16x16 blocks kept dense, made 2:4, and top-K; sum to 1 (default: the recipe's, "
-                   "else " + " ".join(f"{r:g}" for r in THREE_TIER_RATIOS) + ")")
-    o.add_argument("--block_size", type=int, default=16, help="block side B (default 16)")
-    o.add_argument("--topk_per_block", type=int, default=15, help="weights K kept in each top-K block (default 15)")
-    o.add_argument("--tier_scope", default="matrix", choices=list(TIER_SCOPES),
-                   help="where blocks compete for tiers: each matrix (the original rule), each decoder layer, the "
-                   "whole model (default matrix)")
-    o.add_argument("--within_block", default="score", choices=list(WITHIN_BLOCK),
-                   help="pick weights inside 2:4 and top-K blocks by the method's score, by |W| (the original "
-                        "rule), or "
-                        "obs: by the OBS saliency while the weights are updated, as SparseGPT picks N:M (needs "
-                        "--reconstruct or sparsegpt) (default score)")
-    o.add_argument("--tier_assignment", default="importance", choices=list(ASSIGNMENTS),
-                   help="which blocks get which tier: by summed importance (the original rule) or by the squared "
-                   "score mass each tier would drop (default importance)")
+    add_pattern_arguments(p)
     _add_fork_flags(p)
     e = p.add_argument_group("data, evaluation, hardware")
     e.add_argument("--calib_dataset", default="auto", help="auto (default: c4 as in the paper; pydoc offline) | c4 | "
@@ -81,12 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--baselines", action="store_true", help="also report dense and magnitude perplexity (cached)")
     e.add_argument("--reconstruct", action="store_true",
                    help="OBS weight update for masks chosen by magnitude / Wanda (SparseGPT always updates)")
-    e.add_argument("--group", default=None, choices=list(GROUPS),
-                   help="unstructured comparison group (default: row for wanda/sparsegpt, matrix for magnitude)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | offload (CPU weights, GPU compute)")
     e.add_argument("--dtype", default="auto",
                    help="auto (float32 on CPU, bf16/fp16 on GPU) | float32 | float16 | bfloat16")
     e.add_argument("--no_save_model", action="store_true", help="with --save: write results only, not the model")
+    e.add_argument("--save_format", default="dense", choices=list(SAVE_FORMATS),
+                   help="; ".join(SAVE_FORMATS.values()) + " (default dense; layout: engine/compact.py)")
+    e.add_argument("--decompress", nargs=2, default=None, metavar=("DIR", "OUT"),
+                   help="prune nothing: write the compact save DIR as a normal folder OUT "
+                   "(AutoModelForCausalLM.from_pretrained loads it)")
     e.add_argument("--overwrite", action="store_true", help="allow a non-empty --save directory")
     e.add_argument("--trust_remote_code", action="store_true", help="run a model repository's own code")
     e.add_argument("--runs_dir", default=None, help="run store folder (default: $SPARSITY_RUNS or "
@@ -118,21 +101,33 @@ def _add_fork_flags(p: argparse.ArgumentParser) -> None:
         f.add_argument(flag, type=float, default=None,
                        help=f"share of blocks {what} (the fork's form of --sparsity_ratios, which it overrides; a "
                        f"missing one is {default:g}; with block rule original the three are normalised to sum 1)")
-    f.add_argument("--block_rule", default="exact", choices=list(BLOCK_RULES),
-                   help="three-tier arithmetic: exact (summed score, floor counts, exactly K per top-K block, edge "
-                   "blocks padded) or original (the fork's: mean score, int() counts, ties with the K-th kept, edge "
-                   "blocks clipped; ratios normalised) (default exact)")
     f.add_argument("--use_slow_tokenizer", action="store_true",
                    help="load the model's slow (Python) tokenizer, as the fork's scripts do (use_fast=False)")
-    f.add_argument("--top_blocks_ratio", type=float, default=0.6,
-                   help="hybrid_2_4: share of blocks that try 2:4 (else dense); the rest keep K (default 0.6)")
-    f.add_argument("--score_threshold", type=float, default=0.8,
-                   help="hybrid_2_4: a top block takes 2:4 when it keeps this share of its score (default 0.8)")
 
 
-RECIPE_FLAGS = {"method": "prune_method", "tier_scope": "tier_scope", "assignment": "tier_assignment",
-                "within_block": "within_block", "reconstruct": "reconstruct", "block_rule": "block_rule",
-                "ratios": "sparsity_ratios", "keep": "topk_per_block"}  # recipe key -> argparse dest
+def add_pattern_arguments(p: argparse.ArgumentParser) -> None:
+    """A flag per pattern parameter (engine/patterns.py), with its help, type, choices and default."""
+    g = p.add_argument_group("pattern parameters", "each read by the patterns named; N and M come from "
+                             "--sparsity_type N:M")
+    for name, param in pattern_params().items():
+        if param.flag is None:
+            continue
+        readers = ", ".join(n for n, pat in PATTERNS.items() if name in pat.fields)
+        kw = dict(help=f"{readers}: {param.help}")
+        if param.type is bool:
+            kw.update(action="store_true")
+        elif param.type is tuple:  # the recipe's, else the fork's three flags, else the default (tier_ratios)
+            kw.update(type=float, nargs=len(param.default), default=None,
+                      metavar=tuple(field.upper() for field, _ in param.parts))
+        else:
+            kw.update(type=param.type if param.type is not str else None, default=param.default,
+                      choices=list(param.choices) if param.choices else None)
+        g.add_argument(param.flag or f"--{name}", **kw)
+
+
+# recipe key -> argparse dest
+RECIPE_FLAGS = {"method": "prune_method", "reconstruct": "reconstruct",
+                **{name: param.dest for name, param in pattern_params().items() if param.flag is not None}}
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -160,12 +155,11 @@ def tier_ratios(a: argparse.Namespace) -> tuple[float, float, float]:
 
 
 def spec_from_args(a: argparse.Namespace) -> PruneSpec:
-    return PruneSpec(method=a.prune_method, sparsity=a.sparsity_ratio, ratios=tier_ratios(a),
-                     block=a.block_size, keep=a.topk_per_block, tier_scope=a.tier_scope, within_block=a.within_block,
-                     assignment=a.tier_assignment, block_rule=a.block_rule, top_blocks_ratio=a.top_blocks_ratio,
-                     score_threshold=a.score_threshold,
-                     group=a.group, reconstruct=a.reconstruct, nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed,
-                     use_variant=a.use_variant, **parse_sparsity_type(a.sparsity_type))
+    params = {name: getattr(a, param.dest) for name, param in pattern_params().items() if param.flag is not None}
+    params["ratios"] = tier_ratios(a)  # the fork's three flags, or --sparsity_ratios
+    params.update(parse_sparsity_type(a.sparsity_type))  # a pattern's own syntax (N:M) wins over its flags
+    return PruneSpec(method=a.prune_method, reconstruct=a.reconstruct, nsamples=a.nsamples, seqlen=a.seqlen,
+                     seed=a.seed, **params)
 
 
 def main(argv: list[str] | None = None, defaults: dict | None = None) -> int:
@@ -182,13 +176,18 @@ def _main(args) -> int:
 
     if args.check:
         return check_saved(args.check, args.device, args.dtype, args.trust_remote_code)
+    if args.decompress:
+        from .compact import decompress
+        out = decompress(*args.decompress, overwrite=args.overwrite)
+        print(f"decompressed {args.decompress[0]} into {out}")
+        return 0
 
     spec = spec_from_args(args)
     eval_source = None if str(args.eval_dataset).lower() == "none" else args.eval_dataset
     request = RunRequest(model=args.model, spec=spec, calib=args.calib_dataset, eval=eval_source,
                          eval_windows=args.eval_windows, baselines=args.baselines, device=args.device,
                          dtype=args.dtype, save_dir=args.save, save_model=not args.no_save_model,
-                         save_model_dir=args.save_model, overwrite=args.overwrite,
+                         save_model_dir=args.save_model, save_format=args.save_format, overwrite=args.overwrite,
                          trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir,
                          zero_shot_tasks=zero_shot_tasks(args.eval_zero_shot), zero_shot_limit=args.zero_shot_limit,
                          zero_shot_include=args.zero_shot_include, snapshot_max_gb=args.snapshot_max_gb,

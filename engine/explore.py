@@ -444,7 +444,7 @@ KEEP_BIT = torch.tensor([4, 1, 2], dtype=torch.uint8)  # tier id (dense, 2:4, to
 def _tiers_only(spec: PruneSpec) -> bool:
     """Whether the spec's masks follow from a tier grid and per-block choices made once (the exact three-tier
     rule with weights chosen by score or |W|): ratios are the pattern's only field that moves the grid alone."""
-    return "ratios" in PATTERNS[spec.pattern].fields and spec.block_rule == "exact" and spec.within_block != "obs"
+    return PATTERNS[spec.pattern].fixed_grid(spec)
 
 
 def block_choices(W: torch.Tensor, scores: torch.Tensor, spec: PruneSpec) -> BlockChoices:
@@ -524,8 +524,10 @@ def storage_estimate(plan: Replan, value_bits: int = 16) -> dict:
         block patterns   sum over blocks:  dense  n_kept * v
                                            2:4    n_kept * (v + 2)             (a 2-bit position in its group of 4)
                                            top-K  n_kept * (v + ceil(log2 B^2)) (a position inside the B x B block)
-        N:M              n_kept * (v + ceil(log2 M))
-        unstructured     n_kept * (v + ceil(log2 in)) + 32 * out   (column indices and row offsets, CSR)
+                                                  or n_kept * v + B^2 if smaller   (an in-block bitmask: K = 96)
+        N:M              n_kept * (v + ceil(log2 M))                (a position inside its group of M)
+        unstructured     n_kept * (v + ceil(log2 in)) + 32 * out   (column indices and row counts, CSR)
+        either of these  or n_kept * v + out * in if smaller        (a bitmask: engine/compact.py picks the smaller)
 
     v = value_bits (16: fp16/bf16). n_kept counts the mask's kept weights (exactly K per top-K block under the exact
     rule). Returns {"bytes", "dense_bytes" (every weight at v bits), "ratio", "bits_per_weight"}."""
@@ -543,13 +545,11 @@ def storage_estimate(plan: Replan, value_bits: int = 16) -> dict:
             extra = torch.zeros_like(per_block)
             extra[m.tiers == TWO_FOUR] = 2
             extra[m.tiers == TOPK] = math.ceil(math.log2(B * B))
-            bits += int((per_block * (v + extra)).sum())
+            index = torch.minimum(per_block * extra, torch.where(m.tiers == TOPK, B * B, per_block * extra))
+            bits += int((per_block * v + index).sum())
             continue
-        n_kept = m.kept
-        if "m" in PATTERNS[spec.pattern].fields:
-            bits += n_kept * (v + math.ceil(math.log2(spec.m)))
-        else:
-            bits += n_kept * (v + math.ceil(math.log2(max(in_f, 2)))) + 32 * out_f
+        # the pattern's own format, or a bitmask where that is smaller (engine/compact.py picks the smaller)
+        bits += min(PATTERNS[spec.pattern].storage_bits(spec, m.shape, m.kept, v), m.kept * v + m.numel)
     return {"bytes": bits / 8, "dense_bytes": dense / 8, "ratio": bits / dense if dense else 0.0,
             "bits_per_weight": bits / plan.numel if plan.numel else 0.0}
 
@@ -735,23 +735,16 @@ def sweep_spec(base: PruneSpec, values: tuple[float, ...]) -> PruneSpec:
     """One sweep point of `base`: three numbers are the three-tier ratios (dense, 2:4, top-K); one number is the
     sparsity of any other pattern: the share of weights (unstructured) or of blocks (block, block_topk) pruned,
     and for N:M the sparsity 1 - N/M with M kept (0.25 of 2:4 -> 3:4)."""
-    fields = PATTERNS[base.pattern].fields
+    pattern = PATTERNS[base.pattern]
     values = tuple(float(x) for x in values)
-    if "ratios" in fields:
-        if len(values) != 3:
-            raise UserError(f"a three-tier sweep point is three ratios (dense 2:4 top-K), got {_show(values)}")
-        return base.replace(ratios=values)
-    if len(values) != 1:
-        raise UserError(f"a {base.sparsity_type} sweep point is one sparsity, got {_show(values)}")
-    if "sparsity" in fields:
-        return base.replace(sparsity=values[0])
-    if "m" in fields:
-        n = round(base.m * (1 - values[0]))
-        if not math.isfinite(values[0]) or abs(1 - n / base.m - values[0]) > 1e-9:
-            raise UserError(f"sparsity {values[0]:g} is no N:{base.m} pattern; use a multiple of 1/{base.m}")
-        return base.replace(n=n)
-    raise UserError(f"{base.sparsity_type} has no sparsity to sweep; sweep three_tier, unstructured, N:M, block "
-                    "or block_topk")
+    if not pattern.axis:
+        raise UserError(f"{base.sparsity_type} has no sparsity to sweep; sweep "
+                        + ", ".join(name for name, p in PATTERNS.items() if p.axis))
+    if len(values) != len(pattern.axis):
+        what = "one sparsity" if len(pattern.axis) == 1 else f"{len(pattern.axis)} numbers"
+        raise UserError(f"a {base.sparsity_type} sweep point is {what} ({' '.join(pattern.axis)}), "
+                        f"got {_show(values)}")
+    return pattern.at(base, values, False)
 
 
 def _show(values) -> str:

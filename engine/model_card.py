@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .models import EMBEDDED, EMBEDDED_HUB_ID
 from .patterns import PATTERNS
-from .spec import ORIGINAL_URL, PruneSpec
+from .spec import PruneSpec
 
 TIER_TITLES = {"dense": "dense (all kept)", "2:4": "2:4 (2 of every 4 kept)", "topk": "top-K (K kept per block)"}
 
@@ -31,9 +31,9 @@ def model_card(record: dict) -> str:
              f"- family: {model.get('model_type')}, {model.get('n_layers')} decoder layers, "
              f"pruned in {model.get('dtype')} on {model.get('compute_device') or model.get('device')}", "",
              "## Recipe", "", f"{spec.label()}.", ""]
-    if "ratios" in PATTERNS[spec.pattern].fields and spec.block_rule == "original":  # the tier split of the fork
-        lines += [f"Block rule `original`: the three-tier rule of the [Wanda hybrid fork]({ORIGINAL_URL}) "
-                  "(main_block_three_tier.py), mask for mask.", ""]
+    notes = PATTERNS[spec.pattern].notes(spec)  # where the pattern's rule comes from, if it says
+    if notes:
+        lines += [notes, ""]
     lines += ["| setting | value |", "|---|---|"]
     lines += [f"| {k} | `{v}` |" for k, v in record["spec"].items()]
     request = record.get("request") or {}

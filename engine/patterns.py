@@ -39,7 +39,8 @@ MAX_GROUP = 65536       # N:M group width M and block side B: above any matrix w
 # The choices of the block patterns' fields: {value: what it means} (CLI choices, dashboard titles).
 GROUPS = {"row": "each output row (Wanda, SparseGPT)", "matrix": "the whole matrix (magnitude)"}
 BLOCK_RULES = {"exact": "exact: summed score, exactly K kept, edge blocks padded",
-               "original": "original: the fork's arithmetic (mean score, int() counts, ties with the K-th kept)"}
+               "original": "original: the arithmetic of the Wanda hybrid of Ji et al. (mean score, int() counts, "
+                           "ties with the K-th kept)"}
 TIER_SCOPES = {"matrix": "each matrix (original rule)", "layer": "each decoder layer", "model": "whole model"}
 WITHIN_BLOCK = {"score": "method's score", "magnitude": "|W| (original rule)",
                 "obs": "OBS saliency during the update (SparseGPT-style; needs the OBS update)"}
@@ -59,11 +60,46 @@ class Selection:
 Scores = Callable[[], torch.Tensor]
 
 
+def csr_bits(shape, n_kept: int, v: int) -> int:
+    """Unstructured (CSR): a column index per kept value, a 32-bit offset per row."""
+    return n_kept * (v + math.ceil(math.log2(max(shape[-1], 2)))) + 32 * shape[0]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter a pattern reads, declared once: it is a PruneSpec field (engine/spec.py), a CLI flag
+    (engine/cli.py) and a dashboard widget (components/setup_form.py), all derived from this entry."""
+    name: str                            # the PruneSpec field
+    type: type                           # float | int | str | bool | tuple (the three-tier ratios)
+    default: object
+    help: str                            # the flag's help and the spec's docstring
+    label: str = ""                      # the widget's label (default: the name)
+    low: float | None = None             # the widget's range (the spec's validation is the entry's validate)
+    high: float | None = None
+    step: float | None = None
+    choices: dict | None = None          # {value: title}: a radio, and the flag's choices
+    flag: str | None = ""                # the CLI flag: "" = --name, None = set through --sparsity_type
+    row: str | None = None               # widgets sharing a row name sit side by side
+    replan: bool = False                 # a re-plan may move it without calibrating again (the Explore tab)
+    info: str | None = None              # a line under the widget
+    form: bool = True                    # a dashboard widget (False: the spec's default there)
+    parts: tuple = ()                    # a tuple parameter's elements: (form field, label) each
+    noun: str = ""                       # its name in a message (default: the name)
+
+    @property
+    def called(self) -> str:
+        return self.noun or self.name
+
+    @property
+    def dest(self) -> str:
+        return (self.flag or f"--{self.name}").lstrip("-")
+
+
 @dataclass(frozen=True)
 class Pattern:
     name: str
     title: str
-    fields: tuple[str, ...]                                  # the PruneSpec fields it reads
+    params: tuple[Param, ...]                                # what it reads beyond the method and the calibration
     select: Callable[[torch.Tensor, Scores, object, MatrixPlan], Selection]
     nominal_sparsity: Callable[[object], float]              # before rounding of counts per matrix
     describe: Callable[[object], str]                        # the label after the method's name
@@ -73,6 +109,26 @@ class Pattern:
     scope: Callable[[object], str] = lambda spec: "matrix"   # where blocks compete for tiers (engine/plan.py)
     sparsity_type: Callable[[object], str] | None = None     # the Wanda-script name (default: the pattern's name)
     aliases: tuple[str, ...] = ()                            # other names --sparsity_type accepts
+    parse: Callable[[str], dict | None] = lambda text: None  # a --sparsity_type of its own syntax -> spec fields
+    syntax: str = ""                                         # that syntax, for help and errors ("N:M (2:4, 4:8 ...)")
+    # Its sweep axis: the names of the numbers of one sweep point (three-tier: its three ratios; others: one
+    # sparsity; () = none); where a spec sits on it; the spec at a point (snap: round to the nearest point the
+    # pattern reaches, else refuse one it cannot).
+    axis: tuple[str, ...] = ("sparsity",)
+    point: Callable[[object], tuple] = lambda spec: (spec.sparsity,)
+    at: Callable[[object, tuple, bool], object] = lambda spec, values, snap: spec.replace(sparsity=values[0])
+    storage_bits: Callable[[object, list, int, int], int] = lambda spec, shape, n_kept, v: csr_bits(shape, n_kept, v)
+    # (spec, shape [out, in], n_kept, v bits a value) -> bits of a kept-mask pattern's sparse format (block
+    # patterns are counted per tier from their grids, engine/explore.py)
+    explain: Callable[[object], str] = lambda spec: f"Nominal sparsity **{spec.nominal_sparsity():.1%}**"
+    notes: Callable[[object], str | None] = lambda spec: None  # a model card's line on where the rule comes from
+    fixed_grid: Callable[[object], bool] = lambda spec: False  # its masks follow from a tier grid its axis moves and
+    # per-block choices made once (engine/explore.py re-plans those without scoring again)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The PruneSpec fields it reads."""
+        return tuple(p.name for p in self.params)
 
 
 def check(ok: bool, message: str) -> None:
@@ -243,28 +299,127 @@ def _all(*checks):
     return validate
 
 
-BLOCK_FIELDS = ("block", "keep", "within_block", "block_rule")
+# --- the parameters, each declared once (several patterns may read one) --------------------------------------
+
+THREE_TIER_RATIOS = (0.35, 0.45, 0.20)  # the split the Wanda hybrid's model list documents
+ORIGINAL_URL = "https://github.com/Jiajun-Ji/wanda"  # the Wanda hybrid of Ji et al.: the block rules it defines
+TIER_AXIS = ("dense", "2:4", "top-K")  # the sweep axis of a three-tier split: its three ratios
+RATIO_PARTS = (("ratio_dense", "dense blocks (all kept)"), ("ratio_24", "2:4 blocks (half kept)"),
+               ("ratio_topk", "top-K blocks (K kept)"))  # the three ratios' form fields and labels
+SPARSITY = Param("sparsity", float, 0.5, "unstructured: share of weights pruned; block, block_topk: share of blocks "
+                 "pruned (default 0.5)", "Sparsity", 0, 0.95, 0.01, flag="--sparsity_ratio",
+                 info="block patterns: the share of blocks pruned")
+GROUP = Param("group", str, None, "unstructured comparison group (default: row for wanda/sparsegpt, matrix for "
+              "magnitude)", choices=GROUPS, form=False)
+USE_VARIANT = Param("use_variant", bool, False, "unstructured: Wanda's variant, per row prune while the sorted "
+                    "scores' running sum stays under alpha x the row total, alpha bisected to the target sparsity",
+                    "Wanda's variant (alpha bisected per row)")
+N = Param("n", int, 2, "N:M: weights kept in every group of M (from --sparsity_type N:M)", "N (kept)", 0, flag=None,
+          row="nm", noun="N")
+M = Param("m", int, 4, "N:M: the group width (from --sparsity_type N:M)", "M (group)", 1, flag=None, row="nm",
+          noun="M")
+RATIOS = Param("ratios", tuple, THREE_TIER_RATIOS, "share of 16x16 blocks kept dense, made 2:4, and top-K; sum to 1 "
+               "(default: the recipe's, else " + " ".join(f"{r:g}" for r in THREE_TIER_RATIOS) + ")",
+               flag="--sparsity_ratios", parts=RATIO_PARTS,
+               noun="tier ratio")
+TIER_SCOPE = Param("tier_scope", str, "matrix", "where blocks compete for tiers: each matrix (the original rule), "
+                   "each decoder layer, the whole model (default matrix)", "Rank blocks across",
+                   choices=TIER_SCOPES, replan=True)
+ASSIGNMENT = Param("assignment", str, "importance", "which blocks get which tier: by summed importance (the original "
+                   "rule) or by the squared score mass each tier would drop (default importance)",
+                   "Give blocks their tier by", choices=ASSIGNMENTS, flag="--tier_assignment", replan=True)
+BLOCK_RULE = Param("block_rule", str, "exact", "three-tier arithmetic: exact (summed score, floor counts, exactly K "
+                   "per top-K block, edge blocks padded) or original (the Wanda hybrid's: mean score, int() counts, "
+                   "ties with the K-th kept, edge blocks clipped; ratios normalised) (default exact)",
+                   "Block arithmetic", choices=BLOCK_RULES)
+BLOCK = Param("block", int, 16, "block side B (default 16)", "Block size B", 4, step=4, flag="--block_size",
+              row="block", replan=True, noun="block size")
+KEEP = Param("keep", int, 15, "weights K kept in each top-K block (default 15)", "K per top-K block", 0,
+             flag="--topk_per_block", row="block", replan=True, noun="K")
+WITHIN = Param("within_block", str, "score", "pick weights inside 2:4 and top-K blocks by the method's score, by |W| "
+               "(the original rule), or obs: by the OBS saliency while the weights are updated, as SparseGPT picks "
+               "N:M (needs --reconstruct or sparsegpt) (default score)", "Inside 2:4 / top-K blocks keep by",
+               choices=WITHIN_BLOCK)
+TOP_BLOCKS = Param("top_blocks_ratio", float, 0.6, "hybrid_2_4: share of blocks that try 2:4 (else dense); the rest "
+                   "keep K (default 0.6)", "top blocks (try 2:4, else dense)", 0, 1, 0.01)
+SCORE_THRESHOLD = Param("score_threshold", float, 0.8, "hybrid_2_4: a top block takes 2:4 when it keeps this share "
+                        "of its score (default 0.8)", "2:4 taken if it keeps this share of the block's score",
+                        0, 1, 0.01)
+BLOCK_PARAMS = (BLOCK, KEEP, WITHIN, BLOCK_RULE)
+
+
+def _nominal_three_tier(s) -> str:
+    d, h, t = s.ratios
+    return (f"Nominal sparsity **{s.nominal_sparsity():.1%}** = 2:4 share {h:.2f} × ½ + top-K share {t:.2f} × "
+            f"(1 − {s.keep}/{s.block}²) · dense blocks {d:.0%}")
+
+
+def _three_tier_notes(s) -> str | None:
+    if s.block_rule != "original":
+        return None
+    return (f"Block rule `original`: the three-tier rule of the [Wanda hybrid of Ji et al.]({ORIGINAL_URL}) "
+            "(main_block_three_tier.py), mask for mask.")
+
+
+def _nm_parse(text: str) -> dict | None:
+    """'N:M' (e.g. '2:4') -> {n, m}; None for anything else."""
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    check(all(len(p) <= 9 for p in parts), f"N:M needs N < M <= {MAX_GROUP}, got {text[:24]!r}")
+    n, m = int(parts[0]), int(parts[1])
+    check(0 <= n < m, f"N:M needs N < M, got {n}:{m}")
+    return {"n": n, "m": m}
+
+
+def _nm_at(spec, values, snap):
+    """The N:M of this M nearest a sparsity (snap), or exactly at it (0.25 of 2:4 -> 3:4)."""
+    x = float(values[0])
+    n = round(spec.m * (1 - x))
+    if not snap and (not math.isfinite(x) or abs(1 - n / spec.m - x) > 1e-9):
+        raise SpecError(f"sparsity {x:g} is no N:{spec.m} pattern; use a multiple of 1/{spec.m}")
+    return spec.replace(n=n)
+
+
 PATTERNS: dict[str, Pattern] = {p.name: p for p in (
-    Pattern("three_tier", "Three-tier blocks", BLOCK_FIELDS + ("ratios", "tier_scope", "assignment"),
+    Pattern("three_tier", "Three-tier blocks", (RATIOS, TIER_SCOPE, ASSIGNMENT) + BLOCK_PARAMS,
             _three_tier_select, lambda s: s.ratios[1] / 2 + s.ratios[2] * _top_k_share(s), _three_tier_describe,
             _all(_block_validate, _three_tier_validate), _block_too_wide, blocks=True, scope=lambda s: s.tier_scope,
-            aliases=("threetier", "hybrid")),
-    Pattern("unstructured", "Unstructured", ("sparsity", "group", "use_variant"), _unstructured_select,
+            aliases=("threetier", "hybrid"), axis=TIER_AXIS, point=lambda s: tuple(s.ratios),
+            at=lambda s, values, snap: s.replace(ratios=tuple(values)), notes=_three_tier_notes,
+            fixed_grid=lambda s: s.block_rule == "exact" and s.within_block != "obs", explain=_nominal_three_tier),
+    Pattern("unstructured", "Unstructured", (SPARSITY, GROUP, USE_VARIANT), _unstructured_select,
             lambda s: s.sparsity, lambda s: f"unstructured {s.sparsity:g}" + (" (variant)" if s.use_variant else ""),
             _unstructured_validate),
-    Pattern("nm", "N:M", ("n", "m"), _nm_select, lambda s: 1 - s.n / s.m, lambda s: f"{s.n}:{s.m}", _nm_validate,
-            _nm_too_wide, sparsity_type=lambda s: f"{s.n}:{s.m}"),
-    Pattern("block", "Whole blocks removed", BLOCK_FIELDS + ("sparsity",), _block_select, lambda s: s.sparsity,
+    Pattern("nm", "N:M", (N, M), _nm_select, lambda s: 1 - s.n / s.m, lambda s: f"{s.n}:{s.m}", _nm_validate,
+            _nm_too_wide, sparsity_type=lambda s: f"{s.n}:{s.m}", point=lambda s: (1 - s.n / s.m,), at=_nm_at,
+            parse=_nm_parse,
+            syntax="N:M (2:4, 4:8 ...)",
+            storage_bits=lambda s, shape, kept, v: kept * (v + math.ceil(math.log2(s.m)))),
+    Pattern("block", "Whole blocks removed", (SPARSITY,) + BLOCK_PARAMS, _block_select, lambda s: s.sparsity,
             lambda s: f"block {s.sparsity:g} of {s.block}x{s.block} blocks",
             _all(_block_validate, _block_share_validate), _block_too_wide, blocks=True),
-    Pattern("block_topk", "Blocks removed, top-K kept", BLOCK_FIELDS + ("sparsity",), _block_topk_select,
+    Pattern("block_topk", "Blocks removed, top-K kept", (SPARSITY,) + BLOCK_PARAMS, _block_topk_select,
             lambda s: s.sparsity * _top_k_share(s), lambda s: f"block + top-K {s.sparsity:g} of blocks, K={s.keep}",
             _all(_block_validate, _block_share_validate, _within_score_or_magnitude), _block_too_wide, blocks=True),
     Pattern("threshold_hybrid", "Threshold hybrid (dense / 2:4 by score kept, rest top-K)",
-            BLOCK_FIELDS + ("top_blocks_ratio", "score_threshold"), _threshold_hybrid_select,
+            BLOCK_PARAMS + (TOP_BLOCKS, SCORE_THRESHOLD), _threshold_hybrid_select,
             # its top-K blocks only: how many top blocks take 2:4 depends on the data
             lambda s: (1 - s.top_blocks_ratio) * _top_k_share(s),
             lambda s: f"threshold hybrid top {s.top_blocks_ratio:g}, threshold {s.score_threshold:g}, K={s.keep}",
             _all(_block_validate, _threshold_hybrid_validate, _within_score_or_magnitude), _block_too_wide,
-            blocks=True, sparsity_type=lambda s: "hybrid_2_4", aliases=("hybrid_2_4", "threshold_hybrid")),
+            blocks=True, sparsity_type=lambda s: "hybrid_2_4", aliases=("hybrid_2_4", "threshold_hybrid"), axis=(),
+            syntax="hybrid_2_4 (the threshold hybrid)",
+            point=lambda s: (), explain=lambda s: f"Nominal sparsity at least **{s.nominal_sparsity():.1%}** (top-K "
+            "blocks; each top block that takes 2:4 adds more)"),
 )}
+
+
+def pattern_params() -> dict[str, Param]:
+    """Every pattern's parameters by name, in the order the patterns declare them (a PruneSpec field each)."""
+    params: dict[str, Param] = {}
+    for pattern in PATTERNS.values():
+        for param in pattern.params:
+            if params.setdefault(param.name, param) is not param:
+                raise TypeError(f"two patterns declare parameter {param.name!r} differently: declare it once")
+    return params

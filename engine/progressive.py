@@ -31,7 +31,7 @@ from .discovery import find_decoder_layers
 from .errors import UserError
 from .matrix import matrix_scores, prune_matrix
 from .methods import METHODS
-from .patterns import PATTERNS
+from .patterns import PATTERNS, TIER_AXIS
 from .plan import MatrixPlan
 from .record import decode_tier_map, encode_tier_map, read_json, write_json_atomic
 from .spec import PruneSpec
@@ -86,7 +86,7 @@ def check_schedule(ratios) -> list[tuple[float, float, float]]:
 
 
 def check_spec(spec: PruneSpec) -> None:
-    if "ratios" not in PATTERNS[spec.pattern].fields or spec.method not in PROGRESSIVE_METHODS \
+    if PATTERNS[spec.pattern].axis != TIER_AXIS or spec.method not in PROGRESSIVE_METHODS \
             or spec.tier_scope != "matrix" or spec.assignment != "importance" or spec.within_block == "obs":
         raise UserError("the progressive schedule runs three-tier blocks ranked per matrix by importance, with "
                         f"{', '.join(PROGRESSIVE_METHODS)} scores (within-block score or magnitude)")

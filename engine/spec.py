@@ -1,18 +1,18 @@
 """What to prune and how: one validated object, checked once at the edge (CLI, dashboard, API)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from .errors import SpecError
 from .methods import METHODS
-from .patterns import PATTERNS
+from .patterns import ORIGINAL_URL as ORIGINAL_URL  # re-exported: recipes and the CLI name them from here
+from .patterns import PATTERNS, pattern_params
+from .patterns import THREE_TIER_RATIOS as THREE_TIER_RATIOS
 from .patterns import check as _check
 
 TIER_NAMES = ("dense", "2:4", "topk")  # tier ids 0, 1, 2 in every tier map
 MAX_SEED = 2**32 - 1    # numpy and torch seeds; larger overflow only after the model and data are loaded
-THREE_TIER_RATIOS = (0.35, 0.45, 0.20)  # the split the fork's model list documents (--sparsity_ratios 0.35 0.45 0.2)
-ORIGINAL_URL = "https://github.com/Jiajun-Ji/wanda"
-# Named three-tier recipes. ORIGINAL: the three-tier rule of the Wanda hybrid fork (ORIGINAL_URL,
+# Named three-tier recipes. ORIGINAL: the three-tier rule of the Wanda hybrid of Ji et al. (ORIGINAL_URL,
 # main_block_three_tier.py) with its defaults, mask for mask. BEST: the best split and recipe measured on SmolLM2
 # (bench/RESULTS.md "Which split beats 2:4?": a search of the ratio triangle, K and B on one calibration, the best
 # splits then walked exactly): Fisher-weighted Wanda ranks blocks model-wide by cost, the mask is fixed, the OBS
@@ -22,9 +22,27 @@ ORIGINAL_RECIPE = dict(method="wanda", tier_scope="matrix", assignment="importan
 BEST_THREE_TIER = dict(method="fisher_wanda", tier_scope="model", assignment="cost", within_block="score",
                        reconstruct=True, block_rule="exact", ratios=(0.15, 0.25, 0.60), keep=96)
 RECIPES = {"original": ORIGINAL_RECIPE, "best": BEST_THREE_TIER}
+RECIPE_PATTERN = "three_tier"  # the pattern the named recipes are for
 
 
-@dataclass(frozen=True)
+def _with_pattern_params(cls):
+    """Each pattern parameter (engine/patterns.py) a field of `cls` with its declared default, after `pattern`:
+    a pattern with a new parameter needs no edit here."""
+    own = dict(cls.__annotations__)
+    cls.__annotations__ = {}
+    for name, kind in own.items():
+        cls.__annotations__[name] = kind
+        if name == "pattern":
+            for param in pattern_params().values():
+                cls.__annotations__[param.name] = param.type
+                setattr(cls, param.name, field(default=param.default))
+    return dataclass(frozen=True)(cls)
+
+
+_TUPLES = [name for name, param in pattern_params().items() if param.type is tuple]
+
+
+@_with_pattern_params
 class PruneSpec:
     """A pruning run's recipe. Build with `PruneSpec(...)`; invalid values raise SpecError at once.
 
@@ -58,19 +76,7 @@ class PruneSpec:
 
     method: str = "wanda"
     pattern: str = "unstructured"
-    sparsity: float = 0.5
-    n: int = 2
-    m: int = 4
-    ratios: tuple[float, float, float] = THREE_TIER_RATIOS
-    block: int = 16
-    keep: int = 15
-    top_blocks_ratio: float = 0.6
-    score_threshold: float = 0.8
-    block_rule: str = "exact"
-    tier_scope: str = "matrix"
-    within_block: str = "score"
-    assignment: str = "importance"
-    group: str | None = None
+    # ... then every pattern's parameters (sparsity, n, m, ratios, block, keep ...: engine/patterns.py)
     reconstruct: bool = False
     nsamples: int = 128
     seqlen: int | None = None
@@ -78,10 +84,13 @@ class PruneSpec:
     damp: float = 0.01
     obs_blocksize: int = 128
     prune_router: bool = False
-    use_variant: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
+        for name in _TUPLES:  # a list from JSON or a form -> the tuple of numbers the spec holds
+            try:
+                object.__setattr__(self, name, tuple(float(r) for r in getattr(self, name)))
+            except (TypeError, ValueError):
+                raise SpecError(f"{name} must be numbers, got {str(getattr(self, name))[:40]}") from None
         _check(self.method in METHODS, f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         _check(self.pattern in PATTERNS, f"unknown pattern {self.pattern!r}; choose one of {', '.join(PATTERNS)}")
         _check(isinstance(self.nsamples, int) and self.nsamples >= 1,
@@ -93,8 +102,11 @@ class PruneSpec:
                f"seed must be a whole number in [0, {MAX_SEED}], got {str(self.seed)[:24]}")
         _check(0.0 < self.damp < 1.0, f"damp must lie in (0, 1), got {self.damp}")
         _check(self.obs_blocksize >= 1, f"obs_blocksize must be >= 1, got {self.obs_blocksize}")
-        _check(not self.use_variant or "use_variant" in PATTERNS[self.pattern].fields,
-               f"the Wanda variant (use_variant) is for unstructured sparsity, not {self.sparsity_type}")
+        reads = PATTERNS[self.pattern].fields
+        for name, param in pattern_params().items():  # a switch of another pattern is never silently ignored
+            _check(param.type is not bool or name in reads or not getattr(self, name),
+                   f"{name} is for {', '.join(n for n, p in PATTERNS.items() if name in p.fields)}, "
+                   f"not {self.sparsity_type}")
         PATTERNS[self.pattern].validate(self)
 
     # -- derived (from the method's and the pattern's registry entries) ---------------------------------
@@ -143,8 +155,7 @@ class PruneSpec:
         cache key. Derived from all fields, less the parameters of other patterns and those a spec of this kind
         never reads (calibration for magnitude masks, OBS settings without an update), so a field added later
         is part of every key until someone proves it inert here."""
-        d = asdict(self)
-        d["ratios"] = list(self.ratios)
+        d = self._as_json()
         others = {name for p in PATTERNS.values() for name in p.fields} - set(PATTERNS[self.pattern].fields)
         for name in others:
             d.pop(name)
@@ -159,8 +170,7 @@ class PruneSpec:
         return d
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["ratios"] = list(self.ratios)
+        d = self._as_json()
         d["sparsity_type"] = self.sparsity_type
         d["nominal_sparsity"] = self.nominal_sparsity()
         return d
@@ -168,27 +178,43 @@ class PruneSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "PruneSpec":
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "ratios" in known:
-            known["ratios"] = tuple(known["ratios"])
         return cls(**known)
+
+    def _as_json(self) -> dict:
+        d = asdict(self)
+        d.update({name: list(d[name]) for name in _TUPLES})
+        return d
 
     def replace(self, **changes) -> "PruneSpec":
         return replace(self, **changes)
 
 
 def parse_sparsity_type(text: str) -> dict:
-    """A pattern name (or one of its aliases), 'N:M' (e.g. '2:4') or the fork's 'hybrid_2_4' -> PruneSpec keyword
+    """A pattern name (or one of its aliases) or a pattern's own syntax ('N:M', e.g. '2:4') -> PruneSpec keyword
     arguments."""
     t = text.strip().lower().replace("-", "_")
     for name, p in PATTERNS.items():
         if t in p.aliases or (t == name and p.sparsity_type is None):
             return {"pattern": name}
-    parts = t.split(":")
-    if len(parts) == 2 and all(p.isdigit() for p in parts):
-        _check(all(len(p) <= 9 for p in parts), f"N:M needs N < M <= 65536, got {text[:24]!r}")
-        n, m = int(parts[0]), int(parts[1])
-        _check(0 <= n < m, f"N:M needs N < M, got {n}:{m}")
-        return {"pattern": "nm", "n": n, "m": m}
-    names = [name for name, p in PATTERNS.items() if p.sparsity_type is None] + \
-        [a for p in PATTERNS.values() if p.sparsity_type is not None for a in p.aliases]
-    raise SpecError(f"unknown sparsity type {text[:40]!r}; use N:M (e.g. 2:4, 4:8) or one of {', '.join(names)}")
+    for name, p in PATTERNS.items():
+        fields = p.parse(t)
+        if fields is not None:
+            return {"pattern": name, **fields}
+    raise SpecError(f"unknown sparsity type {text[:40]!r}; use {' or '.join(sparsity_type_names())}")
+
+
+def sparsity_type_names() -> list[str]:
+    """What --sparsity_type accepts: the patterns' syntaxes, then their names."""
+    syntaxes = [p.syntax for p in PATTERNS.values() if p.syntax]
+    return [*syntaxes, " | ".join(name for name, p in PATTERNS.items() if p.sparsity_type is None)]
+
+
+def spec_label(spec: dict | None) -> str:
+    """The label of a record's spec (PruneSpec.label()); the method and pattern names where the stored spec no
+    longer validates (a record written by another version); "?" for a record without one."""
+    if not isinstance(spec, dict) or "pattern" not in spec:
+        return "?"
+    try:
+        return PruneSpec.from_dict(spec).label()
+    except (SpecError, TypeError, ValueError):
+        return f"{spec.get('method', '?')} {spec.get('pattern', '?')}"

@@ -101,8 +101,7 @@ def sweep_table(records: list[dict]) -> str:
             "|---|---|---|---|---|---|---|---|"]
     for r in records:
         spec = PruneSpec.from_dict(r["spec"])
-        split = "/".join(f"{x:g}" for x in spec.ratios) if "ratios" in PATTERNS[spec.pattern].fields \
-            else f"{spec.nominal_sparsity():g}"
+        split = "/".join(f"{x:g}" for x in PATTERNS[spec.pattern].point(spec))
         rows.append(f"| {split} | {r['sparsity']:.4f} | {r['ppl']:.3f} | {r['ppl_low']:.3f}-{r['ppl_high']:.3f} | "
                     f"{r['storage']['bytes'] / 2**20:.2f} | {r['storage']['ratio']:.3f} | {r['replan_s']:.2f} | "
                     f"{r['estimate_s']:.1f} |")

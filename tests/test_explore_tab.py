@@ -56,8 +56,9 @@ def bit_equal(model, saved) -> bool:
 
 def move(dash, xs, dense=0.35, two_four=0.45, sparsity=0.5, keep=15, block=16, scope="layer",
          assignment="importance", windows=WINDOWS, tokens=TOKENS):
-    return explore_tab.move(dash, xs, dense, two_four, sparsity, keep, block, scope, assignment, windows, tokens,
-                            "sparsity")
+    replan = dict(tier_scope=scope, assignment=assignment, block=block, keep=keep)
+    return explore_tab.move(dash, xs, dense, two_four, sparsity, *(replan[n] for n in explore.replan_params()),
+                            windows, tokens, "sparsity")
 
 
 @pytest.fixture(scope="module")

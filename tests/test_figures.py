@@ -6,8 +6,9 @@ import pytest
 
 from components import figures
 from components.figures import MAX_TIER_CELLS, TIER_COLORS, pool_factor, pool_tiers, tier_map_figure
+from engine.patterns import PATTERNS
 from engine.record import encode_array, encode_tier_map
-from engine.spec import PruneSpec
+from engine.spec import PruneSpec, spec_label
 
 MODULES = [("self_attn.q_proj", 64, 64), ("self_attn.k_proj", 32, 64), ("mlp.down_proj", 64, 128)]
 
@@ -221,6 +222,24 @@ def test_ternary_places_runs_by_their_split_and_colours_by_perplexity():
         assert np.allclose(np.asarray(line.a) + line.b + line.c, 1)
 
 
-def test_run_label_names_the_spec():
-    assert figures.run_label(make_record()) == "wanda three-tier 0.35/0.45/0.2 K=15"
-    assert figures.run_label({"spec": PruneSpec(method="magnitude", pattern="nm").to_dict()}) == "magnitude 2:4"
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+def test_every_pattern_is_labelled_by_its_spec_in_the_runs_table_past_runs_and_run_pickers(pattern, tmp_path):
+    from components.history import History
+    from components.session import Session
+    from components.tables import overview_html, runs_table
+    from engine.store import RunStore
+    spec = PruneSpec(method="magnitude", pattern=pattern)
+    record = dict(make_record(), run_id=f"20260101-000000-{list(PATTERNS).index(pattern):08x}", spec=spec.to_dict())
+    assert runs_table([record])["spec"].tolist() == [spec.label()]
+    assert spec.label() in overview_html(record)
+    store = RunStore(tmp_path)
+    store.save(record)
+    assert [s["spec"] for s in History(store).summaries()] == [spec.label()]
+    session = Session()
+    session.add(record)
+    assert session.run_choices()[0][0] == f"#1 {spec.label()} · completed"
+
+
+def test_a_stored_spec_that_no_longer_validates_is_labelled_by_its_method_and_pattern():
+    assert spec_label({"method": "wanda", "pattern": "nm", "n": 4, "m": 4}) == "wanda nm"
+    assert spec_label(None) == spec_label({}) == "?"

@@ -101,7 +101,7 @@ def test_discovery_on_the_real_model(smollm2):
 
 
 def test_loss_weighted_three_tier_beats_uniform_two_four(smollm2, tmp_path):
-    """Issue 6 in small (4 x 128 calibration, 4 x 128 evaluation; bench/HYBRID.md has the full protocol):
+    """The three-tier study in small (4 x 128 calibration, 4 x 128 evaluation; bench/HYBRID.md has the full protocol):
     three-tier at 41% ranked model-wide by Fisher-weighted Wanda, masks only, beats uniform Wanda 2:4 at 50%
     (ranked per matrix by importance it loses by far: bench/HYBRID.md)."""
     ppl = {}
