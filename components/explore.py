@@ -29,6 +29,16 @@ from engine.explore import (
 from engine.methods import METHODS
 from engine.patterns import PATTERNS, pattern_params
 from engine.pruner import prune_model
+from engine.search import (
+    evaluation_key,
+    list_studies,
+    open_storage,
+    open_study,
+    search,
+    search_space,
+    study_identity,
+    trial_records,
+)
 from engine.spec import PruneSpec
 
 from .jobs import Job
@@ -37,8 +47,9 @@ CALIBRATIONS = CalibrationCache(size=2)  # one per process, like the model cache
 REPLANS = threading.Lock()               # a re-plan fills its calibration's per-block store: one at a time
 ESTIMATE_WINDOWS = 4                     # ~1-2 s a window of 256 tokens for SmolLM2 on 2 CPU cores
 ESTIMATE_TOKENS = 256
-# a Pareto point's kind: a split estimated masks only, a reference re-planned the same way, a reference pruned for real
-SPLIT, REFERENCE, EXACT_REFERENCE = "split", "reference", "exact reference"
+# a Pareto point's kind: a split estimated masks only, a reference re-planned the same way, a reference pruned for real,
+# a trial of a split search (estimated as a split is)
+SPLIT, REFERENCE, EXACT_REFERENCE, SEARCH = "split", "reference", "exact reference", "search trial"
 
 
 @dataclass
@@ -230,18 +241,23 @@ def estimate_html(event: dict | None, note: str = "") -> str:
 def add_point(state: ExploreState, plan: Replan, est, storage: dict, kind: str = SPLIT) -> dict:
     """Keep an estimated split (or an exact reference: `plan` then holds the pruned model's masks) as a point of
     the Pareto view; the same spec and kind again replaces its point."""
-    label = plan.spec.label()
-    point = {"label": label, "kind": kind, "sparsity": plan.sparsity, "storage": storage["bytes"],
-             "ppl": est.ppl, "ppl_low": est.ppl_low, "ppl_high": est.ppl_high, "windows": est.windows,
-             "estimate": est.kind if kind != EXACT_REFERENCE else "exact",
-             "spec": plan.spec.to_dict(), "requested": plan.requested.to_dict(), "exact": None}
+    return put_point(state, {"label": plan.spec.label(), "kind": kind, "sparsity": plan.sparsity,
+                             "storage": storage["bytes"], "ppl": est.ppl, "ppl_low": est.ppl_low,
+                             "ppl_high": est.ppl_high, "windows": est.windows,
+                             "estimate": est.kind if kind != EXACT_REFERENCE else "exact", "spec": plan.spec.to_dict(),
+                             "requested": plan.requested.to_dict(), "exact": None})
+
+
+def put_point(state: ExploreState, point: dict) -> dict:
+    """Number a new point, or replace the point of the same label and kind (keeping its number and exact run)."""
+    label, kind = point["label"], point["kind"]
     old = next((i for i, p in enumerate(state.points) if p["label"] == label and p["kind"] == kind), None)
     if old is None:
         point["n"] = len(state.points) + 1
         state.points = [*state.points, point]
     else:
         point["n"], point["exact"] = state.points[old]["n"], state.points[old]["exact"]
-        if point["estimate"] == "with update":  # it follows the masks-only number of the same split
+        if point.get("estimate") == "with update":  # it follows the masks-only number of the same split
             point["masks_only"] = state.points[old]["ppl"]
         state.points = [*state.points[:old], point, *state.points[old + 1:]]
     return point
@@ -297,6 +313,61 @@ def reference_job(setup: Setup, specs: list[PruneSpec], models, windows: int, to
     return target
 
 
+# ---- the split search (engine/search.py) -------------------------------------------------------------------------
+
+def search_job(setup: Setup, settings, storage_url: str, study_name: str | None, tokens: int, models,
+               on_restore=None):
+    """A job target: open (or resume) the study of this calibration, then add trials, each streamed as
+    {"stage": "search", "record"}; {"stage": "study", "name", "records"} first, with the trials it already holds.
+    Cancel stops it between estimate windows; every finished trial is in the study."""
+    def target(progress, cancel):
+        if ensure_dense(setup, models) and on_restore is not None:
+            on_restore()
+        cal = setup.calibration
+        space = search_space(setup.spec, cal.model)
+        identity = study_identity(cal.key, space, settings, evaluation_key(setup.eval_ids, tokens, settings.windows,
+                                                                           estimate))
+        study = open_study(open_storage(storage_url), study_name, identity, settings,
+                           model=setup.request.model or "embedded")
+        progress({"stage": "study", "name": study.study_name, "records": trial_records(study),
+                  "fields": space.fields})
+        with REPLANS:
+            return search(study, cal, space, settings, setup.eval_ids, tokens, progress=progress, cancel=cancel)
+    return target
+
+
+def search_point(state: ExploreState, record: dict, calibration: dict | None) -> dict | None:
+    """A finished trial as a Pareto point (kind SEARCH); `calibration` is its study's calibration key, which a click
+    must match to open the trial's maps. Trials outside the band or cap have no estimate and no point."""
+    if record.get("ppl") is None:
+        return None
+    return put_point(state, {"label": record["label"], "kind": SEARCH, "sparsity": record["sparsity"],
+                             "storage": record["storage_bytes"], "ppl": record["ppl"], "ppl_low": record["ppl_low"],
+                             "ppl_high": record["ppl_high"], "windows": record["windows"], "spec": record["spec"],
+                             "requested": record.get("requested", record["spec"]), "exact": None,
+                             "trial": record["number"],
+                             "calibration": calibration})
+
+
+def past_searches(storage_url: str) -> list[dict]:
+    """The studies in the storage (engine/search.list_studies); [] when it cannot be read."""
+    try:
+        return list_studies(open_storage(storage_url))
+    except UserError:
+        return []
+
+
+def load_search(storage_url: str, name: str) -> tuple[list[dict], dict]:
+    """A past study's finished trials and its identity (calibration key, settings)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage_url))
+    except KeyError:
+        raise UserError(f"no search named {name!r} in the study storage") from None
+    return trial_records(study), study.user_attrs.get("identity") or {}
+
+
 def pareto_front(x: list[float], y: list[float], more_x_is_better: bool = True) -> list[int]:
     """Indices of the points no other point beats: as good or better on both axes and strictly on one (lower y;
     higher x when more_x_is_better, else lower x), sorted along x."""
@@ -305,7 +376,6 @@ def pareto_front(x: list[float], y: list[float], more_x_is_better: bool = True) 
              if not any(sign * x[j] >= sign * x[i] and y[j] <= y[i] and (sign * x[j] > sign * x[i] or y[j] < y[i])
                         for j in range(len(x)))]
     return sorted(front, key=lambda i: x[i])
-
 
 
 POINT_COLUMNS = ["#", "split", "kind", "sparsity", "storage MiB", "estimate", "± spread", "exact", "front"]

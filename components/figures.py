@@ -14,7 +14,7 @@ from plotly.subplots import make_subplots
 from engine.record import decode_array, decode_tier_map
 from engine.spec import TIER_NAMES, spec_label
 
-from .explore import EXACT_REFERENCE, REFERENCE, SPLIT, pareto_front
+from .explore import EXACT_REFERENCE, REFERENCE, SEARCH, SPLIT, pareto_front
 from .registry import method_colours
 
 # Okabe-Ito colours: told apart by readers with the common colour-vision deficiencies.
@@ -377,6 +377,7 @@ def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
                              hoverinfo="skip"))
     groups = [(SPLIT, how, f"explored split (estimate, {how})", symbol, TIER_COLORS["dense"])
               for how, symbol in (("masks only", "circle-open"), ("with update", "circle"))]
+    groups.append((SEARCH, "masks only", "search trial (estimate)", "circle-open", "#0072B2"))
     groups += [(REFERENCE, how, f"reference (estimate, {how})", symbol, "#D55E00")
                for how, symbol in (("masks only", "square-open"), ("with update", "square"))]
     groups.append((EXACT_REFERENCE, "exact", "SparseGPT reference (exact walk)", "diamond-open", "#CC79A7"))

@@ -28,6 +28,8 @@ class Limits:
     seqlen: int = 2048                # tokens per window
     eval_windows: int = 64            # perplexity windows
     sweep_splits: int = 16            # tier splits in one sweep
+    search_trials: int = 60           # trials of one split search
+    search_minutes: float = 30.0      # minutes of one split search
 
 
 PUBLIC_LIMITS = Limits()
@@ -129,6 +131,16 @@ def check_request(values: dict, public: bool, limits: Limits = PUBLIC_LIMITS, ex
     problems = validate_request(values, public, limits, exists)
     if problems:
         raise UserError("; ".join(problems))
+
+
+def check_search(trials: int | None, minutes: float | None, public: bool, limits: Limits = PUBLIC_LIMITS) -> None:
+    """A public server's search has both budgets, each within its limit."""
+    if not public:
+        return
+    if trials is None or trials > limits.search_trials:
+        raise UserError(f"a search on this server adds at most {limits.search_trials} trials; give a number of trials")
+    if minutes is None or minutes > limits.search_minutes:
+        raise UserError(f"a search on this server runs at most {limits.search_minutes:g} minutes; give minutes")
 
 
 def check_sweep(n_splits: int, public: bool, limits: Limits = PUBLIC_LIMITS) -> None:
