@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import engine.matrix as matrix  # noqa: E402
 import engine.pruner as pruner  # noqa: E402
+import engine.walk as walk  # noqa: E402
 from bench.common import (  # noqa: E402
     DEFAULT_DATA,
     RESULTS,
@@ -39,7 +41,7 @@ from bench.common import (  # noqa: E402
     write_json,
 )
 from engine import data as textdata  # noqa: E402
-from engine.spec import PruneSpec  # noqa: E402
+from engine.spec import BEST_THREE_TIER, PruneSpec  # noqa: E402
 
 WANDA_TARGET = 2.5
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
@@ -63,46 +65,61 @@ def random_llama_7b(layers: int, device: str, dtype: torch.dtype):
 
 
 class StageTimers:
-    """Wrap the walk's functions with wall clocks: collect = a layer run with statistics hooks, propagate = the
-    run that makes the next layer's inputs, scores = method scores (three-tier only), prune_matrix = masks + OBS."""
+    """Wrap the walk's functions with wall clocks (the engine is not changed), per phase: the model-wide planning
+    pass (_model_wide_plans, tier scope "model") or the pruning walk. collect = a layer run with statistics hooks,
+    propagate = the run that makes the next layer's inputs, scores = method scores, masks = prune_matrix less the
+    OBS update (sparsegpt_prune), gradient = the Fisher pass."""
 
-    NAMES = ("_collect", "run_layer", "matrix_scores", "prune_matrix")
+    WRAPPED = ((walk, "layer_statistics"), (walk, "run_layer"), (pruner, "matrix_scores"), (pruner, "prune_matrix"),
+               (pruner, "gradient_pass"), (pruner, "_model_wide_plans"), (matrix, "sparsegpt_prune"))
 
     def __init__(self, device):
         self.device, self.seconds, self.calls = device, defaultdict(float), defaultdict(int)
+        self.phase = "walk"
         self._saved = {}
 
     def __enter__(self):
-        for name in self.NAMES:
-            self._saved[name] = fn = getattr(pruner, name)
-            setattr(pruner, name, self._timed(name, fn))
+        for module, name in self.WRAPPED:
+            self._saved[(module, name)] = fn = getattr(module, name)
+            setattr(module, name, self._timed(name, fn))
         return self
 
     def _timed(self, name, fn):
         def wrapper(*args, **kwargs):
             sync(self.device)
-            t = time.perf_counter()
+            outer, t = self.phase, time.perf_counter()
+            if name == "_model_wide_plans":
+                self.phase = "plan"
             try:
                 return fn(*args, **kwargs)
             finally:
                 sync(self.device)
-                self.seconds[name] += time.perf_counter() - t
-                self.calls[name] += 1
+                self.phase = outer
+                self.seconds[f"{name}@{outer}"] += time.perf_counter() - t
+                self.calls[f"{name}@{outer}"] += 1
         return wrapper
 
     def __exit__(self, *exc):
-        for name, fn in self._saved.items():
-            setattr(pruner, name, fn)
+        for (module, name), fn in self._saved.items():
+            setattr(module, name, fn)
 
     def breakdown(self, total_s: float, capture_s: float) -> dict:
-        # _collect calls run_layer through the module global, so the wrapped run_layer also counts collect's
+        # layer_statistics calls run_layer through the module global, so the wrapped run_layer also counts its
         # layer runs: propagation is what is left after taking those out.
-        collect = self.seconds["_collect"]
-        propagate = self.seconds["run_layer"] - collect
-        parts = {"capture_s": capture_s, "collect_stats_s": collect, "propagate_s": propagate,
-                 "scores_s": self.seconds["matrix_scores"], "prune_matrix_s": self.seconds["prune_matrix"]}
+        s = self.seconds
+        plan = {"plan_collect_s": s["layer_statistics@plan"], "plan_scores_s": s["matrix_scores@plan"]}
+        plan["plan_other_s"] = s["_model_wide_plans@walk"] - sum(plan.values())
+        collect = s["layer_statistics@walk"]
+        parts = {"capture_s": capture_s, "gradient_s": s["gradient_pass@walk"], **plan, "collect_stats_s": collect,
+                 "propagate_s": s["run_layer@walk"] - collect, "scores_s": s["matrix_scores@walk"],
+                 "masks_s": s["prune_matrix@walk"] - s["sparsegpt_prune@walk"], "update_s": s["sparsegpt_prune@walk"]}
+        parts["capture_s"] -= parts["gradient_s"]  # the pruner's capture_s timer starts before the gradient pass
         parts["other_s"] = total_s - sum(parts.values())
         return {k: round(v, 3) for k, v in parts.items()}
+
+
+RECIPES = {"best": dict(pattern="three_tier", **BEST_THREE_TIER),
+           "sparsegpt-2:4": dict(method="sparsegpt", pattern="nm", n=2, m=4)}
 
 
 def main() -> None:
@@ -114,6 +131,8 @@ def main() -> None:
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"])
     p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--recipes", nargs="+", choices=RECIPES, default=[],
+                   help="named recipes instead of --methods: the best three-tier recipe, SparseGPT 2:4")
     p.add_argument("--random-llama-7b", action="store_true", help="LLaMA-7B shape with random weights and tokens")
     p.add_argument("--layers", type=int, default=None, help="truncate the random LLaMA to N decoder layers")
     p.add_argument("--out", default=None, help="default bench/results/prune_speed[_llama7b]_<device>.json")
@@ -151,9 +170,10 @@ def main() -> None:
     forwards = [forward_pass(model, windows, device)]
     print(f"forward pass: {forwards[-1].wall:.1f} s", file=sys.stderr, flush=True)
     rows = []
-    for method in a.methods:
-        spec = PruneSpec(method=method, pattern="unstructured", sparsity=a.sparsity, nsamples=a.nsamples,
-                         seqlen=a.seqlen)
+    runs = [(r, PruneSpec(nsamples=a.nsamples, seqlen=a.seqlen, **RECIPES[r])) for r in a.recipes] or \
+        [(m, PruneSpec(method=m, pattern="unstructured", sparsity=a.sparsity, nsamples=a.nsamples, seqlen=a.seqlen))
+         for m in a.methods]
+    for method, spec in runs:
         with peak_memory(device) as mem, StageTimers(device) as timers, Stopwatch(device) as sw:
             result = pruner.prune_model(model, spec, windows)
         model.load_state_dict(dense)

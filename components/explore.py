@@ -17,9 +17,11 @@ from engine import data as textdata
 from engine.baselines import model_fingerprint
 from engine.errors import UserError
 from engine.explore import (
+    FIRST_WINDOWS,
     Calibration,
     CalibrationCache,
     Replan,
+    calibrate_progressively,
     estimate,
     evaluate_windows,
     held_masks,
@@ -66,11 +68,12 @@ class Setup:
     calib_name: str | None
     seconds: float                       # what this press took (a cache hit: milliseconds)
     cached: bool
+    first: Calibration | None = None     # the first maps' calibration (a few windows), held only until the full lands
 
     @property
     def calibration(self) -> Calibration:
         """The shared calibration, while the server still keeps it (a tab never holds one alive on its own)."""
-        cal = CALIBRATIONS.find(self.key)
+        cal = self.first or CALIBRATIONS.find(self.key)
         if cal is None:
             raise UserError(f"this calibration was dropped to make room for newer ones (the server keeps "
                             f"{CALIBRATIONS.size}): press Calibrate again")
@@ -145,9 +148,12 @@ EXPLORATIONS = Explorations()
 
 # ---- calibration -------------------------------------------------------------------------------------------------
 
-def calibrate(req, models, progress, cancel) -> Setup:
+def calibrate(req, models, progress, cancel, first: tuple[int, int] | None = None) -> Setup:
     """Load (or reuse) the request's model, dense, and calibrate it for the request's spec; served from
-    CALIBRATIONS when nothing it depends on changed. Runs on an engine job (it has the model to itself)."""
+    CALIBRATIONS when nothing it depends on changed. Runs on an engine job (it has the model to itself).
+    first: (estimate windows, tokens): when the calibration is not served from the cache, first calibrate on a few
+    windows and stream the form's split from them ({"stage": "first", "setup"}, then explore_job's events) before
+    the full calibration, which is returned."""
     spec = req.spec
     t0 = time.perf_counter()
     eval_src = textdata.resolve_text(req.eval, "evaluation") if req.eval else None
@@ -164,12 +170,25 @@ def calibrate(req, models, progress, cancel) -> Setup:
         progress({"stage": "calibration", "message": f"sampling {spec.nsamples} windows of {seqlen} tokens"})
         windows = textdata.calibration_windows(lm.tokenizer, calib_src, spec.nsamples, seqlen, spec.seed)
     eval_ids = textdata.evaluation_ids(lm.tokenizer, eval_src)
-    started = time.perf_counter()
-    cal = CALIBRATIONS.get(lm.model, spec, windows, data=calib_src.name if calib_src else None,
-                           progress=progress, cancel=cancel)
-    cached = time.perf_counter() - started < cal.seconds / 2  # a hit costs the key (a fingerprint), not a pass
-    return Setup(spec.replace(seqlen=seqlen), req, cal.key, eval_ids, windows, eval_src.name,
-                 calib_src.name if calib_src else None, time.perf_counter() - t0, cached)
+    data = calib_src.name if calib_src else None
+    if first is not None and context is not None and first[1] > context:
+        first = None  # the estimate's windows do not fit the model: the split's own estimate says so afterwards
+    hit = CALIBRATIONS.peek(lm.model, spec, windows, data=data, hessians=True)
+
+    def setup_of(cal) -> Setup:
+        partial = windows is not None and cal.windows < len(windows)  # not in the cache: held by this setup alone
+        return Setup(spec.replace(seqlen=seqlen), req, cal.key, eval_ids, windows, eval_src.name, data,
+                     time.perf_counter() - t0, hit is not None, cal if partial else None)
+    if hit is not None:
+        return setup_of(hit)
+    for cal in calibrate_progressively(lm.model, spec, windows, data=data, progress=progress, cancel=cancel,
+                                       hessians=True, cache=CALIBRATIONS, first=FIRST_WINDOWS if first else 0):
+        if windows is not None and cal.windows < len(windows):  # the first maps, from a few windows
+            progress({"stage": "first", "setup": setup_of(cal)})
+            explore_job(setup_of(cal), [spec.replace(seqlen=seqlen)], models, *first)(progress, cancel)
+            progress({"stage": "calibration", "message": f"the other {len(windows) - cal.windows} of "
+                                                         f"{len(windows)} calibration windows"})
+    return setup_of(cal)
 
 
 def calibration_text(setup: Setup) -> str:
@@ -177,8 +196,13 @@ def calibration_text(setup: Setup) -> str:
     how = (f"served from the cache in {setup.seconds:.2f} s (calibrated in {cal.seconds:.1f} s)" if setup.cached
            else f"calibrated in {cal.seconds:.1f} s ({setup.seconds:.1f} s with loading and data)")
     data = f" on {markdown_text(setup.calib_name)}" if setup.calib_name else ""
+    hessians = (f", {cal.hessian_nbytes / 2**20:,.0f} MiB of Hessians for the estimate with the update"
+                if cal.hessians is not None else f" ({cal.hessians_note})" if cal.hessians_note else "")
+    rests = (f" · **first maps from {cal.windows} of {len(setup.windows)} calibration windows**; the rest are "
+             "calibrating, the maps are re-planned when they land" if setup.windows is not None
+             and cal.windows < len(setup.windows) else "")
     return (f"**{setup.spec.method}**{data}: {how}; {len(cal.matrices)} matrices, "
-            f"{cal.nbytes / 2**20:.1f} MiB of statistics. Evaluation text: {markdown_text(setup.eval_name)}.")
+            f"{cal.nbytes / 2**20:.1f} MiB of statistics{hessians}. Evaluation text: {markdown_text(setup.eval_name)}.{rests}")
 
 
 def markdown_text(text) -> str:
@@ -227,8 +251,9 @@ def ensure_dense(setup: Setup, models) -> bool:
 
 def explore_job(setup: Setup, specs: list[PruneSpec], models, windows: int | None, tokens: int, on_restore=None):
     """A job target: for each spec, re-plan ({"stage": "planned", "plan"}), then estimate on `windows` windows of
-    `tokens` tokens (streamed; {"stage": "estimated", "plan", "estimate"} at the end; windows None: maps only).
-    The model is left exactly dense; a set cancel stops between windows."""
+    `tokens` tokens (streamed; {"stage": "estimated", "plan", "estimate"} at the end; windows None: maps only);
+    when the recipe updates weights and the calibration kept its Hessians, a second estimate with the update follows
+    (its events' "kind" says which). The model is left exactly dense; a set cancel stops at once."""
     def target(progress, cancel):
         if ensure_dense(setup, models) and on_restore is not None:
             on_restore()
@@ -239,9 +264,14 @@ def explore_job(setup: Setup, specs: list[PruneSpec], models, windows: int | Non
                 plan = replan(setup.calibration, spec)
             progress({"stage": "planned", "plan": plan, "storage": storage_estimate(plan)})
             if windows:
-                est = estimate(setup.calibration.model, plan, setup.eval_ids, tokens, windows=windows,
-                               progress=progress, cancel=cancel)
+                cal = setup.calibration
+                est = estimate(cal.model, plan, setup.eval_ids, tokens, windows=windows, progress=progress,
+                               cancel=cancel)
                 progress({"stage": "estimated", "plan": plan, "estimate": est})
+                if est.status == "completed" and plan.requested.updates_weights and cal.hessians is not None:
+                    est = estimate(cal.model, plan, setup.eval_ids, tokens, windows=windows, progress=progress,
+                                   cancel=cancel, update_from=cal)
+                    progress({"stage": "estimated", "plan": plan, "estimate": est})
     return target
 
 
@@ -269,6 +299,9 @@ def summary_text(plan: Replan, storage: dict) -> str:
              if blocks else "")
     notes = "; ".join(plan.notes) if plan.notes else "the masks are those the exact walk would choose from these " \
                                                       "statistics"
+    if plan.requested.updates_weights:
+        notes += "; then with the update, each matrix pruned as the exact walk prunes it from the dense inputs' " \
+                 "Hessian, when the calibration kept them"
     return (f"**{plan.spec.label()}** — sparsity **{plan.sparsity:.2%}**{tiers} · storage "
             f"**{storage['bytes'] / 2**20:,.1f} MiB** of {storage['dense_bytes'] / 2**20:,.1f} MiB dense "
             f"({storage['bits_per_weight']:.2f} bits per weight) · re-planned in {plan.seconds:.2f} s.  \n"
@@ -290,7 +323,8 @@ def add_point(state: ExploreState, plan: Replan, est, storage: dict, kind: str =
     the Pareto view; the same spec and kind again replaces its point."""
     return put_point(state, {"label": plan.spec.label(), "kind": kind, "sparsity": plan.sparsity,
                              "storage": storage["bytes"], "ppl": est.ppl, "ppl_low": est.ppl_low,
-                             "ppl_high": est.ppl_high, "windows": est.windows, "spec": plan.spec.to_dict(),
+                             "ppl_high": est.ppl_high, "windows": est.windows,
+                             "estimate": est.kind if kind != EXACT_REFERENCE else "exact", "spec": plan.spec.to_dict(),
                              "requested": plan.requested.to_dict(), "exact": None})
 
 
@@ -303,6 +337,8 @@ def put_point(state: ExploreState, point: dict) -> dict:
         state.points = [*state.points, point]
     else:
         point["n"], point["exact"] = state.points[old]["n"], state.points[old]["exact"]
+        if point.get("estimate") == "with update":  # it follows the masks-only number of the same split
+            point["masks_only"] = state.points[old]["ppl"]
         state.points = [*state.points[:old], point, *state.points[old + 1:]]
     return point
 
@@ -430,10 +466,16 @@ def points_table(points: list[dict], axis: str = "sparsity") -> list[list]:
     done = [p for p in points if p.get("ppl")]
     x = [p["storage"] if axis == "storage" else p["sparsity"] for p in done]
     front = {done[i]["n"] for i in pareto_front(x, [p["ppl"] for p in done], more_x_is_better=axis != "storage")}
-    return [[p["n"], p["label"], p["kind"], f"{p['sparsity']:.2%}", round(p["storage"] / 2**20, 2),
+    return [[p["n"], p["label"], point_kind(p), f"{p['sparsity']:.2%}", round(p["storage"] / 2**20, 2),
              round(p["ppl"], 2) if p.get("ppl") else None,
              round((p["ppl_high"] - p["ppl_low"]) / 2, 2) if p.get("ppl") else None,
              round(p["exact"], 2) if p.get("exact") else None, "✓" if p["n"] in front else ""] for p in points]
+
+
+def point_kind(point: dict) -> str:
+    """A point's kind and what its estimate is: a split or reference "masks only" or "with update"."""
+    how = point.get("estimate", "masks only")
+    return point["kind"] if how == "exact" else f"{point['kind']}, {how}"
 
 
 def point_choices(points: list[dict]) -> list[tuple[str, int]]:

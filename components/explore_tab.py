@@ -325,7 +325,7 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
                     out[w.status] = banner("info", f"Re-planned in {plan.seconds:.2f} s"
                                            + ("; estimating perplexity…" if n else "."))
                 elif stage == "estimate":
-                    out[w.estimate] = explore.estimate_html(event, note)
+                    out[w.estimate] = explore.estimate_html(event, event.get("kind", note))
                 elif stage == "estimated" and event["estimate"].status == "completed":
                     plan, est = event["plan"], event["estimate"]
                     explore.add_point(xs, plan, est, explore.storage_estimate(plan), kind)
@@ -334,7 +334,8 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
                     finished = True
                     out[w.status] = banner("ok", f"{plan.spec.label()}: perplexity {'' if exact else '≈ '}"
                                                  f"{est.ppl:,.2f} on {est.windows} windows of {seqlen} tokens in "
-                                                 f"{est.seconds:.1f} s ({note}).")
+                                                 f"{est.seconds:.1f} s ({note if exact else est.kind}"
+                                                 f"{'; ' + est.note if est.note else ''}).")
             if out:
                 yield out
     finally:
@@ -352,12 +353,14 @@ def calibrate(page, *values, request: gr.Request | None = None):
     xs.supersede(None)
     try:
         req = runner.request(page, dict(zip(page.form, form_values)))
+        first = None if not windows else (_count(windows, "estimate windows", 1, MAX_WINDOWS),
+                                          _count(tokens, "tokens per window", 8, 1 << 20))
     except UserError as err:
         yield {w.status: banner("err", str(err))}
         raise gr.Error(str(err), print_exception=False, title="Cannot calibrate") from None
 
     def target(progress, cancel):
-        setup = explore.calibrate(req, runner.MODELS, progress, cancel)
+        setup = explore.calibrate(req, runner.MODELS, progress, cancel, first=first)
         runner.MODELS.holds_run = None  # the model was restored to dense to calibrate it
         return setup
     job = Job(target, name="calibrate")
@@ -370,9 +373,14 @@ def calibrate(page, *values, request: gr.Request | None = None):
     yield {w.status: banner("info", "Calibrating…")}
     try:
         for events in job.watch():
+            out = {}
+            for event in events:
+                out.update(first_maps(page, xs, event))
             messages = [e.get("message") for e in events if e.get("message")]
             if messages:
-                yield {w.status: banner("info", f"Calibrating: {messages[-1]}")}
+                out[w.status] = banner("info", f"Calibrating: {messages[-1]}")
+            if out:
+                yield out
     finally:
         if job.running:
             job.stop()
@@ -387,6 +395,22 @@ def calibrate(page, *values, request: gr.Request | None = None):
     yield {**controls_for(page, spec), w.calib_note: explore.calibration_text(xs.setup),
            w.topk_note: topk_text(*spec.ratios[:2])}
     yield from explore_specs(page, xs, [spec], windows, tokens, axis)
+
+
+def first_maps(page, xs: ExploreState, event: dict) -> dict:
+    """What the calibration job streams before the full calibration lands: the form's split re-planned and
+    estimated (masks only) from the first few calibration windows, labelled with how many."""
+    w, stage = page.explore, event.get("stage")
+    if stage == "first":
+        xs.setup = event["setup"]
+        return {**controls_for(page, xs.setup.spec), w.calib_note: explore.calibration_text(xs.setup)}
+    rests = f"from {xs.setup.calibration.windows} calibration windows" if xs.setup is not None else ""
+    if stage == "planned":
+        return {**show_plan(page, xs, event["plan"], event["storage"]),
+                w.estimate: explore.estimate_html(None, "estimating…")}
+    if stage == "estimate":
+        return {w.estimate: explore.estimate_html(event, f"{event.get('kind', 'masks only')}, {rests}")}
+    return {}
 
 
 def move(page, xs: ExploreState, dense, two_four, sparsity, *values):

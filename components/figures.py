@@ -375,12 +375,15 @@ def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
     fig.add_trace(go.Scatter(x=[x_all[i] for i in front], y=[y_all[i] for i in front], mode="lines",
                              name="Pareto front", line=dict(color="#9ca3af", dash="dash", width=1.5),
                              hoverinfo="skip"))
-    for kind, name, symbol, color in ((SPLIT, "explored split (estimate)", "circle", TIER_COLORS["dense"]),
-                                      (SEARCH, "search trial (estimate)", "circle-open", "#0072B2"),
-                                      (REFERENCE, "reference (estimate)", "square-open", "#D55E00"),
-                                      (EXACT_REFERENCE, "SparseGPT reference (exact walk)", "diamond-open",
-                                       "#CC79A7")):
-        rs = [p for p in pts if p["kind"] == kind]
+    groups = [(SPLIT, how, f"explored split (estimate, {how})", symbol, TIER_COLORS["dense"])
+              for how, symbol in (("masks only", "circle-open"), ("with update", "circle"))]
+    groups.append((SEARCH, "masks only", "search trial (estimate)", "circle-open", "#0072B2"))
+    groups += [(REFERENCE, how, f"reference (estimate, {how})", symbol, "#D55E00")
+               for how, symbol in (("masks only", "square-open"), ("with update", "square"))]
+    groups.append((EXACT_REFERENCE, "exact", "SparseGPT reference (exact walk)", "diamond-open", "#CC79A7"))
+    for kind, how, name, symbol, color in groups:
+        rs = [p for p in pts if p["kind"] == kind and p.get("estimate", "exact" if kind == EXACT_REFERENCE
+                                                               else "masks only") == how]
         if not rs:
             continue
         fig.add_trace(go.Scatter(
@@ -390,8 +393,8 @@ def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
                          arrayminus=[r["ppl"] - r["ppl_low"] for r in rs], thickness=1, color=color),
             marker=dict(size=11, symbol=symbol, color=color, line=dict(width=1.5, color=color)),
             customdata=[[r["label"], r["sparsity"], r["storage"] / 2**20] for r in rs],
-            hovertemplate="#%{text} %{customdata[0]}<br>perplexity %{y:,.2f}<br>sparsity %{customdata[1]:.2%}"
-                          "<br>storage %{customdata[2]:,.1f} MiB<extra></extra>"))
+            hovertemplate=f"#%{{text}} %{{customdata[0]}}<br>perplexity %{{y:,.2f}} ({how})<br>sparsity "
+                          "%{customdata[1]:.2%}<br>storage %{customdata[2]:,.1f} MiB<extra></extra>"))
     exact = [p for p in pts if p.get("exact")]
     if exact:
         fig.add_trace(go.Scatter(

@@ -47,13 +47,14 @@ from .baselines import model_fingerprint
 from .discovery import find_decoder_layers, find_targets
 from .errors import Cancelled, UserError
 from .masks import to_blocks
+from .matrix import prune_matrix
 from .methods import METHODS, ScoreInputs
 from .patterns import PATTERNS, check_spec_fits
-from .perplexity import window_losses
-from .plan import NO_PLAN, place_tiers, plan_jointly, plan_model_wide, ranking_input
+from .perplexity import window_loop
+from .plan import NO_PLAN, MatrixPlan, place_tiers, plan_jointly, plan_model_wide, ranking_input
 from .record import encode_array, encode_tier_map
-from .sensitivity import fisher_diagonal
 from .spec import PruneSpec
+from .stats import LinearStats
 from .three_tier import (
     DENSE,
     TOPK,
@@ -61,11 +62,11 @@ from .three_tier import (
     block_importance,
     tier_census,
 )
-from .walk import StatsHooks, capture_layer_inputs, run_layer
+from .walk import Key, capture_layer_inputs, gradient_pass, targets_per_layer, walk_layers
 
 CALIBRATION_VERSION = 1      # bump when what a calibration keeps or how it is measured changes
 DEFAULT_ESTIMATE_WINDOWS = 6  # evaluation windows of a quick estimate: a few seconds for SmolLM2 on 2 CPU cores
-Key = tuple[int, str]        # (decoder layer index, matrix name inside the layer), as the walk names matrices
+HESSIAN_BUDGET_BYTES = 4 * 2**30  # input Hessians an update-aware estimate may keep (SmolLM2: 0.5 GiB; 7B: 28 GiB)
 Progress = Callable[[dict], None]
 
 
@@ -141,6 +142,9 @@ class Calibration:
     model: nn.Module
     matrices: dict[Key, KeptInputs]
     seconds: float = 0.0
+    windows: int = 0                          # calibration windows the statistics rest on
+    hessians: dict | None = None              # {key: LinearStats with its Hessian}, kept for estimate_with_update
+    hessians_note: str = ""                   # why none were kept, when they were asked for
     # the three-tier exact rule's per-block data for one (block, K, within_block, assignment), made on the first
     # re-plan that asks for it: a change of ratios or scope then re-runs only the tier assignment (BlockChoices)
     choices: dict = field(default_factory=dict)
@@ -153,49 +157,108 @@ class Calibration:
     def nbytes(self) -> int:
         return sum(m.nbytes for m in self.matrices.values())
 
+    @property
+    def hessian_nbytes(self) -> int:
+        """Bytes of the Hessians kept (each shared one counted once)."""
+        unique = {id(st.XtX): st.XtX for st in (self.hessians or {}).values()}
+        return sum(h.numel() * h.element_size() for h in unique.values())
+
 
 @torch.no_grad()
 def calibrate(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None, *, data: str | None = None,
-              progress: Progress | None = None, cancel: threading.Event | None = None) -> Calibration:
-    """One pass over the dense `model` on calibration windows [nsamples, seqlen] (None for magnitude): each decoder
-    layer runs once on the dense layer's inputs with hooks on its matrices; methods that read the loss get their
-    one backward pass per window first (engine/sensitivity.py). data: the source's name, for the key."""
+              progress: Progress | None = None, cancel: threading.Event | None = None,
+              hessians: bool = False, hessian_budget: int = HESSIAN_BUDGET_BYTES) -> Calibration:
+    """One pass over the dense `model` on calibration windows [nsamples, seqlen] (None for magnitude): the walk the
+    exact prune takes (engine/walk.py), each decoder layer run once on the dense layer's inputs with hooks on its
+    matrices; methods that read the loss get their one backward pass per window first. data: the source's name, for
+    the key. hessians: also keep each matrix's input Hessian for the update-aware estimate (estimate_with_update),
+    when the spec updates weights and they fit in `hessian_budget` bytes; `hessians_note` says why not otherwise."""
     progress = progress or (lambda event: None)
     t0 = time.perf_counter()
     key = calibration_key(model, spec, windows, data)
-    method = METHODS[spec.method]
+    needs = METHODS[spec.method].needs
     _, layers = find_decoder_layers(model)
-    targets = {(i, t.name): t for i, layer in enumerate(layers) for t in find_targets(layer, spec.prune_router)}
-    kept = {k: KeptInputs() for k in targets}
+    targets = targets_per_layer(layers, spec.prune_router)
+    kept = {(i, t.name): KeptInputs() for i, mine in enumerate(targets) for t in mine}
+    keep_h, why_not = _keeps_hessians(spec, targets, hessians, hessian_budget)
+    held: dict[Key, LinearStats] | None = {} if keep_h else None
     use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = False
     try:
-        if method.needs & {"gradients", "gradient_rows"}:
-            grads = fisher_diagonal(model, targets, windows, rows_only="gradients" not in method.needs,
-                                    progress=progress, cancel=cancel)
-            for k, g in grads.items():
-                kept[k].gradient = g
-        if method.needs & {"activations", "hessian"}:
-            hessian = "hessian" in method.needs
+        for k, g in gradient_pass(model, targets, needs, windows, progress=progress, cancel=cancel).items():
+            kept[k].gradient = g
+        if needs & {"activations", "hessian"} or keep_h:
             progress({"stage": "calibration", "message": f"capturing inputs of {len(windows)} calibration windows"})
-            inputs = capture_layer_inputs(model, layers, windows)
-            for i, layer in enumerate(layers):
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled(f"calibration stopped after {i} of {len(layers)} layers")
+
+            def measure(i, layer, mine, stats):
                 progress({"stage": "calibration", "message": f"layer {i + 1}/{len(layers)}: input statistics"})
-                hooks = StatsHooks(find_targets(layer, spec.prune_router), hessian=hessian)
-                try:
-                    inputs.hidden = run_layer(layer, inputs)  # one run: statistics, and the next layer's inputs
-                finally:
-                    hooks.remove()
-                for name, stats in hooks.stats.items():
+                for name, st in stats.items():
                     k = kept[(i, name)]
-                    k.norm = stats.input_norm().cpu()
-                    if hessian:
-                        k.hinv, k.damp = stats.hinv_diag(spec.damp).cpu(), spec.damp
+                    k.norm = st.input_norm().cpu()
+                    if "hessian" in needs:
+                        k.hinv, k.damp = st.hinv_diag(spec.damp).cpu(), spec.damp
+                if held is not None:
+                    held.update({(i, name): st for name, st in _share_equal_hessians(stats).items()})
+            walk_layers(layers, targets, capture_layer_inputs(model, layers, windows), measure,
+                        hessian="hessian" in needs or keep_h, changes_layer=False, cancel=cancel,
+                        stopped="calibration stopped after {done} of {total} layers")
     finally:
         model.config.use_cache = use_cache
-    return Calibration(key, model, kept, time.perf_counter() - t0)
+    return Calibration(key, model, kept, time.perf_counter() - t0, windows=0 if windows is None else len(windows),
+                       hessians=held, hessians_note=why_not)
+
+
+FIRST_WINDOWS = 4  # calibration windows of the first maps: an eighth of 32 x 512, seconds on SmolLM2
+
+
+def calibrate_progressively(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None, *,
+                            first: int = FIRST_WINDOWS, data: str | None = None, progress: Progress | None = None,
+                            cancel: threading.Event | None = None, hessians: bool = False,
+                            cache: "CalibrationCache | None" = None):
+    """First maps in seconds: yields a Calibration on the first `first` calibration windows (its `windows` says
+    how many it rests on; no Hessians), then the one on all of them (from `cache` when it has it, and then alone).
+    Each is a complete calibration: re-plan and estimate from either. The first costs `first / len(windows)` of
+    the full one on top of it."""
+    full = partial(cache.get if cache is not None else calibrate, model, spec, windows, data=data,
+                   progress=progress, cancel=cancel, hessians=hessians)
+    served = cache is not None and cache.peek(model, spec, windows, data=data, hessians=hessians) is not None
+    if not first or windows is None or len(windows) <= first or served:
+        yield full()
+        return
+    yield calibrate(model, spec, windows[:first], data=data, progress=progress, cancel=cancel)
+    yield full()
+
+
+def hessian_bytes(targets: list[list]) -> int:
+    """Bytes of one float32 input Hessian [in, in] per target matrix, before matrices fed the same input share one
+    (q/k/v and gate/up do: what is kept is less, see Calibration.hessian_nbytes)."""
+    return sum(4 * t.shape[1] ** 2 for mine in targets for t in mine)
+
+
+def _keeps_hessians(spec: PruneSpec, targets, asked: bool, budget: int) -> tuple[bool, str]:
+    if not asked:
+        return False, ""
+    if not spec.updates_weights:
+        return False, "the recipe does not update weights"
+    if not METHODS[spec.method].uses_calibration:
+        return False, f"{spec.method} calibrates without data: no Hessians to keep"
+    need = hessian_bytes(targets)
+    if need > budget:
+        return False, (f"the Hessians of every matrix would take {need / 2**30:.1f} GiB, over the budget of "
+                       f"{budget / 2**30:.1f} GiB")
+    return True, ""
+
+
+def _share_equal_hessians(stats: dict[str, LinearStats]) -> dict[str, LinearStats]:
+    """One layer's statistics with matrices that read the same input (q/k/v, gate/up) holding one Hessian."""
+    out: dict[str, LinearStats] = {}
+    for name, st in stats.items():
+        twin = next((o for o in out.values() if o.XtX is not st.XtX and o.XtX.shape == st.XtX.shape
+                     and o.tokens == st.tokens and torch.equal(o.XtX, st.XtX)), None)
+        if twin is not None:
+            st.XtX = twin.XtX
+        out[name] = st
+    return out
 
 
 class CalibrationCache:
@@ -206,15 +269,28 @@ class CalibrationCache:
         self.size = size
         self._entries: OrderedDict[str, Calibration] = OrderedDict()
 
-    def get(self, model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None, *, data: str | None = None,
-            progress: Progress | None = None, cancel: threading.Event | None = None) -> Calibration:
+    def peek(self, model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None, *, data: str | None = None,
+             hessians: bool = False) -> Calibration | None:
+        """The calibration `get` would serve without calibrating, or None."""
         wanted = json.dumps(calibration_key(model, spec, windows, data), sort_keys=True)
         hit = self._entries.get(wanted)
-        if hit is not None and hit.model is model:
+        hessians = hessians and spec.updates_weights
+        if hit is not None and hit.model is model and (not hessians or hit.hessians is not None
+                                                       or hit.hessians_note):
             self._entries.move_to_end(wanted)
             return hit
-        cal = calibrate(model, spec, windows, data=data, progress=progress, cancel=cancel)
-        self._entries[wanted] = cal
+        return None
+
+    def get(self, model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None, *, data: str | None = None,
+            progress: Progress | None = None, cancel: threading.Event | None = None,
+            hessians: bool = False) -> Calibration:
+        """hessians: serve only a calibration that kept them (or could not: calibrate's `hessians_note`)."""
+        hit = self.peek(model, spec, windows, data=data, hessians=hessians)
+        if hit is not None:
+            return hit
+        cal = calibrate(model, spec, windows, data=data, progress=progress, cancel=cancel,
+                        hessians=hessians and spec.updates_weights)
+        self._entries[json.dumps(cal.key, sort_keys=True)] = cal
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
         return cal
@@ -496,6 +572,9 @@ class Estimate:
     seconds: float
     status: str = "completed"   # completed | cancelled
     losses: list[float] = field(default_factory=list)
+    kind: str = "masks only"    # masks only | with update (the recipe's OBS update applied: estimate(update_from=))
+    note: str = ""              # why an update asked for was not applied
+    update_s: float = 0.0       # seconds spent applying the masks (and the update) before the first window
 
 
 @torch.no_grad()
@@ -530,44 +609,100 @@ def _undo(removed) -> None:
 @torch.no_grad()
 def estimate(model: nn.Module, plan: Replan, eval_ids: torch.Tensor, seqlen: int, *,
              windows: int = DEFAULT_ESTIMATE_WINDOWS, progress: Progress | None = None,
-             cancel: threading.Event | None = None) -> Estimate:
+             cancel: threading.Event | None = None, update_from: Calibration | None = None) -> Estimate:
     """Perplexity of the model under the plan's masks on the first `windows` windows of eval_ids [1, T]
-    (evaluate_windows). The dense weights are back, bit for bit, whenever it returns or raises."""
+    (evaluate_windows). The dense weights are back, bit for bit, whenever it returns or raises.
+
+    update_from: the calibration the plan came from. When the requested recipe updates weights (SparseGPT,
+    reconstruct, the OBS choice inside blocks) and the calibration kept its Hessians (calibrate(hessians=True)),
+    every matrix is pruned as the exact walk prunes it (engine/matrix.py prune_matrix, the OBS update included)
+    from the Hessian of the dense model's inputs, on the plan's tier grids: `kind` "with update". Otherwise the
+    masks alone ("masks only"), and `note` says why when an update was asked for."""
     t0 = time.perf_counter()
     _first_windows(eval_ids, seqlen, windows)  # refuse a too-short text before touching the weights
-    undo = apply_masks(model, plan)
+    kind, note = _estimate_kind(plan, update_from)
+    if kind == "with update":
+        undo = apply_update(model, update_from, plan, cancel)
+    else:
+        undo = apply_masks(model, plan)
+    update_s = time.perf_counter() - t0
     try:
-        est = evaluate_windows(model, eval_ids, seqlen, windows=windows, progress=progress, cancel=cancel)
+        if undo is None:  # stopped during the update: nothing changed
+            est = Estimate(None, None, None, 0, min(windows, eval_ids.numel() // seqlen), 0.0, "cancelled")
+        else:
+            est = evaluate_windows(model, eval_ids, seqlen, windows=windows, cancel=cancel,
+                                   progress=progress and (lambda event: progress({**event, "kind": kind})))
     finally:
-        undo()
-    est.seconds = time.perf_counter() - t0
+        if undo is not None:
+            undo()
+    est.seconds, est.kind, est.note, est.update_s = time.perf_counter() - t0, kind, note, update_s
     return est
+
+
+def _estimate_kind(plan: Replan, calibration: Calibration | None) -> tuple[str, str]:
+    if calibration is None or not plan.requested.updates_weights:
+        return "masks only", ""
+    if calibration.hessians is None:
+        return "masks only", (f"masks only: {calibration.hessians_note}" if calibration.hessians_note
+                              else "masks only: this calibration kept no Hessians (calibrate with hessians=True)")
+    check_fresh(calibration, plan.requested)
+    return "with update", ""
+
+
+@torch.no_grad()
+def apply_update(model: nn.Module, calibration: Calibration, plan: Replan,
+                 cancel: threading.Event | None = None) -> Callable[[], None] | None:
+    """Prune every matrix in place as the requested recipe does (mask, or the choice during the OBS update, and
+    the update of the kept weights) from the calibration's dense-input Hessians, on the plan's tier grids. Returns
+    the undo (it keeps a copy of each matrix: the update moves kept weights too); None when `cancel` was set
+    between two matrices (the model is dense again then)."""
+    if model_fingerprint(model) != plan.fingerprint:
+        raise UserError("these masks were planned on other weights than the model holds now: re-plan first")
+    spec = plan.requested
+    _, layers = find_decoder_layers(model)
+    saved = []
+    try:
+        for i, mine in enumerate(targets_per_layer(layers, spec.prune_router)):
+            for t in mine:
+                if cancel is not None and cancel.is_set():
+                    _restore(saved)
+                    return None
+                m, kept = plan.matrices[(i, t.name)], calibration.matrices[(i, t.name)]
+                res = prune_matrix(t.weight(), calibration.hessians[(i, t.name)], spec, gradient=kept.gradient,
+                                   plan=NO_PLAN if m.tiers is None else MatrixPlan(tiers=m.tiers))
+                saved.append((t, t.weight().clone()))
+                t.set_weight(res.W)
+    except BaseException:
+        _restore(saved)
+        raise
+    return lambda: _restore(saved)
+
+
+@torch.no_grad()
+def _restore(saved) -> None:
+    for t, W in reversed(saved):
+        t.set_weight(W)
 
 
 @torch.no_grad()
 def evaluate_windows(model: nn.Module, eval_ids: torch.Tensor, seqlen: int, *, windows: int = DEFAULT_ESTIMATE_WINDOWS,
                      progress: Progress | None = None, cancel: threading.Event | None = None) -> Estimate:
-    """Perplexity of the model as it is on the first `windows` windows of eval_ids [1, T] (the windows
-    engine/perplexity.py evaluates first), streamed after every window as {"stage": "estimate", "done", "total",
-    "ppl", "ppl_low", "ppl_high"}. A set `cancel` stops it between windows (status "cancelled")."""
+    """Perplexity of the model as it is on the first `windows` windows of eval_ids [1, T] (perplexity's window loop,
+    engine/perplexity.py), streamed after every window as {"stage": "estimate", "done", "total", "ppl", "ppl_low",
+    "ppl_high"}. A set `cancel` stops it between windows or inside one (status "cancelled", the windows done)."""
     t0 = time.perf_counter()
     progress = progress or (lambda event: None)
     ids, total = _first_windows(eval_ids, seqlen, windows)
-    device = model.get_input_embeddings().weight.device
     losses: list[float] = []
+
+    def add(done, window_loss):
+        losses.append(float(window_loss[0]))
+        progress({"stage": "estimate", "done": done, "total": total, **_running(losses)})
     status = "completed"
-    was_training = model.training
-    model.eval()
     try:
-        for w in range(total):
-            if cancel is not None and cancel.is_set():
-                status = "cancelled"
-                break
-            inputs = ids[w * seqlen:(w + 1) * seqlen].unsqueeze(0).to(device)
-            losses.append(float(window_losses(model(inputs, use_cache=False).logits, inputs)[0]))
-            progress({"stage": "estimate", "done": w + 1, "total": total, **_running(losses)})
-    finally:
-        model.train(was_training)
+        window_loop(model, ids[:total * seqlen].view(total, seqlen), add, cancel=cancel)
+    except Cancelled:
+        status = "cancelled"
     return Estimate(**_running(losses), windows=len(losses), total=total, seconds=time.perf_counter() - t0,
                     status=status, losses=losses)
 

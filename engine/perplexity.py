@@ -12,12 +12,16 @@ logits in float32, so the number never depends on a model family's own loss code
 from __future__ import annotations
 
 import math
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from .discovery import find_decoder_layers
 from .errors import Cancelled, DataError, UserError
 
 
@@ -61,26 +65,57 @@ def perplexity(model, input_ids: torch.Tensor, seqlen: int, max_windows: int | N
     if max_windows is not None:
         nsamples = min(nsamples, max_windows)
     windows = ids[: nsamples * seqlen].view(nsamples, seqlen)
-    device = model.get_input_embeddings().weight.device
-
-    was_training = model.training
-    model.eval()
     nlls = []
-    try:
-        with torch.inference_mode():
-            for i in range(0, nsamples, batch_size):
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled(f"perplexity cancelled after {i} of {nsamples} windows")
-                inputs = windows[i: i + batch_size].to(device)
-                logits = model(inputs, use_cache=False).logits
-                # Wanda: neg_log_likelihood = loss * seqlen, per window. Summed on the device: no sync here.
-                nlls.append(window_losses(logits, inputs).sum() * seqlen)
-                del logits
-                if progress is not None:
-                    progress(min(i + batch_size, nsamples), nsamples)
-    finally:
-        model.train(was_training)
+
+    def add(done, losses):
+        nlls.append(losses.sum() * seqlen)  # Wanda: neg_log_likelihood = loss * seqlen. On the device: no sync here.
+        if progress is not None:
+            progress(done, nsamples)
+    window_loop(model, windows, add, batch_size=batch_size, cancel=cancel)
     total = torch.stack([n.to(nlls[0].device, torch.float64) for n in nlls]).sum().item()
     ppl = math.exp(total / (nsamples * seqlen))
     return PerplexityResult(ppl=ppl, windows=nsamples, tokens=nsamples * seqlen,
                             seconds=time.perf_counter() - start)
+
+
+def window_loop(model, windows: torch.Tensor, each: Callable[[int, torch.Tensor], None], *, batch_size: int = 1,
+                cancel: threading.Event | None = None) -> None:
+    """The one evaluation loop (perplexity, the explorer's estimates and references): windows [n, seqlen] of token
+    ids, `batch_size` per forward pass, each(windows done, the batch's window_losses [B] on the model's device).
+
+    Eval mode and inference mode while it runs (the model's mode comes back after). A set `cancel` raises Cancelled
+    between forward passes and inside one too, at the next decoder layer: a stopped evaluation lets go of the
+    machine within a layer's time, not a window's."""
+    device = model.get_input_embeddings().weight.device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), _abandoned_when(model, cancel):
+            for i in range(0, len(windows), batch_size):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"evaluation cancelled after {i} of {len(windows)} windows")
+                inputs = windows[i: i + batch_size].to(device)
+                logits = model(inputs, use_cache=False).logits
+                losses = window_losses(logits, inputs)
+                del logits
+                each(min(i + batch_size, len(windows)), losses)
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def _abandoned_when(model, cancel: threading.Event | None):
+    """Forward pre-hooks on the decoder layers that raise Cancelled once `cancel` is set."""
+    if cancel is None:
+        yield
+        return
+
+    def check(module, args):
+        if cancel.is_set():
+            raise Cancelled("evaluation cancelled during a forward pass")
+    handles = [layer.register_forward_pre_hook(check) for layer in find_decoder_layers(model)[1]]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

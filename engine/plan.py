@@ -71,3 +71,9 @@ def plan_model_wide(rankings: dict, spec) -> dict:
     if METHODS[spec.method].loss_units:
         return plans
     return {key: MatrixPlan(budget=tuple(tier_census(p.tiers).values())) for key, p in plans.items()}
+
+
+def plan_scope(rankings: dict, spec, scope: str) -> dict:
+    """{key: MatrixPlan} for the matrices that compete in `scope` (the pattern's scope(spec)), from {key:
+    ranking_input}: one decoder layer's matrices ("layer") or every matrix of the model ("model")."""
+    return plan_model_wide(rankings, spec) if scope == "model" else plan_jointly(rankings, spec)

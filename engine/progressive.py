@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .discovery import find_decoder_layers, find_targets
-from .errors import Cancelled, UserError
+from .discovery import find_decoder_layers
+from .errors import UserError
 from .matrix import matrix_scores, prune_matrix
 from .methods import METHODS
 from .patterns import PATTERNS, TIER_AXIS
@@ -36,7 +36,7 @@ from .plan import MatrixPlan
 from .record import decode_tier_map, encode_tier_map, read_json, write_json_atomic
 from .spec import PruneSpec
 from .three_tier import DENSE, TOPK, TWO_FOUR, assign_tiers, block_importance, tier_census, tier_counts
-from .walk import StatsHooks, capture_layer_inputs, run_layer
+from .walk import capture_layer_inputs, targets_per_layer, walk_layers
 
 # re-scored on the current weights each iteration: methods scored from a layer's own inputs (not model gradients)
 PROGRESSIVE_METHODS = tuple(name for name, m in METHODS.items() if not m.needs & {"gradients", "gradient_rows"})
@@ -121,18 +121,8 @@ def prune_iteration(model, spec: PruneSpec, windows: torch.Tensor | None, previo
     try:
         inputs = capture_layer_inputs(model, layers, windows) if spec.needs_layer_stats else None
         grids, entries = {}, []
-        for i, layer in enumerate(layers):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"stopped after {i} of {len(layers)} layers")
-            targets = find_targets(layer, spec.prune_router)
-            stats = {}
-            if inputs is not None:
-                hooks = StatsHooks(targets, hessian=spec.updates_weights)
-                try:
-                    run_layer(layer, inputs)
-                finally:
-                    hooks.remove()
-                stats = hooks.stats
+
+        def prune(i, layer, targets, stats):
             for t in targets:
                 scores = matrix_scores(t.weight(), stats.get(t.name), spec)
                 importance = block_importance(scores, spec.block)
@@ -146,8 +136,8 @@ def prune_iteration(model, spec: PruneSpec, windows: torch.Tensor | None, previo
                 zeros = int((t.weight() == 0).sum())
                 entries.append({"layer": i, "module": t.name, "numel": res.keep.numel(), "zeros": zeros,
                                 "tiers": tier_census(res.tiers)})
-            if inputs is not None:
-                inputs.hidden = run_layer(layer, inputs)
+        walk_layers(layers, targets_per_layer(layers, spec.prune_router), inputs, prune,
+                    hessian=spec.updates_weights, changes_layer=True, cancel=cancel)
     finally:
         model.config.use_cache = use_cache
     return grids, entries

@@ -8,24 +8,22 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .discovery import find_decoder_layers, find_targets, layer_device
+from .discovery import find_decoder_layers
 from .errors import Cancelled, UserError
 from .matrix import matrix_scores, prune_matrix
 from .methods import METHODS
 from .patterns import PATTERNS, check_spec_fits
-from .plan import NO_PLAN, plan_jointly, plan_model_wide, ranking_input
+from .plan import NO_PLAN, plan_scope, ranking_input
 from .record import encode_array, encode_tier_map
-from .sensitivity import fisher_diagonal
 from .spec import PruneSpec
 from .three_tier import tier_census, tier_weights
-from .walk import StatsHooks, capture_layer_inputs, run_layer
+from .walk import capture_layer_inputs, gradient_pass, targets_per_layer, walk_layers
 
 Progress = Callable[[dict], None]
 
@@ -74,12 +72,14 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
     t0 = time.perf_counter()
     if spec.uses_calibration and windows is None:
         raise UserError(f"{spec.method} needs calibration data")
+    targets = targets_per_layer(layers, spec.prune_router)
     check_spec_fits(spec, layers)
 
     use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = False
     try:
-        gradients = _gradient_pass(model, layers, spec, windows, progress, cancel)  # {} unless the method needs them
+        gradients = gradient_pass(model, targets, METHODS[spec.method].needs, windows, progress=progress,
+                                  cancel=cancel)
         inputs = None
         if spec.needs_layer_stats:
             progress({"stage": "calibration", "message": f"capturing inputs of {len(windows)} calibration windows"})
@@ -90,26 +90,21 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
 
         plans = {}
         if PATTERNS[spec.pattern].scope(spec) == "model":
-            plans = _model_wide_plans(layers, spec, inputs, gradients, progress, cancel, offload_device)
+            plans = _model_wide_plans(layers, targets, spec, inputs, gradients, progress, cancel, offload_device)
+        result.timings["plan_s"] = time.perf_counter() - t0 - result.timings["capture_s"]
 
         walk_start = time.perf_counter()
-        for i, layer in enumerate(layers):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"stopped after {i} of {len(layers)} layers")
-            try:
-                with _computing_on(layer, offload_device):
-                    entries = _prune_layer(i, layer, spec, inputs, plans, gradients)
-                    if inputs is not None:
-                        inputs.hidden = run_layer(layer, inputs)
-            except torch.OutOfMemoryError as e:
-                raise UserError(f"out of memory in decoder layer {i}: lower nsamples or seqlen, "
-                                "or prune layer by layer from CPU (--offload)") from e
+
+        def prune(i, layer, mine, stats):
+            entries = _prune_layer(i, mine, spec, stats, plans, gradients)
             result.matrices.extend(entries)
             result.layers_done = i + 1
             elapsed = time.perf_counter() - walk_start
             progress({"stage": "prune", "layer": i, "name": f"{layers_path}.{i}", "n_layers": len(layers),
                       "elapsed_s": elapsed,
                       "eta_s": elapsed / (i + 1) * (len(layers) - i - 1), "matrices": entries})
+        walk_layers(layers, targets, inputs, prune, hessian=spec.updates_weights, changes_layer=True, cancel=cancel,
+                    offload_device=offload_device)
         result.status = "completed"
     except Cancelled as e:
         result.status, result.message = "cancelled", str(e)
@@ -119,30 +114,14 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
     return result
 
 
-@contextmanager
-def _computing_on(layer: nn.Module, offload_device):
-    """With an offload device, the decoder layer computes there and goes back home afterwards."""
-    if offload_device is None:
-        yield
-        return
-    home = layer_device(layer)
-    layer.to(offload_device)
-    try:
-        yield
-    finally:
-        layer.to(home)
-
-
-def _prune_layer(index: int, layer: nn.Module, spec: PruneSpec, inputs, plans: dict, gradients: dict) -> list[dict]:
-    """Prune every target of one decoder layer: statistics from the layer's inputs, then (tier scope "layer") one
-    joint plan of its matrices, then each matrix. Consumes its entries of `plans` and `gradients`."""
-    targets = find_targets(layer, spec.prune_router)
-    stats = _collect(layer, targets, spec, inputs)
+def _prune_layer(index: int, targets, spec: PruneSpec, stats: dict, plans: dict, gradients: dict) -> list[dict]:
+    """Prune every target of one decoder layer from its input statistics: (tier scope "layer") one joint plan of
+    its matrices first, then each matrix. Consumes its entries of `plans`, `gradients` and `stats`."""
     grads = {t.name: gradients.pop((index, t.name), None) for t in targets}
     scores = {}
     if PATTERNS[spec.pattern].scope(spec) == "layer":
         scores = {t.name: matrix_scores(t.weight(), stats.get(t.name), spec, grads[t.name]) for t in targets}
-        layer_plans = plan_jointly({t.name: ranking_input(scores[t.name], spec) for t in targets}, spec)
+        layer_plans = plan_scope({t.name: ranking_input(scores[t.name], spec) for t in targets}, spec, "layer")
         plans.update({(index, name): plan for name, plan in layer_plans.items()})
     entries = []
     for t in targets:
@@ -155,52 +134,24 @@ def _prune_layer(index: int, layer: nn.Module, spec: PruneSpec, inputs, plans: d
     return entries
 
 
-def _collect(layer: nn.Module, targets, spec: PruneSpec, inputs, hessian: bool | None = None) -> dict:
-    """Input statistics of every target; Hessians when weights will be updated (or `hessian` says so)."""
-    if inputs is None:
-        return {}
-    hooks = StatsHooks(targets, hessian=spec.updates_weights if hessian is None else hessian)
-    try:
-        run_layer(layer, inputs)
-    finally:
-        hooks.remove()
-    return hooks.stats
-
-
-def _gradient_pass(model, layers, spec: PruneSpec, windows, progress, cancel) -> dict:
-    """{(layer, name): the Fisher diagonal F [out, in], or its row sums [out]} for a method that needs gradients,
-    from one backward pass per calibration window on the dense model; {} for the others."""
-    needs = METHODS[spec.method].needs
-    if not needs & {"gradients", "gradient_rows"}:
-        return {}
-    targets = {(i, t.name): t for i, layer in enumerate(layers) for t in find_targets(layer, spec.prune_router)}
-    return fisher_diagonal(model, targets, windows, rows_only="gradients" not in needs, progress=progress,
-                           cancel=cancel)
-
-
-def _model_wide_plans(layers, spec: PruneSpec, inputs, gradients, progress, cancel, offload_device) -> dict:
+def _model_wide_plans(layers, targets, spec: PruneSpec, inputs, gradients, progress, cancel, offload_device) -> dict:
     """Tier scope "model": one pass over the dense model scores every matrix, all its blocks are ranked together
     (engine/plan.py), and the walk then starts again from the first layer's inputs."""
-    needs_inputs = bool(METHODS[spec.method].needs & {"activations", "hessian"})
+    needs = METHODS[spec.method].needs
     hidden = list(inputs.hidden) if inputs is not None else None
     rankings = {}
-    for i, layer in enumerate(layers):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled(f"stopped while ranking blocks across the model ({i} of {len(layers)} layers scored)")
-        progress({"stage": "calibration", "message": f"scoring layer {i + 1}/{len(layers)} to rank blocks model-wide"})
-        with _computing_on(layer, offload_device):
-            targets = find_targets(layer, spec.prune_router)
-            # the scores' statistics only: a Hessian where the score is OBS's
-            stats = _collect(layer, targets, spec, inputs if needs_inputs else None,
-                             hessian="hessian" in METHODS[spec.method].needs)
-            for t in targets:
-                scores = matrix_scores(t.weight(), stats.get(t.name), spec, gradients.get((i, t.name)))
-                rankings[(i, t.name)] = ranking_input(scores, spec).cpu()
-            if inputs is not None and needs_inputs:
-                inputs.hidden = run_layer(layer, inputs)
+
+    def rank(i, layer, mine, stats):  # the scores' statistics only: a Hessian where the score is OBS's
+        progress({"stage": "calibration", "message": f"scored layer {i + 1}/{len(layers)} to rank blocks model-wide"})
+        for t in mine:
+            scores = matrix_scores(t.weight(), stats.get(t.name), spec, gradients.get((i, t.name)))
+            rankings[(i, t.name)] = ranking_input(scores, spec).cpu()
+    walk_layers(layers, targets, inputs if needs & {"activations", "hessian"} else None, rank,
+                hessian="hessian" in needs, changes_layer=False, cancel=cancel, offload_device=offload_device,
+                stopped="stopped while ranking blocks across the model ({done} of {total} layers scored)")
     if inputs is not None:
         inputs.hidden = hidden
-    return plan_model_wide(rankings, spec)
+    return plan_scope(rankings, spec, "model")
 
 
 def _entry(layer: int, target, res, spec: PruneSpec, dense_zero: torch.Tensor) -> dict:

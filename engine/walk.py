@@ -1,19 +1,29 @@
-"""The layer-by-layer walk's plumbing: capture what the model feeds its first decoder layer, re-run a layer on
-every calibration window, and hook each target matrix to accumulate its input statistics.
+"""The layer-statistics stage every walk over the model shares (the exact prune, the explorer's calibration, the
+model-wide ranking, progressive pruning): find each decoder layer's target matrices once, the gradient pass of the
+methods that read the loss, capture what the model feeds its first decoder layer, then `walk_layers`: each layer
+runs on every calibration window with hooks that accumulate its matrices' input statistics, a visitor sees them,
+and the layer's outputs become the next layer's inputs.
 
 Memory holds one layer's activations for all windows (never the whole model's). Activations and every
 captured argument follow each layer to the device its weights live on.
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .discovery import Target, layer_device
+from .discovery import Target, find_targets, layer_device
+from .errors import Cancelled, UserError
+from .sensitivity import fisher_diagonal
 from .stats import LinearStats
+
+Key = tuple[int, str]  # (decoder layer index, matrix name inside the layer): how every walk names a matrix
 
 
 @dataclass
@@ -169,3 +179,74 @@ class StatsHooks:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+# --- the walk ---------------------------------------------------------------------------------------------------
+
+def targets_per_layer(layers: nn.ModuleList, prune_router: bool = False) -> list[list[Target]]:
+    """The target matrices of every decoder layer, found once and passed down to every stage of a walk."""
+    return [find_targets(layer, prune_router) for layer in layers]
+
+
+def gradient_pass(model: nn.Module, targets: list[list[Target]], needs: frozenset, windows: torch.Tensor, *,
+                  progress=None, cancel: threading.Event | None = None) -> dict[Key, torch.Tensor]:
+    """{(layer, name): the Fisher diagonal F [out, in], or its row sums [out]} when the method's `needs` name
+    gradients (one backward pass per calibration window on the dense model, engine/sensitivity.py); else {}."""
+    if not needs & {"gradients", "gradient_rows"}:
+        return {}
+    keyed = {(i, t.name): t for i, mine in enumerate(targets) for t in mine}
+    return fisher_diagonal(model, keyed, windows, rows_only="gradients" not in needs, progress=progress,
+                           cancel=cancel)
+
+
+@contextmanager
+def computing_on(layer: nn.Module, offload_device):
+    """With an offload device, the decoder layer computes there and goes back home afterwards."""
+    if offload_device is None:
+        yield
+        return
+    home = layer_device(layer)
+    layer.to(offload_device)
+    try:
+        yield
+    finally:
+        layer.to(home)
+
+
+def layer_statistics(layer: nn.Module, targets: list[Target], inputs: LayerInputs | None,
+                     hessian: bool) -> tuple[dict[str, LinearStats], list[torch.Tensor] | None]:
+    """One run of `layer` on every window with hooks on its targets -> ({name: LinearStats}, its outputs);
+    ({}, None) without inputs (methods that read no activations)."""
+    if inputs is None:
+        return {}, None
+    hooks = StatsHooks(targets, hessian=hessian)
+    try:
+        outputs = run_layer(layer, inputs)
+    finally:
+        hooks.remove()
+    return hooks.stats, outputs
+
+
+Visit = Callable[[int, nn.Module, list[Target], dict[str, LinearStats]], None]
+
+
+def walk_layers(layers: nn.ModuleList, targets: list[list[Target]], inputs: LayerInputs | None, visit: Visit, *,
+                hessian: bool, changes_layer: bool, stopped: str = "stopped after {done} of {total} layers",
+                cancel: threading.Event | None = None, offload_device=None) -> None:
+    """The one layer-by-layer walk: for each decoder layer in order, its input statistics from one run on the
+    current inputs, then `visit(i, layer, targets, stats)`, then the layer's outputs become the next layer's inputs
+    (`inputs.hidden` is replaced). changes_layer: the visit changes the layer's weights (pruning), so the layer runs
+    again to give the next layer what the changed layer outputs; otherwise the statistics run's outputs serve.
+    A set `cancel` stops it between layers (Cancelled, with `stopped` formatted with done and total)."""
+    for i, layer in enumerate(layers):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(stopped.format(done=i, total=len(layers)))
+        try:
+            with computing_on(layer, offload_device):
+                stats, outputs = layer_statistics(layer, targets[i], inputs, hessian)
+                visit(i, layer, targets[i], stats)
+                if inputs is not None:
+                    inputs.hidden = run_layer(layer, inputs) if changes_layer else outputs
+        except torch.OutOfMemoryError as e:
+            raise UserError(f"out of memory in decoder layer {i}: lower nsamples or seqlen, "
+                            "or prune layer by layer from CPU (--offload)") from e

@@ -205,3 +205,40 @@ def test_bad_input_is_one_line(dash, calibrated, tiny_llama_dir):
     with pytest.raises(gr.Error) as err:
         drain(explore_tab.calibrate(dash, *bad, ExploreState(), WINDOWS, TOKENS, "sparsity"))
     assert "\n" not in str(err.value.message) and "Traceback" not in str(err.value.message)
+
+
+def test_a_recipe_with_the_update_is_estimated_masks_only_then_with_the_update(dash, tiny_llama_dir):
+    xs = ExploreState()
+    values = form_values(dash, model_path=str(tiny_llama_dir), **{**FAST, "reconstruct": True})
+    outs = drain(explore_tab.calibrate(dash, *values, xs, WINDOWS, TOKENS, "sparsity"))
+    model = xs.setup.calibration.model
+    dense = params(model)
+    assert "MiB of Hessians" in last(outs, dash.explore.calib_note)
+    outs = drain(move(dash, xs, dense=0.2, two_four=0.4))
+    boxes = [o[dash.explore.estimate] for o in outs if dash.explore.estimate in o]
+    assert "with update" in boxes[-1]  # the masks-only box may be drawn over in the same update: the events say
+    kinds = [e["estimate"].kind for e in xs.job.events if e.get("stage") == "estimated"]
+    assert kinds == ["masks only", "with update"]
+    assert "with update" in last(outs, dash.explore.status)
+    point = next(p for p in xs.points if p["label"] == xs.plan.spec.label())
+    assert point["estimate"] == "with update" and point["masks_only"] > 0 and point["ppl"] != point["masks_only"]
+    assert explore.points_table(xs.points)[point["n"] - 1][2] == "split, with update"
+    fig = json.loads(figures.pareto_figure(xs.points).to_json())
+    assert "explored split (estimate, with update)" in {t.get("name") for t in fig["data"]}
+    assert bit_equal(model, dense)
+
+
+def test_calibrate_streams_first_maps_from_a_few_windows_then_replans_on_all(dash, tiny_llama_dir):
+    xs = ExploreState()
+    values = form_values(dash, model_path=str(tiny_llama_dir), **{**FAST, "nsamples": explore.FIRST_WINDOWS + 4,
+                                                                  "seed": 7})
+    outs = drain(explore_tab.calibrate(dash, *values, xs, WINDOWS, TOKENS, "sparsity"))
+    notes = [o[dash.explore.calib_note] for o in outs if dash.explore.calib_note in o]
+    assert f"first maps from {explore.FIRST_WINDOWS} of {explore.FIRST_WINDOWS + 4} calibration windows" in notes[0]
+    boxes = [o[dash.explore.estimate] for o in outs if dash.explore.estimate in o]
+    assert any(f"from {explore.FIRST_WINDOWS} calibration windows" in b for b in boxes)
+    first_maps = next(i for i, o in enumerate(outs) if dash.explore.heatmap in o)
+    landed = next(i for i, o in enumerate(outs) if "first maps" not in o.get(dash.explore.calib_note, "first maps"))
+    assert first_maps < landed  # maps drawn before the full calibration landed
+    assert xs.setup.calibration.windows == explore.FIRST_WINDOWS + 4 and "first maps" not in notes[-1]
+    assert len(xs.points) == 1  # the split of the full calibration; the first estimate is shown, not kept
