@@ -202,7 +202,8 @@ def calibration_text(setup: Setup) -> str:
              "calibrating, the maps are re-planned when they land" if setup.windows is not None
              and cal.windows < len(setup.windows) else "")
     return (f"**{setup.spec.method}**{data}: {how}; {len(cal.matrices)} matrices, "
-            f"{cal.nbytes / 2**20:.1f} MiB of statistics{hessians}. Evaluation text: {markdown_text(setup.eval_name)}.{rests}")
+            f"{cal.nbytes / 2**20:.1f} MiB of statistics{hessians}. "
+            f"Evaluation text: {markdown_text(setup.eval_name)}.{rests}")
 
 
 def markdown_text(text) -> str:
