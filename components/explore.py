@@ -407,7 +407,7 @@ def search_job(setup: Setup, settings, storage_url: str, study_name: str | None,
         cal = setup.calibration
         space = search_space(setup.spec, cal.model)
         identity = study_identity(cal.key, space, settings, evaluation_key(setup.eval_ids, tokens, settings.windows,
-                                                                           estimate))
+                                                                           estimate, setup.spec.updates_weights))
         study = open_study(open_storage(storage_url), study_name, identity, settings,
                            model=setup.request.model or "embedded")
         progress({"stage": "study", "name": study.study_name, "records": trial_records(study),

@@ -54,7 +54,8 @@ MAX_MINUTES = 7 * 24 * 60
 RATIO_STEP = 0.05        # the ratio simplex is searched on this grid
 STORAGE_FILE = "searches.sqlite3"
 Progress = Callable[[dict], None]
-EstimateFn = Callable[..., Estimate]  # estimate(model, plan, eval_ids, seqlen, *, windows, progress, cancel)
+EstimateFn = Callable[..., Estimate]  # estimate(model, plan, eval_ids, seqlen, *, windows, progress, cancel,
+                                      #          update_from)
 
 
 # --- objectives and samplers ------------------------------------------------------------------------------------
@@ -327,11 +328,14 @@ def open_storage(url: str):
     raise UserError(f"cannot open the study storage {shown_url(url)}: {excerpt(first, 160)}") from None
 
 
-def evaluation_key(eval_ids: torch.Tensor, seqlen: int, windows: int, estimate_fn: EstimateFn) -> dict:
-    """What an estimate depends on besides the masks: the evaluated tokens and which estimate it is."""
+def evaluation_key(eval_ids: torch.Tensor, seqlen: int, windows: int, estimate_fn: EstimateFn,
+                   update: bool = False) -> dict:
+    """What an estimate depends on besides the masks: the evaluated tokens, which estimate it is, and whether it
+    applies the recipe's weight update (`PruneSpec.updates_weights` of the search's base spec: every trial's
+    estimate does then, from the calibration's Hessians; see run_trial)."""
     ids = eval_ids.reshape(-1)[:windows * seqlen].contiguous().cpu()
     return {"tokens": hashlib.sha256(ids.numpy().tobytes()).hexdigest()[:16], "seqlen": seqlen,
-            "windows": windows, "estimate": estimate_name(estimate_fn)}
+            "windows": windows, "estimate": estimate_name(estimate_fn), "update": bool(update)}
 
 
 def estimate_name(fn: EstimateFn) -> str:
@@ -467,10 +471,12 @@ def run_trial(calibration: Calibration, spec: PruneSpec, settings: SearchSetting
             record.update({k: seen[k] for k in ("ppl", "ppl_low", "ppl_high", "windows")}, status="repeat",
                           repeat_of=seen["number"])
         else:
+            # with the recipe's update where it updates weights and the calibration kept its Hessians
             est = estimate_fn(calibration.model, plan, eval_ids, seqlen, windows=settings.windows,
-                              progress=progress, cancel=cancel)
+                              progress=progress, cancel=cancel, update_from=calibration)
             record.update(ppl=est.ppl, ppl_low=est.ppl_low, ppl_high=est.ppl_high, windows=est.windows,
-                          estimate_s=est.seconds, status="estimated" if est.status == "completed" else est.status)
+                          estimate_s=est.seconds, status="estimated" if est.status == "completed" else est.status,
+                          estimate_kind=est.kind, estimate_note=est.note)
     record["seconds"] = time.perf_counter() - t0
     return record
 

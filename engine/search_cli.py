@@ -150,13 +150,17 @@ def search_main(args, base: PruneSpec, request) -> int:
     windows = textdata.calibration_windows(tok, calib_src, base.nsamples, seqlen, base.seed) if uses_data else None
     data_name = calib_src.name if uses_data else None
     identity = study_identity(calibration_key(model, base, windows, data_name), space, settings,
-                              evaluation_key(eval_ids, seqlen, settings.windows, estimate))
+                              evaluation_key(eval_ids, seqlen, settings.windows, estimate,
+                                             base.updates_weights))
     study = open_study(storage, args.study, identity, settings, model=lm.name)  # refused before calibrating
     before = len(trial_records(study))
     print(f"study {study.study_name} in {shown_url(url)}: {before} finished trials; searching "
           f"{', '.join(space.fields)} ({OBJECTIVES[settings.objective].title})")
-    calibration = calibrate(model, base, windows, data=data_name)
-    print(f"calibration {calibration.seconds:.1f}s ({calibration.nbytes / 2**20:.1f} MiB kept)")
+    calibration = calibrate(model, base, windows, data=data_name, hessians=True)  # kept only if the recipe updates
+    kept = f", {calibration.hessian_nbytes / 2**20:.1f} MiB of Hessians" if calibration.hessians is not None else ""
+    print(f"calibration {calibration.seconds:.1f}s ({calibration.nbytes / 2**20:.1f} MiB kept{kept})"
+          + (f"; estimates masks only: {calibration.hessians_note}" if base.updates_weights
+             and calibration.hessians is None else ""))
 
     def show(event):
         if event.get("stage") == "search":

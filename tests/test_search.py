@@ -410,3 +410,23 @@ def test_bad_search_settings_are_one_line_and_lose_nothing(tiny_llama_dir, one_t
     assert rc == 2 and err.startswith(words) and "\n" not in err and "pw" not in err
     import optuna
     assert len(trial_records(optuna.load_study(study_name="cli", storage=open_storage(url)))) == 1
+
+
+def test_a_recipe_that_updates_weights_is_searched_with_the_update(tmp_path):
+    """The objective of a recipe with the OBS update is the estimate with that update (from the calibration's
+    Hessians), the same number `estimate(update_from=...)` gives for the split; its study is not a masks-only one."""
+    model = _model(1)
+    base = PruneSpec(method="wanda", pattern="three_tier", nsamples=4, seqlen=SEQLEN, reconstruct=True)
+    cal = calibrate(model, base, _ids((4, SEQLEN), 1), data="random", hessians=True)
+    eval_ids = _ids((1, 4 * SEQLEN), 2)
+    space = search_space(base, cal.model, given={"ratios": RATIOS[:2], "keep": KEEPS[:1]}, fields=[])
+    settings = SearchSettings(trials=2, seed=0, windows=2)
+    ident = study_identity(cal.key, space, settings, evaluation_key(eval_ids, SEQLEN, 2, estimate, True))
+    assert ident != study_identity(cal.key, space, settings, evaluation_key(eval_ids, SEQLEN, 2, estimate))
+    study = open_study(open_storage(f"sqlite:///{tmp_path}/u.db"), "u", ident, settings, model="tiny")
+    records = [r for r in search(study, cal, space, settings, eval_ids, SEQLEN) if r["status"] == "estimated"]
+    assert records and all(r["estimate_kind"] == "with update" for r in records)
+    for r in records:
+        plan = replan(cal, PruneSpec.from_dict(r["requested"]))
+        assert r["ppl"] == estimate(model, plan, eval_ids, SEQLEN, windows=2, update_from=cal).ppl
+        assert r["ppl"] != estimate(model, plan, eval_ids, SEQLEN, windows=2).ppl  # not the masks-only number
