@@ -34,6 +34,7 @@ from .three_tier import (
     three_tier_mask,
 )
 from .variant import wanda_variant_mask
+from .vnm import KEPT_COLUMNS, vnm_mask
 
 MAX_GROUP = 65536       # N:M group width M and block side B: above any matrix width; checked per matrix too
 # The choices of the block patterns' fields: {value: what it means} (CLI choices, dashboard titles).
@@ -381,6 +382,39 @@ def _nm_at(spec, values, snap):
     return spec.replace(n=n)
 
 
+VNM_V = Param("v", int, 64, "vnm: rows V of each V x M block; the block's rows keep the same 4 of its M columns "
+              "(default 64; --sparsity_type V:N:M sets all three)", "V (rows per block)", 1, flag="--vnm_rows")
+
+
+def _vnm_parse(text: str) -> dict | None:
+    """'V:N:M' (e.g. '64:2:8') -> {v, n, m}; None for anything else."""
+    parts = text.split(":")
+    if len(parts) != 3 or not all(p.isdigit() and len(p) <= 9 for p in parts):
+        return None
+    return dict(zip(("v", "n", "m"), map(int, parts)))
+
+
+def _vnm_validate(spec):
+    check(isinstance(spec.v, int) and 1 <= spec.v <= MAX_GROUP, f"V must lie in [1, {MAX_GROUP}], got {spec.v}")
+    check(isinstance(spec.m, int) and KEPT_COLUMNS <= spec.m <= MAX_GROUP,
+          f"V:N:M needs M in [{KEPT_COLUMNS}, {MAX_GROUP}] (each block keeps {KEPT_COLUMNS} of its M columns), "
+          f"got {spec.m}")
+    check(isinstance(spec.n, int) and 0 <= spec.n <= KEPT_COLUMNS and spec.n < spec.m,
+          f"V:N:M needs 0 <= N <= {KEPT_COLUMNS} and N < M, got {spec.n}:{spec.m}")
+
+
+def _vnm_too_wide(matrix, shape, spec):
+    if shape[-1] < spec.m or shape[0] < spec.v:
+        return f"{spec.v} x {spec.m} blocks do not fit {matrix} {list(shape)}; choose V and M within it"
+    return None
+
+
+def _vnm_bits(spec, shape, n_kept, v):
+    """A 2-bit position among the block's 4 columns per kept value, and the 4 column indices of every block."""
+    blocks = -(-shape[0] // spec.v) * -(-shape[-1] // spec.m)
+    return n_kept * (v + 2) + blocks * KEPT_COLUMNS * math.ceil(math.log2(spec.m))
+
+
 PATTERNS: dict[str, Pattern] = {p.name: p for p in (
     Pattern("three_tier", "Three-tier blocks", (RATIOS, TIER_SCOPE, ASSIGNMENT) + BLOCK_PARAMS,
             _three_tier_select, lambda s: s.ratios[1] / 2 + s.ratios[2] * _top_k_share(s), _three_tier_describe,
@@ -412,6 +446,11 @@ PATTERNS: dict[str, Pattern] = {p.name: p for p in (
             syntax="hybrid_2_4 (the threshold hybrid)",
             point=lambda s: (), explain=lambda s: f"Nominal sparsity at least **{s.nominal_sparsity():.1%}** (top-K "
             "blocks; each top block that takes 2:4 adds more)"),
+    Pattern("vnm", "V:N:M (V x M blocks keep 4 columns, then N of them per row)", (VNM_V, N, M),
+            lambda W, scores, spec, plan: Selection(keep=vnm_mask(scores(), spec.v, spec.n, spec.m)),
+            lambda s: 1 - s.n / s.m, lambda s: f"V:N:M {s.v}:{s.n}:{s.m}", _vnm_validate, _vnm_too_wide,
+            sparsity_type=lambda s: f"{s.v}:{s.n}:{s.m}", point=lambda s: (1 - s.n / s.m,), at=_nm_at,
+            parse=_vnm_parse, syntax="V:N:M (64:2:8 ...)", storage_bits=_vnm_bits),
 )}
 
 
