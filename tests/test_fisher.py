@@ -3,9 +3,8 @@ import threading
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
-from conftest import tiny_config
+from conftest import tiny_model, token_windows
 from engine.discovery import find_decoder_layers, find_targets
 from engine.pruner import prune_model
 from engine.scores import fisher_scores
@@ -21,14 +20,11 @@ from engine.three_tier import (
     tier_counts,
 )
 
-
-def _model(family="llama", seed=0):
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(family)).eval()
+_model = tiny_model
 
 
 def _windows(n=3, seqlen=24):
-    return torch.randint(0, 384, (n, seqlen), generator=torch.Generator().manual_seed(1))
+    return token_windows(n, seqlen, seed=1)
 
 
 def _targets(model):
