@@ -110,6 +110,7 @@ class Pattern:
     scope: Callable[[object], str] = lambda spec: "matrix"   # where blocks compete for tiers (engine/plan.py)
     sparsity_type: Callable[[object], str] | None = None     # the Wanda-script name (default: the pattern's name)
     aliases: tuple[str, ...] = ()                            # other names --sparsity_type accepts
+    marker: str = "circle"                                   # its Plotly marker symbol in plots over runs
     parse: Callable[[str], dict | None] = lambda text: None  # a --sparsity_type of its own syntax -> spec fields
     syntax: str = ""                                         # that syntax, for help and errors ("N:M (2:4, 4:8 ...)")
     # Its sweep axis: the names of the numbers of one sweep point (three-tier: its three ratios; others: one
@@ -419,7 +420,7 @@ PATTERNS: dict[str, Pattern] = {p.name: p for p in (
     Pattern("three_tier", "Three-tier blocks", (RATIOS, TIER_SCOPE, ASSIGNMENT) + BLOCK_PARAMS,
             _three_tier_select, lambda s: s.ratios[1] / 2 + s.ratios[2] * _top_k_share(s), _three_tier_describe,
             _all(_block_validate, _three_tier_validate), _block_too_wide, blocks=True, scope=lambda s: s.tier_scope,
-            aliases=("threetier", "hybrid"), axis=TIER_AXIS, point=lambda s: tuple(s.ratios),
+            aliases=("threetier", "hybrid"), axis=TIER_AXIS, marker="diamond", point=lambda s: tuple(s.ratios),
             at=lambda s, values, snap: s.replace(ratios=tuple(values)), notes=_three_tier_notes,
             fixed_grid=lambda s: s.block_rule == "exact" and s.within_block != "obs", explain=_nominal_three_tier),
     Pattern("unstructured", "Unstructured", (SPARSITY, GROUP, USE_VARIANT), _unstructured_select,
@@ -427,7 +428,7 @@ PATTERNS: dict[str, Pattern] = {p.name: p for p in (
             _unstructured_validate),
     Pattern("nm", "N:M", (N, M), _nm_select, lambda s: 1 - s.n / s.m, lambda s: f"{s.n}:{s.m}", _nm_validate,
             _nm_too_wide, sparsity_type=lambda s: f"{s.n}:{s.m}", point=lambda s: (1 - s.n / s.m,), at=_nm_at,
-            parse=_nm_parse,
+            parse=_nm_parse, marker="square",
             syntax="N:M (2:4, 4:8 ...)",
             storage_bits=lambda s, shape, kept, v: kept * (v + math.ceil(math.log2(s.m)))),
     Pattern("block", "Whole blocks removed", (SPARSITY,) + BLOCK_PARAMS, _block_select, lambda s: s.sparsity,

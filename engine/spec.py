@@ -22,7 +22,7 @@ ORIGINAL_RECIPE = dict(method="wanda", tier_scope="matrix", assignment="importan
 BEST_THREE_TIER = dict(method="fisher_wanda", tier_scope="model", assignment="cost", within_block="score",
                        reconstruct=True, block_rule="exact", ratios=(0.15, 0.25, 0.60), keep=96)
 RECIPES = {"original": ORIGINAL_RECIPE, "best": BEST_THREE_TIER}
-RECIPE_PATTERN = "three_tier"  # the pattern the named recipes are for
+RECIPE_PATTERN = "three_tier"  # the pattern the named recipes (and the Sweep tab's tier splits) are for
 
 
 def _with_pattern_params(cls):
