@@ -122,6 +122,7 @@ class Pattern:
     storage_bits: Callable[[object, list, int, int], int] = lambda spec, shape, n_kept, v: csr_bits(shape, n_kept, v)
     # (spec, shape [out, in], n_kept, v bits a value) -> bits of a kept-mask pattern's sparse format (block
     # patterns are counted per tier from their grids, engine/explore.py)
+    storage_note: str = "unstructured (CSR) n_kept·(v + ⌈log₂ in⌉) + 32 bits per row"  # storage_bits in words
     explain: Callable[[object], str] = lambda spec: f"Nominal sparsity **{spec.nominal_sparsity():.1%}**"
     notes: Callable[[object], str | None] = lambda spec: None  # a model card's line on where the rule comes from
     fixed_grid: Callable[[object], bool] = lambda spec: False  # its masks follow from a tier grid its axis moves and
@@ -348,6 +349,8 @@ SCORE_THRESHOLD = Param("score_threshold", float, 0.8, "hybrid_2_4: a top block 
                         "of its score (default 0.8)", "2:4 taken if it keeps this share of the block's score",
                         0, 1, 0.01)
 BLOCK_PARAMS = (BLOCK, KEEP, WITHIN, BLOCK_RULE)
+BLOCK_STORAGE = ("blocks: dense n·v; 2:4 n_kept·(v + 2) (a 2-bit position in each group of 4); top-K "
+                 "n_kept·(v + ⌈log₂ B²⌉) (8 bits for B = 16)")
 
 
 def _nominal_three_tier(s) -> str:
@@ -420,6 +423,7 @@ PATTERNS: dict[str, Pattern] = {p.name: p for p in (
     Pattern("three_tier", "Three-tier blocks", (RATIOS, TIER_SCOPE, ASSIGNMENT) + BLOCK_PARAMS,
             _three_tier_select, lambda s: s.ratios[1] / 2 + s.ratios[2] * _top_k_share(s), _three_tier_describe,
             _all(_block_validate, _three_tier_validate), _block_too_wide, blocks=True, scope=lambda s: s.tier_scope,
+            storage_note=BLOCK_STORAGE,
             aliases=("threetier", "hybrid"), axis=TIER_AXIS, marker="diamond", point=lambda s: tuple(s.ratios),
             at=lambda s, values, snap: s.replace(ratios=tuple(values)), notes=_three_tier_notes,
             fixed_grid=lambda s: s.block_rule == "exact" and s.within_block != "obs", explain=_nominal_three_tier),
@@ -428,15 +432,16 @@ PATTERNS: dict[str, Pattern] = {p.name: p for p in (
             _unstructured_validate),
     Pattern("nm", "N:M", (N, M), _nm_select, lambda s: 1 - s.n / s.m, lambda s: f"{s.n}:{s.m}", _nm_validate,
             _nm_too_wide, sparsity_type=lambda s: f"{s.n}:{s.m}", point=lambda s: (1 - s.n / s.m,), at=_nm_at,
-            parse=_nm_parse, marker="square",
+            parse=_nm_parse, marker="square", storage_note="N:M n_kept·(v + ⌈log₂ M⌉)",
             syntax="N:M (2:4, 4:8 ...)",
             storage_bits=lambda s, shape, kept, v: kept * (v + math.ceil(math.log2(s.m)))),
     Pattern("block", "Whole blocks removed", (SPARSITY,) + BLOCK_PARAMS, _block_select, lambda s: s.sparsity,
             lambda s: f"block {s.sparsity:g} of {s.block}x{s.block} blocks",
-            _all(_block_validate, _block_share_validate), _block_too_wide, blocks=True),
+            _all(_block_validate, _block_share_validate), _block_too_wide, blocks=True, storage_note=BLOCK_STORAGE),
     Pattern("block_topk", "Blocks removed, top-K kept", (SPARSITY,) + BLOCK_PARAMS, _block_topk_select,
             lambda s: s.sparsity * _top_k_share(s), lambda s: f"block + top-K {s.sparsity:g} of blocks, K={s.keep}",
-            _all(_block_validate, _block_share_validate, _within_score_or_magnitude), _block_too_wide, blocks=True),
+            _all(_block_validate, _block_share_validate, _within_score_or_magnitude), _block_too_wide, blocks=True,
+            storage_note=BLOCK_STORAGE),
     Pattern("threshold_hybrid", "Threshold hybrid (dense / 2:4 by score kept, rest top-K)",
             BLOCK_PARAMS + (TOP_BLOCKS, SCORE_THRESHOLD), _threshold_hybrid_select,
             # its top-K blocks only: how many top blocks take 2:4 depends on the data
@@ -444,6 +449,7 @@ PATTERNS: dict[str, Pattern] = {p.name: p for p in (
             lambda s: f"threshold hybrid top {s.top_blocks_ratio:g}, threshold {s.score_threshold:g}, K={s.keep}",
             _all(_block_validate, _threshold_hybrid_validate, _within_score_or_magnitude), _block_too_wide,
             blocks=True, sparsity_type=lambda s: "hybrid_2_4", aliases=("hybrid_2_4", "threshold_hybrid"), axis=(),
+            storage_note=BLOCK_STORAGE,
             syntax="hybrid_2_4 (the threshold hybrid)",
             point=lambda s: (), explain=lambda s: f"Nominal sparsity at least **{s.nominal_sparsity():.1%}** (top-K "
             "blocks; each top block that takes 2:4 adds more)"),
@@ -451,7 +457,8 @@ PATTERNS: dict[str, Pattern] = {p.name: p for p in (
             lambda W, scores, spec, plan: Selection(keep=vnm_mask(scores(), spec.v, spec.n, spec.m)),
             lambda s: 1 - s.n / s.m, lambda s: f"V:N:M {s.v}:{s.n}:{s.m}", _vnm_validate, _vnm_too_wide,
             sparsity_type=lambda s: f"{s.v}:{s.n}:{s.m}", point=lambda s: (1 - s.n / s.m,), at=_nm_at,
-            parse=_vnm_parse, syntax="V:N:M (64:2:8 ...)", storage_bits=_vnm_bits),
+            parse=_vnm_parse, syntax="V:N:M (64:2:8 ...)", storage_bits=_vnm_bits,
+            storage_note="V:N:M n_kept·(v + 2) + 4·⌈log₂ M⌉ per V x M block"),
 )}
 
 
