@@ -309,17 +309,17 @@ ORIGINAL_URL = "https://github.com/Jiajun-Ji/wanda"  # the Wanda hybrid of Ji et
 TIER_AXIS = ("dense", "2:4", "top-K")  # the sweep axis of a three-tier split: its three ratios
 RATIO_PARTS = (("ratio_dense", "dense blocks (all kept)"), ("ratio_24", "2:4 blocks (half kept)"),
                ("ratio_topk", "top-K blocks (K kept)"))  # the three ratios' form fields and labels
-SPARSITY = Param("sparsity", float, 0.5, "unstructured: share of weights pruned; block, block_topk: share of blocks "
-                 "pruned (default 0.5)", "Sparsity", 0, 0.95, 0.01, flag="--sparsity_ratio",
+SPARSITY = Param("sparsity", float, 0.5, "share of weights pruned (unstructured), of blocks pruned (block, "
+                 "block_topk) (default 0.5)", "Sparsity", 0, 0.95, 0.01, flag="--sparsity_ratio",
                  info="block patterns: the share of blocks pruned")
-GROUP = Param("group", str, None, "unstructured comparison group (default: row for wanda/sparsegpt, matrix for "
+GROUP = Param("group", str, None, "comparison group (default: row for wanda/sparsegpt, matrix for "
               "magnitude)", choices=GROUPS, form=False)
-USE_VARIANT = Param("use_variant", bool, False, "unstructured: Wanda's variant, per row prune while the sorted "
+USE_VARIANT = Param("use_variant", bool, False, "Wanda's variant: per row, prune while the sorted "
                     "scores' running sum stays under alpha x the row total, alpha bisected to the target sparsity",
                     "Wanda's variant (alpha bisected per row)")
-N = Param("n", int, 2, "N:M: weights kept in every group of M (from --sparsity_type N:M)", "N (kept)", 0, flag=None,
+N = Param("n", int, 2, "weights kept in every group of M (from --sparsity_type N:M)", "N (kept)", 0, flag=None,
           row="nm", noun="N")
-M = Param("m", int, 4, "N:M: the group width (from --sparsity_type N:M)", "M (group)", 1, flag=None, row="nm",
+M = Param("m", int, 4, "the group width (from --sparsity_type N:M)", "M (group)", 1, flag=None, row="nm",
           noun="M")
 RATIOS = Param("ratios", tuple, THREE_TIER_RATIOS, "share of 16x16 blocks kept dense, made 2:4, and top-K; sum to 1 "
                "(default: the recipe's, else " + " ".join(f"{r:g}" for r in THREE_TIER_RATIOS) + ")",
@@ -343,9 +343,9 @@ WITHIN = Param("within_block", str, "score", "pick weights inside 2:4 and top-K 
                "(the original rule), or obs: by the OBS saliency while the weights are updated, as SparseGPT picks "
                "N:M (needs --reconstruct or sparsegpt) (default score)", "Inside 2:4 / top-K blocks keep by",
                choices=WITHIN_BLOCK)
-TOP_BLOCKS = Param("top_blocks_ratio", float, 0.6, "hybrid_2_4: share of blocks that try 2:4 (else dense); the rest "
+TOP_BLOCKS = Param("top_blocks_ratio", float, 0.6, "share of blocks that try 2:4 (else dense); the rest "
                    "keep K (default 0.6)", "top blocks (try 2:4, else dense)", 0, 1, 0.01)
-SCORE_THRESHOLD = Param("score_threshold", float, 0.8, "hybrid_2_4: a top block takes 2:4 when it keeps this share "
+SCORE_THRESHOLD = Param("score_threshold", float, 0.8, "a top block takes 2:4 when it keeps this share "
                         "of its score (default 0.8)", "2:4 taken if it keeps this share of the block's score",
                         0, 1, 0.01)
 BLOCK_PARAMS = (BLOCK, KEEP, WITHIN, BLOCK_RULE)
@@ -386,7 +386,7 @@ def _nm_at(spec, values, snap):
     return spec.replace(n=n)
 
 
-VNM_V = Param("v", int, 64, "vnm: rows V of each V x M block; the block's rows keep the same 4 of its M columns "
+VNM_V = Param("v", int, 64, "rows V of each V x M block; the block's rows keep the same 4 of its M columns "
               "(default 64; --sparsity_type V:N:M sets all three)", "V (rows per block)", 1, flag="--vnm_rows")
 
 
