@@ -194,7 +194,8 @@ def request_from_form(form: dict, **server) -> RunRequest:
         calib=source_from_form(form["calib"], form["calib_path"], "calibration") if spec.uses_calibration else "auto",
         eval=source_from_form(form["eval_source"], form["eval_path"], "evaluation"), eval_windows=windows,
         baselines=bool(form["baselines"]), device=form["device"] or "auto", dtype=form["dtype"] or "auto",
-        save_dir=_text(form["save_dir"], "save folder") or None, overwrite=bool(form["overwrite"]), **server)
+        save_dir=_text(form["save_dir"], "save folder") or None, save_format=form.get("save_format") or "dense",
+        overwrite=bool(form["overwrite"]), **server)
     request.validate()
     return request
 

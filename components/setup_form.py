@@ -9,6 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from engine.patterns import Param
+from engine.save import SAVE_FORMATS
 from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, ORIGINAL_URL, RECIPE_PATTERN, PruneSpec
 
 from . import recover
@@ -115,6 +116,9 @@ def render(page) -> None:
         # Saving writes to the server's disk: a public server has no such controls and refuses the fields.
         field("save_dir", gr.Textbox(label="Save the pruned model to (local folder, optional)", visible=not public,
                                      placeholder="e.g. ./out/smollm2-three-tier"))
+        field("save_format", gr.Radio([(title, name) for name, title in SAVE_FORMATS.items()], value="dense",
+                                      label="Save format", visible=not public,
+                                      info="compact: bytes measured per tier beside the estimate (Results)"))
         field("overwrite", gr.Checkbox(False, label="Overwrite that folder if it is not empty", visible=not public))
         gr.Markdown(page.settings.note(), elem_classes="note")
     with gr.Row(elem_id="run-buttons"):

@@ -96,6 +96,10 @@ def overview_html(record: dict | None) -> str:
              ("dense", _fmt(ppl.get("dense")), "baseline"),
              ("magnitude", _fmt(ppl.get("magnitude")), "same pattern, by |W|"),
              ("time", f"{secs:.1f} s" if secs else "—", record.get("status", ""))]
+    storage = record.get("storage")
+    if storage:
+        cards.insert(1, ("compact save (measured)", f"{_mb(storage['bytes'])} MB",
+                         f"estimate {_mb(storage['estimate_bytes'])} · dense {_mb(storage['pruned_dense_bytes'])} MB"))
     cells = "".join(f"<div class='card'><div class='k'>{k}</div><div class='v'>{v}</div><div class='s'>{s}</div></div>"
                     for k, v, s in cards)
     label = spec_label(record.get("spec"))
@@ -107,9 +111,23 @@ def overview_html(record: dict | None) -> str:
              + (f" ({record['eval']['windows']} windows of {record['eval']['seqlen']} tokens)"
                 if record.get("eval") else "")
              + f" · layers pruned {record.get('layers_done')}/{record.get('n_layers')}"
-             + (f" · {model['n_params_pruned']:,} weights in pruned matrices" if model.get("n_params_pruned") else ""))
+             + (f" · {model['n_params_pruned']:,} weights in pruned matrices" if model.get("n_params_pruned") else "")
+             + (f" · {storage_text(storage)}" if storage else ""))
     return (f"<div class='overview'><div class='what'>{where}</div><div class='cards'>{cells}</div>"
             f"<div class='facts'>{facts}</div></div>")
+
+
+def storage_text(storage: dict) -> str:
+    """The record's measured compact bytes per tier and in total, beside storage_estimate and the dense save."""
+    tiers = ", ".join(f"{name} {_mb(n)}" for name, n in storage["per_tier"].items() if n)
+    return (f"pruned matrices, measured MB: {tiers}; total {_mb(storage['bytes'])} = "
+            f"{storage['ratio']:.1%} of dense {_mb(storage['pruned_dense_bytes'])} (estimate "
+            f"{_mb(storage['estimate_bytes'])}, {storage['estimate_gap']:+.2%}); whole save "
+            f"{_mb(storage['compact_save_bytes'])} MB vs dense {_mb(storage['dense_save_bytes'])} MB")
+
+
+def _mb(n) -> str:
+    return f"{n / 1e6:,.2f}"
 
 
 def _fmt(x):

@@ -19,6 +19,7 @@ from .errors import UserError, run_command
 from .finetune_cli import add_finetune_arguments, finetune_spec_from_args
 from .methods import METHODS
 from .patterns import PATTERNS, pattern_params
+from .save import SAVE_FORMATS
 from .spec import ORIGINAL_URL, RECIPES, THREE_TIER_RATIOS, PruneSpec, parse_sparsity_type, sparsity_type_names
 from .zeroshot import PAPER_TASKS
 
@@ -64,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default="auto",
                    help="auto (float32 on CPU, bf16/fp16 on GPU) | float32 | float16 | bfloat16")
     e.add_argument("--no_save_model", action="store_true", help="with --save: write results only, not the model")
+    e.add_argument("--save_format", default="dense", choices=list(SAVE_FORMATS),
+                   help="; ".join(SAVE_FORMATS.values()) + " (default dense; layout: engine/compact.py)")
+    e.add_argument("--decompress", nargs=2, default=None, metavar=("DIR", "OUT"),
+                   help="prune nothing: write the compact save DIR as a normal folder OUT "
+                   "(AutoModelForCausalLM.from_pretrained loads it)")
     e.add_argument("--overwrite", action="store_true", help="allow a non-empty --save directory")
     e.add_argument("--trust_remote_code", action="store_true", help="run a model repository's own code")
     e.add_argument("--runs_dir", default=None, help="run store folder (default: $SPARSITY_RUNS or "
@@ -170,13 +176,18 @@ def _main(args) -> int:
 
     if args.check:
         return check_saved(args.check, args.device, args.dtype, args.trust_remote_code)
+    if args.decompress:
+        from .compact import decompress
+        out = decompress(*args.decompress, overwrite=args.overwrite)
+        print(f"decompressed {args.decompress[0]} into {out}")
+        return 0
 
     spec = spec_from_args(args)
     eval_source = None if str(args.eval_dataset).lower() == "none" else args.eval_dataset
     request = RunRequest(model=args.model, spec=spec, calib=args.calib_dataset, eval=eval_source,
                          eval_windows=args.eval_windows, baselines=args.baselines, device=args.device,
                          dtype=args.dtype, save_dir=args.save, save_model=not args.no_save_model,
-                         save_model_dir=args.save_model, overwrite=args.overwrite,
+                         save_model_dir=args.save_model, save_format=args.save_format, overwrite=args.overwrite,
                          trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir,
                          zero_shot_tasks=zero_shot_tasks(args.eval_zero_shot), zero_shot_limit=args.zero_shot_limit,
                          zero_shot_include=args.zero_shot_include, snapshot_max_gb=args.snapshot_max_gb,

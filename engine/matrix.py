@@ -49,5 +49,5 @@ def prune_matrix(W: torch.Tensor, stats: LinearStats | None, spec: PruneSpec, *,
         W_new, keep = sparsegpt_prune(W, stats.hessian(), keep_mask=chosen.keep, blocksize=spec.obs_blocksize,
                                       damp=spec.damp)
     else:
-        W_new, keep = W * chosen.keep, chosen.keep
+        W_new, keep = W.masked_fill(~chosen.keep, 0), chosen.keep  # +0.0: a pruned weight is 0 bit for bit
     return MatrixResult(W_new, keep, chosen.tiers, chosen.importance)

@@ -64,6 +64,8 @@ class RunRecord(dict):
         "recovery": Field("object", None, "the masked fine-tune after pruning: settings, curve {train, heldout}, "
                                           "ppl_before, ppl_after, zeros held (layout in engine/recover.py)"),
         "saved_model": Field("text", None, "where the pruned model was saved"),
+    "storage": Field("object", None, "the saved model's bytes (engine/compact.py measured_storage): format, "
+                                     "measured per tier and in total, storage_estimate's prediction, dense", False),
         "matrices": Field("list", [], "one MATRIX_FIELDS entry per pruned matrix, in walk order"),
         "actual_sparsity": Field("number", None, "Wanda's name for sparsity (set at the end)", False),
         "ppl_test": Field("number", None, "Wanda's name for ppl.pruned (set at the end)", False),

@@ -16,6 +16,7 @@ import torch
 
 from . import data as textdata
 from .baselines import BaselineCache, baseline_key, model_fingerprint
+from .compact import measured_storage, save_compact
 from .discovery import find_decoder_layers
 from .errors import Cancelled, UserError
 from .finetune import FinetuneSpec
@@ -25,7 +26,7 @@ from .perplexity import perplexity
 from .pruner import prune_model
 from .record import RunRecord, new_run_id, versions, write_json_atomic
 from .recover import recover
-from .save import check_save_dir, save_pretrained_atomic
+from .save import SAVE_FORMATS, check_save_dir, save_pretrained_atomic
 from .snapshot import DenseWeights, snapshot_budget_bytes
 from .spec import PruneSpec
 from .zeroshot import evaluate_zero_shot, resolve_tasks
@@ -44,6 +45,7 @@ class RunRequest:
     save_dir: str | None = None         # results.json (+ the model unless save_model is False)
     save_model: bool = True
     save_model_dir: str | None = None   # put the model here instead of save_dir
+    save_format: str = "dense"          # a SAVE_FORMATS name (engine/compact.py): dense, or compact by pattern
     overwrite: bool = False
     trust_remote_code: bool = False
     safetensors_only: bool = False      # never unpickle weights (.bin): a public server loads safetensors only
@@ -64,6 +66,8 @@ class RunRequest:
         if self.zero_shot_limit is not None and (not isinstance(self.zero_shot_limit, int) or self.zero_shot_limit < 1):
             raise UserError(f"zero-shot limit must be a whole number >= 1, got {self.zero_shot_limit!r}")
         snapshot_budget_bytes(self.snapshot_max_gb)
+        if self.save_format not in SAVE_FORMATS:
+            raise UserError(f"save format must be one of {', '.join(SAVE_FORMATS)}, got {str(self.save_format)[:40]!r}")
         if self.finetune is not None:
             self.finetune.validate()
             if self.finetune.lora_rank is not None and not self.finetune.merge:
@@ -270,7 +274,7 @@ def _after_pruning(request, lm, record, timings, sources, eval_ids, seqlen, prog
                                      request.eval_windows, ppl_before=record["ppl"]["pruned"],
                                      output_dir=request.finetune_dir, progress=progress, cancel=cancel)
         timings["finetune_s"] = time.perf_counter() - t
-    _save(request, lm, record, progress)  # before zero-shot, which can take hours: a failure there keeps the model
+    _save(request, lm, record, timings, progress)  # before zero-shot, which can take hours: a failure there keeps it
     if sources["zero_shot"] is not None:
         record["zero_shot"] = _zero_shot(lm, sources["zero_shot"], request, "pruned", timings, progress, cancel)
 
@@ -328,12 +332,18 @@ def _zero_shot(lm, tasks, request, what, timings, progress, cancel) -> dict:
     return scores
 
 
-def _save(request: RunRequest, lm: LoadedModel, record: dict, progress) -> None:
+def _save(request: RunRequest, lm: LoadedModel, record: dict, timings: dict, progress) -> None:
     target = request.save_model_dir or request.save_dir
     if request.save_model and target:
-        progress({"stage": "save", "message": f"saving the pruned model to {target}"})
-        save_pretrained_atomic(lm.model, lm.tokenizer, target, overwrite=True,
-                               extra_files={"README.md": model_card(record)})  # the card lands with the weights
+        progress({"stage": "save", "message": f"saving the pruned model ({request.save_format}) to {target}"})
+        card = {"README.md": model_card(record)}  # the card lands with the weights
+        t = time.perf_counter()
+        if request.save_format == "compact":
+            measured = save_compact(lm.model, lm.tokenizer, target, record, overwrite=True, extra_files=card)
+            record["storage"] = measured_storage(lm.model, record, measured)
+        else:
+            save_pretrained_atomic(lm.model, lm.tokenizer, target, overwrite=True, extra_files=card)
+        timings["save_s"] = time.perf_counter() - t
         record["saved_model"] = str(Path(target).expanduser().resolve())
 
 

@@ -27,6 +27,8 @@ from .store import process_alive
 MODEL_FILES = re.compile(r"(config\.json|generation_config\.json|.*\.safetensors|.*\.safetensors\.index\.json|"
                          r"pytorch_model.*\.bin|.*\.bin\.index\.json|tokenizer.*|special_tokens_map\.json|"
                          r"added_tokens\.json|vocab\..*|merges\.txt|chat_template.*|.*\.tiktoken|spiece\.model)")
+SAVE_FORMATS = {"dense": "dense: a normal save_pretrained folder, pruned weights stored as zeros",
+                "compact": "compact: each pruned matrix stored by its pattern, loads back bit for bit"}
 WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)  # RuntimeError: torch's writer on a failed write
 RENAME_EXCHANGE = 2
 AT_FDCWD = -100
@@ -62,8 +64,9 @@ def check_save_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
 
 
 def save_pretrained_atomic(model, tokenizer, path: str | os.PathLike, overwrite: bool = False,
-                           extra_files: dict[str, str] | None = None) -> Path:
-    """Save model + tokenizer (+ `extra_files`: {name: text}, e.g. the model card) to `path`, all or nothing."""
+                           extra_files: dict[str, str] | None = None, write=None) -> Path:
+    """Save model + tokenizer (+ `extra_files`: {name: text}, e.g. the model card) to `path`, all or nothing.
+    `write(folder)` replaces the model + tokenizer save (engine/compact.py writes its own layout)."""
     path = Path(path).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,9 +75,12 @@ def save_pretrained_atomic(model, tokenizer, path: str | os.PathLike, overwrite:
     except OSError as e:
         raise UserError(f"cannot write to {path.parent} ({e.strerror or e}); choose another save directory") from e
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        if write is not None:
+            write(tmp)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         if path.exists():

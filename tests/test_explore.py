@@ -353,8 +353,11 @@ def test_storage_of_a_hand_made_three_tier_plan():
 def test_storage_of_n_m_and_unstructured_plans():
     keep = torch.tensor([[1, 1, 0, 0, 0, 1, 0, 1]] * 2, dtype=torch.bool)
     assert storage_estimate(_plan(S(pattern="nm", n=2, m=4), keep))["bytes"] == 8 * (16 + 2) / 8
-    # CSR: a 3-bit column index per kept value, a 32-bit row offset per row
-    assert storage_estimate(_plan(S(pattern="unstructured"), keep))["bytes"] == (8 * (16 + 3) + 2 * 32) / 8
+    # half kept: a bitmask (one bit per weight) beats CSR (a 3-bit column per kept value, 32-bit row counts)
+    assert storage_estimate(_plan(S(pattern="unstructured"), keep))["bytes"] == (8 * 16 + 16) / 8
+    sparse = torch.zeros(2, 64, dtype=torch.bool)
+    sparse[0, 5] = True  # one kept of 128: CSR (6-bit column + two row counts) beats the 128-bit mask
+    assert storage_estimate(_plan(S(pattern="unstructured"), sparse))["bytes"] == (16 + 6 + 2 * 32) / 8
     assert storage_estimate(_plan(S(pattern="nm", n=2, m=4), keep), value_bits=8)["bytes"] == 8 * 10 / 8
 
 

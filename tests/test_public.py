@@ -174,6 +174,7 @@ def test_settings_follow_the_flag_and_the_environment():
 def test_the_public_page_has_no_save_no_paths_no_remote_code_and_a_bounded_queue(public_app):
     dash, url = public_app
     assert not dash.form["save_dir"].visible and not dash.form["overwrite"].visible
+    assert not dash.form["save_format"].visible
     for name in ("calib", "eval_source"):
         assert "path" not in [v for _, v in dash.form[name].choices]
     assert not any("7b" in v.lower() for _, v in dash.form["model"].choices)
