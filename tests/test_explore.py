@@ -363,6 +363,7 @@ def test_storage_of_n_m_and_unstructured_plans():
 
 # --- the command line ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sweep_command_end_to_end(tiny_llama_dir, tmp_path, capsys):
     out = tmp_path / "sweep"
     rc = main(["--model", str(tiny_llama_dir), "--sparsity_type", "three_tier", "--tier_scope", "model",

@@ -55,6 +55,7 @@ def test_discovery_finds_layers_and_skips_embeddings_and_head(family):
     assert not any("embed" in n or "lm_head" in n or n.endswith(".gate") for n in names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pattern", list(SPECS))
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "fisher", "fisher_wanda"])
 @pytest.mark.parametrize("family", FAMILIES)

@@ -49,6 +49,7 @@ def _assert_zeros_identical(model, masks, before):
     assert changed > 0, "nothing trained"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "gpt2", "mixtral"])
 @pytest.mark.parametrize("pattern", list(PATTERNS))
 def test_full_finetune_keeps_zeros_bit_for_bit(tmp_path, tiny_tokenizer, family, pattern):
@@ -185,6 +186,7 @@ def test_main_py_prunes_then_recovers_and_records_it(tmp_path, tiny_llama_dir, c
     assert sum(int((p == 0).sum()) for n, p in saved.named_parameters() if "layers" in n) >= block["zeros_after"]
 
 
+@pytest.mark.slow
 def test_finetune_py_recovers_a_saved_folder(tmp_path, tiny_tokenizer, tiny_llama_dir, capsys):
     from engine.finetune_cli import main
 
