@@ -408,8 +408,9 @@ def _vnm_validate(spec):
 
 
 def _vnm_too_wide(matrix, shape, spec):
-    if shape[-1] < spec.m or shape[0] < spec.v:
-        return f"{spec.v} x {spec.m} blocks do not fit {matrix} {list(shape)}; choose V and M within it"
+    """M wider than the matrix cannot group it; a matrix of fewer than V rows is one block high (vnm_mask pads)."""
+    if shape[-1] < spec.m:
+        return f"M={spec.m} is wider than {matrix}; choose M of at most {shape[-1]}"
     return None
 
 
