@@ -6,8 +6,11 @@ Nothing here computes masks or scores: CalibrationCache, replan, estimate, stora
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from engine import data as textdata
@@ -27,16 +30,28 @@ from engine.explore import (
 from engine.methods import METHODS
 from engine.patterns import PATTERNS, pattern_params
 from engine.pruner import prune_model
+from engine.search import (
+    evaluation_key,
+    list_studies,
+    open_storage,
+    open_study,
+    search,
+    search_space,
+    study_identity,
+    trial_records,
+)
 from engine.spec import PruneSpec
 
 from .jobs import Job
 
 CALIBRATIONS = CalibrationCache(size=2)  # one per process, like the model cache (runner.MODELS) it refers to
+MAX_EXPLORATIONS = 8                     # live explorations per server (tabs that calibrated); the oldest is closed
 REPLANS = threading.Lock()               # a re-plan fills its calibration's per-block store: one at a time
 ESTIMATE_WINDOWS = 4                     # ~1-2 s a window of 256 tokens for SmolLM2 on 2 CPU cores
 ESTIMATE_TOKENS = 256
-# a Pareto point's kind: a split estimated masks only, a reference re-planned the same way, a reference pruned for real
-SPLIT, REFERENCE, EXACT_REFERENCE = "split", "reference", "exact reference"
+# a Pareto point's kind: a split estimated masks only, a reference re-planned the same way, a reference pruned for real,
+# a trial of a split search (estimated as a split is)
+SPLIT, REFERENCE, EXACT_REFERENCE, SEARCH = "split", "reference", "exact reference", "search trial"
 
 
 @dataclass
@@ -44,13 +59,22 @@ class Setup:
     """What a calibration was made for: the base spec (the form's), its model, text and windows."""
     spec: PruneSpec
     request: object                      # the RunRequest of the form at calibration (model, device, dtype ...)
-    calibration: Calibration
+    key: dict                            # the calibration's key: CALIBRATIONS holds it, shared by every tab
     eval_ids: object                     # LongTensor [1, T]: the evaluation text, tokenized once
     windows: object                      # LongTensor [nsamples, seqlen]: the calibration windows (None: magnitude)
     eval_name: str
     calib_name: str | None
     seconds: float                       # what this press took (a cache hit: milliseconds)
     cached: bool
+
+    @property
+    def calibration(self) -> Calibration:
+        """The shared calibration, while the server still keeps it (a tab never holds one alive on its own)."""
+        cal = CALIBRATIONS.find(self.key)
+        if cal is None:
+            raise UserError(f"this calibration was dropped to make room for newer ones (the server keeps "
+                            f"{CALIBRATIONS.size}): press Calibrate again")
+        return cal
 
 
 @dataclass
@@ -63,12 +87,60 @@ class ExploreState:
     job: Job | None = None               # the re-plan + estimate running now (a new split stops it)
     shown_layer: int | None = None
     shown_module: str | None = None
+    closed: str | None = None            # why the server closed this exploration (the page is told)
 
     def supersede(self, job: Job | None = None) -> None:
         """Stop the running estimate at once (between windows) and make `job` the current one."""
         if self.job is not None:
             self.job.stop()
         self.job = job
+
+    def close(self, why: str) -> None:
+        """Stop its job and let go of everything big it refers to (its setup, plan and maps); the points stay."""
+        self.supersede(None)
+        self.setup, self.plan, self.record, self.closed = None, None, None, why
+
+    def not_ready(self) -> str:
+        """What the page says when a split is asked for before (or after) there is a calibration to plan from."""
+        return self.closed or "Press Calibrate first: the splits are planned from its statistics."
+
+
+class Explorations:
+    """The server's live explorations, one per browser tab that calibrated, oldest first. Beyond `size` the
+    oldest is closed (its page is told why when it next asks for a split); a tab that goes away is closed at
+    once. Only weak references are kept: a tab Gradio forgot is never kept alive here."""
+
+    def __init__(self, size: int = MAX_EXPLORATIONS):
+        self.size = size
+        self._live: OrderedDict[str, weakref.ref] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def admit(self, session: str, state: ExploreState) -> None:
+        with self._lock:
+            self._live.pop(session, None)
+            self._live[session] = weakref.ref(state)
+            dropped = []
+            while len(self._live) > self.size:
+                dropped.append(self._live.popitem(last=False)[1]())
+        for old in dropped:
+            if old is not None and old is not state:
+                old.close(f"this exploration was closed to make room for newer ones (this server explores "
+                          f"{self.size} at once): press Calibrate again")
+
+    def end(self, session: str) -> None:
+        """The tab `session` went away: close its exploration now, not when Gradio forgets its state."""
+        with self._lock:
+            ref = self._live.pop(session, None)
+        state = ref() if ref is not None else None
+        if state is not None:
+            state.close("this page was closed")
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(1 for ref in self._live.values() if ref() is not None)
+
+
+EXPLORATIONS = Explorations()
 
 
 # ---- calibration -------------------------------------------------------------------------------------------------
@@ -96,7 +168,7 @@ def calibrate(req, models, progress, cancel) -> Setup:
     cal = CALIBRATIONS.get(lm.model, spec, windows, data=calib_src.name if calib_src else None,
                            progress=progress, cancel=cancel)
     cached = time.perf_counter() - started < cal.seconds / 2  # a hit costs the key (a fingerprint), not a pass
-    return Setup(spec.replace(seqlen=seqlen), req, cal, eval_ids, windows, eval_src.name,
+    return Setup(spec.replace(seqlen=seqlen), req, cal.key, eval_ids, windows, eval_src.name,
                  calib_src.name if calib_src else None, time.perf_counter() - t0, cached)
 
 
@@ -104,9 +176,15 @@ def calibration_text(setup: Setup) -> str:
     cal = setup.calibration
     how = (f"served from the cache in {setup.seconds:.2f} s (calibrated in {cal.seconds:.1f} s)" if setup.cached
            else f"calibrated in {cal.seconds:.1f} s ({setup.seconds:.1f} s with loading and data)")
-    data = f" on {setup.calib_name}" if setup.calib_name else ""
+    data = f" on {markdown_text(setup.calib_name)}" if setup.calib_name else ""
     return (f"**{setup.spec.method}**{data}: {how}; {len(cal.matrices)} matrices, "
-            f"{cal.nbytes / 2**20:.1f} MiB of statistics. Evaluation text: {setup.eval_name}.")
+            f"{cal.nbytes / 2**20:.1f} MiB of statistics. Evaluation text: {markdown_text(setup.eval_name)}.")
+
+
+def markdown_text(text) -> str:
+    """Text shown literally inside Markdown (a file's name may read `[x](javascript:...)`): every character
+    Markdown or HTML gives a meaning is escaped."""
+    return re.sub(r"([\\`*_{}\[\]()<>#+!|~&-])", r"\\\1", str(text))
 
 
 # ---- one split ---------------------------------------------------------------------------------------------------
@@ -167,6 +245,17 @@ def explore_job(setup: Setup, specs: list[PruneSpec], models, windows: int | Non
     return target
 
 
+def keep_maps_only(plan: Replan) -> None:
+    """Let go of a shown plan's keep-masks (a bool per weight: 106 MB for SmolLM2) once they are estimated: a tab
+    keeps a plan's maps, counts and spec; opening it again re-plans it."""
+    for m in plan.matrices.values():
+        m.made, m.build = None, _released
+
+
+def _released():
+    raise UserError("this split's masks were released after its estimate: open it again to re-plan it")
+
+
 def plan_record(plan: Replan, n_layers: int) -> dict:
     """A run-record-like dict of a plan, which components/figures.py draws as it draws a run."""
     return {"spec": plan.spec.to_dict(), "n_layers": n_layers, "matrices": matrix_entries(plan),
@@ -199,10 +288,15 @@ def estimate_html(event: dict | None, note: str = "") -> str:
 def add_point(state: ExploreState, plan: Replan, est, storage: dict, kind: str = SPLIT) -> dict:
     """Keep an estimated split (or an exact reference: `plan` then holds the pruned model's masks) as a point of
     the Pareto view; the same spec and kind again replaces its point."""
-    label = plan.spec.label()
-    point = {"label": label, "kind": kind, "sparsity": plan.sparsity, "storage": storage["bytes"],
-             "ppl": est.ppl, "ppl_low": est.ppl_low, "ppl_high": est.ppl_high, "windows": est.windows,
-             "spec": plan.spec.to_dict(), "requested": plan.requested.to_dict(), "exact": None}
+    return put_point(state, {"label": plan.spec.label(), "kind": kind, "sparsity": plan.sparsity,
+                             "storage": storage["bytes"], "ppl": est.ppl, "ppl_low": est.ppl_low,
+                             "ppl_high": est.ppl_high, "windows": est.windows, "spec": plan.spec.to_dict(),
+                             "requested": plan.requested.to_dict(), "exact": None})
+
+
+def put_point(state: ExploreState, point: dict) -> dict:
+    """Number a new point, or replace the point of the same label and kind (keeping its number and exact run)."""
+    label, kind = point["label"], point["kind"]
     old = next((i for i, p in enumerate(state.points) if p["label"] == label and p["kind"] == kind), None)
     if old is None:
         point["n"] = len(state.points) + 1
@@ -263,6 +357,61 @@ def reference_job(setup: Setup, specs: list[PruneSpec], models, windows: int, to
     return target
 
 
+# ---- the split search (engine/search.py) -------------------------------------------------------------------------
+
+def search_job(setup: Setup, settings, storage_url: str, study_name: str | None, tokens: int, models,
+               on_restore=None):
+    """A job target: open (or resume) the study of this calibration, then add trials, each streamed as
+    {"stage": "search", "record"}; {"stage": "study", "name", "records"} first, with the trials it already holds.
+    Cancel stops it between estimate windows; every finished trial is in the study."""
+    def target(progress, cancel):
+        if ensure_dense(setup, models) and on_restore is not None:
+            on_restore()
+        cal = setup.calibration
+        space = search_space(setup.spec, cal.model)
+        identity = study_identity(cal.key, space, settings, evaluation_key(setup.eval_ids, tokens, settings.windows,
+                                                                           estimate))
+        study = open_study(open_storage(storage_url), study_name, identity, settings,
+                           model=setup.request.model or "embedded")
+        progress({"stage": "study", "name": study.study_name, "records": trial_records(study),
+                  "fields": space.fields})
+        with REPLANS:
+            return search(study, cal, space, settings, setup.eval_ids, tokens, progress=progress, cancel=cancel)
+    return target
+
+
+def search_point(state: ExploreState, record: dict, calibration: dict | None) -> dict | None:
+    """A finished trial as a Pareto point (kind SEARCH); `calibration` is its study's calibration key, which a click
+    must match to open the trial's maps. Trials outside the band or cap have no estimate and no point."""
+    if record.get("ppl") is None:
+        return None
+    return put_point(state, {"label": record["label"], "kind": SEARCH, "sparsity": record["sparsity"],
+                             "storage": record["storage_bytes"], "ppl": record["ppl"], "ppl_low": record["ppl_low"],
+                             "ppl_high": record["ppl_high"], "windows": record["windows"], "spec": record["spec"],
+                             "requested": record.get("requested", record["spec"]), "exact": None,
+                             "trial": record["number"],
+                             "calibration": calibration})
+
+
+def past_searches(storage_url: str) -> list[dict]:
+    """The studies in the storage (engine/search.list_studies); [] when it cannot be read."""
+    try:
+        return list_studies(open_storage(storage_url))
+    except UserError:
+        return []
+
+
+def load_search(storage_url: str, name: str) -> tuple[list[dict], dict]:
+    """A past study's finished trials and its identity (calibration key, settings)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage_url))
+    except KeyError:
+        raise UserError(f"no search named {name!r} in the study storage") from None
+    return trial_records(study), study.user_attrs.get("identity") or {}
+
+
 def pareto_front(x: list[float], y: list[float], more_x_is_better: bool = True) -> list[int]:
     """Indices of the points no other point beats: as good or better on both axes and strictly on one (lower y;
     higher x when more_x_is_better, else lower x), sorted along x."""
@@ -271,7 +420,6 @@ def pareto_front(x: list[float], y: list[float], more_x_is_better: bool = True) 
              if not any(sign * x[j] >= sign * x[i] and y[j] <= y[i] and (sign * x[j] > sign * x[i] or y[j] < y[i])
                         for j in range(len(x)))]
     return sorted(front, key=lambda i: x[i])
-
 
 
 POINT_COLUMNS = ["#", "split", "kind", "sparsity", "storage MiB", "estimate", "± spread", "exact", "front"]

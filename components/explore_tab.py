@@ -3,19 +3,23 @@ and a quick masks-only perplexity estimate seconds later; Run exact prunes the s
 every estimated split lands on a Pareto view. The work is components/explore.py's calls into engine/explore.py."""
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
+
 import gradio as gr
 
 from engine import data as textdata
-from engine.errors import UserError
+from engine.errors import UserError, excerpt
 from engine.patterns import PATTERNS
+from engine.search import OBJECTIVES, SearchSettings, default_storage_url, pareto_front
 from engine.spec import PruneSpec
 
-from . import explore, figures, runner
+from . import explore, figures, policy, runner
 from .explore import ESTIMATE_TOKENS, ESTIMATE_WINDOWS, ExploreState
 from .jobs import Job
 from .layout import banner
 from .registry import FORM_SPEC, block_pattern, spec_form_values
-from .results_tab import LIGHT, selection_for, tiermap_for
+from .results_tab import LIGHT, layer_index, selection_for, tiermap_for
 from .setup_form import param_widget
 
 STORAGE_FORMULA = ("**Storage estimate** (v = 16 bits a value): "  # each pattern's formula, from its entry
@@ -28,14 +32,14 @@ class ExploreWidgets:
     __slots__ = ("state", "status", "calibrate_btn", "calib_note", "ratio_box", "dense", "two_four", "topk_note",
                  "sparsity", "replan", "windows", "tokens", "exact_btn", "estimate", "summary", "heatmap", "shares",
                  "layer", "module", "tiermap", "tiernote", "axis", "refs_btn", "strong_btn", "pareto", "points",
-                 "open", "pareto_click")
+                 "open", "pareto_click", "search")
 
 
 def render(page) -> None:
     w = page.explore = ExploreWidgets()
     spec = FORM_SPEC
     with gr.Tab("Explore", id="explore"):
-        w.state = gr.State(lambda: ExploreState())
+        w.state = gr.State(lambda: ExploreState(), delete_callback=lambda xs: xs.close("this page was closed"))
         gr.Markdown("Calibrate once for the model, method and calibration data on the left; then every split is "
                     "re-planned from those statistics without a forward pass: the maps follow a slider as soon as "
                     "it is released, then a quick perplexity estimate streams in. The estimate applies the "
@@ -94,10 +98,96 @@ def render(page) -> None:
                                 elem_id="xs-points", wrap=True)
         w.open = gr.Dropdown([], value=None, label="Open a point's maps (or click it above)", interactive=True)
         w.pareto_click = gr.Textbox(visible="hidden", elem_id="pareto-click")
+        w.search = render_search(page)
+
+
+@dataclass
+class SearchPanel:
+    """The split search's widgets (engine/search.py through components/explore.search_job), kept together."""
+    objective: gr.Radio
+    low: gr.Number
+    high: gr.Number
+    max_bits: gr.Number
+    trials: gr.Number
+    minutes: gr.Number
+    storage: gr.Textbox
+    study: gr.Textbox
+    start: gr.Button
+    stop: gr.Button
+    status: gr.HTML
+    past: gr.Dropdown
+    exact: gr.Button
+
+
+def render_search(page) -> SearchPanel:
+    public = page.settings.public
+    with gr.Accordion("Search the split", open=True, elem_id="xs-search"):
+        gr.Markdown("Optuna proposes splits of the calibrated pattern (three-tier: ratios, K, B, scope, assignment, "
+                    "choice inside blocks), each re-planned and estimated on the windows above; the front is the "
+                    "best estimated perplexity for each sparsity (or storage). Splits outside the band or above the "
+                    "cap are not estimated. Every finished trial is kept in a study (SQLite beside the run store, "
+                    "or a storage URL several machines share); Stop keeps them all.", elem_classes="note")
+        with gr.Row():
+            objective = gr.Radio([(o.title, name) for name, o in OBJECTIVES.items()], value="sparsity",
+                                 label="Objective", scale=2)
+            low = gr.Number(0.0, minimum=0, maximum=1, label="sparsity at least", elem_id="xs-search-low")
+            high = gr.Number(1.0, minimum=0, maximum=1, label="sparsity at most", elem_id="xs-search-high")
+            max_bits = gr.Number(0, minimum=0, label="bits per weight at most (0: no cap)")
+        with gr.Row():
+            trials = gr.Number(20 if not public else min(20, page.settings.limits.search_trials), precision=0,
+                               minimum=1, label="trials", elem_id="xs-search-trials")
+            minutes = gr.Number(0 if not public else page.settings.limits.search_minutes, minimum=0,
+                                label="minutes (0: no limit)")
+            storage = gr.Textbox("", label="study storage URL (empty: SQLite beside the run store)", visible=not public)
+            study = gr.Textbox("", label="study name (empty: named after the calibration and settings)",
+                               visible=not public)
+        with gr.Row():
+            start = gr.Button("Start search", variant="primary", elem_id="xs-search-start")
+            stop = gr.Button("Stop search", elem_id="xs-search-stop")
+            exact = gr.Button(f"Run exact on the front's best {EXACT_BEST}", elem_id="xs-search-exact")
+        status = gr.HTML("", elem_id="xs-search-status")
+        past = gr.Dropdown(past_choices(page, ""), value=None, label="Past searches (open one: its trials and front)",
+                           interactive=True, elem_id="xs-search-past")
+    return SearchPanel(objective, low, high, max_bits, trials, minutes, storage, study, start, stop, status, past,
+                       exact)
+
+
+EXACT_BEST = 3
+
+
+def storage_url(page, typed: str | None) -> str:
+    """The study storage: the typed URL (local servers only), else the SQLite file beside the page's run store."""
+    if typed and str(typed).strip() and not page.settings.public:
+        return str(typed).strip()
+    return default_storage_url(page.store.directory)
+
+
+def past_choices(page, typed: str | None) -> list[tuple[str, str]]:
+    return [(f"{s['study']} · {s['trials']} trials · {s['method']} {s['pattern']} · {s['objective']}", s["study"])
+            for s in explore.past_searches(storage_url(page, typed))]
+
+
+def search_settings(page, objective, low, high, max_bits, trials, minutes, windows) -> SearchSettings:
+    def number(value, cast):
+        if value is None or str(value).strip() == "":
+            return None
+        try:
+            return cast(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{value!r} is not a number") from None
+    lo, hi = number(low, float), number(high, float)
+    band = None if (lo or 0.0) <= 0.0 and (1.0 if hi is None else hi) >= 1.0 else (lo or 0.0, 1.0 if hi is None else hi)
+    n, m, cap = number(trials, int), number(minutes, float) or None, number(max_bits, float) or None  # 0: none
+    policy.check_search(n, m, page.settings.public, page.settings.limits)
+    return SearchSettings(objective=objective, band=band, max_bits=cap, trials=n, minutes=m,
+                          windows=_count(windows, "estimate windows", 1, MAX_WINDOWS))
 
 
 def topk_text(dense, two_four) -> str:
-    rest = 1 - float(dense or 0) - float(two_four or 0)
+    try:
+        rest = 1 - float(dense or 0) - float(two_four or 0)
+    except (TypeError, ValueError):
+        rest = 0.0
     return f"top-K blocks: **{max(rest, 0):.2f}** (the rest)"
 
 
@@ -153,6 +243,17 @@ def controls_for(page, spec: PruneSpec) -> dict:
     return out
 
 
+def _share(value, name: str) -> float:
+    """A slider's value as a raw event may send it (empty, text, NaN): a number in [0, 1] or one line."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number between 0 and 1, got {excerpt(value)}") from None
+    if not 0.0 <= x <= 1.0:
+        raise UserError(f"{name} must be a number between 0 and 1, got {excerpt(value)}")
+    return x
+
+
 def _count(value, name: str, low: int, high: int) -> int:
     try:
         n = int(value)
@@ -177,12 +278,15 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
     events: maps of a plan, the running estimate, a finished point, the walk of an exact reference."""
     w = page.explore
     if xs.setup is None:
-        yield {w.status: banner("warn", "Press Calibrate first: the splits are planned from its statistics.")}
+        yield {w.status: banner("warn", xs.not_ready())}
         return
     try:
         n = None if windows is None else _count(windows, "estimate windows", 1, MAX_WINDOWS)
-        context = textdata.model_context(xs.setup.calibration.model.config) or 2048
-        seqlen = None if n is None else _count(tokens, "tokens per window", 8, context)
+        most = textdata.model_context(xs.setup.calibration.model.config) or 2048
+        limits = page.settings.limits
+        if limits is not None:  # a public server's cap on tokens per window holds for estimates as for runs
+            most = min(most, limits.seqlen)
+        seqlen = None if n is None else _count(tokens, "tokens per window", 8, most)
     except UserError as err:
         yield {w.status: banner("err", str(err))}
         return
@@ -213,6 +317,8 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
                 elif stage == "planned":
                     plan = event["plan"]
                     out.update(show_plan(page, xs, plan, event["storage"]))
+                    if not n:
+                        explore.keep_maps_only(plan)  # maps only: no estimate needs its masks
                     out[w.estimate] = explore.estimate_html(None, "estimating…" if n else "")
                     out[w.status] = banner("info", f"Re-planned in {plan.seconds:.2f} s"
                                            + ("; estimating perplexity…" if n else "."))
@@ -221,6 +327,7 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
                 elif stage == "estimated" and event["estimate"].status == "completed":
                     plan, est = event["plan"], event["estimate"]
                     explore.add_point(xs, plan, est, explore.storage_estimate(plan), kind)
+                    explore.keep_maps_only(plan)
                     out.update(show_points(page, xs, axis))
                     finished = True
                     out[w.status] = banner("ok", f"{plan.spec.label()}: perplexity {'' if exact else '≈ '}"
@@ -235,8 +342,9 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
         yield {w.status: banner("err", job.error)}
 
 
-def calibrate(page, *values):
-    """Calibrate for the form's set-up (served from the cache when nothing changed), then explore its split."""
+def calibrate(page, *values, request: gr.Request | None = None):
+    """Calibrate for the form's set-up (served from the cache when nothing changed), then explore its split.
+    `request`: the tab's, which the server's live explorations (explore.EXPLORATIONS) know it by."""
     w = page.explore
     *form_values, xs, windows, tokens, axis = values
     xs.supersede(None)
@@ -271,7 +379,8 @@ def calibrate(page, *values):
         raise gr.Error(job.error, print_exception=False, title="Cannot calibrate")
     if xs.job is not job or job.result is None:
         return
-    xs.setup = job.result
+    xs.setup, xs.closed = job.result, None
+    explore.EXPLORATIONS.admit(getattr(request, "session_hash", None) or f"tab-{id(xs)}", xs)
     spec = xs.setup.spec
     yield {**controls_for(page, spec), w.calib_note: explore.calibration_text(xs.setup),
            w.topk_note: topk_text(*spec.ratios[:2])}
@@ -284,8 +393,12 @@ def move(page, xs: ExploreState, dense, two_four, sparsity, *values):
     w = page.explore
     *replan, windows, tokens, axis = values
     if xs.setup is None:
-        yield {w.status: banner("warn", "Press Calibrate first: the splits are planned from its statistics."),
-               w.topk_note: topk_text(dense, two_four)}
+        yield {w.status: banner("warn", xs.not_ready()), w.topk_note: topk_text(dense, two_four)}
+        return
+    try:
+        dense, two_four = _share(dense, "dense blocks"), _share(two_four, "2:4 blocks")
+    except UserError as err:
+        yield {w.status: banner("err", str(err))}
         return
     if len(PATTERNS[xs.setup.spec.pattern].axis) == 3 and float(dense) + float(two_four) > 1:
         two_four = round(1 - float(dense), 2)  # top-K cannot go below 0: 2:4 takes what dense leaves
@@ -310,6 +423,11 @@ def open_point(page, xs: ExploreState, number, axis):
         yield {w.status: banner("info", f"#{number} {point['label']} was pruned for real, not planned from "
                                 f"this calibration: it has no maps here.")}
         return
+    if point.get("calibration") is not None and xs.setup is not None and \
+            point["calibration"] != xs.setup.calibration.key:
+        yield {w.status: banner("info", f"#{number} is a trial of a search on another calibration: calibrate with "
+                                        "its model, method and data to open its maps.")}
+        return
     spec = PruneSpec.from_dict(point["requested"])
     yield from explore_specs(page, xs, [spec], None, None, axis)
     yield {w.estimate: explore.estimate_html({"ppl": point["ppl"], "ppl_low": point["ppl_low"],
@@ -317,10 +435,97 @@ def open_point(page, xs: ExploreState, number, axis):
                                               "total": point["windows"]}, f"point #{number}")}
 
 
+def start_search(page, xs: ExploreState, objective, low, high, max_bits, trials, minutes, typed_url, study,
+                 windows, tokens, axis):
+    """Add trials to this calibration's study, streaming each finished trial into the Pareto view and the points
+    table; Stop (or a new split) ends it between estimate windows, every finished trial kept."""
+    panel = page.explore.search
+    if xs.setup is None:
+        yield {panel.status: banner("warn", "Press Calibrate first: the search plans every trial from its "
+                                            "statistics.")}
+        return
+    try:
+        settings = search_settings(page, objective, low, high, max_bits, trials, minutes, windows)
+        context = textdata.model_context(xs.setup.calibration.model.config) or 2048
+        seqlen = _count(tokens, "tokens per window", 8, context)
+    except UserError as err:
+        yield {panel.status: banner("err", str(err))}
+        return
+    url = storage_url(page, typed_url)
+
+    def forget_run():
+        runner.MODELS.holds_run = None
+    job = Job(explore.search_job(xs.setup, settings, url, (study or "").strip() or None, seqlen, runner.MODELS,
+                                 forget_run), name="search")
+    xs.supersede(job)
+    try:
+        job.start(page.settings.max_waiting)
+    except UserError as err:
+        yield {panel.status: banner("err", str(err))}
+        return
+    yield {panel.status: banner("info", "Opening the study…")}
+    name, added, calibration = None, 0, xs.setup.calibration.key
+    try:
+        for events in job.watch(interval=0.2):
+            if xs.job is not job:
+                return
+            out = {}
+            for event in events:
+                stage = event.get("stage")
+                if stage == "study":
+                    name = event["name"]
+                    for r in event["records"]:
+                        explore.search_point(xs, r, calibration)
+                    out.update(show_points(page, xs, axis))
+                    out[panel.status] = banner("info", f"Search {name}: {len(event['records'])} trials so far; "
+                                                       f"searching {', '.join(event['fields'])}…")
+                elif stage == "estimate":
+                    out[page.explore.estimate] = explore.estimate_html(event, "search trial, masks only")
+                elif stage == "search":
+                    r = event["record"]
+                    added += 1
+                    explore.search_point(xs, r, calibration)
+                    out.update(show_points(page, xs, axis))
+                    ppl = "outside the band / cap" if r["ppl"] is None else f"≈ {r['ppl']:,.2f}"
+                    out[panel.status] = banner("info", f"Search {name}: trial {r['number']} ({added} of "
+                                                       f"{settings.trials or '∞'}) {r['label']}: {ppl} at "
+                                                       f"{r['sparsity']:.2%}.")
+            if out:
+                yield out
+    finally:
+        if job.running and xs.job is job:
+            job.stop()
+    if job.error:
+        yield {panel.status: banner("err", job.error)}
+        return
+    how = "stopped" if job.cancel.is_set() else "finished"
+    yield {panel.status: banner("ok", f"Search {name} {how}: {added} trials added, all kept in the study."),
+           panel.past: gr.Dropdown(choices=past_choices(page, typed_url))}
+
+
+def open_search(page, xs: ExploreState, name, typed_url, axis):
+    """A past search's trials and front, as they were stored (maps open for its calibration only)."""
+    panel = page.explore.search
+    if not name:
+        return
+    try:
+        records, identity = explore.load_search(storage_url(page, typed_url), name)
+    except UserError as err:
+        yield {panel.status: banner("err", str(err))}
+        return
+    for r in records:
+        explore.search_point(xs, r, identity.get("calibration"))
+    objective = (identity.get("settings") or {}).get("objective", "sparsity")
+    front = pareto_front(records, objective)
+    best = f"; best {front[0]['label']} ≈ {front[0]['ppl']:,.2f}" if front else ""
+    yield {**show_points(page, xs, axis),
+           panel.status: banner("ok", f"Search {name}: {len(records)} trials, {len(front)} on the front{best}.")}
+
+
 def references(page, xs: ExploreState, windows, tokens, axis):
     """2:4 and unstructured 50% with the same method, masks only, on the same windows: the Pareto view's yardsticks."""
     if xs.setup is None:
-        yield {page.explore.status: banner("warn", "Press Calibrate first.")}
+        yield {page.explore.status: banner("warn", xs.not_ready())}
         return
     yield from explore_specs(page, xs, explore.reference_specs(xs.setup.spec), windows, tokens, axis, explore.REFERENCE)
 
@@ -329,7 +534,7 @@ def strongest_references(page, xs: ExploreState, windows, tokens, axis):
     """SparseGPT 2:4 and unstructured 50%, pruned for real on the calibration's windows and evaluated on the
     estimate's: the strongest yardsticks the engine has (minutes: each is a full walk with the OBS update)."""
     if xs.setup is None:
-        yield {page.explore.status: banner("warn", "Press Calibrate first.")}
+        yield {page.explore.status: banner("warn", xs.not_ready())}
         return
     specs = explore.strongest_specs(xs.setup.spec)
     yield from stream(page, xs, lambda n, seqlen, restored: explore.reference_job(
@@ -342,10 +547,28 @@ def run_exact(page, *values):
     *form_values, xs, s = values
     if xs.setup is None or xs.plan is None:
         raise gr.Error("Calibrate and explore a split first.", print_exception=False, title="Nothing to run")
-    form = dict(zip(page.form, form_values))
-    spec = xs.plan.requested
+    yield from exact_run(page, dict(zip(page.form, form_values)), xs, s, xs.plan.requested, xs.plan.spec.label())
+
+
+def run_exact_front(page, *values):
+    """Run exact on the best few (by estimated perplexity) of the search trials' front, one after another."""
+    *form_values, xs, s, axis = values
+    trials = [p for p in xs.points if p["kind"] == explore.SEARCH and p.get("ppl")]
+    if xs.setup is None or not trials:
+        raise gr.Error("Calibrate and run a search first.", print_exception=False, title="Nothing to run")
+    x = [p["storage"] if axis == "storage" else p["sparsity"] for p in trials]
+    front = sorted((trials[i] for i in explore.pareto_front(x, [p["ppl"] for p in trials],
+                                                            more_x_is_better=axis != "storage")),
+                   key=lambda p: p["ppl"])[:EXACT_BEST]
+    for p in front:
+        yield from exact_run(page, dict(zip(page.form, form_values)), xs, s, PruneSpec.from_dict(p["requested"]),
+                             p["label"])
+
+
+def exact_run(page, form: dict, xs: ExploreState, s, spec: PruneSpec, label: str):
+    """`spec`'s split pruned for real with the form's recipe through Run's own path; the exact perplexity then
+    joins the point labelled `label`."""
     form.update(spec_form_values(spec))
-    label = xs.plan.spec.label()
     yield from runner.run_pruning(page, *form.values(), s)
     record = s.runs[-1] if s.runs else None
     ppl = ((record or {}).get("ppl") or {}).get("pruned")
@@ -356,7 +579,7 @@ def run_exact(page, *values):
             p["exact"] = ppl
     yield {**show_points(page, xs, "sparsity"),
            page.explore.status: banner("ok", f"Exact run of {label}: perplexity {ppl:,.3f} at sparsity "
-                                       f"{record['sparsity']:.2%} (Results tab).")}
+                                        f"{record['sparsity']:.2%} (Results tab).")}
 
 
 # ---- listeners ----------------------------------------------------------------------------------------------------
@@ -369,8 +592,10 @@ def wire(page) -> None:
     explore_event = dict(trigger_mode="multiple", api_visibility="private", show_progress="hidden", **LIGHT)
 
     def calibrate_press(*values):
-        yield from calibrate(page, *values)
-    w.calibrate_btn.click(calibrate_press, [*form.values(), xs, *est], shown + control_outputs(page),
+        yield from calibrate(page, *values[:-1], request=values[-1])
+    calibrate_inputs = [*form.values(), xs, *est]
+    _takes_request(calibrate_press, len(calibrate_inputs))
+    w.calibrate_btn.click(calibrate_press, calibrate_inputs, shown + control_outputs(page),
                           api_visibility="private", show_progress="minimal", **LIGHT)
 
     def released(*values):
@@ -397,9 +622,8 @@ def wire(page) -> None:
 
     def clicked(x: ExploreState, text, axis):
         """'n|time' from the Pareto click relay (components/layout.py) -> that point's maps."""
-        try:
-            number = int(str(text).split("|")[0])
-        except ValueError:
+        number = layer_index(str(text)[:100].split("|")[0])  # a point's number reads as a layer index does
+        if number is None:
             return
         yield from open_point(page, x, number, axis)
     w.pareto_click.change(clicked, [xs, w.pareto_click, w.axis], shown, **explore_event)
@@ -407,13 +631,51 @@ def wire(page) -> None:
                  [w.pareto, w.points, w.open], api_visibility="private", **LIGHT)
 
     def tier(x: ExploreState, layer, module):
-        x.shown_layer, x.shown_module = layer, module
+        x.shown_layer, x.shown_module = layer_index(layer), module if isinstance(module, str) else None
         return tiermap_for(x.record, layer, module)
     gr.on([w.layer.input, w.module.input], tier, [xs, w.layer, w.module],
           [w.tiermap, w.tiernote], api_visibility="private", **LIGHT)
+
+    def tab_closed(request: gr.Request):  # release its exploration now, not an hour later with Gradio's state
+        explore.EXPLORATIONS.end(request.session_hash)
+    page.demo.unload(tab_closed)
+
+    panel = w.search
+
+    def search_start(*values):
+        yield from start_search(page, *values)
+    search_inputs = [xs, panel.objective, panel.low, panel.high, panel.max_bits, panel.trials, panel.minutes,
+                     panel.storage, panel.study, *est]
+    panel.start.click(search_start, search_inputs, shown + [panel.status, panel.past], **explore_event)
+
+    def search_stop(x: ExploreState):
+        if x.job is not None:
+            x.job.stop()  # the stream ends by itself and says so; the finished trials are in the study
+    panel.stop.click(search_stop, [xs], None, queue=False, api_visibility="private")
+
+    def search_open(*values):
+        yield from open_search(page, *values)
+    panel.past.input(search_open, [xs, panel.past, panel.storage, w.axis], shown + [panel.status],
+                     **explore_event)
+    panel.storage.submit(lambda typed: gr.Dropdown(choices=past_choices(page, typed)), [panel.storage], [panel.past],
+                         api_visibility="private", **LIGHT)
+
+    def exact_front(*values):
+        yield from run_exact_front(page, *values)
+    panel.exact.click(exact_front, [*form.values(), xs, page.session, w.axis],
+                      page.JOB_OUTPUTS + [w.status, w.pareto, w.points, w.open],
+                      api_visibility="private", **runner.engine_event(page))
 
     def exact(*values):
         yield from run_exact(page, *values)
     w.exact_btn.click(exact, [*form.values(), xs, page.session],
                       page.JOB_OUTPUTS + [w.status, w.pareto, w.points, w.open],
                       api_visibility="private", **runner.engine_event(page))
+
+
+def _takes_request(handler, n_inputs: int) -> None:
+    """Give `handler(*values)` a signature of its n inputs then a gr.Request, which Gradio then passes last."""
+    params = [inspect.Parameter(f"value_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD) for i in range(n_inputs)]
+    params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request))
+    handler.__signature__ = inspect.Signature(params)
+    handler.__annotations__ = {"request": gr.Request}

@@ -14,7 +14,7 @@ from plotly.subplots import make_subplots
 from engine.record import decode_array, decode_tier_map
 from engine.spec import TIER_NAMES, spec_label
 
-from .explore import EXACT_REFERENCE, REFERENCE, SPLIT, pareto_front
+from .explore import EXACT_REFERENCE, REFERENCE, SEARCH, SPLIT, pareto_front
 from .registry import method_colours, pattern_marker, tier_split
 
 # Okabe-Ito colours: told apart by readers with the common colour-vision deficiencies.
@@ -375,6 +375,7 @@ def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
                              name="Pareto front", line=dict(color="#9ca3af", dash="dash", width=1.5),
                              hoverinfo="skip"))
     for kind, name, symbol, color in ((SPLIT, "explored split (estimate)", "circle", TIER_COLORS["dense"]),
+                                      (SEARCH, "search trial (estimate)", "circle-open", "#0072B2"),
                                       (REFERENCE, "reference (estimate)", "square-open", "#D55E00"),
                                       (EXACT_REFERENCE, "SparseGPT reference (exact walk)", "diamond-open",
                                        "#CC79A7")):

@@ -49,16 +49,17 @@ class EngineQueue:
         """Block until `job` is first in line (True) or stopped while waiting (False, and out of the line)."""
         with self._changed:
             reported = None
-            while self._line[0] is not job:
-                if job.cancel.is_set():
+            while True:
+                if job.cancel.is_set():  # also when its turn came with the Stop: a stopped job never starts
                     self._line.remove(job)
                     self._changed.notify_all()
                     return False
+                if self._line[0] is job:
+                    return True
                 if on_wait and reported != self._line.index(job):
                     reported = self._line.index(job)
                     on_wait(reported)
                 self._changed.wait(0.2)
-            return True
 
     def leave(self, job: "Job") -> None:
         with self._changed:

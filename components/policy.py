@@ -28,6 +28,8 @@ class Limits:
     seqlen: int = 2048                # tokens per window
     eval_windows: int = 64            # perplexity windows
     sweep_splits: int = 16            # tier splits in one sweep
+    search_trials: int = 60           # trials of one split search
+    search_minutes: float = 30.0      # minutes of one split search
 
 
 PUBLIC_LIMITS = Limits()
@@ -131,6 +133,16 @@ def check_request(values: dict, public: bool, limits: Limits = PUBLIC_LIMITS, ex
         raise UserError("; ".join(problems))
 
 
+def check_search(trials: int | None, minutes: float | None, public: bool, limits: Limits = PUBLIC_LIMITS) -> None:
+    """A public server's search has both budgets, each within its limit."""
+    if not public:
+        return
+    if trials is None or trials > limits.search_trials:
+        raise UserError(f"a search on this server adds at most {limits.search_trials} trials; give a number of trials")
+    if minutes is None or minutes > limits.search_minutes:
+        raise UserError(f"a search on this server runs at most {limits.search_minutes:g} minutes; give minutes")
+
+
 def check_sweep(n_splits: int, public: bool, limits: Limits = PUBLIC_LIMITS) -> None:
     if public and n_splits > limits.sweep_splits:
         raise UserError(f"a sweep of {n_splits} splits is too long for this server: at most {limits.sweep_splits}")
@@ -166,7 +178,10 @@ SHARED_FIELDS = ("record_version", "run_id", "status", "message", "spec", "data"
                  "matrices", "actual_sparsity", "ppl_test", "ppl_dense", "ppl_magnitude")
 SHARED_PARTS = {"model": ("name", "model_type", "n_layers", "dtype", "device", "compute_device", "n_params_pruned"),
                 "request": ("calib", "eval", "eval_windows", "baselines", "device", "dtype"),
-                "versions": ("engine",)}
+                "versions": ("engine",),
+                # the masked fine-tune (engine/recover.py), less where an adapter or a saved folder was written
+                "recovery": ("settings", "status", "steps_done", "data", "curve", "ppl_before", "ppl_after",
+                             "zeros_before", "zeros_after", "zeros_held", "seconds")}
 
 
 def redact(record: dict) -> dict:

@@ -76,13 +76,13 @@ def recover_run(page, s: Session, run_id: str, spec, progress, cancel) -> dict:
 
 
 def recovery_summary(records: list, job: Job) -> tuple[str, str, str]:
-    block = records[-1]["recovery"]
+    block = records[-1].get("recovery") or {}
     before, after = block.get("ppl_before"), block.get("ppl_after")
     ppl = f"; perplexity {before:.2f} → {after:.2f}" if before is not None and after is not None else ""
-    line = f"{block['steps_done']} of {block['settings']['steps']} fine-tune steps"
+    line = f"{block.get('steps_done')} of {(block.get('settings') or {}).get('steps')} fine-tune steps"
     if block.get("status") == "cancelled":
         return "warn", f"Stopped after {line}: the weights of the last finished step are kept, zeros held{ppl}.", line
-    return "ok", f"Recovered in {block['seconds']:.1f} s: {line}, zeros held{ppl}.", line
+    return "ok", f"Recovered in {block.get('seconds') or 0:.1f} s: {line}, zeros held{ppl}.", line
 
 
 def wire(page) -> None:
@@ -96,6 +96,8 @@ def wire(page) -> None:
             record = s.get(run_id)
             if record is None:
                 raise UserError("choose a finished run of this tab to recover (run one, or open one under Past runs)")
+            if page.settings.public and not s.owns(run_id):  # on a local server every run is the user's own
+                raise UserError("only the tab that ran this run can recover it: run it here, then press Recover")
             if record.get("status") != "completed":
                 raise UserError(f"only a completed run can be recovered; this one is {record.get('status')}")
             if record.get("recovery"):

@@ -2,6 +2,8 @@
 chosen there (a click on a heatmap cell opens it)."""
 from __future__ import annotations
 
+import re
+
 import gradio as gr
 
 from . import figures, tables
@@ -19,8 +21,22 @@ def heatmap_for(record, view):
     return figures.layer_heatmap(record)
 
 
+LAYER_INDEX = re.compile(r"\d{1,6}(\.0*)?", re.ASCII)  # what the click relay and the layer dropdown send
+
+
+def layer_index(value) -> int | None:
+    """A decoder layer index as a client sends it (3, "3", "3.0"); None for anything else: a raw event may carry
+    any text ("1e309", "nan", 10**400), which must never reach int() or a JSON encoder."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value < 10**6 else None
+    text = value if isinstance(value, str) else repr(value) if isinstance(value, float) else ""
+    return int(float(text)) if LAYER_INDEX.fullmatch(text.strip()) else None
+
+
 def tiermap_for(record, layer, module):
-    entry = figures.find_matrix(record, layer, module)
+    entry = figures.find_matrix(record, layer_index(layer), module if isinstance(module, str) else None)
     block = (record or {}).get("spec", {}).get("block", 16)
     return figures.tier_map_figure(entry, block=block)
 
@@ -29,7 +45,8 @@ def selection_for(record, layer=None, module=None):
     """Layer/module choices of a record, keeping the current choice when the record has it."""
     n_layers = (record or {}).get("n_layers") or 0
     modules = figures.module_order(record or {})
-    layer = layer if layer is not None and int(layer) < n_layers else (0 if n_layers else None)
+    layer = layer_index(layer)
+    layer = layer if layer is not None and layer < n_layers else (0 if n_layers else None)
     module = module if module in modules else (modules[0] if modules else None)
     return ([(f"layer {i}", i) for i in range(n_layers)], layer, modules, module)
 
@@ -94,17 +111,16 @@ def wire(page) -> None:
     w.heat_view.input(view, [session, w.heat_view], w.heatmap, api_visibility="private", **LIGHT)
 
     def tier(s: Session, layer, module):
-        s.shown_layer, s.shown_module = layer, module
+        s.shown_layer, s.shown_module = layer_index(layer), module if isinstance(module, str) else None
         return tiermap_for(s.shown, layer, module)
     gr.on([w.layer_dd.input, w.module_dd.input], tier, [session, w.layer_dd, w.module_dd],
           [w.tiermap, w.tiernote], api_name="tier_map", **LIGHT)
 
     def click(s: Session, text):
         """'layer|module|t' from the heatmap click script -> that matrix's tier map."""
-        try:
-            layer, module = text.split("|")[:2]
-            layer = int(float(layer))
-        except (AttributeError, ValueError):
+        parts = text.split("|") if isinstance(text, str) and len(text) < 1000 else []
+        layer, module = (layer_index(parts[0]), parts[1]) if len(parts) >= 2 else (None, None)
+        if layer is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         s.shown_layer, s.shown_module = layer, module
         fig, note = tiermap_for(s.shown, layer, module)

@@ -45,6 +45,7 @@ def prune(page, s: Session, req, progress, cancel) -> dict:
     """One engine run on the worker thread; the record joins the tab's runs as soon as it exists."""
     cap = page.settings.limits.max_params if page.settings.limits else None
     record = run(req, progress=size_guard(req, progress, cap, MODELS), cancel=cancel, models=MODELS)
+    s.ran.add(record["run_id"])
     s.add(record)
     return record
 
@@ -223,14 +224,20 @@ def run_sweep(page, *values):
                       spec=requests[0].spec.to_dict())
 
 
-def stop(page, s: Session, request: gr.Request = None):
-    """Stop this tab's run, wherever it is: running, in the engine's line, or still in Gradio's own queue."""
+def stop(page, s: Session, request: gr.Request = None, explore=None):
+    """Stop this tab's job, wherever it is: running, in the engine's line, or still in Gradio's own queue; and the
+    tab's Explore job (a calibration, a re-plan and estimate, an exact reference) with it."""
     queued = queued_runs(page, request.session_hash) if request is not None else 0
     s.stop_queued = max(s.stop_queued, queued)  # each of those ends at once when its turn comes (a second
     # press counts the same waiting runs again, so it takes the larger count rather than adding)
+    exploring = explore is not None and explore.job is not None and explore.job.running
+    if exploring:
+        explore.supersede(None)  # out of the engine's line if it waits there, else it ends between windows
     if s.job is not None and s.job.running:
         s.job.stop()
         return banner("warn", "Stopping after the current step…")
+    if exploring:
+        return banner("warn", "Stopped the Explore tab's estimate.")
     if queued:
         return banner("warn", "Stopped while waiting in the queue.")
     return gr.skip()
@@ -274,8 +281,9 @@ def wire(page) -> None:
                             [page.sweep.splits, *form.values(), session], page.JOB_OUTPUTS, api_name="sweep",
                             **engine_event(page))
 
-    def stop_job(s: Session, request: gr.Request = None):
-        """Stop this tab's job: a run, a sweep or a recovery."""
-        return stop(page, s, request)
-    page.setup.stop_btn.click(stop_job, session, page.status, api_name="stop", **LIGHT)
-    page.recover.stop_btn.click(stop_job, session, page.status, api_visibility="private", **LIGHT)
+    def stop_job(s: Session, xs, request: gr.Request = None):
+        """Stop this tab's job: a run, a sweep, a recovery or an exploration."""
+        return stop(page, s, request, xs)
+    page.setup.stop_btn.click(stop_job, [session, page.explore.state], page.status, api_name="stop", **LIGHT)
+    page.recover.stop_btn.click(stop_job, [session, page.explore.state], page.status, api_visibility="private",
+                                **LIGHT)

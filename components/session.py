@@ -56,11 +56,16 @@ class Session:
     shown_module: str | None = None
     view: str = "realised sparsity"    # what colours the layer map
     stop_queued: int = 0               # runs stopped while they waited in Gradio's queue, still to be ended there
+    ran: set = field(default_factory=set)  # run ids this tab started itself (a run opened from Past runs is not one)
 
     def add(self, record: dict) -> None:
         """A finished (or reopened) run becomes this tab's latest; the same run id is never listed twice."""
         runs = [r for r in self.runs if r.get("run_id") != record.get("run_id")] + [record]
         self.runs = runs[-MAX_SESSION_RUNS:]  # rebinding, not mutating: a page may be reading the old list
+
+    def owns(self, run_id) -> bool:
+        """Whether this tab started run `run_id` (only its owner may change a run's stored record)."""
+        return run_id in self.ran
 
     def run_choices(self) -> list[tuple[str, str]]:
         return [(f"#{i} {spec_label(r.get('spec'))} · {r.get('status')}", r.get("run_id"))

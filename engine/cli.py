@@ -20,6 +20,7 @@ from .finetune_cli import add_finetune_arguments, finetune_spec_from_args
 from .methods import METHODS
 from .patterns import PATTERNS, pattern_params
 from .save import SAVE_FORMATS
+from .search_cli import add_search_arguments
 from .spec import ORIGINAL_URL, RECIPES, THREE_TIER_RATIOS, PruneSpec, parse_sparsity_type, sparsity_type_names
 from .zeroshot import PAPER_TASKS
 
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--check", default=None, metavar="DIR", help="prune nothing: print the per-layer and overall "
                    "sparsity (W == 0) of a saved model, as Wanda's check_sparsity, and compare with its results.json")
     add_finetune_arguments(p)
+    add_search_arguments(p)
     return p
 
 
@@ -167,7 +169,9 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> int:
     if defaults:
         parser.set_defaults(**defaults)
     args = parse_args(parser, argv)
-    return run_command(_main, args, "nothing was saved (the run store records the run as stopped)")
+    searching = args.search or args.list_searches or args.export_search
+    return run_command(_main, args, "the finished trials are in the study; the same command resumes it" if searching
+                       else "nothing was saved (the run store records the run as stopped)")
 
 
 def _main(args) -> int:
@@ -196,6 +200,9 @@ def _main(args) -> int:
     if args.sweep:
         from .sweep_cli import sweep_specs
         sweep_specs(spec, args.sweep)  # a bad split is one line before anything loads
+    if args.search:
+        from .search_cli import parse_space, search_settings
+        search_settings(args), parse_space(args.search_space)  # bad settings are one line before anything loads
     if args.quiet:
         from huggingface_hub.utils import disable_progress_bars
         from transformers.utils import logging as hf_logging
@@ -206,6 +213,9 @@ def _main(args) -> int:
     if args.sweep:
         from .sweep_cli import sweep_main
         return sweep_main(args, spec, request)
+    if args.search or args.list_searches or args.export_search:
+        from .search_cli import search_main
+        return search_main(args, spec, request)
     bars = ProgressBars(disabled=args.quiet)
     try:
         record = run(request, progress=bars)
@@ -219,8 +229,13 @@ def _main(args) -> int:
     if record.get("store_warning"):
         print(f"warning: {record['store_warning']}", file=sys.stderr)
     if args.save and record["status"] == "completed":
-        with open(os.path.join(os.path.expanduser(args.save), f"log_{spec.method}.txt"), "w") as f:
-            f.write(wanda_log(record))
+        from .record import write_text_atomic
+        log = os.path.join(os.path.expanduser(args.save), f"log_{spec.method}.txt")
+        try:
+            write_text_atomic(log, wanda_log(record))
+        except OSError as e:
+            raise UserError(f"could not write {log}: {e.strerror or e}; the run's model and results.json are "
+                            f"in {args.save}") from None
     return 0 if record["status"] == "completed" and not record.get("errors") else 1
 
 

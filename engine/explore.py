@@ -48,7 +48,7 @@ from .discovery import find_decoder_layers, find_targets
 from .errors import Cancelled, UserError
 from .masks import to_blocks
 from .methods import METHODS, ScoreInputs
-from .patterns import PATTERNS
+from .patterns import PATTERNS, check_spec_fits
 from .perplexity import window_losses
 from .plan import NO_PLAN, place_tiers, plan_jointly, plan_model_wide, ranking_input
 from .record import encode_array, encode_tier_map
@@ -219,6 +219,11 @@ class CalibrationCache:
             self._entries.popitem(last=False)
         return cal
 
+    def find(self, key: dict) -> Calibration | None:
+        """The calibration of `key` (a Calibration's own key) while the cache still holds it, else None: callers
+        that keep only the key never keep a dropped calibration alive."""
+        return self._entries.get(json.dumps(key, sort_keys=True))
+
 
 # --- re-planning ------------------------------------------------------------------------------------------------
 
@@ -319,6 +324,7 @@ def replan(calibration: Calibration, spec: PruneSpec) -> Replan:
     twin, notes = masks_only(spec)
     check_fresh(calibration, spec)
     _, layers = find_decoder_layers(calibration.model)
+    check_spec_fits(twin, layers)
     pattern = PATTERNS[twin.pattern]
     scope = pattern.scope(twin)
 
@@ -622,6 +628,9 @@ def sweep(model: nn.Module, calibration: Calibration, specs: list[PruneSpec], ev
     """Re-plan and estimate every spec on one calibration -> one record per spec: spec, label, sparsity (of the
     masks), nominal sparsity, the estimate, storage (storage_estimate), notes, timings. Stops early (the records so
     far) when `cancel` is set."""
+    layers = find_decoder_layers(model)[1]
+    for spec in specs:  # every point refused before the first estimate
+        check_spec_fits(spec, layers)
     records = []
     for spec in specs:
         if cancel is not None and cancel.is_set():

@@ -26,6 +26,14 @@ from torch import nn
 from .discovery import find_decoder_layers, find_targets
 from .errors import UserError
 
+# Upper bounds on what a fine-tune may ask for, whoever asks (CLI, dashboard, API): the training windows are drawn
+# up front (int64 token ids), so steps x batch x accumulation x seqlen is memory before the first step.
+MAX_STEPS = 1_000_000
+MAX_BATCH = 4096                # windows per forward pass, and forward passes per step
+MAX_SEQLEN = 1 << 17
+MAX_TRAIN_TOKENS = 1 << 27      # 134M token ids: 1 GiB of windows
+MAX_LR = 1.0                    # above it every optimizer diverges (a NaN perplexity, not a result)
+
 
 @dataclass(frozen=True)
 class FinetuneSpec:
@@ -48,23 +56,32 @@ class FinetuneSpec:
     seed: int = 0
 
     def validate(self) -> "FinetuneSpec":
-        _whole("fine-tune steps", self.steps, 1)
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+        _whole("fine-tune steps", self.steps, 1, MAX_STEPS)
+        if not _number_in(self.lr, 0.0, math.inf) or self.lr == 0:
             raise UserError(f"learning rate must be a number > 0, got {self.lr!r}")
+        if self.lr > MAX_LR:
+            raise UserError(f"learning rate must be at most {MAX_LR:g} (every optimizer diverges above), "
+                            f"got {self.lr:g}")
         if self.lora_rank is not None:
-            _whole("LoRA rank", self.lora_rank, 1)
-        if self.lora_alpha is not None and not (isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0):
-            raise UserError(f"LoRA alpha must be > 0, got {self.lora_alpha!r}")
-        _whole("fine-tune batch size", self.batch_size, 1)
-        _whole("gradient accumulation", self.grad_accum, 1)
-        _whole("fine-tune seqlen", self.seqlen, 2)
-        _whole("held-out windows", self.heldout_windows, 1)
-        _whole("held-out loss interval", self.eval_every, 1)
+            _whole("LoRA rank", self.lora_rank, 1, MAX_SEQLEN)
+        if self.lora_alpha is not None and not (_number_in(self.lora_alpha, 0.0, 1e6) and self.lora_alpha > 0):
+            raise UserError(f"LoRA alpha must be a number in (0, 1e6], got {self.lora_alpha!r}")
+        _whole("fine-tune batch size", self.batch_size, 1, MAX_BATCH)
+        _whole("gradient accumulation", self.grad_accum, 1, MAX_BATCH)
+        _whole("fine-tune seqlen", self.seqlen, 2, MAX_SEQLEN)
+        _whole("held-out windows", self.heldout_windows, 1, MAX_BATCH)
+        _whole("held-out loss interval", self.eval_every, 1, MAX_STEPS)
         if self.save_every is not None:
-            _whole("checkpoint interval", self.save_every, 1)
-        _whole("warmup steps", self.warmup_steps, 0)
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise UserError(f"weight decay must be >= 0, got {self.weight_decay!r}")
+            _whole("checkpoint interval", self.save_every, 1, MAX_STEPS)
+        _whole("warmup steps", self.warmup_steps, 0, MAX_STEPS)
+        if not _number_in(self.weight_decay, 0.0, 1.0):
+            raise UserError(f"weight decay must be a number in [0, 1], got {self.weight_decay!r}")
+        tokens = self.train_windows * self.seqlen
+        if tokens > MAX_TRAIN_TOKENS:
+            raise UserError(f"a fine-tune of {self.steps} steps x {self.batch_size} windows x {self.grad_accum} "
+                            f"accumulation x {self.seqlen} tokens reads {tokens:,} tokens, more than "
+                            f"{MAX_TRAIN_TOKENS:,} (its windows are drawn up front): use fewer steps or smaller "
+                            "batches")
         return self
 
     @property
@@ -75,9 +92,16 @@ class FinetuneSpec:
         return asdict(self)
 
 
-def _whole(what: str, value, least: int) -> None:
+def _whole(what: str, value, least: int, most: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise UserError(f"{what} must be a whole number >= {least}, got {value!r}")
+    if value > most:
+        raise UserError(f"{what} must be at most {most:,}, got {value:,}")
+
+
+def _number_in(value, low: float, high: float) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value)
+            and low <= value <= high)
 
 
 # ---- masks ---------------------------------------------------------------------------------------------------------
@@ -176,6 +200,17 @@ def lora_targets(model: nn.Module) -> list[str]:
     return [names[id(t.module)] for layer in layers for t in find_targets(layer) if t.kind != "expert"]
 
 
+def check_checkpoint(folder: str) -> None:
+    """Refuse, in one line, a resume folder that is not a checkpoint the Trainer wrote (checkpoint-<step>/ holds
+    trainer_state.json beside the weights and the optimizer)."""
+    import os
+    if not os.path.isdir(folder):
+        raise UserError(f"checkpoint folder {str(folder)[:200]} does not exist")
+    if not os.path.isfile(os.path.join(folder, "trainer_state.json")):
+        raise UserError(f"{str(folder)[:200]} is not a fine-tune checkpoint (no trainer_state.json): pass a "
+                        "checkpoint-<step> folder written with --save_every")
+
+
 def check_lora_rank(model: nn.Module, rank: int) -> None:
     """A LoRA rank larger than a targeted matrix's smaller side is refused with one line."""
     modules = dict(model.named_modules())
@@ -258,42 +293,73 @@ def finetune(model: nn.Module, tokenizer, spec: FinetuneSpec, train: torch.Tenso
 
     progress = progress or (lambda event: None)
     cancel = cancel or threading.Event()
+    if resume_from is not None:
+        check_checkpoint(resume_from)
     masks = pruned_masks(model) if masks is None else masks
     device = model.get_input_embeddings().weight.device
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}  # LoRA freezes the base weights
-    trained = model
-    if spec.lora_rank is not None:
-        trained = _with_lora(model, spec)
-    curves = _Curves(progress, cancel, masks, trained)
-    hooks = _HeldZeros(trained, masks)
+    trained, adapter = model, None
     t0 = time.perf_counter()
     was_training = model.training
     try:
-        trainer = Trainer(model=trained, args=training_arguments(spec, output_dir, device),
-                          train_dataset=WindowDataset(train), eval_dataset=WindowDataset(heldout),
-                          callbacks=[curves.callback])
-        trainer.remove_callback(PrinterCallback)  # progress goes through `progress`, not print()
-        state = trainer.train(resume_from_checkpoint=resume_from)
-        if not curves.heldout or curves.heldout[-1][0] != trainer.state.global_step:
-            trainer.evaluate()  # the held-out loss of the weights we keep
-        steps_done = trainer.state.global_step
-        del state
-    finally:
-        hooks.close()
-        model.train(was_training)
-    adapter = None
-    if spec.lora_rank is not None:
-        if spec.merge:
-            trained.merge_and_unload()
-            apply_masks(model, masks)
-            for n, p in model.named_parameters():
-                p.requires_grad_(requires_grad.get(n, p.requires_grad))
-        else:
-            adapter = trained
+        if spec.lora_rank is not None:
+            trained = _with_lora(model, spec)
+        curves = _Curves(progress, cancel, masks, trained)
+        hooks = _HeldZeros(trained, masks)
+        try:
+            trainer = Trainer(model=trained, args=training_arguments(spec, output_dir, device),
+                              train_dataset=WindowDataset(train), eval_dataset=WindowDataset(heldout),
+                              callbacks=[curves.callback])
+            trainer.remove_callback(PrinterCallback)  # progress goes through `progress`, not print()
+            trainer.train(resume_from_checkpoint=resume_from)
+            if not curves.heldout or curves.heldout[-1][0] != trainer.state.global_step:
+                trainer.evaluate()  # the held-out loss of the weights we keep
+            steps_done = trainer.state.global_step
+            del trainer
+        finally:
+            hooks.close()
+            model.train(was_training)
+        if trained is not model:
+            if spec.merge:
+                trained.merge_and_unload()
+                _unwrap(model)  # nothing of PEFT's stays on the model
+                apply_masks(model, masks)
+                _thaw(model, requires_grad)
+            else:
+                adapter = trained
+    except BaseException:
+        # the caller's model must come out as it went in, structurally: no adapter left around its layers (a later
+        # run would prune lora_A, or skip the wrapped matrices), every parameter as trainable as before, no grads.
+        # Its values are the caller's to restore (ModelCache.restore).
+        _unwrap(model)
+        _thaw(model, requires_grad)
+        model.eval()
+        raise
     model.eval()
     return FinetuneResult(status="cancelled" if curves.stopped else "completed", steps_done=steps_done,
                           train_curve=curves.train, heldout_curve=curves.heldout,
                           seconds=time.perf_counter() - t0, adapter=adapter)
+
+
+def _unwrap(model: nn.Module) -> None:
+    """Take every LoRA layer PEFT injected into `model` out again, unmerged: each goes back to its base layer (also
+    when get_peft_model stopped half-way)."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:
+        return
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer) and name:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())
+    if "peft_config" in vars(model):  # PEFT notes its config on the model it wraps
+        del model.peft_config
+
+
+def _thaw(model: nn.Module, requires_grad: dict[str, bool]) -> None:
+    for n, p in model.named_parameters():
+        p.requires_grad_(requires_grad.get(n, p.requires_grad))
+        p.grad = None
 
 
 def _with_lora(model: nn.Module, spec: FinetuneSpec):

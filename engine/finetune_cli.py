@@ -12,7 +12,7 @@ import argparse
 
 from .console import ProgressBars, recovery_summary
 from .errors import UserError, run_command
-from .finetune import FinetuneSpec
+from .finetune import FinetuneSpec, check_checkpoint
 
 DEFAULT_LR = {"full": 2e-5, "lora": 2e-4}
 
@@ -94,8 +94,8 @@ def _main(args) -> int:
     folder = Path(args.model).expanduser()
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; pass the folder main.py --save wrote")
-    if args.resume_from_checkpoint and not Path(args.resume_from_checkpoint).is_dir():
-        raise UserError(f"checkpoint folder {args.resume_from_checkpoint} does not exist")
+    if args.resume_from_checkpoint:
+        check_checkpoint(args.resume_from_checkpoint)
     from . import data as textdata
     from .models import load_model
     from .record import new_run_id, read_json, versions, write_json_atomic

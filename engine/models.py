@@ -198,7 +198,7 @@ def _check_causal(where: str, kwargs: dict) -> None:
         config = AutoConfig.from_pretrained(where, **_tok_kwargs(kwargs))
     except Exception as e:
         msg = _first_line(e)
-        if "trust_remote_code" in msg:
+        if "trust_remote_code" in str(e):  # transformers' hint is on a later line of its message
             raise ModelLoadError(f"{where} needs custom code from its repository; it runs only if you trust it: "
                                  "pass --trust_remote_code "
                                  "(or set SPARSITY_TRUST_REMOTE_CODE=1 for the dashboard)") from e

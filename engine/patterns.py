@@ -23,7 +23,8 @@ from .block_patterns import (
     original_tiers,
     threshold_hybrid_mask,
 )
-from .errors import SpecError
+from .discovery import find_targets
+from .errors import SpecError, UserError
 from .masks import nm_mask, unstructured_mask
 from .methods import METHODS
 from .plan import MatrixPlan, place_tiers, ranking_input
@@ -144,6 +145,23 @@ def finite(x) -> bool:
         return math.isfinite(float(x))
     except (TypeError, ValueError):
         return False
+
+
+def check_spec_fits(spec, layers) -> None:
+    """Refuse `spec` when its N:M group or B x B block is wider than a matrix of the decoder `layers` (every layer:
+    an MoE stack may mix shapes). The one check every path that builds masks asks before it builds any (the exact
+    walk, a re-plan, a sweep, a search trial): a block padded to B x B over a narrower matrix is memory for
+    nothing, and an "estimate" of it is noise. Raises UserError naming the first matrix that does not fit."""
+    too_wide = PATTERNS[spec.pattern].too_wide
+    seen = set()
+    for layer in layers:
+        for target in find_targets(layer, spec.prune_router):
+            shape = tuple(target.shape)
+            if (target.name, shape) in seen:
+                continue
+            seen.add((target.name, shape))
+            if (why := too_wide(f"matrix {target.name} {list(shape)}", shape, spec)):
+                raise UserError(why)
 
 
 def chooses_while_updating(spec) -> bool:

@@ -19,7 +19,7 @@ from .discovery import find_decoder_layers, find_targets, layer_device
 from .errors import Cancelled, UserError
 from .matrix import matrix_scores, prune_matrix
 from .methods import METHODS
-from .patterns import PATTERNS
+from .patterns import PATTERNS, check_spec_fits
 from .plan import NO_PLAN, plan_jointly, plan_model_wide, ranking_input
 from .record import encode_array, encode_tier_map
 from .sensitivity import fisher_diagonal
@@ -74,7 +74,7 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
     t0 = time.perf_counter()
     if spec.uses_calibration and windows is None:
         raise UserError(f"{spec.method} needs calibration data")
-    _check_block_fits(layers, spec)
+    check_spec_fits(spec, layers)
 
     use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = False
@@ -117,14 +117,6 @@ def prune_model(model: nn.Module, spec: PruneSpec, windows: torch.Tensor | None,
         model.config.use_cache = use_cache
         result.timings["prune_s"] = time.perf_counter() - t0
     return result
-
-
-def _check_block_fits(layers, spec: PruneSpec) -> None:
-    """Refuse, before any work, a block or an N:M group wider than a matrix (its masks would pad to that width)."""
-    too_wide = PATTERNS[spec.pattern].too_wide
-    for target in find_targets(layers[0], spec.prune_router):
-        if (why := too_wide(f"matrix {target.name} {list(target.shape)}", target.shape, spec)):
-            raise UserError(why)
 
 
 @contextmanager

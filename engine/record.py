@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import re
+import stat
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -195,12 +196,21 @@ def decode_array(entry: dict) -> np.ndarray:
 
 def write_json_atomic(path: str, obj) -> None:
     """Write JSON to a temporary file beside `path`, then rename: readers never see half a file."""
+    write_atomic(path, lambda f: json.dump(obj, f, indent=1, default=_json_default))
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """`text` into `path` the same way: whole or not at all (a full disk leaves the old file, or none)."""
+    write_atomic(path, lambda f: f.write(text))
+
+
+def write_atomic(path: str, fill) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=_json_default)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -210,9 +220,46 @@ def write_json_atomic(path: str, obj) -> None:
         raise
 
 
-def read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+MAX_JSON_BYTES = 256 << 20  # a record of a 70B model's tier maps is tens of MB; a public store holds 256 MB in all
+MAX_JSON_DEPTH = 64         # a record nests 4 deep; a reader recursing into 10^5 nested lists must never see them
+
+
+def read_json(path: str, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH):
+    """A JSON file written by this engine (a run record, a baseline, results.json), read defensively: a regular file
+    only (a FIFO, a device or a folder is refused without blocking: the open never waits for a writer), at most
+    `max_bytes`, nested at most `max_depth` deep. Raises OSError when it cannot be read, ValueError when it is not
+    such a file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{os.path.basename(path)} is not a regular file")
+        if st.st_size > max_bytes:
+            raise ValueError(f"{os.path.basename(path)} is {st.st_size / 2**20:.0f} MiB, more than a record's "
+                             f"{max_bytes / 2**20:.0f} MiB")
+        raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:  # grew since the fstat
+        raise ValueError(f"{os.path.basename(path)} is more than {max_bytes / 2**20:.0f} MiB")
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise ValueError(f"{os.path.basename(path)} is nested too deeply") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{os.path.basename(path)} is not UTF-8 text: {e.reason}") from None
+    if _depth(value) > max_depth:
+        raise ValueError(f"{os.path.basename(path)} is nested more than {max_depth} deep")
+    return value
+
+
+def _depth(value) -> int:
+    """How deep lists and objects nest in a parsed JSON value (iterative: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 def _json_default(o):

@@ -174,9 +174,13 @@ def recover_run(record: dict, finetune: FinetuneSpec, models: ModelCache, progre
     eval_ids = textdata.evaluation_ids(lm.tokenizer, eval_src) if eval_src is not None else None
     models.holds_run = None  # from here on the weights are no longer the run's pruned ones
     t = time.perf_counter()
-    block = recover(lm.model, lm.tokenizer, finetune, source, eval_ids, record["spec"]["seqlen"],
-                    request.get("eval_windows"), ppl_before=(record.get("ppl") or {}).get("pruned"),
-                    progress=progress, cancel=cancel)
+    try:
+        block = recover(lm.model, lm.tokenizer, finetune, source, eval_ids, record["spec"]["seqlen"],
+                        request.get("eval_windows"), ppl_before=(record.get("ppl") or {}).get("pruned"),
+                        progress=progress, cancel=cancel)
+    except BaseException:
+        models.restore()  # half fine-tuned weights are no one's: the next run starts dense
+        raise
     return dict(record, recovery=block,
                 timings={**(record.get("timings") or {}), "finetune_s": round(time.perf_counter() - t, 3)})
 

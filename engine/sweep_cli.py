@@ -14,10 +14,11 @@ import time
 
 from . import data as textdata
 from .console import summary_line
+from .discovery import find_decoder_layers
 from .errors import UserError, excerpt
 from .explore import DEFAULT_ESTIMATE_WINDOWS, calibrate, sweep, sweep_spec
 from .methods import METHODS
-from .patterns import PATTERNS
+from .patterns import PATTERNS, check_spec_fits
 from .record import versions, write_json_atomic
 from .save import check_save_dir
 from .spec import PruneSpec
@@ -59,6 +60,8 @@ def sweep_main(args, base: PruneSpec, request) -> int:
     calib_src = textdata.resolve_text(request.calib, "calibration") if uses_data else None
     lm = ModelCache().get(request)
     model, tok = lm.model, lm.tokenizer
+    for spec in specs:  # before the calibration pass: a block wider than the matrices is one line at once
+        check_spec_fits(spec, find_decoder_layers(model)[1])
     seqlen = textdata.default_seqlen(model.config, base.seqlen)
     eval_ids = textdata.evaluation_ids(tok, eval_src)
     windows = textdata.calibration_windows(tok, calib_src, base.nsamples, seqlen, base.seed) if uses_data else None
