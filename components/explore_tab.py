@@ -22,10 +22,8 @@ from .registry import FORM_SPEC, block_pattern, spec_form_values
 from .results_tab import LIGHT, layer_index, selection_for, tiermap_for
 from .setup_form import param_widget
 
-STORAGE_FORMULA = (
-    "**Storage estimate** (v = 16 bits a value): dense blocks n·v; 2:4 blocks n_kept·(v + 2) (a 2-bit position in "
-    "each group of 4); top-K blocks n_kept·(v + ⌈log₂ B²⌉) (8 bits for B = 16); N:M n_kept·(v + ⌈log₂ M⌉); "
-    "unstructured (CSR) n_kept·(v + ⌈log₂ in⌉) + 32 bits per row.")
+STORAGE_FORMULA = ("**Storage estimate** (v = 16 bits a value): "  # each pattern's formula, from its entry
+                   + "; ".join(dict.fromkeys(p.storage_note for p in PATTERNS.values())) + ".")
 MAX_WINDOWS = 64
 
 

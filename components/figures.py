@@ -15,7 +15,7 @@ from engine.record import decode_array, decode_tier_map
 from engine.spec import TIER_NAMES, spec_label
 
 from .explore import EXACT_REFERENCE, REFERENCE, SEARCH, SPLIT, pareto_front
-from .registry import method_colours
+from .registry import method_colours, pattern_marker, tier_split
 
 # Okabe-Ito colours: told apart by readers with the common colour-vision deficiencies.
 TIER_COLORS = {"dense": "#0072B2", "2:4": "#E69F00", "topk": "#CC79A7"}
@@ -263,14 +263,13 @@ def ppl_vs_sparsity(records: list[dict]) -> go.Figure:
     if not pts:
         return empty_figure("Runs with a perplexity appear here", 340)
     fig = go.Figure()
-    symbols = {"three_tier": "diamond", "unstructured": "circle", "nm": "square"}
     colors = method_colours()
     for method in dict.fromkeys(r["spec"]["method"] for r in pts):
         rs = [r for r in pts if r["spec"]["method"] == method]
         fig.add_trace(go.Scatter(
             x=[r["sparsity"] for r in rs], y=[r["ppl"]["pruned"] for r in rs], mode="markers", name=method,
             marker=dict(size=11, color=colors.get(method),
-                        symbol=[symbols.get(r["spec"]["pattern"], "circle") for r in rs],
+                        symbol=[pattern_marker(r["spec"].get("pattern")) for r in rs],
                         line=dict(width=1, color="#ffffff")),
             text=[f"#{r['_number']} {spec_label(r.get('spec'))}" for r in rs],
             hovertemplate="%{text}<br>sparsity %{x:.2%}<br>perplexity %{y:,.3f}<extra></extra>"))
@@ -287,7 +286,7 @@ def ppl_vs_sparsity(records: list[dict]) -> go.Figure:
 
 def ternary_sweep(records: list[dict], keep: int | None = None, block: int | None = None) -> go.Figure:
     """Three-tier runs placed by their split (dense, 2:4, top-K), coloured by perplexity, with iso-sparsity lines."""
-    pts = [r for r in records if r["spec"]["pattern"] == "three_tier"]
+    pts = [r for r in records if tier_split(r["spec"].get("pattern"))]
     if pts:  # only runs comparable with the latest: same model and everything but the split
         pts = [r for r in pts if _setup(r) == _setup(pts[-1])]
     fig = go.Figure()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from engine.finetune import FinetuneSpec
 from engine.methods import METHODS
-from engine.patterns import PATTERNS, Param, pattern_params
+from engine.patterns import PATTERNS, TIER_AXIS, Param, pattern_params
 from engine.spec import BEST_THREE_TIER, RECIPE_PATTERN, PruneSpec
 
 # The form opens on the best three-tier recipe found, with calibration small enough for a CPU: every other
@@ -52,6 +52,16 @@ def pattern_choices() -> list[tuple[str, str]]:
 def pattern_fields(pattern: str) -> tuple[str, ...]:
     """The PruneSpec fields `pattern` reads (the form shows only these); () for an unknown pattern."""
     return tuple(PATTERNS[pattern].fields) if pattern in PATTERNS else ()
+
+
+def pattern_marker(pattern: str) -> str:
+    """The marker symbol runs of `pattern` are drawn with."""
+    return PATTERNS[pattern].marker if pattern in PATTERNS else "circle"
+
+
+def tier_split(pattern: str) -> bool:
+    """Whether `pattern` is placed by a three-tier split (dense, 2:4, top-K): the Sweep tab's triangle."""
+    return pattern in PATTERNS and PATTERNS[pattern].axis == TIER_AXIS
 
 
 def block_pattern(pattern: str) -> bool:

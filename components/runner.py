@@ -15,6 +15,7 @@ import gradio as gr
 
 from engine.errors import UserError
 from engine.run import ModelCache, run
+from engine.spec import RECIPE_PATTERN
 
 from . import policy, recover, tables
 from .jobs import Job, Progress, progress_html
@@ -205,7 +206,7 @@ def run_sweep(page, *values):
     try:
         splits = parse_splits(values[0])
         policy.check_sweep(len(splits), page.settings.public, page.settings.limits)
-        base = request(page, dict(zip(page.form, values[1:-1]), pattern="three_tier"))
+        base = request(page, dict(zip(page.form, values[1:-1]), pattern=RECIPE_PATTERN))
         requests = [replace(base, spec=base.spec.replace(ratios=r), save_dir=None, finetune=None) for r in splits]
     except UserError as err:
         yield from refuse(page, err, "Cannot sweep")

@@ -35,6 +35,7 @@ from .three_tier import (
     three_tier_mask,
 )
 from .variant import wanda_variant_mask
+from .vnm import KEPT_COLUMNS, vnm_mask
 
 MAX_GROUP = 65536       # N:M group width M and block side B: above any matrix width; checked per matrix too
 # The choices of the block patterns' fields: {value: what it means} (CLI choices, dashboard titles).
@@ -110,6 +111,7 @@ class Pattern:
     scope: Callable[[object], str] = lambda spec: "matrix"   # where blocks compete for tiers (engine/plan.py)
     sparsity_type: Callable[[object], str] | None = None     # the Wanda-script name (default: the pattern's name)
     aliases: tuple[str, ...] = ()                            # other names --sparsity_type accepts
+    marker: str = "circle"                                   # its Plotly marker symbol in plots over runs
     parse: Callable[[str], dict | None] = lambda text: None  # a --sparsity_type of its own syntax -> spec fields
     syntax: str = ""                                         # that syntax, for help and errors ("N:M (2:4, 4:8 ...)")
     # Its sweep axis: the names of the numbers of one sweep point (three-tier: its three ratios; others: one
@@ -121,6 +123,7 @@ class Pattern:
     storage_bits: Callable[[object, list, int, int], int] = lambda spec, shape, n_kept, v: csr_bits(shape, n_kept, v)
     # (spec, shape [out, in], n_kept, v bits a value) -> bits of a kept-mask pattern's sparse format (block
     # patterns are counted per tier from their grids, engine/explore.py)
+    storage_note: str = "unstructured (CSR) n_kept·(v + ⌈log₂ in⌉) + 32 bits per row"  # storage_bits in words
     explain: Callable[[object], str] = lambda spec: f"Nominal sparsity **{spec.nominal_sparsity():.1%}**"
     notes: Callable[[object], str | None] = lambda spec: None  # a model card's line on where the rule comes from
     fixed_grid: Callable[[object], bool] = lambda spec: False  # its masks follow from a tier grid its axis moves and
@@ -324,17 +327,17 @@ ORIGINAL_URL = "https://github.com/Jiajun-Ji/wanda"  # the Wanda hybrid of Ji et
 TIER_AXIS = ("dense", "2:4", "top-K")  # the sweep axis of a three-tier split: its three ratios
 RATIO_PARTS = (("ratio_dense", "dense blocks (all kept)"), ("ratio_24", "2:4 blocks (half kept)"),
                ("ratio_topk", "top-K blocks (K kept)"))  # the three ratios' form fields and labels
-SPARSITY = Param("sparsity", float, 0.5, "unstructured: share of weights pruned; block, block_topk: share of blocks "
-                 "pruned (default 0.5)", "Sparsity", 0, 0.95, 0.01, flag="--sparsity_ratio",
+SPARSITY = Param("sparsity", float, 0.5, "share of weights pruned (unstructured), of blocks pruned (block, "
+                 "block_topk) (default 0.5)", "Sparsity", 0, 0.95, 0.01, flag="--sparsity_ratio",
                  info="block patterns: the share of blocks pruned")
-GROUP = Param("group", str, None, "unstructured comparison group (default: row for wanda/sparsegpt, matrix for "
+GROUP = Param("group", str, None, "comparison group (default: row for wanda/sparsegpt, matrix for "
               "magnitude)", choices=GROUPS, form=False)
-USE_VARIANT = Param("use_variant", bool, False, "unstructured: Wanda's variant, per row prune while the sorted "
+USE_VARIANT = Param("use_variant", bool, False, "Wanda's variant: per row, prune while the sorted "
                     "scores' running sum stays under alpha x the row total, alpha bisected to the target sparsity",
                     "Wanda's variant (alpha bisected per row)")
-N = Param("n", int, 2, "N:M: weights kept in every group of M (from --sparsity_type N:M)", "N (kept)", 0, flag=None,
+N = Param("n", int, 2, "weights kept in every group of M (from --sparsity_type N:M)", "N (kept)", 0, flag=None,
           row="nm", noun="N")
-M = Param("m", int, 4, "N:M: the group width (from --sparsity_type N:M)", "M (group)", 1, flag=None, row="nm",
+M = Param("m", int, 4, "the group width (from --sparsity_type N:M)", "M (group)", 1, flag=None, row="nm",
           noun="M")
 RATIOS = Param("ratios", tuple, THREE_TIER_RATIOS, "share of 16x16 blocks kept dense, made 2:4, and top-K; sum to 1 "
                "(default: the recipe's, else " + " ".join(f"{r:g}" for r in THREE_TIER_RATIOS) + ")",
@@ -358,12 +361,14 @@ WITHIN = Param("within_block", str, "score", "pick weights inside 2:4 and top-K 
                "(the original rule), or obs: by the OBS saliency while the weights are updated, as SparseGPT picks "
                "N:M (needs --reconstruct or sparsegpt) (default score)", "Inside 2:4 / top-K blocks keep by",
                choices=WITHIN_BLOCK)
-TOP_BLOCKS = Param("top_blocks_ratio", float, 0.6, "hybrid_2_4: share of blocks that try 2:4 (else dense); the rest "
+TOP_BLOCKS = Param("top_blocks_ratio", float, 0.6, "share of blocks that try 2:4 (else dense); the rest "
                    "keep K (default 0.6)", "top blocks (try 2:4, else dense)", 0, 1, 0.01)
-SCORE_THRESHOLD = Param("score_threshold", float, 0.8, "hybrid_2_4: a top block takes 2:4 when it keeps this share "
+SCORE_THRESHOLD = Param("score_threshold", float, 0.8, "a top block takes 2:4 when it keeps this share "
                         "of its score (default 0.8)", "2:4 taken if it keeps this share of the block's score",
                         0, 1, 0.01)
 BLOCK_PARAMS = (BLOCK, KEEP, WITHIN, BLOCK_RULE)
+BLOCK_STORAGE = ("blocks: dense n·v; 2:4 n_kept·(v + 2) (a 2-bit position in each group of 4); top-K "
+                 "n_kept·(v + ⌈log₂ B²⌉) (8 bits for B = 16)")
 
 
 def _nominal_three_tier(s) -> str:
@@ -399,11 +404,46 @@ def _nm_at(spec, values, snap):
     return spec.replace(n=n)
 
 
+VNM_V = Param("v", int, 64, "rows V of each V x M block; the block's rows keep the same 4 of its M columns "
+              "(default 64; --sparsity_type V:N:M sets all three)", "V (rows per block)", 1, flag="--vnm_rows")
+
+
+def _vnm_parse(text: str) -> dict | None:
+    """'V:N:M' (e.g. '64:2:8') -> {v, n, m}; None for anything else."""
+    parts = text.split(":")
+    if len(parts) != 3 or not all(p.isdigit() and len(p) <= 9 for p in parts):
+        return None
+    return dict(zip(("v", "n", "m"), map(int, parts)))
+
+
+def _vnm_validate(spec):
+    check(isinstance(spec.v, int) and 1 <= spec.v <= MAX_GROUP, f"V must lie in [1, {MAX_GROUP}], got {spec.v}")
+    check(isinstance(spec.m, int) and KEPT_COLUMNS <= spec.m <= MAX_GROUP,
+          f"V:N:M needs M in [{KEPT_COLUMNS}, {MAX_GROUP}] (each block keeps {KEPT_COLUMNS} of its M columns), "
+          f"got {spec.m}")
+    check(isinstance(spec.n, int) and 0 <= spec.n <= KEPT_COLUMNS and spec.n < spec.m,
+          f"V:N:M needs 0 <= N <= {KEPT_COLUMNS} and N < M, got {spec.n}:{spec.m}")
+
+
+def _vnm_too_wide(matrix, shape, spec):
+    """M wider than the matrix cannot group it; a matrix of fewer than V rows is one block high (vnm_mask pads)."""
+    if shape[-1] < spec.m:
+        return f"M={spec.m} is wider than {matrix}; choose M of at most {shape[-1]}"
+    return None
+
+
+def _vnm_bits(spec, shape, n_kept, v):
+    """A 2-bit position among the block's 4 columns per kept value, and the 4 column indices of every block."""
+    blocks = -(-shape[0] // spec.v) * -(-shape[-1] // spec.m)
+    return n_kept * (v + 2) + blocks * KEPT_COLUMNS * math.ceil(math.log2(spec.m))
+
+
 PATTERNS: dict[str, Pattern] = {p.name: p for p in (
     Pattern("three_tier", "Three-tier blocks", (RATIOS, TIER_SCOPE, ASSIGNMENT) + BLOCK_PARAMS,
             _three_tier_select, lambda s: s.ratios[1] / 2 + s.ratios[2] * _top_k_share(s), _three_tier_describe,
             _all(_block_validate, _three_tier_validate), _block_too_wide, blocks=True, scope=lambda s: s.tier_scope,
-            aliases=("threetier", "hybrid"), axis=TIER_AXIS, point=lambda s: tuple(s.ratios),
+            storage_note=BLOCK_STORAGE,
+            aliases=("threetier", "hybrid"), axis=TIER_AXIS, marker="diamond", point=lambda s: tuple(s.ratios),
             at=lambda s, values, snap: s.replace(ratios=tuple(values)), notes=_three_tier_notes,
             fixed_grid=lambda s: s.block_rule == "exact" and s.within_block != "obs", explain=_nominal_three_tier),
     Pattern("unstructured", "Unstructured", (SPARSITY, GROUP, USE_VARIANT), _unstructured_select,
@@ -411,15 +451,16 @@ PATTERNS: dict[str, Pattern] = {p.name: p for p in (
             _unstructured_validate),
     Pattern("nm", "N:M", (N, M), _nm_select, lambda s: 1 - s.n / s.m, lambda s: f"{s.n}:{s.m}", _nm_validate,
             _nm_too_wide, sparsity_type=lambda s: f"{s.n}:{s.m}", point=lambda s: (1 - s.n / s.m,), at=_nm_at,
-            parse=_nm_parse,
+            parse=_nm_parse, marker="square", storage_note="N:M n_kept·(v + ⌈log₂ M⌉)",
             syntax="N:M (2:4, 4:8 ...)",
             storage_bits=lambda s, shape, kept, v: kept * (v + math.ceil(math.log2(s.m)))),
     Pattern("block", "Whole blocks removed", (SPARSITY,) + BLOCK_PARAMS, _block_select, lambda s: s.sparsity,
             lambda s: f"block {s.sparsity:g} of {s.block}x{s.block} blocks",
-            _all(_block_validate, _block_share_validate), _block_too_wide, blocks=True),
+            _all(_block_validate, _block_share_validate), _block_too_wide, blocks=True, storage_note=BLOCK_STORAGE),
     Pattern("block_topk", "Blocks removed, top-K kept", (SPARSITY,) + BLOCK_PARAMS, _block_topk_select,
             lambda s: s.sparsity * _top_k_share(s), lambda s: f"block + top-K {s.sparsity:g} of blocks, K={s.keep}",
-            _all(_block_validate, _block_share_validate, _within_score_or_magnitude), _block_too_wide, blocks=True),
+            _all(_block_validate, _block_share_validate, _within_score_or_magnitude), _block_too_wide, blocks=True,
+            storage_note=BLOCK_STORAGE),
     Pattern("threshold_hybrid", "Threshold hybrid (dense / 2:4 by score kept, rest top-K)",
             BLOCK_PARAMS + (TOP_BLOCKS, SCORE_THRESHOLD), _threshold_hybrid_select,
             # its top-K blocks only: how many top blocks take 2:4 depends on the data
@@ -427,9 +468,16 @@ PATTERNS: dict[str, Pattern] = {p.name: p for p in (
             lambda s: f"threshold hybrid top {s.top_blocks_ratio:g}, threshold {s.score_threshold:g}, K={s.keep}",
             _all(_block_validate, _threshold_hybrid_validate, _within_score_or_magnitude), _block_too_wide,
             blocks=True, sparsity_type=lambda s: "hybrid_2_4", aliases=("hybrid_2_4", "threshold_hybrid"), axis=(),
+            storage_note=BLOCK_STORAGE,
             syntax="hybrid_2_4 (the threshold hybrid)",
             point=lambda s: (), explain=lambda s: f"Nominal sparsity at least **{s.nominal_sparsity():.1%}** (top-K "
             "blocks; each top block that takes 2:4 adds more)"),
+    Pattern("vnm", "V:N:M (V x M blocks keep 4 columns, then N of them per row)", (VNM_V, N, M),
+            lambda W, scores, spec, plan: Selection(keep=vnm_mask(scores(), spec.v, spec.n, spec.m)),
+            lambda s: 1 - s.n / s.m, lambda s: f"V:N:M {s.v}:{s.n}:{s.m}", _vnm_validate, _vnm_too_wide,
+            sparsity_type=lambda s: f"{s.v}:{s.n}:{s.m}", point=lambda s: (1 - s.n / s.m,), at=_nm_at,
+            parse=_vnm_parse, syntax="V:N:M (64:2:8 ...)", storage_bits=_vnm_bits,
+            storage_note="V:N:M n_kept·(v + 2) + 4·⌈log₂ M⌉ per V x M block"),
 )}
 
 

@@ -12,6 +12,8 @@ from transformers import AutoModelForCausalLM
 from conftest import REPO, requires_smollm2, requires_wikitext
 from engine.cli import main
 
+pytestmark = pytest.mark.slow  # end to end: a CLI run or a model load per test
+
 QUICK = ["--calib_dataset", "pydoc", "--eval_dataset", "pydoc", "--nsamples", "4", "--seqlen", "64",
          "--eval_windows", "3", "--quiet"]
 

@@ -5,9 +5,8 @@ import threading
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
-from conftest import tiny_config
+from conftest import tiny_model, token_windows
 from engine.cli import main
 from engine.discovery import find_decoder_layers, find_targets
 from engine.errors import UserError
@@ -43,12 +42,11 @@ QUICK = ["--calib_dataset", "pydoc", "--eval_dataset", "pydoc", "--nsamples", "4
 
 
 def _model(layers=1, seed=0):
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config("llama", layers=layers)).eval()
+    return tiny_model("llama", seed, layers=layers)
 
 
 def _windows(n=4, seqlen=32, seed=1):
-    return torch.randint(0, 384, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+    return token_windows(n, seqlen, seed)
 
 
 def _targets(model):
@@ -367,6 +365,7 @@ def test_storage_of_n_m_and_unstructured_plans():
 
 # --- the command line ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sweep_command_end_to_end(tiny_llama_dir, tmp_path, capsys):
     out = tmp_path / "sweep"
     rc = main(["--model", str(tiny_llama_dir), "--sparsity_type", "three_tier", "--tier_scope", "model",

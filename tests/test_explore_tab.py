@@ -20,7 +20,7 @@ from engine.methods import METHODS
 from engine.pruner import prune_model
 from engine.spec import PruneSpec
 
-pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")]
 FAST = dict(calib="pydoc", eval_source="pydoc", nsamples=4, seqlen=64, eval_windows=2, baselines=False,
             method="wanda", reconstruct=False, within_block="score", tier_scope="layer", assignment="importance")
 WINDOWS, TOKENS = 2, 32

@@ -3,9 +3,8 @@ import threading
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
-from conftest import tiny_config
+from conftest import tiny_model, token_windows
 from engine.discovery import find_decoder_layers, find_targets
 from engine.pruner import prune_model
 from engine.spec import PruneSpec
@@ -21,13 +20,8 @@ SPECS = {
 }
 
 
-def _model(family, seed=0):
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(family)).eval()
-
-
-def _windows(n=4, seqlen=32, vocab=384):
-    return torch.randint(0, vocab, (n, seqlen), generator=torch.Generator().manual_seed(0))
+_model = tiny_model
+_windows = token_windows
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +55,7 @@ def test_discovery_finds_layers_and_skips_embeddings_and_head(family):
     assert not any("embed" in n or "lm_head" in n or n.endswith(".gate") for n in names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pattern", list(SPECS))
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "fisher", "fisher_wanda"])
 @pytest.mark.parametrize("family", FAMILIES)

@@ -3,9 +3,8 @@ import threading
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
-from conftest import tiny_config
+from conftest import tiny_model, token_windows
 from engine.discovery import find_decoder_layers, find_targets
 from engine.pruner import prune_model
 from engine.scores import fisher_scores
@@ -21,14 +20,11 @@ from engine.three_tier import (
     tier_counts,
 )
 
-
-def _model(family="llama", seed=0):
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(family)).eval()
+_model = tiny_model
 
 
 def _windows(n=3, seqlen=24):
-    return torch.randint(0, 384, (n, seqlen), generator=torch.Generator().manual_seed(1))
+    return token_windows(n, seqlen, seed=1)
 
 
 def _targets(model):
@@ -153,6 +149,7 @@ def test_stop_during_the_gradient_pass_prunes_nothing():
         assert torch.equal(p, before[n]) and p.grad is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("within_block", ["score", "obs"])
 @pytest.mark.parametrize("family", ["llama", "gpt2", "mixtral"])
 def test_best_recipe_end_to_end_exact_counts(family, within_block):
@@ -227,6 +224,7 @@ def test_fisher_wanda_model_scope_ranks_in_loss_units_and_keeps_global_counts():
     assert len({tuple(e["tiers"].values()) for e in result.matrices}) > 1
 
 
+@pytest.mark.slow
 def test_best_recipe_run_with_baselines(tiny_llama_dir, tmp_path):
     """Regression: the magnitude baseline of a run whose weights are kept by OBS saliency once failed (|W| cannot
     choose 'obs' without an update); it now prunes the same pattern by |W|, masks only."""

@@ -32,6 +32,7 @@ import app  # noqa: E402
 from app import Page, Settings  # noqa: E402
 from components import policy  # noqa: E402
 from components.session import parse_splits, spec_from_form  # noqa: E402
+from conftest import serving as shared_serving  # noqa: E402
 from engine import save as saving  # noqa: E402
 from engine.cli import main as cli_main  # noqa: E402
 from engine.data import resolve_text  # noqa: E402
@@ -42,7 +43,8 @@ from engine.spec import PruneSpec  # noqa: E402
 from engine.store import RunStore, StoreBudget, record_problem  # noqa: E402
 from tests.test_app import DEEP_RUN, client, out  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # raised inside gradio's queue
+pytestmark = [pytest.mark.slow,  # end to end through the served dashboard
+              pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")]  # raised inside gradio's queue
 REPO = Path(__file__).resolve().parents[1]
 QUICK_FORM = dict(method="magnitude", pattern="unstructured", calib="pydoc", nsamples=2, seqlen=32,
                   eval_source="none", baselines=False)
@@ -50,19 +52,9 @@ QUICK_CLI = ["--prune_method", "magnitude", "--nsamples", "2", "--seqlen", "32",
              "--device", "cpu", "--quiet"]
 
 
-@contextlib.contextmanager
 def serving(settings: Settings):
     """A Page launched as app.main launches it (launch_options: no uploads), on a free loopback port."""
-    dash = Page(settings)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dash.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                     **app.launch_options())
-    try:
-        yield dash, f"http://127.0.0.1:{port}/"
-    finally:
-        dash.demo.close()
+    return shared_serving(settings, **app.launch_options())
 
 
 @pytest.fixture(scope="module")

@@ -118,6 +118,7 @@ def test_restores_training_mode(tiny_llama, ids):
         tiny_llama.eval()
 
 
+@pytest.mark.smollm2
 def test_real_smollm2_on_shared_wikitext():
     from conftest import SHARED_WIKITEXT
     from engine.data import evaluation_ids, resolve_text

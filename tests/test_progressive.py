@@ -62,6 +62,7 @@ def test_bad_schedules_are_one_line(text, message):
         check_schedule([])
 
 
+@pytest.mark.slow
 def test_progressive_demotes_only_and_resumes_from_its_maps(tmp_path, tiny_llama_dir, tiny_tokenizer):
     spec = PruneSpec(method="wanda", pattern="three_tier", ratios=(0.35, 0.45, 0.2), nsamples=2, seqlen=32)
     src = textdata.resolve_text("pydoc", "calibration")
@@ -93,6 +94,7 @@ def test_progressive_demotes_only_and_resumes_from_its_maps(tmp_path, tiny_llama
     assert again[2]["tiers"]["topk"] > again[1]["tiers"]["topk"]
 
 
+@pytest.mark.slow
 def test_cli_runs_the_schedule_and_refuses_a_bad_one(tmp_path, tiny_llama_dir, capsys):
     import json
 
@@ -113,6 +115,7 @@ def test_cli_runs_the_schedule_and_refuses_a_bad_one(tmp_path, tiny_llama_dir, c
     assert record["actual_sparsity"] == record["progressive"][1]["sparsity"] > record["progressive"][0]["sparsity"]
 
 
+@pytest.mark.slow
 def test_a_progressive_run_joins_the_run_store_and_the_dashboard_charts_it(tmp_path, tiny_llama_dir, capsys):
     from components import recover
     from engine.progressive_cli import main

@@ -49,6 +49,7 @@ def _assert_zeros_identical(model, masks, before):
     assert changed > 0, "nothing trained"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "gpt2", "mixtral"])
 @pytest.mark.parametrize("pattern", list(PATTERNS))
 def test_full_finetune_keeps_zeros_bit_for_bit(tmp_path, tiny_tokenizer, family, pattern):
@@ -66,6 +67,7 @@ def test_full_finetune_keeps_zeros_bit_for_bit(tmp_path, tiny_tokenizer, family,
     assert zeros_held(model, masks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_lora_merged_under_the_mask_keeps_zeros(tmp_path, tiny_tokenizer, family):
     path = save_tiny_model(tmp_path / family, tiny_tokenizer, family)
@@ -80,6 +82,7 @@ def test_lora_merged_under_the_mask_keeps_zeros(tmp_path, tiny_tokenizer, family
     assert all(p.requires_grad for p in model.parameters())  # LoRA's freezing is undone
 
 
+@pytest.mark.slow
 def test_lora_kept_separate_leaves_the_base_weights(tmp_path, tiny_tokenizer, tiny_llama_dir):
     model = _pruned(tiny_llama_dir)
     masks = pruned_masks(model)
@@ -101,6 +104,7 @@ def test_lora_rank_larger_than_a_matrix_is_refused(tmp_path, tiny_tokenizer, tin
                  _windows(tiny_tokenizer, 2), str(tmp_path / "ckpt"))
 
 
+@pytest.mark.slow
 def test_stop_mid_training_leaves_a_loadable_model_with_its_zeros(tmp_path, tiny_tokenizer, tiny_llama_dir):
     model = _pruned(tiny_llama_dir)
     masks = pruned_masks(model)
@@ -121,6 +125,7 @@ def test_stop_mid_training_leaves_a_loadable_model_with_its_zeros(tmp_path, tiny
         assert torch.allclose(again(ids).logits, model(ids).logits, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_continues_the_curve(tmp_path, tiny_tokenizer, tiny_llama_dir):
     spec = FinetuneSpec(**{**FAST, "steps": 4, "save_every": 2})
     train, heldout = _windows(tiny_tokenizer, 8), _windows(tiny_tokenizer, 2)
@@ -185,6 +190,7 @@ def test_main_py_prunes_then_recovers_and_records_it(tmp_path, tiny_llama_dir, c
     assert sum(int((p == 0).sum()) for n, p in saved.named_parameters() if "layers" in n) >= block["zeros_after"]
 
 
+@pytest.mark.slow
 def test_finetune_py_recovers_a_saved_folder(tmp_path, tiny_tokenizer, tiny_llama_dir, capsys):
     from engine.finetune_cli import main
 

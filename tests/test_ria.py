@@ -61,6 +61,7 @@ def test_masks_follow_the_scores_with_the_papers_unstructured_group():
     assert torch.equal(prune_matrix(W, stats, PruneSpec(method="ria", pattern="nm")).keep, nm_mask(scores, 2, 4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sparsity_type", ["unstructured", "2:4"])
 def test_command_line_run_and_record(tiny_llama_dir, tmp_path, sparsity_type):
     out = tmp_path / sparsity_type.replace(":", "-")

@@ -24,6 +24,8 @@ from engine.sparsegpt import sparsegpt_prune
 from engine.spec import PruneSpec
 from engine.three_tier import three_tier_chooser, three_tier_mask, tier_violations
 
+pytestmark = pytest.mark.slow  # end to end: a CLI run or a model load per test
+
 QUICK = dict(calib="pydoc", eval="pydoc", eval_windows=2)
 
 

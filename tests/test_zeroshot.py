@@ -15,6 +15,8 @@ from engine.errors import UserError
 from engine.run import RunRequest
 from engine.zeroshot import PAPER_TASKS, accuracies, evaluate_zero_shot, resolve_tasks
 
+pytestmark = pytest.mark.slow  # end to end: a CLI run or a model load per test
+
 requires_lm_eval = pytest.mark.skipif(
     importlib.util.find_spec("lm_eval") is None,
     reason="lm-evaluation-harness not installed: pip install -r requirements-eval.txt")
