@@ -494,8 +494,8 @@ def test_a_local_file_name_is_shown_literally_in_the_calibration_note():
     from types import SimpleNamespace
 
     from components.explore import calibration_text
-    cal = SimpleNamespace(seconds=1.0, matrices={}, nbytes=0)
-    setup = SimpleNamespace(calibration=cal, cached=False, seconds=1.0, spec=PruneSpec(),
+    cal = SimpleNamespace(seconds=1.0, matrices={}, nbytes=0, hessians=None, hessians_note="", windows=4)
+    setup = SimpleNamespace(calibration=cal, cached=False, seconds=1.0, spec=PruneSpec(), windows=None,
                             calib_name="local:[x](javascript:alert(1)).txt", eval_name="<b>*e*</b>")
     text = calibration_text(setup)
     assert "[x](javascript" not in text and "\\[x\\]\\(javascript:alert\\(1\\)\\)" in text
