@@ -1,4 +1,4 @@
-"""Plotly figures drawn from run records (see engine/record.py for the layout). Pure: a record in, a figure out.
+"""Plotly figures drawn from run records (see engine/io/record.py for the layout). Pure: a record in, a figure out.
 
 Nothing here computes masks or scores; it only reads what the engine wrote. Large tier maps are pooled into
 super-blocks before drawing, because a browser gains nothing from more cells than it has pixels.
@@ -11,10 +11,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from engine.record import decode_array, decode_tier_map
+from engine.io.record import decode_array, decode_tier_map
 from engine.spec import TIER_NAMES, spec_label
 
-from .explore import EXACT_REFERENCE, REFERENCE, SEARCH, SPLIT, pareto_front
+from .explore_session import EXACT_REFERENCE, REFERENCE, SEARCH, SPLIT, pareto_front
 from .registry import method_colours, pattern_marker, tier_split
 
 # Okabe-Ito colours: told apart by readers with the common colour-vision deficiencies.

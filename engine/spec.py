@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from .errors import SpecError
-from .methods import METHODS
-from .patterns import ORIGINAL_URL as ORIGINAL_URL  # re-exported: recipes and the CLI name them from here
-from .patterns import PATTERNS, pattern_params
-from .patterns import THREE_TIER_RATIOS as THREE_TIER_RATIOS
-from .patterns import check as _check
+from engine.errors import SpecError
+from engine.methods.registry import METHODS
+from engine.patterns.registry import (
+    ORIGINAL_URL as ORIGINAL_URL,  # re-exported: recipes and the CLI name them from here
+)
+from engine.patterns.registry import PATTERNS, pattern_params
+from engine.patterns.registry import THREE_TIER_RATIOS as THREE_TIER_RATIOS
+from engine.patterns.registry import check as _check
 
 TIER_NAMES = ("dense", "2:4", "topk")  # tier ids 0, 1, 2 in every tier map
 MAX_SEED = 2**32 - 1    # numpy and torch seeds; larger overflow only after the model and data are loaded
@@ -26,7 +28,7 @@ RECIPE_PATTERN = "three_tier"  # the pattern the named recipes (and the Sweep ta
 
 
 def _with_pattern_params(cls):
-    """Each pattern parameter (engine/patterns.py) a field of `cls` with its declared default, after `pattern`:
+    """Each pattern parameter (engine/patterns/registry.py) a field of `cls` with its declared default, after `pattern`:
     a pattern with a new parameter needs no edit here."""
     own = dict(cls.__annotations__)
     cls.__annotations__ = {}
@@ -36,7 +38,7 @@ def _with_pattern_params(cls):
             for param in pattern_params().values():
                 cls.__annotations__[param.name] = param.type
                 setattr(cls, param.name, field(default=param.default))
-    cls.__doc__ += "\n    Pattern parameters (engine/patterns.py):\n" + "".join(
+    cls.__doc__ += "\n    Pattern parameters (engine/patterns/registry.py):\n" + "".join(
         f"    {param.name:<11} ({', '.join(n for n, p in PATTERNS.items() if param in p.params)}) {param.help}\n"
         for param in pattern_params().values())
     return dataclass(frozen=True)(cls)
@@ -54,7 +56,7 @@ class PruneSpec:
                 calibration window; loss units, so blocks compare across matrices and layers as they are),
                 fisher_wanda Wanda with each output row weighted by its loss sensitivity sqrt(G_i) from the same
                 gradients: Wanda inside a row, loss units across rows, matrices and layers
-    pattern     which weights may stay: a name of engine/patterns.py's registry; each pattern's parameters
+    pattern     which weights may stay: a name of engine/patterns/registry.py's registry; each pattern's parameters
                 (sparsity, n, m, ratios, block, keep, tier_scope, v ...) are fields too, listed below as
                 their entries declare them
     reconstruct OBS weight update for masks chosen by magnitude/wanda (None = off; sparsegpt always updates)
@@ -62,7 +64,7 @@ class PruneSpec:
 
     method: str = "wanda"
     pattern: str = "unstructured"
-    # ... then every pattern's parameters (sparsity, n, m, ratios, block, keep ...: engine/patterns.py)
+    # ... then every pattern's parameters (sparsity, n, m, ratios, block, keep ...: engine/patterns/registry.py)
     reconstruct: bool = False
     nsamples: int = 128
     seqlen: int | None = None

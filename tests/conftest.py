@@ -152,7 +152,7 @@ def deep_llama_dir(tmp_path_factory, tiny_tokenizer):
 def slow_layers(monkeypatch):
     """Hold each decoder layer 0.3 s longer (the server runs in this process): tiny layers take milliseconds on an
     idle machine, and a test of Stop between layers must not depend on the machine's speed."""
-    import engine.pruner as pruner
+    import engine.walk.layer_walk as pruner
     real = pruner._prune_layer
 
     def slow_layer(*args, **kwargs):

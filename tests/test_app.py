@@ -20,7 +20,7 @@ from app import Page, Settings  # noqa: E402
 from components.session import grid_splits, nominal_text, parse_splits, rebalance  # noqa: E402
 from conftest import serving  # noqa: E402
 from engine.errors import UserError  # noqa: E402
-from engine.patterns import PATTERNS  # noqa: E402
+from engine.patterns.registry import PATTERNS  # noqa: E402
 from engine.spec import PruneSpec  # noqa: E402
 
 pytestmark = [pytest.mark.slow,  # end to end through the served dashboard
@@ -368,7 +368,7 @@ def test_recover_fine_tunes_a_finished_run_and_its_record_keeps_the_recovery(das
 def slow_steps(monkeypatch):
     """Hold each optimizer step 0.3 s longer (the keep-masks are applied after every step): a test of Stop during
     a fine-tune must not depend on the machine's speed."""
-    import engine.finetune as finetune
+    import engine.recover.masked_finetune as finetune
     real = finetune.apply_masks
 
     def slow_masks(*args, **kwargs):
@@ -423,8 +423,8 @@ def test_a_method_and_a_pattern_added_to_the_registries_appear_in_the_form_and_t
     from dataclasses import replace
 
     from components import figures, setup_form
-    from engine.methods import METHODS
-    from engine.patterns import KEEP, PATTERNS, M, N
+    from engine.methods.registry import METHODS
+    from engine.patterns.registry import KEEP, PATTERNS, M, N
     monkeypatch.setitem(METHODS, "novel_method", replace(METHODS["wanda"], name="novel_method", label="Novel |W|",
                                                          colour="#123456"))
     monkeypatch.setitem(PATTERNS, "novel_pattern", replace(PATTERNS["nm"], name="novel_pattern",

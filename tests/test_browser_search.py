@@ -39,13 +39,13 @@ def slow_estimates(monkeypatch):
     """Each estimate 1 s longer (the server runs in this process): Stop mid-search must not race the machine."""
     import time
 
-    from engine import explore
-    real = explore.evaluate_windows
+    from engine.explore import estimates
+    real = estimates.evaluate_windows
 
     def slow(*args, **kwargs):
         time.sleep(1.0)
         return real(*args, **kwargs)
-    monkeypatch.setattr(explore, "evaluate_windows", slow)
+    monkeypatch.setattr(estimates, "evaluate_windows", slow)
 
 
 def _calibrate(page, tiny_llama_dir):

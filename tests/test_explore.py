@@ -1,4 +1,4 @@
-"""Calibrate once, re-plan many (engine/explore.py): re-planned masks equal the engine's own, the cache never serves
+"""Calibrate once, re-plan many (engine/explore/): re-planned masks equal the engine's own, the cache never serves
 stale statistics, an estimate leaves the model dense bit for bit, the storage formula, the --sweep command."""
 import json
 import threading
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import tiny_model, token_windows
-from engine.cli import main
-from engine.discovery import find_decoder_layers, find_targets
+from engine.cli.prune_cli import main
 from engine.errors import UserError
+from engine.eval.perplexity import perplexity
 from engine.explore import (
     CalibrationCache,
     Replan,
@@ -29,14 +29,14 @@ from engine.explore import (
     sweep,
     sweep_spec,
 )
-from engine.masks import nm_mask, unstructured_mask
-from engine.perplexity import perplexity
-from engine.pruner import prune_model
-from engine.record import encode_tier_map
-from engine.scores import obs_scores
+from engine.io.record import encode_tier_map
+from engine.methods.scores import obs_scores
+from engine.patterns.masks import nm_mask, unstructured_mask
+from engine.patterns.three_tier import three_tier_mask
 from engine.spec import PruneSpec
-from engine.three_tier import three_tier_mask
-from engine.walk import StatsHooks, capture_layer_inputs, run_layer
+from engine.walk.capture import StatsHooks, capture_layer_inputs, run_layer
+from engine.walk.discovery import find_decoder_layers, find_targets
+from engine.walk.layer_walk import prune_model
 
 QUICK = ["--calib_dataset", "pydoc", "--eval_dataset", "pydoc", "--nsamples", "4", "--seqlen", "64", "--quiet"]
 
@@ -417,7 +417,7 @@ def test_matrix_entries_are_what_a_run_record_lists():
     """engine.explore.matrix_entries: per matrix the sparsity of its mask and, for block patterns, the tier map and
     census of its plan, in the record's encoding (what components/figures.py draws)."""
     from engine.explore import matrix_entries
-    from engine.record import decode_tier_map
+    from engine.io.record import decode_tier_map
     model = _model(layers=2)
     cal = calibrate(model, S(method="wanda", **TT), _windows())
     for spec in (S(method="wanda", tier_scope="model", **TT), S(method="wanda", pattern="nm")):

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from conftest import tiny_model, token_windows
-from engine.discovery import find_decoder_layers, find_targets
-from engine.pruner import prune_model
+from engine.patterns.three_tier import tier_counts
 from engine.spec import PruneSpec
-from engine.three_tier import tier_counts
-from engine.walk import capture_layer_inputs, run_layer
+from engine.walk.capture import capture_layer_inputs, run_layer
+from engine.walk.discovery import find_decoder_layers, find_targets
+from engine.walk.layer_walk import prune_model
 
 FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "gemma", "phi", "opt", "bloom", "gpt_neox", "gpt2", "falcon"]
 SPECS = {

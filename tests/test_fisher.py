@@ -1,16 +1,12 @@
-"""The fisher method: loss sensitivity from gradients (engine/sensitivity.py), and tiers ranked across the model."""
+"""The fisher method: loss sensitivity from gradients (engine/walk/fisher.py), and tiers ranked across the model."""
 import threading
 
 import pytest
 import torch
 
 from conftest import tiny_model, token_windows
-from engine.discovery import find_decoder_layers, find_targets
-from engine.pruner import prune_model
-from engine.scores import fisher_scores
-from engine.sensitivity import fisher_diagonal
-from engine.spec import PruneSpec
-from engine.three_tier import (
+from engine.methods.scores import fisher_scores
+from engine.patterns.three_tier import (
     DENSE,
     TOPK,
     TWO_FOUR,
@@ -19,6 +15,10 @@ from engine.three_tier import (
     tier_costs,
     tier_counts,
 )
+from engine.spec import PruneSpec
+from engine.walk.discovery import find_decoder_layers, find_targets
+from engine.walk.fisher import fisher_diagonal
+from engine.walk.layer_walk import prune_model
 
 _model = tiny_model
 
@@ -116,7 +116,7 @@ def test_model_scope_fisher_tiers_are_the_global_cost_ranking_of_the_dense_gradi
 
 
 def test_fisher_without_reconstruction_needs_no_layer_statistics(monkeypatch):
-    import engine.pruner as pruner
+    import engine.walk.layer_walk as pruner
 
     def refuse(*a, **k):
         raise AssertionError("the layer walk captured inputs it does not need")
@@ -182,8 +182,8 @@ def test_obs_choice_inside_blocks_needs_the_update():
 # -- fisher_wanda: Wanda inside each row, loss units across rows ----------------------------------------------------
 
 def test_fisher_wanda_scores_exact():
-    from engine.scores import fisher_wanda_scores
-    from engine.stats import LinearStats
+    from engine.methods.scores import fisher_wanda_scores
+    from engine.walk.input_stats import LinearStats
     stats = LinearStats(2, "cpu", hessian=False)
     stats.add(torch.tensor([[1.0, 2.0], [1.0, 2.0]]))       # ||X|| = (1, 2), sum of squares 5
     W = torch.tensor([[1.0, -1.0], [2.0, 0.5]])

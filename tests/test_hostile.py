@@ -33,14 +33,14 @@ from app import Page, Settings  # noqa: E402
 from components import policy  # noqa: E402
 from components.session import parse_splits, spec_from_form  # noqa: E402
 from conftest import serving as shared_serving  # noqa: E402
-from engine import save as saving  # noqa: E402
-from engine.cli import main as cli_main  # noqa: E402
-from engine.data import resolve_text  # noqa: E402
+from engine.cli.prune_cli import main as cli_main  # noqa: E402
 from engine.errors import UserError, excerpt  # noqa: E402
-from engine.record import new_run_id  # noqa: E402
+from engine.io import save as saving  # noqa: E402
+from engine.io.record import new_run_id  # noqa: E402
+from engine.io.run_store import RunStore, StoreBudget, record_problem  # noqa: E402
+from engine.io.text import resolve_text  # noqa: E402
 from engine.run import ModelCache, RunRequest, run  # noqa: E402
 from engine.spec import PruneSpec  # noqa: E402
-from engine.store import RunStore, StoreBudget, record_problem  # noqa: E402
 from tests.test_app import DEEP_RUN, client, out  # noqa: E402
 
 pytestmark = [pytest.mark.slow,  # end to end through the served dashboard
@@ -526,7 +526,7 @@ import os, shutil, signal, sys, torch
 sys.path.insert(0, {repo!r})
 from pathlib import Path
 from transformers import AutoModelForCausalLM
-from engine import save
+from engine.io import save
 from tests.conftest import tiny_config
 torch.manual_seed(2)
 model = AutoModelForCausalLM.from_config(tiny_config("llama"))
@@ -569,7 +569,7 @@ def test_a_save_killed_between_renames_never_leaves_a_mixed_folder(tmp_path, tin
 
 
 def interrupt_at_layer(monkeypatch, layer: int, exc: BaseException):
-    import engine.pruner as pruner
+    import engine.walk.layer_walk as pruner
     real = pruner._prune_layer
 
     def interrupted(index, *a, **kw):
@@ -624,7 +624,7 @@ def test_stop_from_the_dashboard_writes_nothing_into_the_save_folder(tiny_llama_
 
 def test_a_final_record_that_cannot_be_written_is_said_and_a_smaller_one_is_tried(tiny_llama_dir, tmp_path,
                                                                                  monkeypatch, capsys):
-    import engine.store as store_module
+    import engine.io.run_store as store_module
     real = store_module.write_json_atomic
 
     def full_for_big_records(path, record):

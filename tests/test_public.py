@@ -11,7 +11,7 @@ from components import policy, tables
 from components.policy import PUBLIC_LIMITS, check_request, validate_request
 from components.session import config_param_count, size_guard
 from engine.errors import ModelLoadError, UserError
-from engine.models import load_model
+from engine.io.models import load_model
 from engine.run import ModelCache, RunRequest
 
 pytestmark = [pytest.mark.slow,  # end to end through the served dashboard

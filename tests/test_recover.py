@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM
 
 from conftest import save_tiny_model
 from engine.errors import UserError
-from engine.finetune import FinetuneSpec, finetune, pruned_masks, zeros_held
-from engine.pruner import prune_model
-from engine.save import save_pretrained_atomic
+from engine.io.save import save_pretrained_atomic
+from engine.recover.masked_finetune import FinetuneSpec, finetune, pruned_masks, zeros_held
 from engine.spec import PruneSpec
+from engine.walk.layer_walk import prune_model
 
 PATTERNS = {"unstructured": dict(pattern="unstructured", sparsity=0.5),
             "2:4": dict(pattern="nm", n=2, m=4),
@@ -162,7 +162,7 @@ def test_bad_settings_are_refused_by_the_spec(field, value, message):
     (["--lora_rank", "4"], "error: --lora_rank and --lr need --finetune_steps N"),
 ])
 def test_cli_bad_settings_are_one_line(tiny_llama_dir, capsys, argv, message):
-    from engine.cli import main
+    from engine.cli.prune_cli import main
 
     assert main(["--model", str(tiny_llama_dir), *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -170,7 +170,7 @@ def test_cli_bad_settings_are_one_line(tiny_llama_dir, capsys, argv, message):
 
 
 def test_main_py_prunes_then_recovers_and_records_it(tmp_path, tiny_llama_dir, capsys):
-    from engine.cli import main
+    from engine.cli.prune_cli import main
 
     out = tmp_path / "out"
     rc = main(["--model", str(tiny_llama_dir), "--sparsity_type", "2:4", "--calib_dataset", "pydoc",
@@ -192,7 +192,7 @@ def test_main_py_prunes_then_recovers_and_records_it(tmp_path, tiny_llama_dir, c
 
 @pytest.mark.slow
 def test_finetune_py_recovers_a_saved_folder(tmp_path, tiny_tokenizer, tiny_llama_dir, capsys):
-    from engine.finetune_cli import main
+    from engine.cli.finetune_cli import main
 
     model = _pruned(tiny_llama_dir)
     masks = pruned_masks(model)
@@ -215,7 +215,7 @@ def test_finetune_py_recovers_a_saved_folder(tmp_path, tiny_tokenizer, tiny_llam
 
 
 def test_dashboard_recover_fields_and_figures():
-    from components.recover import PUBLIC_MAX_STEPS, curve_from_events, finetune_from_form, loss_curve_figure
+    from components.recover_view import PUBLIC_MAX_STEPS, curve_from_events, finetune_from_form, loss_curve_figure
     from components.tables import runs_table
 
     assert finetune_from_form(0, 1e-4, 0) is None

@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from engine.cli import main
-from engine.masks import nm_mask
-from engine.matrix import prune_matrix
-from engine.methods import METHODS
-from engine.scores import ria_scores
+from engine.cli.prune_cli import main
+from engine.methods.registry import METHODS
+from engine.methods.scores import ria_scores
+from engine.patterns.masks import nm_mask
 from engine.spec import PruneSpec
-from engine.stats import LinearStats
+from engine.walk.input_stats import LinearStats
+from engine.walk.prune_matrix import prune_matrix
 
 QUICK = ["--nsamples", "4", "--seqlen", "32", "--eval_windows", "2", "--calib_dataset", "pydoc",
          "--eval_dataset", "pydoc", "--quiet"]

@@ -1,5 +1,5 @@
-"""The split search (engine/search.py): a seeded search finds a small space's exhaustive front, studies of another
-calibration are refused, bad settings are one line, the front is exact on hand-made points, studies persist and
+"""The split search (engine/explore/split_search.py): a seeded search finds a small space's exhaustive front, studies of
+another calibration are refused, bad settings are one line, the front is exact on hand-made points, studies persist and
 export, workers share one study (SQLite; PostgreSQL where a server can be started)."""
 import json
 import math
@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM
 from conftest import tiny_config
 from engine.errors import UserError
 from engine.explore import calibrate, estimate, replan
-from engine.search import (
+from engine.explore.split_search import (
     SearchSettings,
     evaluation_key,
     export_study,
@@ -244,7 +244,7 @@ WORKER = textwrap.dedent("""
     sys.path[:0] = [sys.argv[3], sys.argv[4]]
     from test_search import _model, _ids, _small_space, _study, SEQLEN
     from engine.explore import calibrate
-    from engine.search import SearchSettings, search
+    from engine.explore.split_search import SearchSettings, search
     from engine.spec import PruneSpec
     torch.set_num_threads(1)
     model = _model()
@@ -349,7 +349,7 @@ QUICK = ["--calib_dataset", "pydoc", "--eval_dataset", "pydoc", "--nsamples", "4
 
 
 def _cli(tiny_llama_dir, url, *extra):
-    from engine.cli import main
+    from engine.cli.prune_cli import main
     return main(["--model", str(tiny_llama_dir), "--sparsity_type", "three_tier", "--tier_scope", "model", "--search",
                  "--storage", url, "--study", "cli", *QUICK, *extra])
 
@@ -371,7 +371,7 @@ def test_search_command_end_to_end_and_resumed(tiny_llama_dir, tmp_path, capsys)
     assert _cli(tiny_llama_dir, url, "--trials", "2", *space) == 0  # the same command resumes the study
     out = capsys.readouterr().out
     assert "3 finished trials" in out and "2 trials added by this process, 5 in the study" in out
-    from engine.cli import main
+    from engine.cli.prune_cli import main
     assert main(["--list_searches", "--storage", url]) == 0
     assert "| cli | " in capsys.readouterr().out
     assert main(["--export_search", str(tmp_path / "t.csv"), "--storage", url, "--study", "cli"]) == 0
@@ -403,7 +403,7 @@ def test_bad_search_settings_are_one_line_and_lose_nothing(tiny_llama_dir, one_t
     args = [a for a in extra]
     if "--storage" not in args:
         args += ["--storage", url]
-    from engine.cli import main
+    from engine.cli.prune_cli import main
     rc = main(["--model", str(tiny_llama_dir), "--sparsity_type", "three_tier", "--tier_scope", "model", "--search",
                "--study", "cli", *QUICK, *args])
     err = capsys.readouterr().err.strip()

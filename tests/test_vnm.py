@@ -1,4 +1,5 @@
-"""V:N:M (engine/vnm.py): exact masks on hand-made scores, its invariants on random ones, a tiny model end to end."""
+"""V:N:M (engine/patterns/vnm.py): exact masks on hand-made scores, its invariants on random ones, a tiny model end
+to end."""
 from __future__ import annotations
 
 import pytest
@@ -6,9 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from engine.errors import SpecError
-from engine.pruner import prune_model
+from engine.patterns.vnm import vnm_mask
 from engine.spec import PruneSpec, parse_sparsity_type
-from engine.vnm import vnm_mask
+from engine.walk.layer_walk import prune_model
 
 
 def test_a_block_keeps_its_four_best_columns_then_n_per_row():
