@@ -16,7 +16,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright missing: pip install playwright")
-pytestmark = [pytest.mark.skipif(not (os.path.exists(CHROMIUM) or shutil.which("chromium")),
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(not (os.path.exists(CHROMIUM) or shutil.which("chromium")),
                                  reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium"),
               pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")]
 # rows of the points table whose kind is a search trial (Gradio's table draws rows as cells, not <tr>)

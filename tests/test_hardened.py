@@ -153,6 +153,7 @@ def cached(tiny_llama_dir, tmp_path_factory):
     return models, request, _dense_check(models, request)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", RUN_STAGES)
 def test_a_failure_in_any_stage_of_a_run_leaves_the_cached_model_dense(cached, stage, tmp_path, monkeypatch):
     from engine.run import run
@@ -171,6 +172,7 @@ def test_a_failure_in_any_stage_of_a_run_leaves_the_cached_model_dense(cached, s
 
 @pytest.mark.parametrize("stage, lora", [("LoRA wrapping", True), ("training step", True), ("LoRA merge", True),
                                          ("recovered perplexity", True), ("training step", False)])
+@pytest.mark.slow
 def test_a_failure_in_a_later_recovery_leaves_the_cached_model_dense(cached, stage, lora, tmp_path, monkeypatch):
     from engine.run import recover_run, run
     models, _, dense = cached
@@ -252,6 +254,7 @@ def public_page(tmp_path_factory):
     return Page(Settings(public=True, runs_dir=str(tmp_path_factory.mktemp("public-runs"))))
 
 
+@pytest.mark.slow
 def test_a_public_recover_ends_with_its_summary_and_the_shown_and_exported_record_keep_the_recovery(
         public_page, tiny_llama_dir, tmp_path):
     from components import policy, recover_tab, runner
@@ -331,6 +334,7 @@ def _status(page, outs) -> str:
     return next((o[page.explore.status] for o in reversed(outs) if page.explore.status in o), "")
 
 
+@pytest.mark.slow
 def test_tabs_share_the_server_calibrations_and_never_keep_a_dropped_one_alive(capped_page, tiny_llama_dir):
     from components import explore_session
     first, _ = _explore(capped_page, tiny_llama_dir, seed=1)
@@ -343,6 +347,7 @@ def test_tabs_share_the_server_calibrations_and_never_keep_a_dropped_one_alive(c
     assert "dropped to make room for newer ones" in _status(capped_page, _move(capped_page, first))
 
 
+@pytest.mark.slow
 def test_the_oldest_exploration_is_closed_beyond_the_cap_and_told(capped_page, tiny_llama_dir, monkeypatch):
     from components import explore_session
     monkeypatch.setattr(explore_session, "EXPLORATIONS", explore_session.Explorations(size=2))

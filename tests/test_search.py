@@ -287,6 +287,7 @@ def _check_shared(url, setup, trials=4):
         pytest.approx([(r["number"], r["ppl"]) for r in pareto_front(again, "sparsity")], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_one_sqlite_study(setup, tmp_path):
     url = f"sqlite:///{tmp_path}/shared.db"
     _two_workers(url, tmp_path)
@@ -337,6 +338,7 @@ def postgres():
         shutil.rmtree(top, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_one_postgresql_study(setup, tmp_path, postgres):
     _two_workers(postgres, tmp_path)
     _check_shared(postgres, setup)
@@ -354,6 +356,7 @@ def _cli(tiny_llama_dir, url, *extra):
                  "--storage", url, "--study", "cli", *QUICK, *extra])
 
 
+@pytest.mark.slow
 def test_search_command_end_to_end_and_resumed(tiny_llama_dir, tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/cli.db"
     space = ["--search_space", "keep=4,16,64", "ratios=0.5/0.3/0.2,0.2/0.4/0.4"]

@@ -11,7 +11,7 @@ import pytest
 from app import Page, Settings
 from components import explore_session, explore_tab
 from components.explore_session import ExploreState
-from engine import explore as engine_explore
+from engine.explore import estimates
 from engine.explore.split_search import open_storage, trial_records
 from engine.spec import PruneSpec
 
@@ -59,12 +59,12 @@ def start(dash, xs, trials=6, low=0.0, high=1.0, objective="sparsity", minutes=N
 @pytest.fixture
 def slow_estimates(monkeypatch):
     """Each estimate 0.4 s longer: a Stop between trials must not depend on the machine's speed."""
-    real = engine_explore.evaluate_windows
+    real = estimates.evaluate_windows
 
     def slow(*args, **kwargs):
         time.sleep(0.4)
         return real(*args, **kwargs)
-    monkeypatch.setattr(engine_explore, "evaluate_windows", slow)
+    monkeypatch.setattr(estimates, "evaluate_windows", slow)
 
 
 def test_a_search_streams_its_trials_and_stop_keeps_the_finished_ones(dash, calibrated, runs, slow_estimates):
@@ -111,6 +111,7 @@ def test_a_restarted_server_lists_the_search_and_reopens_its_front(dash, calibra
     assert "Press Calibrate first" in str(last(outs, dash.explore.status))
 
 
+@pytest.mark.slow
 def test_run_exact_on_the_fronts_best_puts_exact_numbers_beside_their_estimates(dash, calibrated, tiny_llama_dir):
     from components.session import Session
 

@@ -253,8 +253,8 @@ def layouts_for(spec: dict, tiers: torch.Tensor | None) -> dict[str, dict]:
     allowed = {}  # the pattern's own layout first: it wins a tie
     if pattern.blocks and tiers is not None:
         allowed["blocks"] = {"block": spec["block"], "tiers": tiers}
-    if "m" in pattern.fields:
-        allowed["groups"] = {"group": spec["m"]}
+    if (group := pattern.group(PruneSpec.from_dict(spec))) is not None:
+        allowed["groups"] = {"group": group}
     return {**allowed, "bitmask": {}, "positions": {}}
 
 

@@ -122,6 +122,8 @@ class Pattern:
     point: Callable[[object], tuple] = lambda spec: (spec.sparsity,)
     at: Callable[[object, tuple, bool], object] = lambda spec, values, snap: spec.replace(sparsity=values[0])
     storage_bits: Callable[[object, list, int, int], int] = lambda spec, shape, n_kept, v: csr_bits(shape, n_kept, v)
+    group: Callable[[object], int | None] = lambda spec: None  # the width of the groups of input columns each row
+    #                                                      keeps a few of (N:M's M): a compact save stores those groups
     # (spec, shape [out, in], n_kept, v bits a value) -> bits of a kept-mask pattern's sparse format (block
     # patterns are counted per tier from their grids, engine/explore/)
     storage_note: str = "unstructured (CSR) n_kept·(v + ⌈log₂ in⌉) + 32 bits per row"  # storage_bits in words
@@ -454,7 +456,7 @@ PATTERNS: dict[str, Pattern] = {p.name: p for p in (
             _nm_too_wide, sparsity_type=lambda s: f"{s.n}:{s.m}", point=lambda s: (1 - s.n / s.m,), at=_nm_at,
             parse=_nm_parse, marker="square", storage_note="N:M n_kept·(v + ⌈log₂ M⌉)",
             syntax="N:M (2:4, 4:8 ...)",
-            storage_bits=lambda s, shape, kept, v: kept * (v + math.ceil(math.log2(s.m)))),
+            storage_bits=lambda s, shape, kept, v: kept * (v + math.ceil(math.log2(s.m))), group=lambda s: s.m),
     Pattern("block", "Whole blocks removed", (SPARSITY,) + BLOCK_PARAMS, _block_select, lambda s: s.sparsity,
             lambda s: f"block {s.sparsity:g} of {s.block}x{s.block} blocks",
             _all(_block_validate, _block_share_validate), _block_too_wide, blocks=True, storage_note=BLOCK_STORAGE),
@@ -478,7 +480,7 @@ PATTERNS: dict[str, Pattern] = {p.name: p for p in (
             lambda s: 1 - s.n / s.m, lambda s: f"V:N:M {s.v}:{s.n}:{s.m}", _vnm_validate, _vnm_too_wide,
             sparsity_type=lambda s: f"{s.v}:{s.n}:{s.m}", point=lambda s: (1 - s.n / s.m,), at=_nm_at,
             parse=_vnm_parse, syntax="V:N:M (64:2:8 ...)", storage_bits=_vnm_bits,
-            storage_note="V:N:M n_kept·(v + 2) + 4·⌈log₂ M⌉ per V x M block"),
+            storage_note="V:N:M n_kept·(v + 2) + 4·⌈log₂ M⌉ per V x M block", group=lambda s: s.m),
 )}
 
 
