@@ -26,7 +26,7 @@ from engine.spec import ORIGINAL_URL, RECIPES, THREE_TIER_RATIOS, PruneSpec, par
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # Long by nature: one statement per flag, grouped as Wanda and the fork document them (a table, not logic).
+    # Long by nature: one statement per flag, grouped as Wanda and the Wanda hybrid document them (a table, not logic).
     p = argparse.ArgumentParser(prog="main.py", description=f"Prune a causal LM layer by layer ({', '.join(METHODS)}; "
                                 f"{', '.join(PATTERNS)}) and measure WikiText-2 perplexity.")
     w = p.add_argument_group("Wanda's flags")
@@ -221,6 +221,12 @@ def _main(args) -> int:
         record = run(request, progress=bars)
     finally:
         bars.close()
+    return report_run(args, record)
+
+
+def report_run(args, record: dict) -> int:
+    """Print a finished run the Wanda way (report, summary, errors) and write log_<method>.txt under --save."""
+    record_spec = record["spec"]
     print(wanda_report(record))
     line = summary_line(record)
     print(line)
@@ -230,7 +236,7 @@ def _main(args) -> int:
         print(f"warning: {record['store_warning']}", file=sys.stderr)
     if args.save and record["status"] == "completed":
         from engine.io.record import write_text_atomic
-        log = os.path.join(os.path.expanduser(args.save), f"log_{spec.method}.txt")
+        log = os.path.join(os.path.expanduser(args.save), f"log_{record_spec['method']}.txt")
         try:
             write_text_atomic(log, wanda_log(record))
         except OSError as e:

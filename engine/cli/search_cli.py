@@ -109,26 +109,30 @@ def storage_url(args) -> str:
     return args.storage or default_storage_url(args.runs_dir or default_store_dir())
 
 
+def list_or_export(args, url: str) -> int:
+    """--list_searches: the studies in the storage; --export_search FILE --study NAME: one study's trials."""
+    storage = open_storage(url)
+    if args.list_searches:
+        print(studies_table(list_studies(storage)))
+        return 0
+    if not args.study:
+        raise UserError("--export_search needs --study NAME (--list_searches lists them)")
+    import optuna
+    try:
+        study = optuna.load_study(study_name=args.study, storage=storage)
+    except KeyError:
+        raise UserError(f"no study {excerpt(args.study, 60)} in {shown_url(url)} (--list_searches lists them)") \
+            from None
+    n = export_study(study, args.export_search)
+    print(f"{n} trials of {args.study} written to {args.export_search}")
+    return 0
+
+
 def search_main(args, base: PruneSpec, request) -> int:
     """The --search command (and --list_searches, --export_search): `request` is the single run's RunRequest."""
     url = storage_url(args)
     if args.list_searches or args.export_search:
-        storage = open_storage(url)
-        if args.list_searches:
-            print(studies_table(list_studies(storage)))
-            return 0
-        if not args.study:
-            raise UserError("--export_search needs --study NAME (--list_searches lists them)")
-        import optuna
-        try:
-            study = optuna.load_study(study_name=args.study, storage=storage)
-        except KeyError:
-            raise UserError(f"no study {excerpt(args.study, 60)} in {shown_url(url)} (--list_searches lists them)") \
-                from None
-        n = export_study(study, args.export_search)
-        print(f"{n} trials of {args.study} written to {args.export_search}")
-        return 0
-
+        return list_or_export(args, url)
     from engine.run import ModelCache
 
     t_start = time.perf_counter()

@@ -288,9 +288,6 @@ def finetune(model: nn.Module, tokenizer, spec: FinetuneSpec, train: torch.Tenso
     """
     import time
 
-    from transformers import Trainer
-    from transformers.trainer_callback import PrinterCallback
-
     progress = progress or (lambda event: None)
     cancel = cancel or threading.Event()
     if resume_from is not None:
@@ -307,15 +304,8 @@ def finetune(model: nn.Module, tokenizer, spec: FinetuneSpec, train: torch.Tenso
         curves = _Curves(progress, cancel, masks, trained)
         hooks = _HeldZeros(trained, masks)
         try:
-            trainer = Trainer(model=trained, args=training_arguments(spec, output_dir, device),
-                              train_dataset=WindowDataset(train), eval_dataset=WindowDataset(heldout),
-                              callbacks=[curves.callback])
-            trainer.remove_callback(PrinterCallback)  # progress goes through `progress`, not print()
-            trainer.train(resume_from_checkpoint=resume_from)
-            if not curves.heldout or curves.heldout[-1][0] != trainer.state.global_step:
-                trainer.evaluate()  # the held-out loss of the weights we keep
-            steps_done = trainer.state.global_step
-            del trainer
+            steps_done = _train(trained, spec, training_arguments(spec, output_dir, device), train, heldout, curves,
+                                resume_from)
         finally:
             hooks.close()
             model.train(was_training)
@@ -339,6 +329,21 @@ def finetune(model: nn.Module, tokenizer, spec: FinetuneSpec, train: torch.Tenso
     return FinetuneResult(status="cancelled" if curves.stopped else "completed", steps_done=steps_done,
                           train_curve=curves.train, heldout_curve=curves.heldout,
                           seconds=time.perf_counter() - t0, adapter=adapter)
+
+
+def _train(trained: nn.Module, spec: FinetuneSpec, args, train, heldout, curves, resume_from) -> int:
+    """The Trainer's loop on `trained` (the model, or PEFT's wrapper of it) -> the steps done; the held-out loss of
+    the last step is evaluated if the schedule did not."""
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer = Trainer(model=trained, args=args, train_dataset=WindowDataset(train),
+                      eval_dataset=WindowDataset(heldout), callbacks=[curves.callback])
+    trainer.remove_callback(PrinterCallback)  # progress goes through `progress`, not print()
+    trainer.train(resume_from_checkpoint=resume_from)
+    if not curves.heldout or curves.heldout[-1][0] != trainer.state.global_step:
+        trainer.evaluate()  # the held-out loss of the weights we keep
+    return trainer.state.global_step
 
 
 def _unwrap(model: nn.Module) -> None:
