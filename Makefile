@@ -4,7 +4,7 @@ PIP := $(PYTHON) -m pip
 STAMP := .cache/installed.stamp
 EVAL_STAMP := .cache/installed-eval.stamp
 
-.PHONY: install run cli test bench clean
+.PHONY: install run cli test test-fast bench clean
 
 $(STAMP): requirements.txt
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
@@ -27,6 +27,10 @@ cli: install            ## the command line on the embedded model (Wanda 50%, qu
 test: install $(EVAL_STAMP)  ## lint (ruff.toml), then the whole suite (about 7 minutes on 2 cores)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -q
+
+test-fast: install      ## lint, then the suite less the slow, browser and SmolLM2 tests (pytest.ini markers)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m pytest -q -m "not slow and not browser and not smollm2"
 
 clean:
 	rm -rf .cache .pytest_cache

@@ -7,7 +7,7 @@ fine-tune, compare runs, reopen past ones.
 turns it off there, any other value refuses to start) serve strangers under components/policy.py: hub models only,
 named texts, no saving, capped work, a bounded run store. The server prints its mode at start; Gradio's usage
 analytics are off unless GRADIO_ANALYTICS_ENABLED turns them on; the upload route is closed (the app takes no
-files). Every run is recorded in the run store (engine/store.py), so the Past runs tab lists it after a restart.
+files). Every run is recorded in the run store (engine/io/run_store.py), so the Past runs tab lists it after a restart.
 
 The page is components/page.py: a thin layout of one module per part (setup_form.py, results_tab.py,
 recover_tab.py, compare_tab.py, past_runs_tab.py, sweep_tab.py, export_tab.py; runner.py streams a job), each its

@@ -1,7 +1,7 @@
-"""Recover a saved pruned model by masked fine-tuning: see engine/finetune_cli.py."""
+"""Recover a saved pruned model by masked fine-tuning: see engine/cli/finetune_cli.py."""
 import sys
 
-from engine.finetune_cli import main
+from engine.cli.finetune_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,7 @@
 """
 import sys
 
-from engine.cli import main
+from engine.cli.prune_cli import main
 
 if __name__ == "__main__":
     sys.exit(main(defaults={"sparsity_type": "block", "recipe": "original"}))

@@ -6,7 +6,7 @@ enough of their score, else stay dense; the rest keep their K largest |W|.
 """
 import sys
 
-from engine.cli import main
+from engine.cli.prune_cli import main
 
 if __name__ == "__main__":
     sys.exit(main(defaults={"sparsity_type": "hybrid_2_4", "recipe": "original"}))

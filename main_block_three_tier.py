@@ -6,7 +6,7 @@ r"""The three-tier script of the Wanda hybrid fork (github.com/Jiajun-Ji/wanda),
 """
 import sys
 
-from engine.cli import main
+from engine.cli.prune_cli import main
 
 if __name__ == "__main__":
     sys.exit(main(defaults={"sparsity_type": "three_tier", "recipe": "original"}))

@@ -5,7 +5,7 @@ largest |W|.
 """
 import sys
 
-from engine.cli import main
+from engine.cli.prune_cli import main
 
 if __name__ == "__main__":
     sys.exit(main(defaults={"sparsity_type": "block_topk", "recipe": "original"}))

@@ -1,7 +1,7 @@
-"""Progressive three-tier pruning (prune -> fine-tune, sparser each iteration): see engine/progressive_cli.py."""
+"""Progressive three-tier pruning (prune -> fine-tune, sparser each iteration): see engine/cli/progressive_cli.py."""
 import sys
 
-from engine.progressive_cli import main
+from engine.cli.progressive_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

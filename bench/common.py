@@ -218,7 +218,7 @@ def command_line() -> str:
 
 
 def write_json(path, obj) -> None:
-    from engine.record import write_json_atomic
+    from engine.io.record import write_json_atomic
     write_json_atomic(str(path), obj)
     print(f"wrote {path}")
 

@@ -1,6 +1,7 @@
 """The Explore tab: calibrate once for the form's model, method and data, then move a split and see its maps at once
 and a quick masks-only perplexity estimate seconds later; Run exact prunes the split for real (the Results tab),
-every estimated split lands on a Pareto view. The work is components/explore.py's calls into engine/explore.py."""
+every estimated split lands on a Pareto view. The work is components/explore_session.py's calls into
+engine/explore/."""
 from __future__ import annotations
 
 import inspect
@@ -8,24 +9,22 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from engine import data as textdata
 from engine.errors import UserError, excerpt
-from engine.patterns import PATTERNS
-from engine.search import OBJECTIVES, SearchSettings, default_storage_url, pareto_front
+from engine.explore.split_search import OBJECTIVES, SearchSettings, default_storage_url, pareto_front
+from engine.io import text as textdata
+from engine.patterns.registry import PATTERNS
 from engine.spec import PruneSpec
 
-from . import explore, figures, policy, runner
-from .explore import ESTIMATE_TOKENS, ESTIMATE_WINDOWS, ExploreState
+from . import explore_session, figures, policy, runner
+from .explore_session import ESTIMATE_TOKENS, ESTIMATE_WINDOWS, ExploreState
 from .jobs import Job
 from .layout import banner
 from .registry import FORM_SPEC, block_pattern, spec_form_values
 from .results_tab import LIGHT, layer_index, selection_for, tiermap_for
 from .setup_form import param_widget
 
-STORAGE_FORMULA = (
-    "**Storage estimate** (v = 16 bits a value): dense blocks n·v; 2:4 blocks n_kept·(v + 2) (a 2-bit position in "
-    "each group of 4); top-K blocks n_kept·(v + ⌈log₂ B²⌉) (8 bits for B = 16); N:M n_kept·(v + ⌈log₂ M⌉); "
-    "unstructured (CSR) n_kept·(v + ⌈log₂ in⌉) + 32 bits per row.")
+STORAGE_FORMULA = ("**Storage estimate** (v = 16 bits a value): "  # each pattern's formula, from its entry
+                   + "; ".join(dict.fromkeys(p.storage_note for p in PATTERNS.values())) + ".")
 MAX_WINDOWS = 64
 
 
@@ -65,7 +64,7 @@ def render(page) -> None:
                                        visible=len(axis) == 1)
                 reads = PATTERNS[spec.pattern].fields
                 w.replan = {name: param_widget(p, getattr(spec, name), name in reads)
-                            for name, p in explore.replan_params().items()}
+                            for name, p in explore_session.replan_params().items()}
                 with gr.Row():
                     w.windows = gr.Number(ESTIMATE_WINDOWS, precision=0, minimum=1, maximum=MAX_WINDOWS,
                                           label="Estimate windows")
@@ -75,7 +74,7 @@ def render(page) -> None:
                             "update too, if chosen) and its Evaluation windows; it shows in Results and beside "
                             "the estimate below.", elem_classes="note")
             with gr.Column(scale=2):
-                w.estimate = gr.HTML(explore.estimate_html(None), elem_id="xs-estimate")
+                w.estimate = gr.HTML(explore_session.estimate_html(None), elem_id="xs-estimate")
                 w.summary = gr.Markdown("", elem_id="xs-summary")
                 w.heatmap = gr.Plot(figures.layer_heatmap(None), show_label=False, elem_id="xs-heatmap")
         w.shares = gr.Plot(figures.tier_share_heatmaps(None), show_label=False, elem_id="xs-shares")
@@ -96,7 +95,7 @@ def render(page) -> None:
                     "with the engine's strongest recipe of each (SparseGPT: the mask chosen during the OBS update) "
                     "and evaluates them on the estimate's windows: the bar a split has to beat.", elem_classes="note")
         w.pareto = gr.Plot(figures.pareto_figure([]), show_label=False, elem_id="xs-pareto")
-        w.points = gr.Dataframe(headers=explore.POINT_COLUMNS, value=[], interactive=False,
+        w.points = gr.Dataframe(headers=explore_session.POINT_COLUMNS, value=[], interactive=False,
                                 elem_id="xs-points", wrap=True)
         w.open = gr.Dropdown([], value=None, label="Open a point's maps (or click it above)", interactive=True)
         w.pareto_click = gr.Textbox(visible="hidden", elem_id="pareto-click")
@@ -105,7 +104,8 @@ def render(page) -> None:
 
 @dataclass
 class SearchPanel:
-    """The split search's widgets (engine/search.py through components/explore.search_job), kept together."""
+    """The split search's widgets (engine/explore/split_search.py through components/explore_session.search_job),
+    kept together."""
     objective: gr.Radio
     low: gr.Number
     high: gr.Number
@@ -166,7 +166,7 @@ def storage_url(page, typed: str | None) -> str:
 
 def past_choices(page, typed: str | None) -> list[tuple[str, str]]:
     return [(f"{s['study']} · {s['trials']} trials · {s['method']} {s['pattern']} · {s['objective']}", s["study"])
-            for s in explore.past_searches(storage_url(page, typed))]
+            for s in explore_session.past_searches(storage_url(page, typed))]
 
 
 def search_settings(page, objective, low, high, max_bits, trials, minutes, windows) -> SearchSettings:
@@ -211,12 +211,12 @@ def show_plan(page, xs: ExploreState, plan, storage) -> dict:
     """The maps, tier map and summary of a fresh plan (the tier map stays on the matrix chosen before)."""
     w = page.explore
     xs.plan = plan
-    xs.record = explore.plan_record(plan, 1 + max(k[0] for k in plan.matrices))
+    xs.record = explore_session.plan_record(plan, 1 + max(k[0] for k in plan.matrices))
     layers, layer, modules, module = selection_for(xs.record, xs.shown_layer, xs.shown_module)
     xs.shown_layer, xs.shown_module = layer, module
     fig, note = tiermap_for(xs.record, layer, module)
     blocks = block_pattern(plan.spec.pattern)
-    return {w.summary: explore.summary_text(plan, storage),
+    return {w.summary: explore_session.summary_text(plan, storage),
             w.heatmap: figures.layer_heatmap(xs.record, title=f"Sparsity per matrix · {plan.spec.label()}"),
             w.shares: gr.Plot(figures.tier_share_heatmaps(xs.record) if blocks else None, visible=blocks),
             w.layer: gr.Dropdown(choices=layers, value=layer),
@@ -227,8 +227,8 @@ def show_plan(page, xs: ExploreState, plan, storage) -> dict:
 def show_points(page, xs: ExploreState, axis: str) -> dict:
     w = page.explore
     return {w.pareto: figures.pareto_figure(xs.points, axis),
-            w.points: explore.points_table(xs.points, axis),
-            w.open: gr.Dropdown(choices=explore.point_choices(xs.points))}
+            w.points: explore_session.points_table(xs.points, axis),
+            w.open: gr.Dropdown(choices=explore_session.point_choices(xs.points))}
 
 
 def controls_for(page, spec: PruneSpec) -> dict:
@@ -268,10 +268,11 @@ def _count(value, name: str, low: int, high: int) -> int:
 
 # ---- the engine calls, streamed -----------------------------------------------------------------------------------
 
-def explore_specs(page, xs: ExploreState, specs: list[PruneSpec], windows, tokens, axis, kind: str = explore.SPLIT):
+def explore_specs(page, xs: ExploreState, specs: list[PruneSpec], windows, tokens, axis,
+                  kind: str = explore_session.SPLIT):
     """Re-plan and estimate `specs` on the engine's line, streaming maps, then the running estimate; a newer
     call (the next slider release) stops this one between windows and this stream ends without a word."""
-    yield from stream(page, xs, lambda n, seqlen, restored: explore.explore_job(
+    yield from stream(page, xs, lambda n, seqlen, restored: explore_session.explore_job(
         xs.setup, specs, runner.MODELS, n, seqlen, restored), windows, tokens, axis, kind)
 
 
@@ -302,7 +303,7 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
     except UserError as err:
         yield {w.status: banner("err", str(err))}
         return
-    exact = kind == explore.EXACT_REFERENCE
+    exact = kind == explore_session.EXACT_REFERENCE
     yield {w.status: banner("info", "Pruning for real…" if exact else "Re-planning…")}
     note = "exact walk, with the OBS update" if exact else "masks only"
     try:
@@ -320,21 +321,22 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
                     plan = event["plan"]
                     out.update(show_plan(page, xs, plan, event["storage"]))
                     if not n:
-                        explore.keep_maps_only(plan)  # maps only: no estimate needs its masks
-                    out[w.estimate] = explore.estimate_html(None, "estimating…" if n else "")
+                        explore_session.keep_maps_only(plan)  # maps only: no estimate needs its masks
+                    out[w.estimate] = explore_session.estimate_html(None, "estimating…" if n else "")
                     out[w.status] = banner("info", f"Re-planned in {plan.seconds:.2f} s"
                                            + ("; estimating perplexity…" if n else "."))
                 elif stage == "estimate":
-                    out[w.estimate] = explore.estimate_html(event, note)
+                    out[w.estimate] = explore_session.estimate_html(event, event.get("kind", note))
                 elif stage == "estimated" and event["estimate"].status == "completed":
                     plan, est = event["plan"], event["estimate"]
-                    explore.add_point(xs, plan, est, explore.storage_estimate(plan), kind)
-                    explore.keep_maps_only(plan)
+                    explore_session.add_point(xs, plan, est, explore_session.storage_estimate(plan), kind)
+                    explore_session.keep_maps_only(plan)
                     out.update(show_points(page, xs, axis))
                     finished = True
                     out[w.status] = banner("ok", f"{plan.spec.label()}: perplexity {'' if exact else '≈ '}"
                                                  f"{est.ppl:,.2f} on {est.windows} windows of {seqlen} tokens in "
-                                                 f"{est.seconds:.1f} s ({note}).")
+                                                 f"{est.seconds:.1f} s ({note if exact else est.kind}"
+                                                 f"{'; ' + est.note if est.note else ''}).")
             if out:
                 yield out
     finally:
@@ -346,18 +348,20 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
 
 def calibrate(page, *values, request: gr.Request | None = None):
     """Calibrate for the form's set-up (served from the cache when nothing changed), then explore its split.
-    `request`: the tab's, which the server's live explorations (explore.EXPLORATIONS) know it by."""
+    `request`: the tab's, which the server's live explorations (explore_session.EXPLORATIONS) know it by."""
     w = page.explore
     *form_values, xs, windows, tokens, axis = values
     xs.supersede(None)
     try:
         req = runner.request(page, dict(zip(page.form, form_values)))
+        first = None if not windows else (_count(windows, "estimate windows", 1, MAX_WINDOWS),
+                                          _count(tokens, "tokens per window", 8, 1 << 20))
     except UserError as err:
         yield {w.status: banner("err", str(err))}
         raise gr.Error(str(err), print_exception=False, title="Cannot calibrate") from None
 
     def target(progress, cancel):
-        setup = explore.calibrate(req, runner.MODELS, progress, cancel)
+        setup = explore_session.calibrate(req, runner.MODELS, progress, cancel, first=first)
         runner.MODELS.holds_run = None  # the model was restored to dense to calibrate it
         return setup
     job = Job(target, name="calibrate")
@@ -370,9 +374,14 @@ def calibrate(page, *values, request: gr.Request | None = None):
     yield {w.status: banner("info", "Calibrating…")}
     try:
         for events in job.watch():
+            out = {}
+            for event in events:
+                out.update(first_maps(page, xs, event))
             messages = [e.get("message") for e in events if e.get("message")]
             if messages:
-                yield {w.status: banner("info", f"Calibrating: {messages[-1]}")}
+                out[w.status] = banner("info", f"Calibrating: {messages[-1]}")
+            if out:
+                yield out
     finally:
         if job.running:
             job.stop()
@@ -382,16 +391,32 @@ def calibrate(page, *values, request: gr.Request | None = None):
     if xs.job is not job or job.result is None:
         return
     xs.setup, xs.closed = job.result, None
-    explore.EXPLORATIONS.admit(getattr(request, "session_hash", None) or f"tab-{id(xs)}", xs)
+    explore_session.EXPLORATIONS.admit(getattr(request, "session_hash", None) or f"tab-{id(xs)}", xs)
     spec = xs.setup.spec
-    yield {**controls_for(page, spec), w.calib_note: explore.calibration_text(xs.setup),
+    yield {**controls_for(page, spec), w.calib_note: explore_session.calibration_text(xs.setup),
            w.topk_note: topk_text(*spec.ratios[:2])}
     yield from explore_specs(page, xs, [spec], windows, tokens, axis)
 
 
+def first_maps(page, xs: ExploreState, event: dict) -> dict:
+    """What the calibration job streams before the full calibration lands: the form's split re-planned and
+    estimated (masks only) from the first few calibration windows, labelled with how many."""
+    w, stage = page.explore, event.get("stage")
+    if stage == "first":
+        xs.setup = event["setup"]
+        return {**controls_for(page, xs.setup.spec), w.calib_note: explore_session.calibration_text(xs.setup)}
+    rests = f"from {xs.setup.calibration.windows} calibration windows" if xs.setup is not None else ""
+    if stage == "planned":
+        return {**show_plan(page, xs, event["plan"], event["storage"]),
+                w.estimate: explore_session.estimate_html(None, "estimating…")}
+    if stage == "estimate":
+        return {w.estimate: explore_session.estimate_html(event, f"{event.get('kind', 'masks only')}, {rests}")}
+    return {}
+
+
 def move(page, xs: ExploreState, dense, two_four, sparsity, *values):
     """A released slider (or a changed re-plan parameter: K, B, scope, assignment ...): re-plan that split and
-    estimate it. values: the re-plan parameters' (explore.replan_params order), then windows, tokens, axis."""
+    estimate it. values: the re-plan parameters' (explore_session.replan_params order), then windows, tokens, axis."""
     w = page.explore
     *replan, windows, tokens, axis = values
     if xs.setup is None:
@@ -407,7 +432,7 @@ def move(page, xs: ExploreState, dense, two_four, sparsity, *values):
         yield {w.two_four: gr.Slider(value=two_four)}
     yield {w.topk_note: topk_text(dense, two_four)}
     try:
-        spec = explore.split_spec(xs.setup.spec, dense, two_four, sparsity, dict(zip(w.replan, replan)))
+        spec = explore_session.split_spec(xs.setup.spec, dense, two_four, sparsity, dict(zip(w.replan, replan)))
     except UserError as err:
         xs.supersede(None)
         yield {w.status: banner("err", str(err))}
@@ -421,7 +446,7 @@ def open_point(page, xs: ExploreState, number, axis):
     point = next((p for p in xs.points if p["n"] == number), None)
     if point is None:
         return
-    if point["kind"] == explore.EXACT_REFERENCE:
+    if point["kind"] == explore_session.EXACT_REFERENCE:
         yield {w.status: banner("info", f"#{number} {point['label']} was pruned for real, not planned from "
                                 f"this calibration: it has no maps here.")}
         return
@@ -432,7 +457,7 @@ def open_point(page, xs: ExploreState, number, axis):
         return
     spec = PruneSpec.from_dict(point["requested"])
     yield from explore_specs(page, xs, [spec], None, None, axis)
-    yield {w.estimate: explore.estimate_html({"ppl": point["ppl"], "ppl_low": point["ppl_low"],
+    yield {w.estimate: explore_session.estimate_html({"ppl": point["ppl"], "ppl_low": point["ppl_low"],
                                               "ppl_high": point["ppl_high"], "done": point["windows"],
                                               "total": point["windows"]}, f"point #{number}")}
 
@@ -457,7 +482,7 @@ def start_search(page, xs: ExploreState, objective, low, high, max_bits, trials,
 
     def forget_run():
         runner.MODELS.holds_run = None
-    job = Job(explore.search_job(xs.setup, settings, url, (study or "").strip() or None, seqlen, runner.MODELS,
+    job = Job(explore_session.search_job(xs.setup, settings, url, (study or "").strip() or None, seqlen, runner.MODELS,
                                  forget_run), name="search")
     xs.supersede(job)
     try:
@@ -477,16 +502,16 @@ def start_search(page, xs: ExploreState, objective, low, high, max_bits, trials,
                 if stage == "study":
                     name = event["name"]
                     for r in event["records"]:
-                        explore.search_point(xs, r, calibration)
+                        explore_session.search_point(xs, r, calibration)
                     out.update(show_points(page, xs, axis))
                     out[panel.status] = banner("info", f"Search {name}: {len(event['records'])} trials so far; "
                                                        f"searching {', '.join(event['fields'])}…")
                 elif stage == "estimate":
-                    out[page.explore.estimate] = explore.estimate_html(event, "search trial, masks only")
+                    out[page.explore.estimate] = explore_session.estimate_html(event, "search trial, masks only")
                 elif stage == "search":
                     r = event["record"]
                     added += 1
-                    explore.search_point(xs, r, calibration)
+                    explore_session.search_point(xs, r, calibration)
                     out.update(show_points(page, xs, axis))
                     ppl = "outside the band / cap" if r["ppl"] is None else f"≈ {r['ppl']:,.2f}"
                     out[panel.status] = banner("info", f"Search {name}: trial {r['number']} ({added} of "
@@ -511,12 +536,12 @@ def open_search(page, xs: ExploreState, name, typed_url, axis):
     if not name:
         return
     try:
-        records, identity = explore.load_search(storage_url(page, typed_url), name)
+        records, identity = explore_session.load_search(storage_url(page, typed_url), name)
     except UserError as err:
         yield {panel.status: banner("err", str(err))}
         return
     for r in records:
-        explore.search_point(xs, r, identity.get("calibration"))
+        explore_session.search_point(xs, r, identity.get("calibration"))
     objective = (identity.get("settings") or {}).get("objective", "sparsity")
     front = pareto_front(records, objective)
     best = f"; best {front[0]['label']} ≈ {front[0]['ppl']:,.2f}" if front else ""
@@ -529,7 +554,8 @@ def references(page, xs: ExploreState, windows, tokens, axis):
     if xs.setup is None:
         yield {page.explore.status: banner("warn", xs.not_ready())}
         return
-    yield from explore_specs(page, xs, explore.reference_specs(xs.setup.spec), windows, tokens, axis, explore.REFERENCE)
+    yield from explore_specs(page, xs, explore_session.reference_specs(xs.setup.spec), windows, tokens, axis,
+                             explore_session.REFERENCE)
 
 
 def strongest_references(page, xs: ExploreState, windows, tokens, axis):
@@ -538,9 +564,9 @@ def strongest_references(page, xs: ExploreState, windows, tokens, axis):
     if xs.setup is None:
         yield {page.explore.status: banner("warn", xs.not_ready())}
         return
-    specs = explore.strongest_specs(xs.setup.spec)
-    yield from stream(page, xs, lambda n, seqlen, restored: explore.reference_job(
-        xs.setup, specs, runner.MODELS, n, seqlen, restored), windows, tokens, axis, explore.EXACT_REFERENCE)
+    specs = explore_session.strongest_specs(xs.setup.spec)
+    yield from stream(page, xs, lambda n, seqlen, restored: explore_session.reference_job(
+        xs.setup, specs, runner.MODELS, n, seqlen, restored), windows, tokens, axis, explore_session.EXACT_REFERENCE)
 
 
 def run_exact(page, *values):
@@ -555,11 +581,11 @@ def run_exact(page, *values):
 def run_exact_front(page, *values):
     """Run exact on the best few (by estimated perplexity) of the search trials' front, one after another."""
     *form_values, xs, s, axis = values
-    trials = [p for p in xs.points if p["kind"] == explore.SEARCH and p.get("ppl")]
+    trials = [p for p in xs.points if p["kind"] == explore_session.SEARCH and p.get("ppl")]
     if xs.setup is None or not trials:
         raise gr.Error("Calibrate and run a search first.", print_exception=False, title="Nothing to run")
     x = [p["storage"] if axis == "storage" else p["sparsity"] for p in trials]
-    front = sorted((trials[i] for i in explore.pareto_front(x, [p["ppl"] for p in trials],
+    front = sorted((trials[i] for i in explore_session.pareto_front(x, [p["ppl"] for p in trials],
                                                             more_x_is_better=axis != "storage")),
                    key=lambda p: p["ppl"])[:EXACT_BEST]
     for p in front:
@@ -639,7 +665,7 @@ def wire(page) -> None:
           [w.tiermap, w.tiernote], api_visibility="private", **LIGHT)
 
     def tab_closed(request: gr.Request):  # release its exploration now, not an hour later with Gradio's state
-        explore.EXPLORATIONS.end(request.session_hash)
+        explore_session.EXPLORATIONS.end(request.session_hash)
     page.demo.unload(tab_closed)
 
     panel = w.search

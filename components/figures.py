@@ -1,4 +1,4 @@
-"""Plotly figures drawn from run records (see engine/record.py for the layout). Pure: a record in, a figure out.
+"""Plotly figures drawn from run records (see engine/io/record.py for the layout). Pure: a record in, a figure out.
 
 Nothing here computes masks or scores; it only reads what the engine wrote. Large tier maps are pooled into
 super-blocks before drawing, because a browser gains nothing from more cells than it has pixels.
@@ -11,11 +11,11 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from engine.record import decode_array, decode_tier_map
+from engine.io.record import decode_array, decode_tier_map
 from engine.spec import TIER_NAMES, spec_label
 
-from .explore import EXACT_REFERENCE, REFERENCE, SEARCH, SPLIT, pareto_front
-from .registry import method_colours
+from .explore_session import EXACT_REFERENCE, REFERENCE, SEARCH, SPLIT, pareto_front
+from .registry import method_colours, pattern_marker, tier_split
 
 # Okabe-Ito colours: told apart by readers with the common colour-vision deficiencies.
 TIER_COLORS = {"dense": "#0072B2", "2:4": "#E69F00", "topk": "#CC79A7"}
@@ -263,14 +263,13 @@ def ppl_vs_sparsity(records: list[dict]) -> go.Figure:
     if not pts:
         return empty_figure("Runs with a perplexity appear here", 340)
     fig = go.Figure()
-    symbols = {"three_tier": "diamond", "unstructured": "circle", "nm": "square"}
     colors = method_colours()
     for method in dict.fromkeys(r["spec"]["method"] for r in pts):
         rs = [r for r in pts if r["spec"]["method"] == method]
         fig.add_trace(go.Scatter(
             x=[r["sparsity"] for r in rs], y=[r["ppl"]["pruned"] for r in rs], mode="markers", name=method,
             marker=dict(size=11, color=colors.get(method),
-                        symbol=[symbols.get(r["spec"]["pattern"], "circle") for r in rs],
+                        symbol=[pattern_marker(r["spec"].get("pattern")) for r in rs],
                         line=dict(width=1, color="#ffffff")),
             text=[f"#{r['_number']} {spec_label(r.get('spec'))}" for r in rs],
             hovertemplate="%{text}<br>sparsity %{x:.2%}<br>perplexity %{y:,.3f}<extra></extra>"))
@@ -287,7 +286,7 @@ def ppl_vs_sparsity(records: list[dict]) -> go.Figure:
 
 def ternary_sweep(records: list[dict], keep: int | None = None, block: int | None = None) -> go.Figure:
     """Three-tier runs placed by their split (dense, 2:4, top-K), coloured by perplexity, with iso-sparsity lines."""
-    pts = [r for r in records if r["spec"]["pattern"] == "three_tier"]
+    pts = [r for r in records if tier_split(r["spec"].get("pattern"))]
     if pts:  # only runs comparable with the latest: same model and everything but the split
         pts = [r for r in pts if _setup(r) == _setup(pts[-1])]
     fig = go.Figure()
@@ -375,12 +374,15 @@ def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
     fig.add_trace(go.Scatter(x=[x_all[i] for i in front], y=[y_all[i] for i in front], mode="lines",
                              name="Pareto front", line=dict(color="#9ca3af", dash="dash", width=1.5),
                              hoverinfo="skip"))
-    for kind, name, symbol, color in ((SPLIT, "explored split (estimate)", "circle", TIER_COLORS["dense"]),
-                                      (SEARCH, "search trial (estimate)", "circle-open", "#0072B2"),
-                                      (REFERENCE, "reference (estimate)", "square-open", "#D55E00"),
-                                      (EXACT_REFERENCE, "SparseGPT reference (exact walk)", "diamond-open",
-                                       "#CC79A7")):
-        rs = [p for p in pts if p["kind"] == kind]
+    groups = [(SPLIT, how, f"explored split (estimate, {how})", symbol, TIER_COLORS["dense"])
+              for how, symbol in (("masks only", "circle-open"), ("with update", "circle"))]
+    groups.append((SEARCH, "masks only", "search trial (estimate)", "circle-open", "#0072B2"))
+    groups += [(REFERENCE, how, f"reference (estimate, {how})", symbol, "#D55E00")
+               for how, symbol in (("masks only", "square-open"), ("with update", "square"))]
+    groups.append((EXACT_REFERENCE, "exact", "SparseGPT reference (exact walk)", "diamond-open", "#CC79A7"))
+    for kind, how, name, symbol, color in groups:
+        rs = [p for p in pts if p["kind"] == kind and p.get("estimate", "exact" if kind == EXACT_REFERENCE
+                                                               else "masks only") == how]
         if not rs:
             continue
         fig.add_trace(go.Scatter(
@@ -390,8 +392,8 @@ def pareto_figure(points: list[dict], axis: str = "sparsity") -> go.Figure:
                          arrayminus=[r["ppl"] - r["ppl_low"] for r in rs], thickness=1, color=color),
             marker=dict(size=11, symbol=symbol, color=color, line=dict(width=1.5, color=color)),
             customdata=[[r["label"], r["sparsity"], r["storage"] / 2**20] for r in rs],
-            hovertemplate="#%{text} %{customdata[0]}<br>perplexity %{y:,.2f}<br>sparsity %{customdata[1]:.2%}"
-                          "<br>storage %{customdata[2]:,.1f} MiB<extra></extra>"))
+            hovertemplate=f"#%{{text}} %{{customdata[0]}}<br>perplexity %{{y:,.2f}} ({how})<br>sparsity "
+                          "%{customdata[1]:.2%}<br>storage %{customdata[2]:,.1f} MiB<extra></extra>"))
     exact = [p for p in pts if p.get("exact")]
     if exact:
         fig.add_trace(go.Scatter(

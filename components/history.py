@@ -1,4 +1,4 @@
-"""Past runs: the run store (engine/store.py) read as a list the page can show, and one stored run opened again.
+"""Past runs: the run store (engine/io/run_store.py) read as a list the page can show, and one stored run opened again.
 
 A record can be large (a tier map and block importances per matrix), so the list keeps a short summary per file
 and reads a file again only when it changed; the whole record is read when a run is opened. Run ids are the file
@@ -11,9 +11,9 @@ import os
 import threading
 
 from engine.errors import UserError
-from engine.record import read_json
+from engine.io.record import read_json
+from engine.io.run_store import RUN_ID, RunStore, record_problem
 from engine.spec import spec_label
-from engine.store import RUN_ID, RunStore, record_problem
 
 from . import policy
 from .tables import recovered_ppl, total_seconds

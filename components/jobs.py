@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from engine.errors import UserError
-from engine.record import RunRecord
+from engine.io.record import RunRecord
 
 log = logging.getLogger("dashboard")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.store import RunStore
+from engine.io.run_store import RunStore
 
 from . import (
     compare_tab,

@@ -179,7 +179,7 @@ SHARED_FIELDS = ("record_version", "run_id", "status", "message", "spec", "data"
 SHARED_PARTS = {"model": ("name", "model_type", "n_layers", "dtype", "device", "compute_device", "n_params_pruned"),
                 "request": ("calib", "eval", "eval_windows", "baselines", "device", "dtype"),
                 "versions": ("engine",),
-                # the masked fine-tune (engine/recover.py), less where an adapter or a saved folder was written
+                # the masked fine-tune (engine/recover/pipeline.py), less where an adapter or a saved folder was written
                 "recovery": ("settings", "status", "steps_done", "data", "curve", "ppl_before", "ppl_after",
                              "zeros_before", "zeros_after", "zeros_held", "seconds")}
 

@@ -1,5 +1,5 @@
-"""The Recover tab: a finished run's pruned model fine-tuned in memory with its zeros held (engine/recover.py), the
-train and held-out loss drawn live, the perplexity before and after beside dense and magnitude. Stop ends after the
+"""The Recover tab: a finished run's pruned model fine-tuned in memory with its zeros held (engine/recover/pipeline.py),
+the train and held-out loss drawn live, the perplexity before and after beside dense and magnitude. Stop ends after the
 current step and keeps those weights; the run's record gets the recovery, so Compare and Past runs show it."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from engine.errors import UserError
 
 from . import policy
 from .jobs import Job
-from .recover import DEFAULT_LR, loss_curve_figure, progressive_figure, recover_spec_from_form, recovery_html
+from .recover_view import DEFAULT_LR, loss_curve_figure, progressive_figure, recover_spec_from_form, recovery_html
 from .registry import FINETUNE_DEFAULTS
 from .results_tab import LIGHT
 from .runner import MODELS, engine_event, refuse, stopped_before_start, stopped_in_queue, stream

@@ -1,13 +1,13 @@
-"""The one place the dashboard reads the engine's registries (engine/methods.py, engine/patterns.py): which methods
-and patterns exist, their labels and colours, the spec fields each pattern reads, the titles of the block fields'
-choices, and the spec's defaults. Everything the page lists is derived from here, so a method or a pattern
+"""The one place the dashboard reads the engine's registries (engine/methods/registry.py, engine/patterns/registry.py):
+which methods and patterns exist, their labels and colours, the spec fields each pattern reads, the titles of the block
+fields' choices, and the spec's defaults. Everything the page lists is derived from here, so a method or a pattern
 registered in the engine appears in the form and the figures with no UI edit.
 """
 from __future__ import annotations
 
-from engine.finetune import FinetuneSpec
-from engine.methods import METHODS
-from engine.patterns import PATTERNS, Param, pattern_params
+from engine.methods.registry import METHODS
+from engine.patterns.registry import PATTERNS, TIER_AXIS, Param, pattern_params
+from engine.recover.masked_finetune import FinetuneSpec
 from engine.spec import BEST_THREE_TIER, RECIPE_PATTERN, PruneSpec
 
 # The form opens on the best three-tier recipe found, with calibration small enough for a CPU: every other
@@ -17,7 +17,7 @@ FINETUNE_DEFAULTS = FinetuneSpec()
 
 
 def form_params() -> dict[str, Param]:
-    """The pattern parameters the form shows, by name, in the patterns' order (engine/patterns.py)."""
+    """The pattern parameters the form shows, by name, in the patterns' order (engine/patterns/registry.py)."""
     return {name: p for name, p in pattern_params().items() if p.form}
 
 
@@ -52,6 +52,16 @@ def pattern_choices() -> list[tuple[str, str]]:
 def pattern_fields(pattern: str) -> tuple[str, ...]:
     """The PruneSpec fields `pattern` reads (the form shows only these); () for an unknown pattern."""
     return tuple(PATTERNS[pattern].fields) if pattern in PATTERNS else ()
+
+
+def pattern_marker(pattern: str) -> str:
+    """The marker symbol runs of `pattern` are drawn with."""
+    return PATTERNS[pattern].marker if pattern in PATTERNS else "circle"
+
+
+def tier_split(pattern: str) -> bool:
+    """Whether `pattern` is placed by a three-tier split (dense, 2:4, top-K): the Sweep tab's triangle."""
+    return pattern in PATTERNS and PATTERNS[pattern].axis == TIER_AXIS
 
 
 def block_pattern(pattern: str) -> bool:

@@ -15,8 +15,9 @@ import gradio as gr
 
 from engine.errors import UserError
 from engine.run import ModelCache, run
+from engine.spec import RECIPE_PATTERN
 
-from . import policy, recover, tables
+from . import policy, recover_view, tables
 from .jobs import Job, Progress, progress_html
 from .layout import banner
 from .results_tab import LIGHT, heatmap_for
@@ -33,7 +34,7 @@ def request(page, form: dict, **changes):
     """The form -> a RunRequest under this server's policy (UserError naming every problem)."""
     settings = page.settings
     policy.check_request(form, settings.public, settings.limits)
-    finetune = recover.finetune_from_form(form.pop("finetune_steps", 0), form.pop("finetune_lr", None),
+    finetune = recover_view.finetune_from_form(form.pop("finetune_steps", 0), form.pop("finetune_lr", None),
                                           form.pop("lora_rank", 0), public=settings.public)
     req = request_from_form(form, trust_remote_code=settings.trust_remote_code, safetensors_only=settings.public,
                             store=page.store, **changes)
@@ -86,8 +87,8 @@ def stream(page, s: Session, target, label: str, summary, spec: dict | None = No
                     out.update(page.show_session(s))
                     p.matrices.clear()
                 p.update(event)
-                if recover.curve_from_events(curve, event):
-                    out[page.recover.loss_plot] = recover.loss_curve_figure(curve)
+                if recover_view.curve_from_events(curve, event):
+                    out[page.recover.loss_plot] = recover_view.loss_curve_figure(curve)
             out[page.progress] = progress_html(p, time.monotonic() - job.started)
             if live is not None and p.new_layers:
                 first, drawn = not drawn, True
@@ -205,7 +206,7 @@ def run_sweep(page, *values):
     try:
         splits = parse_splits(values[0])
         policy.check_sweep(len(splits), page.settings.public, page.settings.limits)
-        base = request(page, dict(zip(page.form, values[1:-1]), pattern="three_tier"))
+        base = request(page, dict(zip(page.form, values[1:-1]), pattern=RECIPE_PATTERN))
         requests = [replace(base, spec=base.spec.replace(ratios=r), save_dir=None, finetune=None) for r in splits]
     except UserError as err:
         yield from refuse(page, err, "Cannot sweep")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from engine.store import StoreBudget
+from engine.io.run_store import StoreBudget
 
 from . import policy
 from .layout import CSS_PATH, theme

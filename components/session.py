@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.errors import UserError, excerpt
-from engine.models import available_devices
-from engine.patterns import PATTERNS, Param, pattern_params
+from engine.io.models import available_devices
+from engine.patterns.registry import PATTERNS, Param, pattern_params
 from engine.run import ModelCache, RunRequest
 from engine.spec import RECIPE_PATTERN, THREE_TIER_RATIOS, PruneSpec, spec_label
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.patterns import Param
-from engine.save import SAVE_FORMATS
+from engine.io.save import SAVE_FORMATS
+from engine.patterns.registry import Param
 from engine.spec import BEST_THREE_TIER, ORIGINAL_RECIPE, ORIGINAL_URL, RECIPE_PATTERN, PruneSpec
 
-from . import recover
+from . import recover_view
 from .registry import (
     FINETUNE_DEFAULTS,
     FORM_SPEC,
@@ -107,7 +107,7 @@ def render(page) -> None:
                     "Trainer). Steps 0: off; the Recover tab also recovers a finished run.", elem_classes="note")
         with gr.Row():
             field("finetune_steps", gr.Number(0, precision=0, minimum=0, label="Steps",
-                                              info=f"at most {recover.PUBLIC_MAX_STEPS} here" if public else
+                                              info=f"at most {recover_view.PUBLIC_MAX_STEPS} here" if public else
                                                    "CPU: a few dozen"))
             field("finetune_lr", gr.Number(FINETUNE_DEFAULTS.lr, label="Learning rate"))
             field("lora_rank", gr.Number(0, precision=0, minimum=0, label="LoRA rank", info="0: full fine-tuning"))
@@ -127,7 +127,7 @@ def render(page) -> None:
 
 
 def param_widget(param: Param, value, visible: bool):
-    """The widget of one pattern parameter, from its declaration (engine/patterns.py)."""
+    """The widget of one pattern parameter, from its declaration (engine/patterns/registry.py)."""
     label = param.label or param.name
     if param.choices:
         return gr.Radio(field_choices(param.name), value=value, label=label, visible=visible, info=param.info)

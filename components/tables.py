@@ -8,8 +8,8 @@ import tempfile
 
 import pandas as pd
 
+from engine.io.run_store import RUN_ID
 from engine.spec import spec_label
-from engine.store import RUN_ID
 
 RUN_COLUMNS = ["#", "status", "model", "spec", "nominal sparsity", "sparsity", "ppl", "ppl recovered", "ppl dense",
                "ppl magnitude", "time (s)", "calibration", "evaluation", "run id"]
@@ -46,7 +46,7 @@ PAST_COLUMNS = ["started (UTC)", "status", "model", "spec", "sparsity", "ppl", "
 
 
 def recovered_ppl(record: dict) -> float | None:
-    """Perplexity after the recovery fine-tune (engine/recover.py), when the run had one."""
+    """Perplexity after the recovery fine-tune (engine/recover/pipeline.py), when the run had one."""
     return ((record or {}).get("recovery") or {}).get("ppl_after")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from engine.zeroshot import PAPER_TASKS
+from engine.eval.zeroshot import PAPER_TASKS
 
 from .figures import BASELINE_COLORS, _layout, empty_figure
 

@@ -1,7 +1,7 @@
 """One pruning run end to end, as the CLI and the dashboard both start it:
 load (or reuse) the model -> baselines (cached) -> calibration windows -> layer walk -> perplexity -> save.
 
-`run(request)` returns the run record (engine/record.py). Bad input raises a UserError before any work;
+`run(request)` returns the run record (engine/io/record.py). Bad input raises a UserError before any work;
 a Stop returns a record with status "cancelled"; after any failure the cached model is restored to its
 dense weights, so the next run never starts from a half-pruned model.
 """
@@ -14,22 +14,22 @@ from pathlib import Path
 
 import torch
 
-from . import data as textdata
-from .baselines import BaselineCache, baseline_key, model_fingerprint
-from .compact import measured_storage, save_compact
-from .discovery import find_decoder_layers
-from .errors import Cancelled, UserError
-from .finetune import FinetuneSpec
-from .model_card import model_card
-from .models import LoadedModel, check_model_source, load_model
-from .perplexity import perplexity
-from .pruner import prune_model
-from .record import RunRecord, new_run_id, versions, write_json_atomic
-from .recover import recover
-from .save import SAVE_FORMATS, check_save_dir, save_pretrained_atomic
-from .snapshot import DenseWeights, snapshot_budget_bytes
-from .spec import PruneSpec
-from .zeroshot import evaluate_zero_shot, resolve_tasks
+from engine.errors import Cancelled, UserError
+from engine.eval.perplexity import perplexity
+from engine.eval.zeroshot import evaluate_zero_shot, resolve_tasks
+from engine.io import text as textdata
+from engine.io.baselines import BaselineCache, baseline_key, model_fingerprint
+from engine.io.compact import measured_storage, save_compact
+from engine.io.model_card import model_card
+from engine.io.models import LoadedModel, check_model_source, load_model
+from engine.io.record import RunRecord, new_run_id, versions, write_json_atomic
+from engine.io.save import SAVE_FORMATS, check_save_dir, save_pretrained_atomic
+from engine.io.snapshot import DenseWeights, snapshot_budget_bytes
+from engine.recover.masked_finetune import FinetuneSpec
+from engine.recover.pipeline import recover
+from engine.spec import PruneSpec
+from engine.walk.discovery import find_decoder_layers
+from engine.walk.layer_walk import prune_model
 
 
 @dataclass
@@ -45,7 +45,7 @@ class RunRequest:
     save_dir: str | None = None         # results.json (+ the model unless save_model is False)
     save_model: bool = True
     save_model_dir: str | None = None   # put the model here instead of save_dir
-    save_format: str = "dense"          # a SAVE_FORMATS name (engine/compact.py): dense, or compact by pattern
+    save_format: str = "dense"          # a SAVE_FORMATS name (engine/io/compact.py): dense, or compact by pattern
     overwrite: bool = False
     trust_remote_code: bool = False
     safetensors_only: bool = False      # never unpickle weights (.bin): a public server loads safetensors only
@@ -57,7 +57,7 @@ class RunRequest:
     zero_shot_tasks: list[str] | None = None  # lm-eval tasks after perplexity; None = off, [] = the paper's seven
     zero_shot_limit: int | None = None  # at most N items per task
     zero_shot_include: str | None = None  # a folder of extra lm-eval task YAMLs
-    finetune: FinetuneSpec | None = None  # masked fine-tune after pruning (engine/recover.py); None = off
+    finetune: FinetuneSpec | None = None  # masked fine-tune after pruning (engine/recover/pipeline.py); None = off
     finetune_dir: str | None = None     # the fine-tune's checkpoints; None = a temporary folder
 
     def validate(self) -> None:
@@ -80,7 +80,7 @@ class RunRequest:
 
 
 class ModelCache:
-    """Keeps the last loaded model in memory between runs, with its dense weights aside (engine/snapshot.py):
+    """Keeps the last loaded model in memory between runs, with its dense weights aside (engine/io/snapshot.py):
     in memory up to the request's snapshot budget, in a file above it. `restore()` always puts the same model
     back to dense in place, whatever its size, so a caller holding it never holds a pruned or dropped model."""
 
@@ -163,7 +163,7 @@ def recover_run(record: dict, finetune: FinetuneSpec, models: ModelCache, progre
                 cancel: threading.Event | None = None) -> dict:
     """Recover a finished run afterwards: a masked fine-tune of its pruned weights, which `models` must still hold,
     on the run's own calibration text, evaluated on its evaluation text and windows. Returns the record with its
-    recovery block (engine/recover.py) and the fine-tune's time; the caller stores it."""
+    recovery block (engine/recover/pipeline.py) and the fine-tune's time; the caller stores it."""
     if models.holds_run != record.get("run_id") or models.loaded is None:
         raise UserError("the model in memory no longer holds this run's pruned weights (another run or recovery "
                         "came after it, or the process restarted): run it again, then recover it")

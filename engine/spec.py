@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from .errors import SpecError
-from .methods import METHODS
-from .patterns import ORIGINAL_URL as ORIGINAL_URL  # re-exported: recipes and the CLI name them from here
-from .patterns import PATTERNS, pattern_params
-from .patterns import THREE_TIER_RATIOS as THREE_TIER_RATIOS
-from .patterns import check as _check
+from engine.errors import SpecError
+from engine.methods.registry import METHODS
+from engine.patterns.registry import (
+    ORIGINAL_URL as ORIGINAL_URL,  # re-exported: recipes and the CLI name them from here
+)
+from engine.patterns.registry import PATTERNS, pattern_params
+from engine.patterns.registry import THREE_TIER_RATIOS as THREE_TIER_RATIOS
+from engine.patterns.registry import check as _check
 
 TIER_NAMES = ("dense", "2:4", "topk")  # tier ids 0, 1, 2 in every tier map
 MAX_SEED = 2**32 - 1    # numpy and torch seeds; larger overflow only after the model and data are loaded
@@ -22,11 +24,11 @@ ORIGINAL_RECIPE = dict(method="wanda", tier_scope="matrix", assignment="importan
 BEST_THREE_TIER = dict(method="fisher_wanda", tier_scope="model", assignment="cost", within_block="score",
                        reconstruct=True, block_rule="exact", ratios=(0.15, 0.25, 0.60), keep=96)
 RECIPES = {"original": ORIGINAL_RECIPE, "best": BEST_THREE_TIER}
-RECIPE_PATTERN = "three_tier"  # the pattern the named recipes are for
+RECIPE_PATTERN = "three_tier"  # the pattern the named recipes (and the Sweep tab's tier splits) are for
 
 
 def _with_pattern_params(cls):
-    """Each pattern parameter (engine/patterns.py) a field of `cls` with its declared default, after `pattern`:
+    """Each pattern parameter (engine/patterns/registry.py) a field of `cls` with its declared default, after `pattern`:
     a pattern with a new parameter needs no edit here."""
     own = dict(cls.__annotations__)
     cls.__annotations__ = {}
@@ -36,6 +38,9 @@ def _with_pattern_params(cls):
             for param in pattern_params().values():
                 cls.__annotations__[param.name] = param.type
                 setattr(cls, param.name, field(default=param.default))
+    cls.__doc__ += "\n    Pattern parameters (engine/patterns/registry.py):\n" + "".join(
+        f"    {param.name:<11} ({', '.join(n for n, p in PATTERNS.items() if param in p.params)}) {param.help}\n"
+        for param in pattern_params().values())
     return dataclass(frozen=True)(cls)
 
 
@@ -51,32 +56,15 @@ class PruneSpec:
                 calibration window; loss units, so blocks compare across matrices and layers as they are),
                 fisher_wanda Wanda with each output row weighted by its loss sensitivity sqrt(G_i) from the same
                 gradients: Wanda inside a row, loss units across rows, matrices and layers
-    pattern     which weights may stay: unstructured (`sparsity`), nm (`n` of every `m`), three_tier
-                block (whole B x B blocks removed), block_topk (those keep K), threshold_hybrid (see below)
-    sparsity    unstructured: share of weights pruned; block, block_topk: share of blocks pruned
-    ratios      three-tier split of 16x16 blocks into (dense, 2:4, top-K); must sum to 1
-    block, keep block side B and weights K kept in each top-K block (0 <= K <= B*B)
-    top_blocks_ratio, score_threshold  threshold_hybrid: the int(n * top_blocks_ratio) most important blocks take
-                2:4 where it keeps >= score_threshold of their score, else stay dense; the rest keep K
-    block_rule  "exact": blocks ranked by summed score, floor(r*n) per tier, exactly K per top-K block, edge blocks
-                padded; "original": the Wanda hybrid fork's arithmetic (engine/block_patterns.py): mean score,
-                int(n*r) counts, ties with the K-th kept, edge blocks clipped and flattened row by row.
-                block, block_topk and threshold_hybrid always follow the fork.
-    tier_scope  where blocks compete for tiers: each matrix (the original rule), a decoder layer, the whole model
-    within_block weights chosen inside 2:4 / top-K blocks by the method's score, by |W| (the original rule), or "obs":
-                with an OBS update, by the OBS saliency of the weights as updated so far, column block by
-                column block as SparseGPT chooses N:M (needs reconstruct or sparsegpt)
-    assignment  how blocks get tiers: "importance" (most important dense, next 2:4: the original rule) or
-                "cost" (keep the squared score mass lost by 2:4 / top-K small under the same counts)
-    group       unstructured comparison group; None = the paper's (wanda/sparsegpt: row, magnitude: matrix)
+    pattern     which weights may stay: a name of engine/patterns/registry.py's registry; each pattern's parameters
+                (sparsity, n, m, ratios, block, keep, tier_scope, v ...) are fields too, listed below as
+                their entries declare them
     reconstruct OBS weight update for masks chosen by magnitude/wanda (None = off; sparsegpt always updates)
-    use_variant Wanda's variant for unstructured: per row, prune where the sorted scores' running sum stays under
-                alpha x the row total, alpha bisected to reach `sparsity` (engine/variant.py)
     """
 
     method: str = "wanda"
     pattern: str = "unstructured"
-    # ... then every pattern's parameters (sparsity, n, m, ratios, block, keep ...: engine/patterns.py)
+    # ... then every pattern's parameters (sparsity, n, m, ratios, block, keep ...: engine/patterns/registry.py)
     reconstruct: bool = False
     nsamples: int = 128
     seqlen: int | None = None

@@ -1,8 +1,10 @@
 """Shared fixtures: a tiny offline tokenizer, tiny random models saved to disk, the real embedded model and text."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -94,6 +96,35 @@ TINY_FAMILY_OVERRIDES = {
 }
 
 
+def tiny_model(family: str = "llama", seed: int = 0, **overrides):
+    """A tiny random model of `family` (tiny_config), seeded, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(family, **overrides)).eval()
+
+
+def token_windows(n: int = 4, seqlen: int = 32, seed: int = 0, vocab: int = 384) -> torch.Tensor:
+    """Seeded random token ids [n, seqlen]: calibration windows for a tiny model."""
+    return torch.randint(0, vocab, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+@contextlib.contextmanager
+def serving(settings, **launch):
+    """The dashboard (app.Page) for `settings`, launched on a free loopback port: yields (page, url)."""
+    from app import Page
+
+    dash = Page(settings)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dash.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **launch)
+    try:
+        yield dash, f"http://127.0.0.1:{port}/"
+    finally:
+        dash.demo.close()
+
+
 def save_tiny_model(path: Path, tokenizer, family: str = "llama", seed: int = 0, **overrides) -> Path:
     from transformers import AutoModelForCausalLM
 
@@ -121,7 +152,7 @@ def deep_llama_dir(tmp_path_factory, tiny_tokenizer):
 def slow_layers(monkeypatch):
     """Hold each decoder layer 0.3 s longer (the server runs in this process): tiny layers take milliseconds on an
     idle machine, and a test of Stop between layers must not depend on the machine's speed."""
-    import engine.pruner as pruner
+    import engine.walk.layer_walk as pruner
     real = pruner._prune_layer
 
     def slow_layer(*args, **kwargs):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -19,11 +18,13 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 from app import Page, Settings  # noqa: E402
 from components.session import grid_splits, nominal_text, parse_splits, rebalance  # noqa: E402
+from conftest import serving  # noqa: E402
 from engine.errors import UserError  # noqa: E402
-from engine.patterns import PATTERNS  # noqa: E402
+from engine.patterns.registry import PATTERNS  # noqa: E402
 from engine.spec import PruneSpec  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # raised inside gradio's queue
+pytestmark = [pytest.mark.slow,  # end to end through the served dashboard
+              pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")]  # raised inside gradio's queue
 FAST = dict(calib="pydoc", eval_source="pydoc", nsamples=4, seqlen=64, eval_windows=4)
 
 
@@ -80,18 +81,6 @@ def test_form_opens_on_the_best_recipe_and_the_buttons_set_either_recipe():
 
 # -- the app over HTTP -----------------------------------------------------------------------------------------------
 
-@contextmanager
-def serving(settings: Settings):
-    """A Page for `settings`, launched on a free loopback port: yields (dashboard, url)."""
-    dash = Page(settings)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dash.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    try:
-        yield dash, f"http://127.0.0.1:{port}/"
-    finally:
-        dash.demo.close()
 
 
 @pytest.fixture(scope="module")
@@ -379,7 +368,7 @@ def test_recover_fine_tunes_a_finished_run_and_its_record_keeps_the_recovery(das
 def slow_steps(monkeypatch):
     """Hold each optimizer step 0.3 s longer (the keep-masks are applied after every step): a test of Stop during
     a fine-tune must not depend on the machine's speed."""
-    import engine.finetune as finetune
+    import engine.recover.masked_finetune as finetune
     real = finetune.apply_masks
 
     def slow_masks(*args, **kwargs):
@@ -434,8 +423,8 @@ def test_a_method_and_a_pattern_added_to_the_registries_appear_in_the_form_and_t
     from dataclasses import replace
 
     from components import figures, setup_form
-    from engine.methods import METHODS
-    from engine.patterns import KEEP, PATTERNS, M, N
+    from engine.methods.registry import METHODS
+    from engine.patterns.registry import KEEP, PATTERNS, M, N
     monkeypatch.setitem(METHODS, "novel_method", replace(METHODS["wanda"], name="novel_method", label="Novel |W|",
                                                          colour="#123456"))
     monkeypatch.setitem(PATTERNS, "novel_pattern", replace(PATTERNS["nm"], name="novel_pattern",

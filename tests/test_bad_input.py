@@ -75,6 +75,7 @@ SPEC_CASES = [
 ]
 
 
+@pytest.mark.slow
 def test_every_bad_input_gives_its_message_and_disturbs_nothing(tiny_llama_dir, bad_paths, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     models = ModelCache()

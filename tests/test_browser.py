@@ -20,7 +20,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 SCREENSHOT = os.environ.get("SPARSITY_SCREENSHOT")
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright missing: pip install playwright")
-pytestmark = [pytest.mark.skipif(not (os.path.exists(CHROMIUM) or shutil.which("chromium")),
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(not (os.path.exists(CHROMIUM) or shutil.which("chromium")),
                                  reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium"),
               pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")]  # raised inside gradio
 

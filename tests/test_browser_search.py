@@ -16,7 +16,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright missing: pip install playwright")
-pytestmark = [pytest.mark.skipif(not (os.path.exists(CHROMIUM) or shutil.which("chromium")),
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(not (os.path.exists(CHROMIUM) or shutil.which("chromium")),
                                  reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium"),
               pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")]
 # rows of the points table whose kind is a search trial (Gradio's table draws rows as cells, not <tr>)
@@ -39,13 +40,13 @@ def slow_estimates(monkeypatch):
     """Each estimate 1 s longer (the server runs in this process): Stop mid-search must not race the machine."""
     import time
 
-    from engine import explore
-    real = explore.evaluate_windows
+    from engine.explore import estimates
+    real = estimates.evaluate_windows
 
     def slow(*args, **kwargs):
         time.sleep(1.0)
         return real(*args, **kwargs)
-    monkeypatch.setattr(explore, "evaluate_windows", slow)
+    monkeypatch.setattr(estimates, "evaluate_windows", slow)
 
 
 def _calibrate(page, tiny_llama_dir):

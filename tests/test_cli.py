@@ -10,7 +10,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import REPO, requires_smollm2, requires_wikitext
-from engine.cli import main
+from engine.cli.prune_cli import main
+
+pytestmark = pytest.mark.slow  # end to end: a CLI run or a model load per test
 
 QUICK = ["--calib_dataset", "pydoc", "--eval_dataset", "pydoc", "--nsamples", "4", "--seqlen", "64",
          "--eval_windows", "3", "--quiet"]
@@ -103,7 +105,7 @@ def test_three_tier_script_documented_form_and_normalised_ratios(tiny_llama_dir,
     res = json.loads((out / "results.json").read_text())
     assert res["spec"]["ratios"] == expected
     assert ("Normalizing" in capsys.readouterr().err) == (ratios[0] == "0.7")
-    from engine.block_patterns import int_tier_counts
+    from engine.patterns.block_rules import int_tier_counts
     for m in res["matrices"]:  # the fork's int() counts per matrix
         assert tuple(m["tiers"].values()) == int_tier_counts(sum(m["tiers"].values()), expected)
 
@@ -202,7 +204,7 @@ def test_best_three_tier_recipe_from_the_command_line(tiny_llama_dir, tmp_path):
         ("fisher_wanda", "model", "cost", "obs", True)
     total = sum(m["tier_map"]["shape"][0] * m["tier_map"]["shape"][1] for m in res["matrices"])
     got = tuple(sum(m["tiers"][k] for m in res["matrices"]) for k in ("dense", "2:4", "topk"))
-    from engine.three_tier import tier_counts
+    from engine.patterns.three_tier import tier_counts
     assert got == tier_counts(total, (0.35, 0.45, 0.20))
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     zeros = sum(int((p == 0).sum()) for layer in reloaded.model.layers for p in layer.parameters() if p.dim() == 2)

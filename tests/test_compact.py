@@ -1,4 +1,4 @@
-"""The compact save (engine/compact.py): exact encodings on hand-made tensors, bit-identical round trips for every
+"""The compact save (engine/io/compact.py): exact encodings on hand-made tensors, bit-identical round trips for every
 pattern on tiny models of each kind of matrix (Linear, GPT-2 Conv1D, fused experts), --decompress to a normal
 folder, one `error:` line for a damaged file, and the bytes on the real embedded model."""
 import json
@@ -10,8 +10,8 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from conftest import tiny_config
-from engine.cli import main
-from engine.compact import (
+from engine.cli.prune_cli import main
+from engine.io.compact import (
     COMPACT_FILE,
     decode_matrix,
     encode_blocks,
@@ -23,11 +23,11 @@ from engine.compact import (
     save_compact,
     unpack_bits,
 )
-from engine.matrix import prune_matrix
-from engine.patterns import PATTERNS
-from engine.pruner import prune_model
-from engine.save import save_pretrained_atomic
+from engine.io.save import save_pretrained_atomic
+from engine.patterns.registry import PATTERNS
 from engine.spec import PruneSpec
+from engine.walk.layer_walk import prune_model
+from engine.walk.prune_matrix import prune_matrix
 
 QUICK = ["--calib_dataset", "pydoc", "--eval_dataset", "pydoc", "--nsamples", "4", "--seqlen", "64",
          "--eval_windows", "2", "--quiet"]
@@ -95,7 +95,7 @@ def test_three_tier_blocks_store_dense_values_two_four_pairs_and_top_k():
 def test_top_k_blocks_keeping_96_of_256_take_an_in_block_mask():
     """96 positions of 8 bits cost 768 bits a block, a mask 256: the mask is stored, and storage_estimate agrees."""
     from engine.explore import Replan, matrix_mask, storage_estimate
-    from engine.three_tier import three_tier_mask
+    from engine.patterns.three_tier import three_tier_mask
     W = torch.randn(32, 32)
     tiers = torch.full((2, 2), 2, dtype=torch.int8)
     keep = three_tier_mask(W.abs(), tiers, 16, 96)

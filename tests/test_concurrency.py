@@ -21,7 +21,8 @@ from components.jobs import ENGINE, EngineQueue, Job  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from tests.test_app import DEEP_RUN, client, out, serving, wait_for_layer  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # raised inside gradio's queue
+pytestmark = [pytest.mark.slow,  # end to end through the served dashboard
+              pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")]  # raised inside gradio's queue
 QUICK = dict(method="magnitude", pattern="unstructured", seqlen=32, eval_source="none")
 
 

@@ -1,4 +1,4 @@
-"""Text sources and token windows (engine/data.py), on tmp files and a byte-level tokenizer built offline."""
+"""Text sources and token windows (engine/io/text.py), on tmp files and a byte-level tokenizer built offline."""
 import json
 import random
 import time
@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from conftest import SHARED_WIKITEXT
-from engine import data
-from engine.data import (
+from engine.errors import DataError, UserError
+from engine.io import text as data
+from engine.io.text import (
     TextSource,
     calibration_windows,
     default_seqlen,
@@ -18,7 +19,6 @@ from engine.data import (
     pydoc_topics,
     resolve_text,
 )
-from engine.errors import DataError, UserError
 
 WORDS = ("the quick brown fox jumps over the lazy dog while seven wizards quietly hex "
          "a jovial sphinx of black quartz ").split()

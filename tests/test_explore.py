@@ -1,21 +1,22 @@
-"""Calibrate once, re-plan many (engine/explore.py): re-planned masks equal the engine's own, the cache never serves
+"""Calibrate once, re-plan many (engine/explore/): re-planned masks equal the engine's own, the cache never serves
 stale statistics, an estimate leaves the model dense bit for bit, the storage formula, the --sweep command."""
 import json
 import threading
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
-from conftest import tiny_config
-from engine.cli import main
-from engine.discovery import find_decoder_layers, find_targets
+from conftest import tiny_model, token_windows
+from engine.cli.prune_cli import main
 from engine.errors import UserError
+from engine.eval.perplexity import perplexity
 from engine.explore import (
     CalibrationCache,
     Replan,
+    apply_update,
     block_choices,
     calibrate,
+    calibrate_progressively,
     calibration_key,
     estimate,
     evaluate_windows,
@@ -28,25 +29,24 @@ from engine.explore import (
     sweep,
     sweep_spec,
 )
-from engine.masks import nm_mask, unstructured_mask
-from engine.perplexity import perplexity
-from engine.pruner import prune_model
-from engine.record import encode_tier_map
-from engine.scores import obs_scores
+from engine.io.record import encode_tier_map
+from engine.methods.scores import obs_scores
+from engine.patterns.masks import nm_mask, unstructured_mask
+from engine.patterns.three_tier import three_tier_mask
 from engine.spec import PruneSpec
-from engine.three_tier import three_tier_mask
-from engine.walk import StatsHooks, capture_layer_inputs, run_layer
+from engine.walk.capture import StatsHooks, capture_layer_inputs, run_layer
+from engine.walk.discovery import find_decoder_layers, find_targets
+from engine.walk.layer_walk import prune_model
 
 QUICK = ["--calib_dataset", "pydoc", "--eval_dataset", "pydoc", "--nsamples", "4", "--seqlen", "64", "--quiet"]
 
 
 def _model(layers=1, seed=0):
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config("llama", layers=layers)).eval()
+    return tiny_model("llama", seed, layers=layers)
 
 
 def _windows(n=4, seqlen=32, seed=1):
-    return torch.randint(0, 384, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+    return token_windows(n, seqlen, seed)
 
 
 def _targets(model):
@@ -365,6 +365,7 @@ def test_storage_of_n_m_and_unstructured_plans():
 
 # --- the command line ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sweep_command_end_to_end(tiny_llama_dir, tmp_path, capsys):
     out = tmp_path / "sweep"
     rc = main(["--model", str(tiny_llama_dir), "--sparsity_type", "three_tier", "--tier_scope", "model",
@@ -416,7 +417,7 @@ def test_matrix_entries_are_what_a_run_record_lists():
     """engine.explore.matrix_entries: per matrix the sparsity of its mask and, for block patterns, the tier map and
     census of its plan, in the record's encoding (what components/figures.py draws)."""
     from engine.explore import matrix_entries
-    from engine.record import decode_tier_map
+    from engine.io.record import decode_tier_map
     model = _model(layers=2)
     cal = calibrate(model, S(method="wanda", **TT), _windows())
     for spec in (S(method="wanda", tier_scope="model", **TT), S(method="wanda", pattern="nm")):
@@ -430,3 +431,100 @@ def test_matrix_entries_are_what_a_run_record_lists():
             else:
                 assert (decode_tier_map(e["tier_map"]) == m.tiers.numpy()).all()
                 assert sum(e["tiers"].values()) == m.tiers.numel()
+
+
+# --- the estimate with the recipe's update ------------------------------------------------------------------------
+
+UPDATING = [S(method="sparsegpt", pattern="unstructured"), S(method="sparsegpt", pattern="nm", n=2, m=4),
+            S(method="sparsegpt", within_block="obs", tier_scope="model", **TT),
+            S(method="wanda", reconstruct=True, tier_scope="layer", **TT),
+            S(method="fisher_wanda", reconstruct=True, within_block="obs", tier_scope="model", assignment="cost",
+              **TT),
+            S(method="wanda", pattern="unstructured", reconstruct=True)]
+
+
+@pytest.mark.parametrize("spec", UPDATING, ids=lambda s: s.label().replace(" ", "_"))
+def test_the_update_aware_estimate_is_the_exact_walk_on_one_layer(one_layer, spec):
+    """On one decoder layer the dense inputs are the real ones: the update-aware estimate's weights are the exact
+    walk's bit for bit, and so is its perplexity; the model is dense again after it."""
+    model, windows, dense = one_layer
+    cal = calibrate(model, spec, windows, hessians=True)
+    plan = replan(cal, spec)
+    eval_ids = _windows(n=1, seqlen=200, seed=5)
+    events = []
+    est = estimate(model, plan, eval_ids, 32, windows=4, progress=events.append, update_from=cal)
+    assert _bit_equal(model, dense)
+    assert est.kind == "with update" and est.note == "" and {e["kind"] for e in events} == {"with update"}
+    undo = apply_update(model, cal, plan)
+    updated = _params(model)
+    undo()
+    assert _bit_equal(model, dense)
+    prune_model(model, spec, windows)
+    assert _bit_equal(model, updated)
+    exact = evaluate_windows(model, eval_ids, 32, windows=4)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(dense[n])
+    assert est.ppl == exact.ppl
+    masks_only_est = estimate(model, plan, eval_ids, 32, windows=4)
+    assert masks_only_est.kind == "masks only" and masks_only_est.ppl != est.ppl
+
+
+def test_the_update_aware_estimate_falls_back_to_masks_only_and_says_why(one_layer):
+    model, windows, dense = one_layer
+    spec = S(method="sparsegpt", pattern="unstructured")
+    eval_ids = _windows(n=1, seqlen=200, seed=5)
+    over = calibrate(model, spec, windows, hessians=True, hessian_budget=1000)
+    assert over.hessians is None and "over the budget" in over.hessians_note
+    plan = replan(over, spec)
+    est = estimate(model, plan, eval_ids, 32, windows=2, update_from=over)
+    assert est.kind == "masks only" and est.note.startswith("masks only: the Hessians of every matrix would take")
+    assert est.ppl == estimate(model, plan, eval_ids, 32, windows=2).ppl
+    plain = calibrate(model, spec, windows)
+    assert "kept no Hessians" in estimate(model, plan, eval_ids, 32, windows=2, update_from=plain).note
+    wanda = S(method="wanda", **TT)  # no update to apply: masks only, nothing to explain
+    est = estimate(model, replan(calibrate(model, wanda, windows), wanda), eval_ids, 32, windows=2,
+                   update_from=plain)
+    assert (est.kind, est.note) == ("masks only", "")
+    assert _bit_equal(model, dense)
+
+
+def test_kept_hessians_are_shared_by_matrices_that_read_one_input(one_layer):
+    model, windows, _ = one_layer
+    cal = calibrate(model, S(method="sparsegpt", pattern="unstructured"), windows, hessians=True)
+    h = {name: st.XtX for (_, name), st in cal.hessians.items()}
+    assert h["self_attn.q_proj"] is h["self_attn.k_proj"] is h["self_attn.v_proj"]
+    assert h["mlp.gate_proj"] is h["mlp.up_proj"] and h["self_attn.o_proj"] is not h["self_attn.q_proj"]
+    assert cal.hessian_nbytes == sum(4 * x.shape[0] ** 2 for x in (h["self_attn.q_proj"], h["self_attn.o_proj"],
+                                                                    h["mlp.gate_proj"], h["mlp.down_proj"]))
+
+
+def test_a_cancelled_estimate_lets_go_inside_a_forward_pass():
+    """Cancel set while a window's forward pass is in its first decoder layer: the second layer never runs."""
+    model, windows = _model(layers=2), _windows()
+    spec = S(method="wanda", **TT)
+    plan = replan(calibrate(model, spec, windows), spec)
+    cancel, ran = threading.Event(), []
+    first = model.model.layers[0].register_forward_hook(lambda *a: cancel.set())
+    second = model.model.layers[1].register_forward_hook(lambda *a: ran.append(1))
+    try:
+        est = estimate(model, plan, _windows(n=1, seqlen=200), 32, windows=5, cancel=cancel)
+    finally:
+        first.remove()
+        second.remove()
+    assert est.status == "cancelled" and est.windows == 0 and ran == []
+
+
+def test_progressive_calibration_first_rests_on_a_few_windows_then_on_all(one_layer):
+    model, windows, _ = one_layer
+    spec = S(method="wanda", **TT)
+    cache = CalibrationCache()
+    first, full = list(calibrate_progressively(model, spec, windows, first=2, cache=cache))
+    assert (first.windows, full.windows) == (2, 4)
+    assert first.key["windows"] == calibrate(model, spec, windows[:2]).key["windows"] != full.key["windows"]
+    want = calibrate(model, spec, windows)
+    assert all(torch.equal(want.matrices[k].norm, full.matrices[k].norm) for k in want.matrices)
+    assert torch.equal(replan(first, spec).matrices[(0, "mlp.up_proj")].keep,
+                       replan(calibrate(model, spec, windows[:2]), spec).matrices[(0, "mlp.up_proj")].keep)
+    again = list(calibrate_progressively(model, spec, windows, first=2, cache=cache))
+    assert again == [full]  # served from the cache: no first pass

@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from app import Page, Settings
-from components import explore, explore_tab, figures, runner
-from components.explore import ExploreState
+from components import explore_session, explore_tab, figures, runner
+from components.explore_session import ExploreState
 from components.session import Session
 from engine.explore import evaluate_windows
-from engine.methods import METHODS
-from engine.pruner import prune_model
+from engine.methods.registry import METHODS
 from engine.spec import PruneSpec
+from engine.walk.layer_walk import prune_model
 
-pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")]
 FAST = dict(calib="pydoc", eval_source="pydoc", nsamples=4, seqlen=64, eval_windows=2, baselines=False,
             method="wanda", reconstruct=False, within_block="score", tier_scope="layer", assignment="importance")
 WINDOWS, TOKENS = 2, 32
@@ -57,7 +57,7 @@ def bit_equal(model, saved) -> bool:
 def move(dash, xs, dense=0.35, two_four=0.45, sparsity=0.5, keep=15, block=16, scope="layer",
          assignment="importance", windows=WINDOWS, tokens=TOKENS):
     replan = dict(tier_scope=scope, assignment=assignment, block=block, keep=keep)
-    return explore_tab.move(dash, xs, dense, two_four, sparsity, *(replan[n] for n in explore.replan_params()),
+    return explore_tab.move(dash, xs, dense, two_four, sparsity, *(replan[n] for n in explore_session.replan_params()),
                             windows, tokens, "sparsity")
 
 
@@ -126,7 +126,7 @@ def test_the_pareto_view_lists_every_explored_point(dash, calibrated):
     labels = [p["label"] for p in xs.points]
     assert len(labels) == len(set(labels)) >= 4
     assert [p["kind"] for p in xs.points].count("reference") == 2
-    rows = explore.points_table(xs.points)
+    rows = explore_session.points_table(xs.points)
     assert [r[0] for r in rows] == [p["n"] for p in xs.points]
     assert any(r[-1] == "✓" for r in rows)
     for axis in ("sparsity", "storage"):
@@ -145,13 +145,13 @@ def test_sparsegpt_references_are_pruned_for_real_on_the_estimate_windows_and_le
     dense = params(model)
     outs = drain(explore_tab.strongest_references(dash, xs, WINDOWS, TOKENS, "sparsity"))
     assert bit_equal(model, dense)
-    refs = [p for p in xs.points if p["kind"] == explore.EXACT_REFERENCE]
-    assert [p["label"] for p in refs] == [s.label() for s in explore.strongest_specs(xs.setup.spec)]
+    refs = [p for p in xs.points if p["kind"] == explore_session.EXACT_REFERENCE]
+    assert [p["label"] for p in refs] == [s.label() for s in explore_session.strongest_specs(xs.setup.spec)]
     assert [p["label"].split()[0] for p in refs] == ["sparsegpt", "sparsegpt"]
     assert [p["sparsity"] for p in refs] == [0.5, 0.5] and all(p["windows"] == WINDOWS for p in refs)
     assert "exact walk" in last(outs, dash.explore.status)
     # the number is the pruned model's perplexity on the estimate's windows
-    spec = explore.strongest_specs(xs.setup.spec)[0]
+    spec = explore_session.strongest_specs(xs.setup.spec)[0]
     prune_model(model, spec, xs.setup.windows)
     try:
         want = evaluate_windows(model, xs.setup.eval_ids, TOKENS, windows=WINDOWS).ppl
@@ -165,7 +165,7 @@ def test_sparsegpt_references_are_pruned_for_real_on_the_estimate_windows_and_le
 
 def test_strongest_specs_keep_the_calibration_data_and_take_the_method_that_chooses_while_updating():
     base = PruneSpec(method="fisher_wanda", pattern="three_tier", nsamples=8, seqlen=128, seed=3)
-    two_four, unstructured = explore.strongest_specs(base)
+    two_four, unstructured = explore_session.strongest_specs(base)
     assert METHODS[two_four.method].chooses_while_updating and two_four.method == unstructured.method
     assert (two_four.pattern, two_four.n, two_four.m) == ("nm", 2, 4)
     assert (unstructured.pattern, unstructured.sparsity) == ("unstructured", 0.5)
@@ -174,8 +174,8 @@ def test_strongest_specs_keep_the_calibration_data_and_take_the_method_that_choo
 
 def test_pareto_front_is_the_points_nothing_beats():
     x, y = [0.3, 0.5, 0.5, 0.6, 0.4], [10.0, 12.0, 15.0, 30.0, 11.0]
-    assert explore.pareto_front(x, y) == [0, 4, 1, 3]
-    assert explore.pareto_front(x, y, more_x_is_better=False) == [0]
+    assert explore_session.pareto_front(x, y) == [0, 4, 1, 3]
+    assert explore_session.pareto_front(x, y, more_x_is_better=False) == [0]
 
 
 def test_run_exact_lands_beside_the_estimate(dash, calibrated):
@@ -205,3 +205,41 @@ def test_bad_input_is_one_line(dash, calibrated, tiny_llama_dir):
     with pytest.raises(gr.Error) as err:
         drain(explore_tab.calibrate(dash, *bad, ExploreState(), WINDOWS, TOKENS, "sparsity"))
     assert "\n" not in str(err.value.message) and "Traceback" not in str(err.value.message)
+
+
+def test_a_recipe_with_the_update_is_estimated_masks_only_then_with_the_update(dash, tiny_llama_dir):
+    xs = ExploreState()
+    values = form_values(dash, model_path=str(tiny_llama_dir), **{**FAST, "reconstruct": True})
+    outs = drain(explore_tab.calibrate(dash, *values, xs, WINDOWS, TOKENS, "sparsity"))
+    model = xs.setup.calibration.model
+    dense = params(model)
+    assert "MiB of Hessians" in last(outs, dash.explore.calib_note)
+    outs = drain(move(dash, xs, dense=0.2, two_four=0.4))
+    boxes = [o[dash.explore.estimate] for o in outs if dash.explore.estimate in o]
+    assert "with update" in boxes[-1]  # the masks-only box may be drawn over in the same update: the events say
+    kinds = [e["estimate"].kind for e in xs.job.events if e.get("stage") == "estimated"]
+    assert kinds == ["masks only", "with update"]
+    assert "with update" in last(outs, dash.explore.status)
+    point = next(p for p in xs.points if p["label"] == xs.plan.spec.label())
+    assert point["estimate"] == "with update" and point["masks_only"] > 0 and point["ppl"] != point["masks_only"]
+    assert explore_session.points_table(xs.points)[point["n"] - 1][2] == "split, with update"
+    fig = json.loads(figures.pareto_figure(xs.points).to_json())
+    assert "explored split (estimate, with update)" in {t.get("name") for t in fig["data"]}
+    assert bit_equal(model, dense)
+
+
+def test_calibrate_streams_first_maps_from_a_few_windows_then_replans_on_all(dash, tiny_llama_dir):
+    xs = ExploreState()
+    values = form_values(dash, model_path=str(tiny_llama_dir), **{**FAST, "nsamples": explore_session.FIRST_WINDOWS + 4,
+                                                                  "seed": 7})
+    outs = drain(explore_tab.calibrate(dash, *values, xs, WINDOWS, TOKENS, "sparsity"))
+    notes = [o[dash.explore.calib_note] for o in outs if dash.explore.calib_note in o]
+    first = explore_session.FIRST_WINDOWS
+    assert f"first maps from {first} of {first + 4} calibration windows" in notes[0]
+    boxes = [o[dash.explore.estimate] for o in outs if dash.explore.estimate in o]
+    assert any(f"from {explore_session.FIRST_WINDOWS} calibration windows" in b for b in boxes)
+    first_maps = next(i for i, o in enumerate(outs) if dash.explore.heatmap in o)
+    landed = next(i for i, o in enumerate(outs) if "first maps" not in o.get(dash.explore.calib_note, "first maps"))
+    assert first_maps < landed  # maps drawn before the full calibration landed
+    assert xs.setup.calibration.windows == explore_session.FIRST_WINDOWS + 4 and "first maps" not in notes[-1]
+    assert len(xs.points) == 1  # the split of the full calibration; the first estimate is shown, not kept

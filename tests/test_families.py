@@ -3,14 +3,13 @@ import threading
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
-from conftest import tiny_config
-from engine.discovery import find_decoder_layers, find_targets
-from engine.pruner import prune_model
+from conftest import tiny_model, token_windows
+from engine.patterns.three_tier import tier_counts
 from engine.spec import PruneSpec
-from engine.three_tier import tier_counts
-from engine.walk import capture_layer_inputs, run_layer
+from engine.walk.capture import capture_layer_inputs, run_layer
+from engine.walk.discovery import find_decoder_layers, find_targets
+from engine.walk.layer_walk import prune_model
 
 FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "gemma", "phi", "opt", "bloom", "gpt_neox", "gpt2", "falcon"]
 SPECS = {
@@ -21,13 +20,8 @@ SPECS = {
 }
 
 
-def _model(family, seed=0):
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(family)).eval()
-
-
-def _windows(n=4, seqlen=32, vocab=384):
-    return torch.randint(0, vocab, (n, seqlen), generator=torch.Generator().manual_seed(0))
+_model = tiny_model
+_windows = token_windows
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +55,7 @@ def test_discovery_finds_layers_and_skips_embeddings_and_head(family):
     assert not any("embed" in n or "lm_head" in n or n.endswith(".gate") for n in names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pattern", list(SPECS))
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "fisher", "fisher_wanda"])
 @pytest.mark.parametrize("family", FAMILIES)

@@ -6,15 +6,15 @@ import pytest
 
 from components import figures
 from components.figures import MAX_TIER_CELLS, TIER_COLORS, pool_factor, pool_tiers, tier_map_figure
-from engine.patterns import PATTERNS
-from engine.record import encode_array, encode_tier_map
+from engine.io.record import encode_array, encode_tier_map
+from engine.patterns.registry import PATTERNS
 from engine.spec import PruneSpec, spec_label
 
 MODULES = [("self_attn.q_proj", 64, 64), ("self_attn.k_proj", 32, 64), ("mlp.down_proj", 64, 128)]
 
 
 def matrix_entry(layer: int, module: str, tiers: np.ndarray, block: int = 16, keep: int = 15, importance=None) -> dict:
-    """A record matrix entry laid out as engine/record.py says, with the sparsity the tiers imply."""
+    """A record matrix entry laid out as engine/io/record.py says, with the sparsity the tiers imply."""
     out, inp = tiers.shape[0] * block, tiers.shape[1] * block
     census = {"dense": int((tiers == 0).sum()), "2:4": int((tiers == 1).sum()), "topk": int((tiers == 2).sum())}
     zeros = census["2:4"] * block * block // 2 + census["topk"] * (block * block - keep)
@@ -227,7 +227,7 @@ def test_every_pattern_is_labelled_by_its_spec_in_the_runs_table_past_runs_and_r
     from components.history import History
     from components.session import Session
     from components.tables import overview_html, runs_table
-    from engine.store import RunStore
+    from engine.io.run_store import RunStore
     spec = PruneSpec(method="magnitude", pattern=pattern)
     record = dict(make_record(), run_id=f"20260101-000000-{list(PATTERNS).index(pattern):08x}", spec=spec.to_dict())
     assert runs_table([record])["spec"].tolist() == [spec.label()]

@@ -1,17 +1,12 @@
-"""The fisher method: loss sensitivity from gradients (engine/sensitivity.py), and tiers ranked across the model."""
+"""The fisher method: loss sensitivity from gradients (engine/walk/fisher.py), and tiers ranked across the model."""
 import threading
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
-from conftest import tiny_config
-from engine.discovery import find_decoder_layers, find_targets
-from engine.pruner import prune_model
-from engine.scores import fisher_scores
-from engine.sensitivity import fisher_diagonal
-from engine.spec import PruneSpec
-from engine.three_tier import (
+from conftest import tiny_model, token_windows
+from engine.methods.scores import fisher_scores
+from engine.patterns.three_tier import (
     DENSE,
     TOPK,
     TWO_FOUR,
@@ -20,15 +15,16 @@ from engine.three_tier import (
     tier_costs,
     tier_counts,
 )
+from engine.spec import PruneSpec
+from engine.walk.discovery import find_decoder_layers, find_targets
+from engine.walk.fisher import fisher_diagonal
+from engine.walk.layer_walk import prune_model
 
-
-def _model(family="llama", seed=0):
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(family)).eval()
+_model = tiny_model
 
 
 def _windows(n=3, seqlen=24):
-    return torch.randint(0, 384, (n, seqlen), generator=torch.Generator().manual_seed(1))
+    return token_windows(n, seqlen, seed=1)
 
 
 def _targets(model):
@@ -120,7 +116,7 @@ def test_model_scope_fisher_tiers_are_the_global_cost_ranking_of_the_dense_gradi
 
 
 def test_fisher_without_reconstruction_needs_no_layer_statistics(monkeypatch):
-    import engine.pruner as pruner
+    import engine.walk.layer_walk as pruner
 
     def refuse(*a, **k):
         raise AssertionError("the layer walk captured inputs it does not need")
@@ -153,6 +149,7 @@ def test_stop_during_the_gradient_pass_prunes_nothing():
         assert torch.equal(p, before[n]) and p.grad is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("within_block", ["score", "obs"])
 @pytest.mark.parametrize("family", ["llama", "gpt2", "mixtral"])
 def test_best_recipe_end_to_end_exact_counts(family, within_block):
@@ -185,8 +182,8 @@ def test_obs_choice_inside_blocks_needs_the_update():
 # -- fisher_wanda: Wanda inside each row, loss units across rows ----------------------------------------------------
 
 def test_fisher_wanda_scores_exact():
-    from engine.scores import fisher_wanda_scores
-    from engine.stats import LinearStats
+    from engine.methods.scores import fisher_wanda_scores
+    from engine.walk.input_stats import LinearStats
     stats = LinearStats(2, "cpu", hessian=False)
     stats.add(torch.tensor([[1.0, 2.0], [1.0, 2.0]]))       # ||X|| = (1, 2), sum of squares 5
     W = torch.tensor([[1.0, -1.0], [2.0, 0.5]])
@@ -227,6 +224,7 @@ def test_fisher_wanda_model_scope_ranks_in_loss_units_and_keeps_global_counts():
     assert len({tuple(e["tiers"].values()) for e in result.matrices}) > 1
 
 
+@pytest.mark.slow
 def test_best_recipe_run_with_baselines(tiny_llama_dir, tmp_path):
     """Regression: the magnitude baseline of a run whose weights are kept by OBS saliency once failed (|W| cannot
     choose 'obs' without an update); it now prunes the same pattern by |W|, masks only."""

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import tiny_config
-from engine.cli import main as cli_main
+from engine.cli.prune_cli import main as cli_main
 from engine.errors import UserError
 from engine.explore import calibrate, replan, sweep
 from engine.spec import PruneSpec
@@ -101,10 +101,10 @@ def _stage(name):
     """The injection of one stage: (what to patch, when, after its work?)."""
     import peft
 
-    import engine.finetune as finetune
-    import engine.pruner as pruner
-    import engine.recover as recover_mod
+    import engine.recover.masked_finetune as finetune
+    import engine.recover.pipeline as recover_mod
     import engine.run as run_mod
+    import engine.walk.layer_walk as pruner
     steps = {"n": 0}
 
     def second_call(*a, **k):
@@ -127,7 +127,7 @@ RUN_STAGES = ["magnitude baseline", "layer walk", "pruned perplexity", "LoRA wra
 
 
 def _request(model_dir, tmp_path, lora=True, **changes):
-    from engine.finetune import FinetuneSpec
+    from engine.recover.masked_finetune import FinetuneSpec
     from engine.run import RunRequest
     ft = FinetuneSpec(steps=2, batch_size=1, seqlen=16, heldout_windows=1, eval_every=1, lr=1e-3,
                       lora_rank=2 if lora else None)
@@ -137,8 +137,8 @@ def _request(model_dir, tmp_path, lora=True, **changes):
 
 
 def _dense_check(models, request):
-    from engine import data as textdata
-    from engine.perplexity import perplexity
+    from engine.eval.perplexity import perplexity
+    from engine.io import text as textdata
     lm = models.get(request)
     ids = textdata.evaluation_ids(lm.tokenizer, textdata.resolve_text("pydoc", "evaluation"))
     return model_state(lm.model), perplexity(lm.model, ids, 32, max_windows=1).ppl
@@ -153,6 +153,7 @@ def cached(tiny_llama_dir, tmp_path_factory):
     return models, request, _dense_check(models, request)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", RUN_STAGES)
 def test_a_failure_in_any_stage_of_a_run_leaves_the_cached_model_dense(cached, stage, tmp_path, monkeypatch):
     from engine.run import run
@@ -171,6 +172,7 @@ def test_a_failure_in_any_stage_of_a_run_leaves_the_cached_model_dense(cached, s
 
 @pytest.mark.parametrize("stage, lora", [("LoRA wrapping", True), ("training step", True), ("LoRA merge", True),
                                          ("recovered perplexity", True), ("training step", False)])
+@pytest.mark.slow
 def test_a_failure_in_a_later_recovery_leaves_the_cached_model_dense(cached, stage, lora, tmp_path, monkeypatch):
     from engine.run import recover_run, run
     models, _, dense = cached
@@ -200,8 +202,8 @@ def _in_time(fn, seconds=20.0):
 
 def test_a_fifo_in_the_run_store_never_blocks_a_listing_a_budget_or_past_runs(tmp_path):
     from components.history import History
-    from engine.record import new_run_id
-    from engine.store import RunStore, StoreBudget
+    from engine.io.record import new_run_id
+    from engine.io.run_store import RunStore, StoreBudget
     from tests.test_hostile import valid_record
     store = RunStore(tmp_path, budget=StoreBudget(max_records=5))
     good = valid_record()
@@ -221,8 +223,8 @@ def test_a_fifo_in_the_run_store_never_blocks_a_listing_a_budget_or_past_runs(tm
 
 
 def test_deep_and_huge_json_in_the_run_store_are_skipped(tmp_path):
-    from engine.record import new_run_id, read_json
-    from engine.store import RunStore
+    from engine.io.record import new_run_id, read_json
+    from engine.io.run_store import RunStore
     from tests.test_hostile import valid_record
     store = RunStore(tmp_path)
     good = valid_record()
@@ -252,12 +254,13 @@ def public_page(tmp_path_factory):
     return Page(Settings(public=True, runs_dir=str(tmp_path_factory.mktemp("public-runs"))))
 
 
+@pytest.mark.slow
 def test_a_public_recover_ends_with_its_summary_and_the_shown_and_exported_record_keep_the_recovery(
         public_page, tiny_llama_dir, tmp_path):
     from components import policy, recover_tab, runner
     from components.jobs import Job
     from components.session import Session
-    from engine.finetune import FinetuneSpec
+    from engine.recover.masked_finetune import FinetuneSpec
     from engine.run import run
     s = Session()
     record = run(_request(tiny_llama_dir, tmp_path, finetune=None, baselines=False, store=public_page.store),
@@ -308,7 +311,7 @@ def capped_page(tmp_path_factory):
 
 def _explore(page, model_dir, seed=0, windows=None, xs=None):
     from components import explore_tab
-    from components.explore import ExploreState
+    from components.explore_session import ExploreState
     xs = xs or ExploreState()
     values = {name: c.value for name, c in page.form.items()}
     values.update(model_path=str(model_dir), seed=seed, **EXPLORE_FORM)
@@ -317,9 +320,9 @@ def _explore(page, model_dir, seed=0, windows=None, xs=None):
 
 
 def _replan(block=16, keep=15, scope="layer", assignment="importance") -> list:
-    from components import explore
+    from components import explore_session
     values = dict(tier_scope=scope, assignment=assignment, block=block, keep=keep)
-    return [values[n] for n in explore.replan_params()]
+    return [values[n] for n in explore_session.replan_params()]
 
 
 def _move(page, xs, windows=1, tokens=32, dense=0.3, two_four=0.4):
@@ -331,27 +334,29 @@ def _status(page, outs) -> str:
     return next((o[page.explore.status] for o in reversed(outs) if page.explore.status in o), "")
 
 
+@pytest.mark.slow
 def test_tabs_share_the_server_calibrations_and_never_keep_a_dropped_one_alive(capped_page, tiny_llama_dir):
-    from components import explore
+    from components import explore_session
     first, _ = _explore(capped_page, tiny_llama_dir, seed=1)
     dropped = weakref.ref(first.setup.calibration)
     _explore(capped_page, tiny_llama_dir, seed=2)
     _explore(capped_page, tiny_llama_dir, seed=3)  # the cache keeps 2: the first tab's calibration goes
     gc.collect()
     assert dropped() is None
-    assert len(explore.CALIBRATIONS._entries) == explore.CALIBRATIONS.size
+    assert len(explore_session.CALIBRATIONS._entries) == explore_session.CALIBRATIONS.size
     assert "dropped to make room for newer ones" in _status(capped_page, _move(capped_page, first))
 
 
+@pytest.mark.slow
 def test_the_oldest_exploration_is_closed_beyond_the_cap_and_told(capped_page, tiny_llama_dir, monkeypatch):
-    from components import explore
-    monkeypatch.setattr(explore, "EXPLORATIONS", explore.Explorations(size=2))
+    from components import explore_session
+    monkeypatch.setattr(explore_session, "EXPLORATIONS", explore_session.Explorations(size=2))
     tabs = [_explore(capped_page, tiny_llama_dir, seed=4)[0] for _ in range(3)]
     assert tabs[0].setup is None and tabs[0].plan is None and tabs[1].setup is not None
     assert "closed to make room for newer ones" in _status(capped_page, _move(capped_page, tabs[0]))
-    assert len(explore.EXPLORATIONS) == 2
-    explore.EXPLORATIONS.end(f"tab-{id(tabs[2])}")  # the tab went away (demo.unload)
-    assert tabs[2].setup is None and len(explore.EXPLORATIONS) == 1
+    assert len(explore_session.EXPLORATIONS) == 2
+    explore_session.EXPLORATIONS.end(f"tab-{id(tabs[2])}")  # the tab went away (demo.unload)
+    assert tabs[2].setup is None and len(explore_session.EXPLORATIONS) == 1
 
 
 def test_an_estimated_split_keeps_its_maps_not_its_masks(capped_page, tiny_llama_dir):
@@ -406,7 +411,7 @@ def test_stop_ends_an_explore_estimate_waiting_for_the_engine(capped_page, tiny_
     (dict(weight_decay=float("inf")), "weight decay must be a number in [0, 1]"),
 ])
 def test_a_fine_tune_beyond_its_bounds_is_one_line_before_any_work(change, message):
-    from engine.finetune import FinetuneSpec
+    from engine.recover.masked_finetune import FinetuneSpec
     with pytest.raises(UserError, match=re.escape(message)):
         FinetuneSpec(**change).validate()
 
@@ -417,7 +422,7 @@ def test_a_fine_tune_beyond_its_bounds_is_one_line_before_any_work(change, messa
     (["--finetune_steps", "2", "--lr", "1e308"], "learning rate must be at most 1"),
 ])
 def test_finetune_py_flags_beyond_the_bounds_are_refused(argv, message):
-    from engine.finetune_cli import build_parser, finetune_spec_from_args
+    from engine.cli.finetune_cli import build_parser, finetune_spec_from_args
     with pytest.raises(UserError, match=re.escape(message)):
         finetune_spec_from_args(build_parser().parse_args(["--model", "m", "--save", "s", *argv]))
 
@@ -425,7 +430,7 @@ def test_finetune_py_flags_beyond_the_bounds_are_refused(argv, message):
 # -- the smaller ones ---------------------------------------------------------------------------------------------
 
 def test_resuming_from_a_folder_that_is_no_checkpoint_is_one_line(tmp_path, tiny_llama_dir, capsys):
-    from engine.finetune_cli import main as finetune_main
+    from engine.cli.finetune_cli import main as finetune_main
     not_a_checkpoint = tmp_path / "ckpt"
     not_a_checkpoint.mkdir()
     (not_a_checkpoint / "notes.txt").write_text("hello")
@@ -443,8 +448,8 @@ def test_the_wanda_log_is_written_whole_or_said_in_one_line(tiny_llama_dir, tmp_
             "--eval_windows", "1", *QUICK]
     assert cli_main(argv) == 0
     assert (out / "log_magnitude.txt").read_text().startswith("method\t")  # replaced whole, never half-written
-    import engine.record
-    monkeypatch.setattr(engine.record, "write_text_atomic",
+    import engine.io.record
+    monkeypatch.setattr(engine.io.record, "write_text_atomic",
                         lambda path, text: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     capsys.readouterr()
     _one_line(cli_main(argv), capsys.readouterr().err, "No space left on device")
@@ -479,7 +484,7 @@ def test_the_remote_code_hint_survives_a_message_of_several_lines(monkeypatch):
     import transformers
 
     from engine.errors import ModelLoadError
-    from engine.models import _check_causal
+    from engine.io.models import _check_causal
 
     def refuse(*a, **k):
         raise ValueError("The repository for owner/model contains custom code which must be executed to correctly "
@@ -493,9 +498,9 @@ def test_the_remote_code_hint_survives_a_message_of_several_lines(monkeypatch):
 def test_a_local_file_name_is_shown_literally_in_the_calibration_note():
     from types import SimpleNamespace
 
-    from components.explore import calibration_text
-    cal = SimpleNamespace(seconds=1.0, matrices={}, nbytes=0)
-    setup = SimpleNamespace(calibration=cal, cached=False, seconds=1.0, spec=PruneSpec(),
+    from components.explore_session import calibration_text
+    cal = SimpleNamespace(seconds=1.0, matrices={}, nbytes=0, hessians=None, hessians_note="", windows=4)
+    setup = SimpleNamespace(calibration=cal, cached=False, seconds=1.0, spec=PruneSpec(), windows=None,
                             calib_name="local:[x](javascript:alert(1)).txt", eval_name="<b>*e*</b>")
     text = calibration_text(setup)
     assert "[x](javascript" not in text and "\\[x\\]\\(javascript:alert\\(1\\)\\)" in text

@@ -32,17 +32,19 @@ import app  # noqa: E402
 from app import Page, Settings  # noqa: E402
 from components import policy  # noqa: E402
 from components.session import parse_splits, spec_from_form  # noqa: E402
-from engine import save as saving  # noqa: E402
-from engine.cli import main as cli_main  # noqa: E402
-from engine.data import resolve_text  # noqa: E402
+from conftest import serving as shared_serving  # noqa: E402
+from engine.cli.prune_cli import main as cli_main  # noqa: E402
 from engine.errors import UserError, excerpt  # noqa: E402
-from engine.record import new_run_id  # noqa: E402
+from engine.io import save as saving  # noqa: E402
+from engine.io.record import new_run_id  # noqa: E402
+from engine.io.run_store import RunStore, StoreBudget, record_problem  # noqa: E402
+from engine.io.text import resolve_text  # noqa: E402
 from engine.run import ModelCache, RunRequest, run  # noqa: E402
 from engine.spec import PruneSpec  # noqa: E402
-from engine.store import RunStore, StoreBudget, record_problem  # noqa: E402
 from tests.test_app import DEEP_RUN, client, out  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # raised inside gradio's queue
+pytestmark = [pytest.mark.slow,  # end to end through the served dashboard
+              pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")]  # raised inside gradio's queue
 REPO = Path(__file__).resolve().parents[1]
 QUICK_FORM = dict(method="magnitude", pattern="unstructured", calib="pydoc", nsamples=2, seqlen=32,
                   eval_source="none", baselines=False)
@@ -50,19 +52,9 @@ QUICK_CLI = ["--prune_method", "magnitude", "--nsamples", "2", "--seqlen", "32",
              "--device", "cpu", "--quiet"]
 
 
-@contextlib.contextmanager
 def serving(settings: Settings):
     """A Page launched as app.main launches it (launch_options: no uploads), on a free loopback port."""
-    dash = Page(settings)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dash.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                     **app.launch_options())
-    try:
-        yield dash, f"http://127.0.0.1:{port}/"
-    finally:
-        dash.demo.close()
+    return shared_serving(settings, **app.launch_options())
 
 
 @pytest.fixture(scope="module")
@@ -534,7 +526,7 @@ import os, shutil, signal, sys, torch
 sys.path.insert(0, {repo!r})
 from pathlib import Path
 from transformers import AutoModelForCausalLM
-from engine import save
+from engine.io import save
 from tests.conftest import tiny_config
 torch.manual_seed(2)
 model = AutoModelForCausalLM.from_config(tiny_config("llama"))
@@ -577,7 +569,7 @@ def test_a_save_killed_between_renames_never_leaves_a_mixed_folder(tmp_path, tin
 
 
 def interrupt_at_layer(monkeypatch, layer: int, exc: BaseException):
-    import engine.pruner as pruner
+    import engine.walk.layer_walk as pruner
     real = pruner._prune_layer
 
     def interrupted(index, *a, **kw):
@@ -632,7 +624,7 @@ def test_stop_from_the_dashboard_writes_nothing_into_the_save_folder(tiny_llama_
 
 def test_a_final_record_that_cannot_be_written_is_said_and_a_smaller_one_is_tried(tiny_llama_dir, tmp_path,
                                                                                  monkeypatch, capsys):
-    import engine.store as store_module
+    import engine.io.run_store as store_module
     real = store_module.write_json_atomic
 
     def full_for_big_records(path, record):

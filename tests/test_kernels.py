@@ -1,8 +1,8 @@
-"""bench/kernels.py --smoke: the three-tier matrix splits into parts that sum to it exactly, and every kernel that
+"""bench/speed/kernels.py --smoke: the three-tier matrix splits into parts that sum to it exactly, and every kernel that
 runs here gives the dense product; the kernels that need CUDA say so instead of a number."""
 import torch
 
-from bench.kernels import main, three_tier_parts, two_four
+from bench.speed.kernels import main, three_tier_parts, two_four
 
 
 def test_three_tier_parts_hold_each_tier_and_sum_to_the_matrix():

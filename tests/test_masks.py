@@ -4,9 +4,8 @@ import math
 import pytest
 import torch
 
-from engine.masks import nm_mask, topk_block_mask, unstructured_mask
-from engine.spec import PruneSpec
-from engine.three_tier import (
+from engine.patterns.masks import nm_mask, topk_block_mask, unstructured_mask
+from engine.patterns.three_tier import (
     DENSE,
     TOPK,
     TWO_FOUR,
@@ -16,6 +15,7 @@ from engine.three_tier import (
     three_tier_mask,
     tier_counts,
 )
+from engine.spec import PruneSpec
 
 
 def test_two_four_exact():
@@ -148,7 +148,7 @@ def test_builders_accept_transposed_views():
 
 
 def test_tier_costs_exact():
-    from engine.three_tier import tier_costs
+    from engine.patterns.three_tier import tier_costs
     # one 4x4 block; squared scores per row [16, 9, 4, 1] -> 2:4 keeps 16+9 per row, top-2 keeps two 16s overall
     scores = torch.tensor([[4., 3., 2., 1.]] * 4)
     costs = tier_costs(scores, 4, 2)
@@ -156,7 +156,7 @@ def test_tier_costs_exact():
 
 
 def test_cost_assignment_gives_top_k_to_blocks_whose_mass_is_concentrated():
-    from engine.three_tier import assign_tiers_by_cost, tier_costs
+    from engine.patterns.three_tier import assign_tiers_by_cost, tier_costs
     B = 4
     flat = torch.ones(B, B)            # mass spread evenly: top-K would lose most of it
     peaked = torch.full((B, B), 0.01)  # all mass in two weights: top-2 loses almost nothing

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from conftest import requires_smollm2
-from engine.block_patterns import int_tier_counts, normalise_ratios
 from engine.errors import SpecError
-from engine.matrix import prune_matrix
+from engine.patterns.block_rules import int_tier_counts, normalise_ratios
+from engine.patterns.three_tier import tier_counts
 from engine.spec import ORIGINAL_RECIPE, PruneSpec
-from engine.three_tier import tier_counts
+from engine.walk.prune_matrix import prune_matrix
 
 SHAPES = [(32, 48), (40, 56), (37, 45), (64, 20)]
 
@@ -247,7 +247,7 @@ def test_original_rule_refuses_what_the_fork_cannot_do():
 @requires_smollm2
 def test_original_three_tier_on_real_quantized_weights(smollm2):
     """The embedded model's 4-bit weights hold many exactly equal |W|: the fork's tie rules decide real masks."""
-    from engine.discovery import find_decoder_layers, find_targets
+    from engine.walk.discovery import find_decoder_layers, find_targets
     _, layers = find_decoder_layers(smollm2.loaded.model)
     W = next(t for t in find_targets(layers[0]) if t.name == "self_attn.k_proj").weight().detach().float()
     assert W.abs().unique().numel() < W.numel() / 5  # ties everywhere: ~8 weights per distinct |W|

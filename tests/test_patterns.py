@@ -1,5 +1,5 @@
-"""Every registered pattern reaches every surface from its one entry (engine/patterns.py): its parameters are spec
-fields and CLI flags with their help, its --sparsity_type round-trips, its records read back, Explore moves it
+"""Every registered pattern reaches every surface from its one entry (engine/patterns/registry.py): its parameters
+are spec fields and CLI flags with their help, its --sparsity_type round-trips, its records read back, Explore moves it
 along its axis. The form (tests/test_app.py) and the labels of the runs table, Past runs and the run pickers
 (tests/test_figures.py) are checked for every pattern beside their own tests."""
 from __future__ import annotations
@@ -8,9 +8,9 @@ import dataclasses
 
 import pytest
 
-from components.explore import replan_params, split_spec
-from engine.cli import build_parser, spec_from_args
-from engine.patterns import PATTERNS, pattern_params
+from components.explore_session import replan_params, split_spec
+from engine.cli.prune_cli import build_parser, spec_from_args
+from engine.patterns.registry import PATTERNS, pattern_params
 from engine.spec import PruneSpec, parse_sparsity_type, spec_label
 
 

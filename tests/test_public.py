@@ -11,10 +11,11 @@ from components import policy, tables
 from components.policy import PUBLIC_LIMITS, check_request, validate_request
 from components.session import config_param_count, size_guard
 from engine.errors import ModelLoadError, UserError
-from engine.models import load_model
+from engine.io.models import load_model
 from engine.run import ModelCache, RunRequest
 
-pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # raised inside gradio's queue
+pytestmark = [pytest.mark.slow,  # end to end through the served dashboard
+              pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")]  # raised inside gradio's queue
 
 # A complete, allowed public form (the dashboard's field names); each case below changes one thing.
 GOOD = dict(model="embedded", model_path="HuggingFaceTB/SmolLM2-135M-Instruct", calib="pydoc", calib_path="",

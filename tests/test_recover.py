@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM
 
 from conftest import save_tiny_model
 from engine.errors import UserError
-from engine.finetune import FinetuneSpec, finetune, pruned_masks, zeros_held
-from engine.pruner import prune_model
-from engine.save import save_pretrained_atomic
+from engine.io.save import save_pretrained_atomic
+from engine.recover.masked_finetune import FinetuneSpec, finetune, pruned_masks, zeros_held
 from engine.spec import PruneSpec
+from engine.walk.layer_walk import prune_model
 
 PATTERNS = {"unstructured": dict(pattern="unstructured", sparsity=0.5),
             "2:4": dict(pattern="nm", n=2, m=4),
@@ -49,6 +49,7 @@ def _assert_zeros_identical(model, masks, before):
     assert changed > 0, "nothing trained"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "gpt2", "mixtral"])
 @pytest.mark.parametrize("pattern", list(PATTERNS))
 def test_full_finetune_keeps_zeros_bit_for_bit(tmp_path, tiny_tokenizer, family, pattern):
@@ -66,6 +67,7 @@ def test_full_finetune_keeps_zeros_bit_for_bit(tmp_path, tiny_tokenizer, family,
     assert zeros_held(model, masks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_lora_merged_under_the_mask_keeps_zeros(tmp_path, tiny_tokenizer, family):
     path = save_tiny_model(tmp_path / family, tiny_tokenizer, family)
@@ -80,6 +82,7 @@ def test_lora_merged_under_the_mask_keeps_zeros(tmp_path, tiny_tokenizer, family
     assert all(p.requires_grad for p in model.parameters())  # LoRA's freezing is undone
 
 
+@pytest.mark.slow
 def test_lora_kept_separate_leaves_the_base_weights(tmp_path, tiny_tokenizer, tiny_llama_dir):
     model = _pruned(tiny_llama_dir)
     masks = pruned_masks(model)
@@ -101,6 +104,7 @@ def test_lora_rank_larger_than_a_matrix_is_refused(tmp_path, tiny_tokenizer, tin
                  _windows(tiny_tokenizer, 2), str(tmp_path / "ckpt"))
 
 
+@pytest.mark.slow
 def test_stop_mid_training_leaves_a_loadable_model_with_its_zeros(tmp_path, tiny_tokenizer, tiny_llama_dir):
     model = _pruned(tiny_llama_dir)
     masks = pruned_masks(model)
@@ -121,6 +125,7 @@ def test_stop_mid_training_leaves_a_loadable_model_with_its_zeros(tmp_path, tiny
         assert torch.allclose(again(ids).logits, model(ids).logits, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_continues_the_curve(tmp_path, tiny_tokenizer, tiny_llama_dir):
     spec = FinetuneSpec(**{**FAST, "steps": 4, "save_every": 2})
     train, heldout = _windows(tiny_tokenizer, 8), _windows(tiny_tokenizer, 2)
@@ -157,7 +162,7 @@ def test_bad_settings_are_refused_by_the_spec(field, value, message):
     (["--lora_rank", "4"], "error: --lora_rank and --lr need --finetune_steps N"),
 ])
 def test_cli_bad_settings_are_one_line(tiny_llama_dir, capsys, argv, message):
-    from engine.cli import main
+    from engine.cli.prune_cli import main
 
     assert main(["--model", str(tiny_llama_dir), *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -165,7 +170,7 @@ def test_cli_bad_settings_are_one_line(tiny_llama_dir, capsys, argv, message):
 
 
 def test_main_py_prunes_then_recovers_and_records_it(tmp_path, tiny_llama_dir, capsys):
-    from engine.cli import main
+    from engine.cli.prune_cli import main
 
     out = tmp_path / "out"
     rc = main(["--model", str(tiny_llama_dir), "--sparsity_type", "2:4", "--calib_dataset", "pydoc",
@@ -185,8 +190,9 @@ def test_main_py_prunes_then_recovers_and_records_it(tmp_path, tiny_llama_dir, c
     assert sum(int((p == 0).sum()) for n, p in saved.named_parameters() if "layers" in n) >= block["zeros_after"]
 
 
+@pytest.mark.slow
 def test_finetune_py_recovers_a_saved_folder(tmp_path, tiny_tokenizer, tiny_llama_dir, capsys):
-    from engine.finetune_cli import main
+    from engine.cli.finetune_cli import main
 
     model = _pruned(tiny_llama_dir)
     masks = pruned_masks(model)
@@ -209,7 +215,7 @@ def test_finetune_py_recovers_a_saved_folder(tmp_path, tiny_tokenizer, tiny_llam
 
 
 def test_dashboard_recover_fields_and_figures():
-    from components.recover import PUBLIC_MAX_STEPS, curve_from_events, finetune_from_form, loss_curve_figure
+    from components.recover_view import PUBLIC_MAX_STEPS, curve_from_events, finetune_from_form, loss_curve_figure
     from components.tables import runs_table
 
     assert finetune_from_form(0, 1e-4, 0) is None

@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from engine.cli import main
-from engine.masks import nm_mask
-from engine.matrix import prune_matrix
-from engine.methods import METHODS
-from engine.scores import ria_scores
+from engine.cli.prune_cli import main
+from engine.methods.registry import METHODS
+from engine.methods.scores import ria_scores
+from engine.patterns.masks import nm_mask
 from engine.spec import PruneSpec
-from engine.stats import LinearStats
+from engine.walk.input_stats import LinearStats
+from engine.walk.prune_matrix import prune_matrix
 
 QUICK = ["--nsamples", "4", "--seqlen", "32", "--eval_windows", "2", "--calib_dataset", "pydoc",
          "--eval_dataset", "pydoc", "--quiet"]
@@ -61,6 +61,7 @@ def test_masks_follow_the_scores_with_the_papers_unstructured_group():
     assert torch.equal(prune_matrix(W, stats, PruneSpec(method="ria", pattern="nm")).keep, nm_mask(scores, 2, 4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sparsity_type", ["unstructured", "2:4"])
 def test_command_line_run_and_record(tiny_llama_dir, tmp_path, sparsity_type):
     out = tmp_path / sparsity_type.replace(":", "-")

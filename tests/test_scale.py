@@ -11,18 +11,20 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import REPO, requires_smollm2
-from engine import snapshot
-from engine.baselines import baseline_key
-from engine.check import check_sparsity, sparsity_report
-from engine.cli import main
+from engine.cli.prune_cli import main
 from engine.errors import UserError
-from engine.models import available_devices
-from engine.pruner import prune_model
+from engine.eval.sparsity_check import check_sparsity, sparsity_report
+from engine.io import snapshot
+from engine.io.baselines import baseline_key
+from engine.io.models import available_devices
+from engine.io.snapshot import DenseWeights
+from engine.methods.sparsegpt import sparsegpt_prune
+from engine.patterns.three_tier import three_tier_chooser, three_tier_mask, tier_violations
 from engine.run import ModelCache, RunRequest, magnitude_baseline_spec, run
-from engine.snapshot import DenseWeights
-from engine.sparsegpt import sparsegpt_prune
 from engine.spec import PruneSpec
-from engine.three_tier import three_tier_chooser, three_tier_mask, tier_violations
+from engine.walk.layer_walk import prune_model
+
+pytestmark = pytest.mark.slow  # end to end: a CLI run or a model load per test
 
 QUICK = dict(calib="pydoc", eval="pydoc", eval_windows=2)
 
@@ -271,8 +273,8 @@ def test_dense_zeros_are_counted_and_the_tier_map_still_holds(tiny_llama_dir, ti
 
 
 def test_a_pruned_weight_left_nonzero_is_an_error_in_the_record(tiny_llama_dir, tmp_path, monkeypatch, capsys):
-    import engine.pruner as pruner
-    from engine.matrix import prune_matrix
+    import engine.walk.layer_walk as pruner
+    from engine.walk.prune_matrix import prune_matrix
 
     def leaky(W, stats, spec, **kw):
         res = prune_matrix(W, stats, spec, **kw)
@@ -373,7 +375,7 @@ def test_the_forks_documented_snippet_runs_from_the_repository_root(pruned_dir):
 
 def test_device_list_is_what_the_engine_accepts(monkeypatch):
     from components.session import DEVICE_CHOICES
-    from engine.models import resolve_device
+    from engine.io.models import resolve_device
 
     assert "mps" not in DEVICE_CHOICES
     if not torch.cuda.is_available():
@@ -388,9 +390,10 @@ def test_device_list_is_what_the_engine_accepts(monkeypatch):
 
 
 def test_gpu_check_smoke_runs_every_stage_on_the_cpu(tmp_path):
-    """bench/gpu_check.py's exact checks with the CPU standing in for the GPU (offload walk, accelerate's hooks)."""
-    from bench.gpu_check import STAGES
-    from bench.gpu_check import main as gpu_check
+    """bench/speed/gpu_check.py's exact checks with the CPU standing in for the GPU (offload walk, accelerate's
+    hooks)."""
+    from bench.speed.gpu_check import STAGES
+    from bench.speed.gpu_check import main as gpu_check
 
     out = tmp_path / "gpu_check.json"
     assert gpu_check(["--smoke", "--out", str(out)]) == 0
@@ -404,7 +407,7 @@ def test_gpu_check_smoke_runs_every_stage_on_the_cpu(tmp_path):
 def test_best_recipe_on_a_model_with_dead_inputs_keeps_dense_blocks_whole(tiny_llama_dir, tiny_tokenizer):
     """Inputs never active in calibration (here: a zeroed norm channel) made the update zero whole columns of blocks
     the tier map called dense or 2:4. Now the weights obey the map, with no zeros the pattern did not make."""
-    from engine.record import decode_tier_map
+    from engine.io.record import decode_tier_map
     from engine.spec import BEST_THREE_TIER
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)

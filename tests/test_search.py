@@ -1,5 +1,5 @@
-"""The split search (engine/search.py): a seeded search finds a small space's exhaustive front, studies of another
-calibration are refused, bad settings are one line, the front is exact on hand-made points, studies persist and
+"""The split search (engine/explore/split_search.py): a seeded search finds a small space's exhaustive front, studies of
+another calibration are refused, bad settings are one line, the front is exact on hand-made points, studies persist and
 export, workers share one study (SQLite; PostgreSQL where a server can be started)."""
 import json
 import math
@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM
 from conftest import tiny_config
 from engine.errors import UserError
 from engine.explore import calibrate, estimate, replan
-from engine.search import (
+from engine.explore.split_search import (
     SearchSettings,
     evaluation_key,
     export_study,
@@ -244,7 +244,7 @@ WORKER = textwrap.dedent("""
     sys.path[:0] = [sys.argv[3], sys.argv[4]]
     from test_search import _model, _ids, _small_space, _study, SEQLEN
     from engine.explore import calibrate
-    from engine.search import SearchSettings, search
+    from engine.explore.split_search import SearchSettings, search
     from engine.spec import PruneSpec
     torch.set_num_threads(1)
     model = _model()
@@ -287,6 +287,7 @@ def _check_shared(url, setup, trials=4):
         pytest.approx([(r["number"], r["ppl"]) for r in pareto_front(again, "sparsity")], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_one_sqlite_study(setup, tmp_path):
     url = f"sqlite:///{tmp_path}/shared.db"
     _two_workers(url, tmp_path)
@@ -337,6 +338,7 @@ def postgres():
         shutil.rmtree(top, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_one_postgresql_study(setup, tmp_path, postgres):
     _two_workers(postgres, tmp_path)
     _check_shared(postgres, setup)
@@ -349,11 +351,12 @@ QUICK = ["--calib_dataset", "pydoc", "--eval_dataset", "pydoc", "--nsamples", "4
 
 
 def _cli(tiny_llama_dir, url, *extra):
-    from engine.cli import main
+    from engine.cli.prune_cli import main
     return main(["--model", str(tiny_llama_dir), "--sparsity_type", "three_tier", "--tier_scope", "model", "--search",
                  "--storage", url, "--study", "cli", *QUICK, *extra])
 
 
+@pytest.mark.slow
 def test_search_command_end_to_end_and_resumed(tiny_llama_dir, tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/cli.db"
     space = ["--search_space", "keep=4,16,64", "ratios=0.5/0.3/0.2,0.2/0.4/0.4"]
@@ -371,7 +374,7 @@ def test_search_command_end_to_end_and_resumed(tiny_llama_dir, tmp_path, capsys)
     assert _cli(tiny_llama_dir, url, "--trials", "2", *space) == 0  # the same command resumes the study
     out = capsys.readouterr().out
     assert "3 finished trials" in out and "2 trials added by this process, 5 in the study" in out
-    from engine.cli import main
+    from engine.cli.prune_cli import main
     assert main(["--list_searches", "--storage", url]) == 0
     assert "| cli | " in capsys.readouterr().out
     assert main(["--export_search", str(tmp_path / "t.csv"), "--storage", url, "--study", "cli"]) == 0
@@ -403,10 +406,30 @@ def test_bad_search_settings_are_one_line_and_lose_nothing(tiny_llama_dir, one_t
     args = [a for a in extra]
     if "--storage" not in args:
         args += ["--storage", url]
-    from engine.cli import main
+    from engine.cli.prune_cli import main
     rc = main(["--model", str(tiny_llama_dir), "--sparsity_type", "three_tier", "--tier_scope", "model", "--search",
                "--study", "cli", *QUICK, *args])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith(words) and "\n" not in err and "pw" not in err
     import optuna
     assert len(trial_records(optuna.load_study(study_name="cli", storage=open_storage(url)))) == 1
+
+
+def test_a_recipe_that_updates_weights_is_searched_with_the_update(tmp_path):
+    """The objective of a recipe with the OBS update is the estimate with that update (from the calibration's
+    Hessians), the same number `estimate(update_from=...)` gives for the split; its study is not a masks-only one."""
+    model = _model(1)
+    base = PruneSpec(method="wanda", pattern="three_tier", nsamples=4, seqlen=SEQLEN, reconstruct=True)
+    cal = calibrate(model, base, _ids((4, SEQLEN), 1), data="random", hessians=True)
+    eval_ids = _ids((1, 4 * SEQLEN), 2)
+    space = search_space(base, cal.model, given={"ratios": RATIOS[:2], "keep": KEEPS[:1]}, fields=[])
+    settings = SearchSettings(trials=2, seed=0, windows=2)
+    ident = study_identity(cal.key, space, settings, evaluation_key(eval_ids, SEQLEN, 2, estimate, True))
+    assert ident != study_identity(cal.key, space, settings, evaluation_key(eval_ids, SEQLEN, 2, estimate))
+    study = open_study(open_storage(f"sqlite:///{tmp_path}/u.db"), "u", ident, settings, model="tiny")
+    records = [r for r in search(study, cal, space, settings, eval_ids, SEQLEN) if r["status"] == "estimated"]
+    assert records and all(r["estimate_kind"] == "with update" for r in records)
+    for r in records:
+        plan = replan(cal, PruneSpec.from_dict(r["requested"]))
+        assert r["ppl"] == estimate(model, plan, eval_ids, SEQLEN, windows=2, update_from=cal).ppl
+        assert r["ppl"] != estimate(model, plan, eval_ids, SEQLEN, windows=2).ppl  # not the masks-only number

@@ -9,10 +9,10 @@ import optuna
 import pytest
 
 from app import Page, Settings
-from components import explore, explore_tab
-from components.explore import ExploreState
-from engine import explore as engine_explore
-from engine.search import open_storage, trial_records
+from components import explore_session, explore_tab
+from components.explore_session import ExploreState
+from engine.explore import estimates
+from engine.explore.split_search import open_storage, trial_records
 from engine.spec import PruneSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
@@ -59,12 +59,12 @@ def start(dash, xs, trials=6, low=0.0, high=1.0, objective="sparsity", minutes=N
 @pytest.fixture
 def slow_estimates(monkeypatch):
     """Each estimate 0.4 s longer: a Stop between trials must not depend on the machine's speed."""
-    real = engine_explore.evaluate_windows
+    real = estimates.evaluate_windows
 
     def slow(*args, **kwargs):
         time.sleep(0.4)
         return real(*args, **kwargs)
-    monkeypatch.setattr(engine_explore, "evaluate_windows", slow)
+    monkeypatch.setattr(estimates, "evaluate_windows", slow)
 
 
 def test_a_search_streams_its_trials_and_stop_keeps_the_finished_ones(dash, calibrated, runs, slow_estimates):
@@ -73,7 +73,7 @@ def test_a_search_streams_its_trials_and_stop_keeps_the_finished_ones(dash, cali
     for out in start(dash, xs):
         outs.append(out)
         if dash.explore.points in out:
-            seen.append(sum(p["kind"] == explore.SEARCH for p in xs.points))
+            seen.append(sum(p["kind"] == explore_session.SEARCH for p in xs.points))
         if "(2 of 6)" in str(out.get(panel.status, "")):
             xs.job.stop()
     final = last(outs, panel.status)
@@ -98,26 +98,27 @@ def test_a_restarted_server_lists_the_search_and_reopens_its_front(dash, calibra
     outs = list(explore_tab.open_search(again, xs, name, "", "sparsity"))
     status = last(outs, again.explore.search.status)
     assert f"{n} trials" in status and "on the front; best" in status
-    trials = [p for p in xs.points if p["kind"] == explore.SEARCH]
+    trials = [p for p in xs.points if p["kind"] == explore_session.SEARCH]
     assert trials and all(p["ppl"] > 1 for p in trials)
     rows = last(outs, again.explore.points)
     assert any(r[-1] == "✓" for r in rows)
     # a click on a trial opens its maps, re-planned from the calibration it was searched on
     shown = calibrated.plan.spec.label()
-    point = next(p for p in calibrated.points if p["kind"] == explore.SEARCH and p["label"] != shown)
+    point = next(p for p in calibrated.points if p["kind"] == explore_session.SEARCH and p["label"] != shown)
     list(explore_tab.open_point(dash, calibrated, point["n"], "sparsity"))
     assert calibrated.plan.spec.label() == point["label"]
     outs = list(explore_tab.open_point(dash, xs, trials[0]["n"], "sparsity"))  # no calibration here
     assert "Press Calibrate first" in str(last(outs, dash.explore.status))
 
 
+@pytest.mark.slow
 def test_run_exact_on_the_fronts_best_puts_exact_numbers_beside_their_estimates(dash, calibrated, tiny_llama_dir):
     from components.session import Session
 
     xs = calibrated
     list(start(dash, xs, trials=3))
-    trials = [p for p in xs.points if p["kind"] == explore.SEARCH]
-    front = sorted((trials[i] for i in explore.pareto_front([p["sparsity"] for p in trials],
+    trials = [p for p in xs.points if p["kind"] == explore_session.SEARCH]
+    front = sorted((trials[i] for i in explore_session.pareto_front([p["sparsity"] for p in trials],
                                                             [p["ppl"] for p in trials])), key=lambda p: p["ppl"])[:3]
     s = Session()
     values = form_values(dash, model_path=str(tiny_llama_dir), **FAST)

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from conftest import SHARED_WIKITEXT, requires_smollm2, requires_wikitext
-from engine.discovery import find_decoder_layers, find_targets
-from engine.record import decode_tier_map
+from engine.io.record import decode_tier_map
+from engine.patterns.three_tier import tier_counts, tier_violations
 from engine.run import RunRequest, run
 from engine.spec import PruneSpec
-from engine.three_tier import tier_counts, tier_violations
+from engine.walk.discovery import find_decoder_layers, find_targets
 
 pytestmark = [requires_smollm2, requires_wikitext]
 DATA = str(SHARED_WIKITEXT)
@@ -73,7 +73,7 @@ def test_sparsegpt_two_four_is_exact_and_restored_after(smollm2, tmp_path):
 
 
 def test_failure_mid_run_restores_dense_weights(smollm2, tmp_path, monkeypatch):
-    import engine.pruner as pruner
+    import engine.walk.layer_walk as pruner
 
     model = smollm2.get(RunRequest(model=None, device="cpu")).model
     dense = {n: p.detach().clone() for n, p in model.model.layers[1].named_parameters()}

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.sparsegpt import adaptive, n_of_m, sparsegpt_prune
+from engine.methods.sparsegpt import adaptive, n_of_m, sparsegpt_prune
 
 
 def _problem(seed=0, rows=32, cols=96, tokens=2000):
@@ -64,7 +64,7 @@ def _tiers(rows, cols, B=16, seed=0):
 def test_three_tier_with_identity_hessian_is_the_plain_mask_of_w():
     """No correlations: the OBS saliency is w^2 (up to a constant) and no update flows, so the adaptive choice is
     exactly the three-tier mask of |W|, partial edge blocks included (40 x 56 is not a multiple of 16)."""
-    from engine.three_tier import three_tier_chooser, three_tier_mask
+    from engine.patterns.three_tier import three_tier_chooser, three_tier_mask
     W = torch.randn(40, 56, generator=torch.Generator().manual_seed(3))
     tiers = _tiers(40, 56)
     W2, keep = sparsegpt_prune(W, 2 * torch.eye(56), choose=three_tier_chooser(tiers, 16, 15), blocksize=20)
@@ -73,7 +73,7 @@ def test_three_tier_with_identity_hessian_is_the_plain_mask_of_w():
 
 
 def test_three_tier_during_update_keeps_exact_structure_and_beats_a_fixed_mask():
-    from engine.three_tier import DENSE, TOPK, TWO_FOUR, three_tier_chooser, three_tier_mask
+    from engine.patterns.three_tier import DENSE, TOPK, TWO_FOUR, three_tier_chooser, three_tier_mask
     X, W, H = _problem(rows=48, cols=96)
     tiers = _tiers(48, 96, seed=1)
     W2, keep = sparsegpt_prune(W, H, choose=three_tier_chooser(tiers, 16, 15), blocksize=40)

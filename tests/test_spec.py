@@ -4,8 +4,8 @@ import math
 import pytest
 
 from engine.errors import SpecError
+from engine.patterns.three_tier import tier_counts
 from engine.spec import PruneSpec, parse_sparsity_type
-from engine.three_tier import tier_counts
 
 BAD = [
     (dict(method="obs"), "unknown method"),

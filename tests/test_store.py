@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-from engine.record import new_run_id
+from engine.io.record import new_run_id
+from engine.io.run_store import RunStore
 from engine.run import ModelCache, RunRequest, run
 from engine.spec import PruneSpec
-from engine.store import RunStore
 
 
 def test_save_load_list_newest_first(tmp_path):
@@ -51,7 +51,7 @@ def test_runs_are_recorded_including_failures(tiny_llama_dir, tmp_path, monkeypa
     assert store.load(ok["run_id"])["status"] == "completed"
     assert len(store.load(ok["run_id"])["matrices"]) == 14
 
-    import engine.pruner as pruner
+    import engine.walk.layer_walk as pruner
     real = pruner._prune_layer
 
     def exploding(index, *a, **kw):

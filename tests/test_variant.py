@@ -3,12 +3,12 @@ the bounded bisection, the spec's validation, and a whole run on a tiny model.""
 import pytest
 import torch
 
-from engine.cli import build_parser, spec_from_args
+from engine.cli.prune_cli import build_parser, spec_from_args
 from engine.errors import SpecError
-from engine.matrix import prune_matrix
+from engine.methods.wanda_variant import wanda_variant_mask
 from engine.run import RunRequest, run
 from engine.spec import PruneSpec
-from engine.variant import wanda_variant_mask
+from engine.walk.prune_matrix import prune_matrix
 
 
 def wanda_reference(W_metric: torch.Tensor, sparsity_ratio: float):

@@ -8,12 +8,14 @@ import sys
 import pytest
 
 from conftest import REPO, requires_smollm2
-from engine import data as textdata
-from engine import zeroshot
-from engine.cli import build_parser, main, zero_shot_tasks
+from engine.cli.prune_cli import build_parser, main, zero_shot_tasks
 from engine.errors import UserError
+from engine.eval import zeroshot
+from engine.eval.zeroshot import PAPER_TASKS, accuracies, evaluate_zero_shot, resolve_tasks
+from engine.io import text as textdata
 from engine.run import RunRequest
-from engine.zeroshot import PAPER_TASKS, accuracies, evaluate_zero_shot, resolve_tasks
+
+pytestmark = pytest.mark.slow  # end to end: a CLI run or a model load per test
 
 requires_lm_eval = pytest.mark.skipif(
     importlib.util.find_spec("lm_eval") is None,
