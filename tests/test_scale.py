@@ -197,7 +197,7 @@ def test_smollm2_snapshot_limit_zero_two_runs_identical_to_default(smollm2, tmp_
 FLIPS = dict(method="wanda", pattern="nm", sparsity=0.3, n=1, m=4, ratios=(0.2, 0.5, 0.3), block=8, keep=5,
              tier_scope="layer", within_block="magnitude", assignment="cost", group="matrix", reconstruct=True,
              nsamples=3, seqlen=48, seed=7, damp=0.1, obs_blocksize=16, prune_router=True, use_variant=True,
-             top_blocks_ratio=0.3, score_threshold=0.5, block_rule="original")
+             top_blocks_ratio=0.3, score_threshold=0.5, block_rule="original", v=16)
 BASES = [PruneSpec(method="magnitude", sparsity=0.5, nsamples=2, seqlen=32),
          PruneSpec(method="magnitude", pattern="three_tier", block=8, keep=20, nsamples=2, seqlen=32),
          PruneSpec(method="magnitude", pattern="nm", nsamples=2, seqlen=32),
