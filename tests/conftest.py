@@ -172,3 +172,17 @@ def smollm2():
     cache = ModelCache()
     cache.get(RunRequest(model=None, device="cpu"))
     return cache
+
+
+def slow_down_estimates(monkeypatch, seconds: float) -> None:
+    """Each estimate window loop `seconds` longer, so that a Stop between trials or windows never races the
+    machine's speed (the estimate's own module is patched: engine/explore/estimates.py)."""
+    import time
+
+    from engine.explore import estimates
+    real = estimates.evaluate_windows
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(estimates, "evaluate_windows", slow)

@@ -11,6 +11,8 @@ import socket
 
 import pytest
 
+from conftest import slow_down_estimates
+
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -38,15 +40,7 @@ def _serve(runs: str):
 @pytest.fixture
 def slow_estimates(monkeypatch):
     """Each estimate 1 s longer (the server runs in this process): Stop mid-search must not race the machine."""
-    import time
-
-    from engine.explore import estimates
-    real = estimates.evaluate_windows
-
-    def slow(*args, **kwargs):
-        time.sleep(1.0)
-        return real(*args, **kwargs)
-    monkeypatch.setattr(estimates, "evaluate_windows", slow)
+    slow_down_estimates(monkeypatch, 1.0)
 
 
 def _calibrate(page, tiny_llama_dir):

@@ -3,15 +3,13 @@ tiny random model: trials stream into the points as they finish, Stop keeps ever
 server lists the search and reopens its front, a trial opens its maps, bad settings are one line."""
 from __future__ import annotations
 
-import time
-
 import optuna
 import pytest
 
 from app import Page, Settings
 from components import explore_session, explore_tab
 from components.explore_session import ExploreState
-from engine.explore import estimates
+from conftest import slow_down_estimates
 from engine.explore.split_search import open_storage, trial_records
 from engine.spec import PruneSpec
 
@@ -59,12 +57,7 @@ def start(dash, xs, trials=6, low=0.0, high=1.0, objective="sparsity", minutes=N
 @pytest.fixture
 def slow_estimates(monkeypatch):
     """Each estimate 0.4 s longer: a Stop between trials must not depend on the machine's speed."""
-    real = estimates.evaluate_windows
-
-    def slow(*args, **kwargs):
-        time.sleep(0.4)
-        return real(*args, **kwargs)
-    monkeypatch.setattr(estimates, "evaluate_windows", slow)
+    slow_down_estimates(monkeypatch, 0.4)
 
 
 def test_a_search_streams_its_trials_and_stop_keeps_the_finished_ones(dash, calibrated, runs, slow_estimates):
