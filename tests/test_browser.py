@@ -119,6 +119,24 @@ def _show_field(page, label: str, accordion: str):
         page.get_by_text(accordion, exact=True).click()
 
 
+def _stable_box(page, selector: str, tries: int = 5) -> dict:
+    """The bounding box of the first element matching `selector`, scrolled into view. Plotly redraws a figure by
+    replacing its nodes, so a later update of the same figure (the estimate's last window, the points table) can
+    detach the element between finding and scrolling: find it again then."""
+    for attempt in range(tries):
+        try:
+            marker = page.locator(selector).first
+            marker.scroll_into_view_if_needed(timeout=5_000)
+            box = marker.bounding_box()
+            if box is not None:
+                return box
+        except playwright.Error:
+            if attempt == tries - 1:
+                raise
+        page.wait_for_timeout(300)
+    raise AssertionError(f"{selector} has no box")
+
+
 def test_explore_a_moved_slider_redraws_the_heatmap_without_run(page, tiny_llama_dir, tmp_path):
     """Explore: calibrate a tiny model, release the dense-ratio slider, and the heatmap changes with no Run press;
     a click on the first point of the Pareto view opens its maps again."""
@@ -150,9 +168,7 @@ def test_explore_a_moved_slider_redraws_the_heatmap_without_run(page, tiny_llama
     page.wait_for_function("() => document.querySelector('#xs-status .banner.ok')", timeout=60_000)  # estimated
     assert "wanda" in page.inner_text("#xs-points") or "three-tier" in page.inner_text("#xs-points")
     # a click on a point of the Pareto view re-opens that split's maps: #1, the split calibrated first
-    marker = page.locator("#xs-pareto .scatterlayer .points path").first
-    marker.scroll_into_view_if_needed()
-    b = marker.bounding_box()
+    b = _stable_box(page, "#xs-pareto .scatterlayer .points path")
     page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
     page.wait_for_timeout(300)  # Plotly's hover picks the point first
     page.mouse.click(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
