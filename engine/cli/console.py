@@ -79,3 +79,10 @@ def recovery_summary(block: dict | None) -> list[str]:
         parts.append(f"ppl_recovered {block['ppl_after']:.3f}")
     parts.append("zeros held" if block["zeros_held"] else "ZEROS CHANGED")
     return parts
+
+
+def markdown_table(columns: list[str], rows) -> str:
+    """A Markdown table: the header, its separator, one line per row (each row a sequence of cells)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -12,6 +12,7 @@ import argparse
 import os
 import time
 
+from engine.cli.console import markdown_table
 from engine.errors import UserError, excerpt
 from engine.explore import DEFAULT_ESTIMATE_WINDOWS, calibrate, calibration_key, estimate
 from engine.explore.split_search import (
@@ -198,16 +199,11 @@ def trial_line(r: dict) -> str:
 
 
 def front_table(front: list[dict]) -> str:
-    rows = ["| trial | split | sparsity | bits/weight | ppl estimate | +-1 s.e. |", "|---|---|---|---|---|---|"]
-    for r in front:
-        rows.append(f"| {r['number']} | {r['label']} | {r['sparsity']:.4f} | {r['bits']:.2f} | {r['ppl']:.3f} | "
-                    f"{r['ppl_low']:.3f}-{r['ppl_high']:.3f} |")
-    return "\n".join(rows)
+    return markdown_table(["trial", "split", "sparsity", "bits/weight", "ppl estimate", "+-1 s.e."], (
+        (r["number"], r["label"], f"{r['sparsity']:.4f}", f"{r['bits']:.2f}", f"{r['ppl']:.3f}",
+         f"{r['ppl_low']:.3f}-{r['ppl_high']:.3f}") for r in front))
 
 
 def studies_table(studies: list[dict]) -> str:
-    rows = ["| study | model | pattern | method | objective | trials | started |", "|---|---|---|---|---|---|---|"]
-    for s in studies:
-        rows.append(f"| {s['study']} | {s['model']} | {s['pattern']} | {s['method']} | {s['objective']} | "
-                    f"{s['trials']} | {s['started']} |")
-    return "\n".join(rows)
+    keys = ["study", "model", "pattern", "method", "objective", "trials", "started"]
+    return markdown_table(keys, ([s[k] for k in keys] for s in studies))

@@ -12,7 +12,7 @@ import math
 import os
 import time
 
-from engine.cli.console import summary_line
+from engine.cli.console import markdown_table, summary_line
 from engine.errors import UserError, excerpt
 from engine.explore import DEFAULT_ESTIMATE_WINDOWS, calibrate, sweep, sweep_spec
 from engine.io import text as textdata
@@ -100,12 +100,12 @@ def _as_run_record(r: dict, evaluation: str) -> dict:
 
 def sweep_table(records: list[dict]) -> str:
     """One row per split: what it keeps, its estimated perplexity and its storage."""
-    rows = ["| split | sparsity | ppl estimate | +-1 s.e. | storage MiB | x dense | re-plan s | estimate s |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for r in records:
         spec = PruneSpec.from_dict(r["spec"])
-        split = "/".join(f"{x:g}" for x in PATTERNS[spec.pattern].point(spec))
-        rows.append(f"| {split} | {r['sparsity']:.4f} | {r['ppl']:.3f} | {r['ppl_low']:.3f}-{r['ppl_high']:.3f} | "
-                    f"{r['storage']['bytes'] / 2**20:.2f} | {r['storage']['ratio']:.3f} | {r['replan_s']:.2f} | "
-                    f"{r['estimate_s']:.1f} |")
-    return "\n".join(rows)
+        rows.append(("/".join(f"{x:g}" for x in PATTERNS[spec.pattern].point(spec)), f"{r['sparsity']:.4f}",
+                     f"{r['ppl']:.3f}", f"{r['ppl_low']:.3f}-{r['ppl_high']:.3f}",
+                     f"{r['storage']['bytes'] / 2**20:.2f}", f"{r['storage']['ratio']:.3f}", f"{r['replan_s']:.2f}",
+                     f"{r['estimate_s']:.1f}"))
+    return markdown_table(["split", "sparsity", "ppl estimate", "+-1 s.e.", "storage MiB", "x dense", "re-plan s",
+                           "estimate s"], rows)
