@@ -186,3 +186,27 @@ def slow_down_estimates(monkeypatch, seconds: float) -> None:
         time.sleep(seconds)
         return real(*args, **kwargs)
     monkeypatch.setattr(estimates, "evaluate_windows", slow)
+
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@contextlib.contextmanager
+def chromium_page():
+    """A page of Debian's headless Chromium (never a downloaded browser) 1440 x 1000, its script errors collected
+    in `page.errors`; the browser is closed afterwards."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
+                                     args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.errors = []
+            page.on("pageerror", lambda e: page.errors.append(str(e)))
+            yield page
+        finally:
+            browser.close()

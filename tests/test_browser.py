@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+from conftest import CHROMIUM, chromium_page
+
 SCREENSHOT = os.environ.get("SPARSITY_SCREENSHOT")
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright missing: pip install playwright")
@@ -41,17 +40,10 @@ def url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(url):
-    with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
-                                     args=ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+    with chromium_page() as page:
         page.goto(url)
         page.wait_for_selector("#layer-heatmap")
-        page.errors = errors
         yield page
-        browser.close()
 
 
 def test_run_renders_heatmap_and_tier_map_and_a_click_opens_a_matrix(page, tiny_llama_dir, tmp_path):

@@ -11,11 +11,7 @@ import socket
 
 import pytest
 
-from conftest import slow_down_estimates
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+from conftest import CHROMIUM, chromium_page, slow_down_estimates
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright missing: pip install playwright")
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
@@ -62,12 +58,7 @@ def test_search_streams_stops_survives_a_restart_and_opens_maps(tiny_llama_dir, 
     os.environ["SPARSITY_CACHE"] = str(tmp_path / "baseline-cache")
     runs = str(tmp_path / "runs")
     demo, url = _serve(runs)
-    with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
-                                     args=ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+    with chromium_page() as page:
         try:
             page.goto(url)
             _calibrate(page, tiny_llama_dir)
@@ -104,7 +95,6 @@ def test_search_streams_stops_survives_a_restart_and_opens_maps(tiny_llama_dir, 
             page.mouse.click(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
             page.wait_for_function("() => document.querySelector('#xs-estimate')?.innerText.includes('point #')",
                                    timeout=30_000)
-            assert not errors, errors
+            assert not page.errors, page.errors
         finally:
-            browser.close()
             demo.close()
