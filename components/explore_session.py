@@ -91,6 +91,7 @@ class ExploreState:
     shown_layer: int | None = None
     shown_module: str | None = None
     closed: str | None = None            # why the server closed this exploration (the page is told)
+    visitor: str | None = None           # who sent the tab's latest event (its jobs take that visitor's turns)
 
     def supersede(self, job: Job | None = None) -> None:
         """Stop the running estimate at once (between windows) and make `job` the current one."""

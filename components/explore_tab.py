@@ -4,7 +4,6 @@ every estimated split lands on a Pareto view. The work is components/explore_ses
 engine/explore/."""
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import gradio as gr
@@ -296,10 +295,10 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
 
     def forget_run():  # the model held a run's pruned weights; they are back to dense now
         runner.MODELS.holds_run = None
-    job = Job(make_target(n, seqlen, forget_run), name="explore")
+    job = Job(make_target(n, seqlen, forget_run), name="explore", visitor=xs.visitor)
     xs.supersede(job)
     try:
-        job.start(page.settings.max_waiting)
+        job.start(page.settings.max_waiting, page.settings.per_visitor)
     except UserError as err:
         yield {w.status: banner("err", str(err))}
         return
@@ -364,10 +363,10 @@ def calibrate(page, *values, request: gr.Request | None = None):
         setup = explore_session.calibrate(req, runner.MODELS, progress, cancel, first=first)
         runner.MODELS.holds_run = None  # the model was restored to dense to calibrate it
         return setup
-    job = Job(target, name="calibrate")
+    job = Job(target, name="calibrate", visitor=xs.visitor)
     xs.job = job
     try:
-        job.start(page.settings.max_waiting)
+        job.start(page.settings.max_waiting, page.settings.per_visitor)
     except UserError as err:
         yield {w.status: banner("err", str(err))}
         return
@@ -482,11 +481,11 @@ def start_search(page, xs: ExploreState, objective, low, high, max_bits, trials,
 
     def forget_run():
         runner.MODELS.holds_run = None
-    job = Job(explore_session.search_job(xs.setup, settings, url, (study or "").strip() or None, seqlen, runner.MODELS,
-                                 forget_run), name="search")
+    job = Job(explore_session.search_job(xs.setup, settings, url, (study or "").strip() or None, seqlen,
+                                         runner.MODELS, forget_run), name="search", visitor=xs.visitor)
     xs.supersede(job)
     try:
-        job.start(page.settings.max_waiting)
+        job.start(page.settings.max_waiting, page.settings.per_visitor)
     except UserError as err:
         yield {panel.status: banner("err", str(err))}
         return
@@ -619,11 +618,14 @@ def wire(page) -> None:
     shown = outputs(page)
     explore_event = dict(trigger_mode="multiple", api_visibility="private", show_progress="hidden", **LIGHT)
 
-    def calibrate_press(*values):
-        yield from calibrate(page, *values[:-1], request=values[-1])
+    def visited(fn, inputs: list, pass_request: bool = False):  # the event's visitor on the tab's states
+        return runner.for_visitor(page, fn, runner.positional(len(inputs)), pass_request)
+
+    def calibrate_press(*values, request=None):
+        yield from calibrate(page, *values, request=request)
     calibrate_inputs = [*form.values(), xs, *est]
-    _takes_request(calibrate_press, len(calibrate_inputs))
-    w.calibrate_btn.click(calibrate_press, calibrate_inputs, shown + control_outputs(page),
+    w.calibrate_btn.click(visited(calibrate_press, calibrate_inputs, True), calibrate_inputs,
+                          shown + control_outputs(page),
                           api_visibility="private", show_progress="minimal", **LIGHT)
 
     def released(*values):
@@ -632,21 +634,22 @@ def wire(page) -> None:
     triggers = [w.dense.release, w.two_four.release, w.sparsity.release,
                 *(c.submit if isinstance(c, gr.Number) else c.input for c in w.replan.values()), w.windows.submit,
                 w.tokens.submit]
-    gr.on(triggers, released, [xs, *controls, *est], shown + [w.two_four], **explore_event)
+    gr.on(triggers, visited(released, [xs, *controls, *est]), [xs, *controls, *est], shown + [w.two_four],
+          **explore_event)
     for slider in (w.dense, w.two_four):  # the top-K share follows while dragging; the plan on release
         slider.input(topk_text, [w.dense, w.two_four], w.topk_note, queue=False, show_progress="hidden")
 
     def add_references(*values):
         yield from references(page, *values)
-    w.refs_btn.click(add_references, [xs, *est], shown, **explore_event)
+    w.refs_btn.click(visited(add_references, [xs, *est]), [xs, *est], shown, **explore_event)
 
     def add_strongest(*values):
         yield from strongest_references(page, *values)
-    w.strong_btn.click(add_strongest, [xs, *est], shown, **explore_event)
+    w.strong_btn.click(visited(add_strongest, [xs, *est]), [xs, *est], shown, **explore_event)
 
     def reopen(*values):
         yield from open_point(page, *values)
-    w.open.input(reopen, [xs, w.open, w.axis], shown, **explore_event)
+    w.open.input(visited(reopen, [xs, w.open, w.axis]), [xs, w.open, w.axis], shown, **explore_event)
 
     def clicked(x: ExploreState, text, axis):
         """'n|time' from the Pareto click relay (components/layout.py) -> that point's maps."""
@@ -654,7 +657,8 @@ def wire(page) -> None:
         if number is None:
             return
         yield from open_point(page, x, number, axis)
-    w.pareto_click.change(clicked, [xs, w.pareto_click, w.axis], shown, **explore_event)
+    w.pareto_click.change(visited(clicked, [xs, w.pareto_click, w.axis]), [xs, w.pareto_click, w.axis], shown,
+                          **explore_event)
     w.axis.input(lambda x, axis: show_points(page, x, axis), [xs, w.axis],
                  [w.pareto, w.points, w.open], api_visibility="private", **LIGHT)
 
@@ -674,7 +678,8 @@ def wire(page) -> None:
         yield from start_search(page, *values)
     search_inputs = [xs, panel.objective, panel.low, panel.high, panel.max_bits, panel.trials, panel.minutes,
                      panel.storage, panel.study, *est]
-    panel.start.click(search_start, search_inputs, shown + [panel.status, panel.past], **explore_event)
+    panel.start.click(visited(search_start, search_inputs), search_inputs, shown + [panel.status, panel.past],
+                      **explore_event)
 
     def search_stop(x: ExploreState):
         if x.job is not None:
@@ -690,20 +695,14 @@ def wire(page) -> None:
 
     def exact_front(*values):
         yield from run_exact_front(page, *values)
-    panel.exact.click(exact_front, [*form.values(), xs, page.session, w.axis],
+    exact_front_inputs = [*form.values(), xs, page.session, w.axis]
+    panel.exact.click(visited(exact_front, exact_front_inputs), exact_front_inputs,
                       page.JOB_OUTPUTS + [w.status, w.pareto, w.points, w.open],
                       api_visibility="private", **runner.engine_event(page))
 
     def exact(*values):
         yield from run_exact(page, *values)
-    w.exact_btn.click(exact, [*form.values(), xs, page.session],
+    exact_inputs = [*form.values(), xs, page.session]
+    w.exact_btn.click(visited(exact, exact_inputs), exact_inputs,
                       page.JOB_OUTPUTS + [w.status, w.pareto, w.points, w.open],
                       api_visibility="private", **runner.engine_event(page))
-
-
-def _takes_request(handler, n_inputs: int) -> None:
-    """Give `handler(*values)` a signature of its n inputs then a gr.Request, which Gradio then passes last."""
-    params = [inspect.Parameter(f"value_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD) for i in range(n_inputs)]
-    params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request))
-    handler.__signature__ = inspect.Signature(params)
-    handler.__annotations__ = {"request": gr.Request}

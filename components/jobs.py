@@ -1,5 +1,5 @@
-"""Run the engine in a background thread, one job at a time in first-come order, and fold its progress events into
-something a page can show.
+"""Run the engine in a background thread, one job at a time, turns shared fairly among visitors, and fold its
+progress events into something a page can show.
 
 The Gradio handler that starts a job stays a generator: it polls the job a few times a second and streams
 what changed (its place in the queue, then its progress), so the page stays responsive and Stop (which only sets
@@ -23,30 +23,67 @@ log = logging.getLogger("dashboard")
 
 
 class EngineQueue:
-    """First come, first served turns at the process's one engine (one model in memory, one run at a time).
+    """Turns at the process's one engine (one model in memory, one run at a time), shared fairly among visitors.
 
-    Jobs line up when they start; the first holds the engine until its target returns, including a job whose
-    page went away and which is only finishing its current layer. A waiting job knows its place and leaves the
-    line at once when stopped. `max_waiting` bounds the line: beyond it a new job is refused, not queued.
+    A job holds the engine from its turn until its target returns, including a job whose page went away and which
+    is only finishing its current layer. The next turn goes to a visitor's first waiting job before anyone's second,
+    and among those to the visitor who has had the least engine time lately (seconds used, halving every
+    `half_life` seconds); first come, first served among equals and within a visitor's own jobs. A job without a
+    visitor (a local server's, which knows none) counts as a visitor of its own, so a local server is first come,
+    first served. A waiting job knows its place and leaves the line at once when stopped. `max_waiting` bounds the
+    line and `per_visitor` one visitor's jobs in it (the running one included): beyond them a job is refused, not
+    queued.
     """
 
-    def __init__(self):
-        self._line: list[Job] = []
+    def __init__(self, half_life: float = 60.0, clock=time.monotonic):
+        self._line: list[Job] = []     # arrival order; the running job stays in it until it leaves
+        self._running: Job | None = None
+        self._began = 0.0              # when the running job's turn came
+        self._used: dict[object, tuple[float, float]] = {}  # visitor -> (engine seconds, as of when)
+        self._half_life, self._clock = half_life, clock
         self._changed = threading.Condition()
 
-    def join(self, job: "Job", max_waiting: int | None = None) -> None:
+    def join(self, job: "Job", max_waiting: int | None = None, per_visitor: int | None = None) -> None:
         with self._changed:
             if max_waiting is not None and len(self._line) > max_waiting:
                 raise UserError(f"the queue is full ({len(self._line) - 1} runs waiting); try again in a few minutes")
+            if per_visitor is not None and job.visitor is not None:
+                mine = sum(j.visitor == job.visitor for j in self._line)
+                if mine >= per_visitor:
+                    raise UserError(f"you already have {mine} job{'s' if mine > 1 else ''} waiting or running on "
+                                    "this server (its limit); wait for one to end or press Stop")
             self._line.append(job)
+
+    def used(self, visitor) -> float:
+        """Engine seconds `visitor` has had lately (decayed: each second's weight halves every half_life)."""
+        with self._changed:
+            return self._decayed(visitor, self._clock())
+
+    def _decayed(self, visitor, now: float) -> float:
+        seconds, at = self._used.get(visitor, (0.0, now))
+        return seconds * 0.5 ** ((now - at) / self._half_life)
+
+    def _order(self) -> list["Job"]:
+        """The line in the order turns will be given: the running job, then the waiting ones."""
+        now, rank, keys = self._clock(), {}, {}
+        for arrival, job in enumerate(self._line):
+            if job is self._running:
+                continue
+            who = job.visitor if job.visitor is not None else id(job)
+            keys[job] = (rank.get(who, 0), self._decayed(who, now), arrival)
+            rank[who] = rank.get(who, 0) + 1
+        waiting = sorted(keys, key=keys.get)
+        return ([self._running] if self._running is not None else []) + waiting
 
     def ahead(self, job: "Job") -> int:
         """Jobs before `job` in the line (0: its turn)."""
         with self._changed:
-            return self._line.index(job) if job in self._line else 0
+            order = self._order()
+            return order.index(job) if job in order else 0
 
     def wait_turn(self, job: "Job", on_wait=None) -> bool:
-        """Block until `job` is first in line (True) or stopped while waiting (False, and out of the line)."""
+        """Block until it is `job`'s turn (True: it holds the engine until `leave`) or it was stopped while
+        waiting (False, and out of the line)."""
         with self._changed:
             reported = None
             while True:
@@ -54,18 +91,34 @@ class EngineQueue:
                     self._line.remove(job)
                     self._changed.notify_all()
                     return False
-                if self._line[0] is job:
+                order = self._order()
+                if self._running is None and order[0] is job:
+                    self._running, self._began = job, self._clock()
                     return True
-                if on_wait and reported != self._line.index(job):
-                    reported = self._line.index(job)
+                if on_wait and reported != order.index(job):
+                    reported = order.index(job)
                     on_wait(reported)
                 self._changed.wait(0.2)
 
     def leave(self, job: "Job") -> None:
+        """`job` is out of the line; if it held the engine, its visitor is charged the time it held it."""
         with self._changed:
+            if job is self._running:
+                now = self._clock()
+                who = job.visitor if job.visitor is not None else id(job)
+                if job.visitor is not None:  # a visitor of its own never comes back: nothing to remember
+                    self._used[who] = (self._decayed(who, now) + now - self._began, now)
+                    self._forget_idle(now)
+                self._running = None
             if job in self._line:
                 self._line.remove(job)
             self._changed.notify_all()
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop visitors whose time has decayed below a millisecond (the table stays as small as the recent
+        visitors)."""
+        for who in [w for w in self._used if self._decayed(w, now) < 1e-3]:
+            del self._used[who]
 
 
 ENGINE = EngineQueue()  # one per process, like the model cache it guards
@@ -78,7 +131,8 @@ class Job:
     list.append and slicing are atomic under the GIL, so no lock is needed for that hand-over.
     """
 
-    def __init__(self, target, name: str = "engine-job"):
+    def __init__(self, target, name: str = "engine-job", visitor: str | None = None):
+        self.visitor = visitor             # who asked for it (the engine's line shares turns by visitor)
         self.cancel = threading.Event()
         self.done = threading.Event()
         self.events: list[dict] = []
@@ -91,9 +145,10 @@ class Job:
         self._target = target
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
-    def start(self, max_waiting: int | None = None) -> "Job":
-        """Take a place in the engine's line (UserError when it is full) and start the worker."""
-        ENGINE.join(self, max_waiting)
+    def start(self, max_waiting: int | None = None, per_visitor: int | None = None) -> "Job":
+        """Take a place in the engine's line (UserError when it, or this visitor's share of it, is full) and start
+        the worker."""
+        ENGINE.join(self, max_waiting, per_visitor)
         self._thread.start()
         return self
 

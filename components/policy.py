@@ -57,6 +57,32 @@ def public_from_env(env) -> bool:
     return flag if flag is not None else bool(env.get("SPACE_ID"))
 
 
+def behind_proxy_from_env(env) -> bool:
+    """Whether the server sits behind a proxy that appends the address it saw to X-Forwarded-For: a Hugging Face
+    Space (SPACE_ID set) unless SPARSITY_BEHIND_PROXY says off, or SPARSITY_BEHIND_PROXY=1."""
+    flag = env_switch(env, "SPARSITY_BEHIND_PROXY")
+    return flag if flag is not None else bool(env.get("SPACE_ID"))
+
+
+VISITOR_MAX = 64  # characters of a visitor's address kept (an IPv6 address is at most 45)
+
+
+def visitor_of(request, behind_proxy: bool) -> str | None:
+    """Who sent an event, as the engine's fair share counts visitors: the client's address, or behind a proxy the
+    last X-Forwarded-For entry (the one the proxy appended; earlier entries are whatever the client claimed).
+    None without a request or an address."""
+    if request is None:
+        return None
+    if behind_proxy:
+        headers = getattr(request, "headers", None) or {}
+        forwarded = [part.strip() for part in str(headers.get("x-forwarded-for", "")).split(",")]
+        if forwarded[-1]:
+            return forwarded[-1][:VISITOR_MAX]
+    client = getattr(request, "client", None)
+    host = getattr(client, "host", None)
+    return str(host)[:VISITOR_MAX] if host else None
+
+
 def trust_remote_code_from_env(env) -> bool:
     """Only the person running the server can allow a model repository's own code (SPARSITY_TRUST_REMOTE_CODE=1)."""
     return bool(env_switch(env, "SPARSITY_TRUST_REMOTE_CODE"))

@@ -13,7 +13,7 @@ from .jobs import Job
 from .recover_view import DEFAULT_LR, loss_curve_figure, progressive_figure, recover_spec_from_form, recovery_html
 from .registry import FINETUNE_DEFAULTS
 from .results_tab import LIGHT
-from .runner import MODELS, engine_event, refuse, stopped_before_start, stopped_in_queue, stream
+from .runner import MODELS, engine_event, for_visitor, refuse, stopped_before_start, stopped_in_queue, stream
 from .session import Session
 
 MODES = ["full", "LoRA"]
@@ -109,8 +109,8 @@ def wire(page) -> None:
         yield from stream(page, s, lambda progress, cancel: recover_run(page, s, run_id, spec, progress, cancel),
                           f"recovery of run #{s.number(run_id)}", recovery_summary)
 
-    w.button.click(recover_clicked, [page.session, w.run, w.steps, w.lr,
-                                     w.mode, w.rank],
+    recover_inputs = [page.session, w.run, w.steps, w.lr, w.mode, w.rank]
+    w.button.click(for_visitor(page, recover_clicked), recover_inputs,
                    page.JOB_OUTPUTS, api_name="recover", **engine_event(page))
 
     def mode_changed(mode):  # LoRA trains far fewer weights: its rank appears, and its own default learning rate

@@ -60,9 +60,9 @@ def stream(page, s: Session, target, label: str, summary, spec: dict | None = No
         if s.busy():
             raise gr.Error("This tab already has a run waiting or running; press Stop first.",
                            print_exception=False, title="Already running")
-        job = Job(target, name=label)
+        job = Job(target, name=label, visitor=s.visitor)
         try:
-            job.start(page.settings.max_waiting)
+            job.start(page.settings.max_waiting, page.settings.per_visitor)
         except UserError as err:
             raise gr.Error(str(err), print_exception=False, title="Server busy") from None
         s.job = job
@@ -251,18 +251,46 @@ def queued_runs(page, session_hash) -> int:
                if event.session_hash == session_hash) if session_hash else 0
 
 
+REQUEST = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request)
+
+
+def for_visitor(page, fn, params: list[inspect.Parameter] | None = None, pass_request: bool = False):
+    """`fn(*values)` as a Gradio handler whose signature is `params` (None: fn's own) then the event's gr.Request
+    (which Gradio then passes last, and leaves out of the API). Before `fn` runs, the visitor who sent the event is
+    set on the tab's state among the values (a Session or an ExploreState: whatever has a `visitor` field), so the
+    jobs it starts take that visitor's share of the engine's line, whichever route the event came by."""
+    def handler(*values):
+        *values, request = values
+        who = policy.visitor_of(request, page.settings.behind_proxy)
+        for value in values:
+            if hasattr(value, "visitor"):
+                value.visitor = who
+        yield from (fn(*values, request=request) if pass_request else fn(*values))
+    if params is None:
+        params = list(inspect.signature(fn).parameters.values())
+    handler.__signature__ = inspect.Signature([*params, REQUEST])
+    handler.__annotations__ = {"request": gr.Request}
+    handler.__doc__ = fn.__doc__
+    return handler
+
+
+def positional(n: int) -> list[inspect.Parameter]:
+    """n unnamed handler parameters (a private listener's inputs)."""
+    return [inspect.Parameter(f"value_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for i in range(n)]
+
+
 def with_signature(fn, page, fields: dict):
     """`fn(page, *values)` as a Gradio handler. Gradio names API parameters (and their defaults) after the handler's
-    signature: this one lists the form's fields, with the widgets' initial values as defaults, then the Session."""
+    signature: this one lists the form's fields, with the widgets' initial values as defaults, then the Session
+    (and the event's request, for the visitor: `for_visitor`)."""
     params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=c.value)
               for name, c in fields.items()]
     params.append(inspect.Parameter("s", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None))
 
-    def handler(*values):
+    def call(*values):
         yield from fn(page, *values)
-    handler.__signature__ = inspect.Signature(params)
-    handler.__doc__ = fn.__doc__
-    return handler
+    call.__doc__ = fn.__doc__
+    return for_visitor(page, call, params)
 
 
 def engine_event(page) -> dict:

@@ -19,6 +19,8 @@ class Settings:
     runs_dir: str | None = None             # the run store; None: $SPARSITY_RUNS or ~/.cache/sparsity-explorer/runs
     limits: policy.Limits | None = None     # caps on a run's work (public) and model size (whenever set)
     max_waiting: int = 8                    # runs waiting for the engine behind the running one; more are refused
+    per_visitor: int | None = None          # one visitor's jobs in the engine's line (None: 2 public, no cap local)
+    behind_proxy: bool = False              # visitors are the last X-Forwarded-For entry (a Space's proxy sets it)
     queue_size: int | None = None           # Gradio's queue of events beyond that (None: 16 public, 64 local)
     analytics: bool = False                 # Gradio's usage analytics (a third party): only if the owner says so
     store_budget: StoreBudget | None = None  # bounds on the run store (None: StoreBudget() public, none local)
@@ -30,16 +32,20 @@ class Settings:
             object.__setattr__(self, "store_budget", StoreBudget())
         if self.queue_size is None:
             object.__setattr__(self, "queue_size", 16 if self.public else 64)
+        if self.public and self.per_visitor is None:  # one stranger's many tabs share one visitor's turns
+            object.__setattr__(self, "per_visitor", 2)
 
     @classmethod
     def from_env(cls, env=None, public: bool = False, trust_remote_code: bool = False,
                  runs_dir: str | None = None) -> "Settings":
         """Command-line choices, or else the environment's (SPARSITY_PUBLIC, SPACE_ID, SPARSITY_TRUST_REMOTE_CODE,
-        GRADIO_ANALYTICS_ENABLED). A switch set to anything but an on or off value raises UserError."""
+        SPARSITY_BEHIND_PROXY, GRADIO_ANALYTICS_ENABLED). A switch set to anything but an on or off value raises
+        UserError."""
         env = os.environ if env is None else env
         public = policy.public_from_env(env) or public
         return cls(public=public, trust_remote_code=policy.trust_remote_code_from_env(env) or trust_remote_code,
-                   runs_dir=runs_dir, analytics=policy.analytics_from_env(env))
+                   runs_dir=runs_dir, analytics=policy.analytics_from_env(env),
+                   behind_proxy=policy.behind_proxy_from_env(env))
 
     def describe(self) -> str:
         """One line for the server's log at start: which mode, and what that means."""

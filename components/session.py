@@ -57,6 +57,7 @@ class Session:
     view: str = "realised sparsity"    # what colours the layer map
     stop_queued: int = 0               # runs stopped while they waited in Gradio's queue, still to be ended there
     ran: set = field(default_factory=set)  # run ids this tab started itself (a run opened from Past runs is not one)
+    visitor: str | None = None         # who sent the tab's latest event (its jobs take that visitor's turns)
 
     def add(self, record: dict) -> None:
         """A finished (or reopened) run becomes this tab's latest; the same run id is never listed twice."""

@@ -148,3 +148,32 @@ def test_the_engine_queue_is_first_come_first_served_and_bounded():
     queue.join(jobs[2], max_waiting=1)
     assert queue.wait_turn(jobs[2]) is True
     assert ENGINE is not queue  # the process's queue was never touched
+
+
+
+@pytest.fixture(scope="module")
+def served_behind_proxy(runs_dir):
+    """A server behind a proxy (visitors are the last X-Forwarded-For entry), one job per visitor in the line."""
+    with serving(Settings(runs_dir=str(runs_dir), behind_proxy=True, per_visitor=1)) as pair:
+        yield pair
+
+
+def tab_of(url, address: str):
+    """A browser tab of the visitor at `address` (as the proxy in front of the server reports it)."""
+    return gradio_client.Client(url, verbose=False, headers={"X-Forwarded-For": f"10.0.0.1, {address}"})
+
+
+def test_one_visitors_tabs_share_one_turn_and_others_still_get_theirs(served_behind_proxy, tiny_llama_dir):
+    dash, url = served_behind_proxy
+    stranger, stranger_again, neighbour = (tab_of(url, "203.0.113.9"), tab_of(url, "203.0.113.9"),
+                                           tab_of(url, "198.51.100.1"))
+    with engine_held():
+        first = stranger.submit(model_path=str(tiny_llama_dir), sparsity=0.3, **QUICK, api_name="/run")
+        wait_for_progress(first, "1 run ahead")
+        second = stranger_again.submit(model_path=str(tiny_llama_dir), sparsity=0.4, **QUICK, api_name="/run")
+        with pytest.raises(AppError, match="you already have 1 job waiting or running"):
+            second.result(timeout=30)  # the stranger's second tab is the same visitor: refused in one line
+        theirs = neighbour.submit(model_path=str(tiny_llama_dir), sparsity=0.5, **QUICK, api_name="/run")
+        wait_for_progress(theirs, "2 runs ahead")  # another visitor queues as usual
+    for job in (first, theirs):
+        assert "Done" in out(dash, job.result(timeout=60), dash.status)

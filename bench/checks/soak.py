@@ -85,7 +85,7 @@ def as_hub_cache(model: Path, cache: Path) -> None:
 
 
 def start_server(port: int, scratch: Path, public: bool = False) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", SPARSITY_CACHE=str(scratch / "baselines"),
+    env = dict(os.environ, HF_HUB_OFFLINE="1", SPARSITY_CACHE=str(scratch / "baselines"), SPARSITY_BEHIND_PROXY="1",
                GRADIO_ANALYTICS_ENABLED="False", TOKENIZERS_PARALLELISM="false", HF_HUB_CACHE=str(scratch / "hub"))
     env.pop("SPACE_ID", None)
     env.pop("SPARSITY_PUBLIC", None)
@@ -107,18 +107,25 @@ def start_server(port: int, scratch: Path, public: bool = False) -> subprocess.P
     raise RuntimeError("the server did not answer within 120 s")
 
 
-def hostile_loop(url: str, enough, counts: dict, lock: threading.Lock) -> None:
+def as_visitor(address: str) -> dict:
+    """The header the proxy in front of a Space adds for a visitor at `address` (the soak plays that proxy: the
+    server runs with SPARSITY_BEHIND_PROXY=1 and counts each client's turns by it)."""
+    return {"X-Forwarded-For": address}
+
+
+def hostile_loop(url: str, address: str, enough, counts: dict, lock: threading.Lock) -> None:
     """One attacker's session: each request of the cycle, again and again, until the deadline."""
     from gradio_client import Client
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, headers=as_visitor(address))
     quick = dict(calib="pydoc", nsamples=2, seqlen=32, eval_source="none")
     upload = (b"--x\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.txt\"\r\n\r\n"
               + b"A" * 5_000_000 + b"\r\n--x--\r\n")
 
     def post_upload():
         request = urllib.request.Request(url + "gradio_api/upload", data=upload, method="POST",
-                                         headers={"Content-Type": "multipart/form-data; boundary=x"})
+                                         headers={"Content-Type": "multipart/form-data; boundary=x",
+                                                  **as_visitor(address)})
         urllib.request.urlopen(request, timeout=30)
 
     i = 0
@@ -155,12 +162,12 @@ class RawSession:
     (POST /gradio_api/queue/join, then the SSE stream /gradio_api/queue/data), and a heartbeat stream whose end
     is the tab closing (Gradio then runs the page's unload listeners, components/explore_tab.tab_closed)."""
 
-    def __init__(self, url: str, app: dict):
+    def __init__(self, url: str, app: dict, address: str):
         import httpx
 
         self.url, self.app = url, app
         self.hash = os.urandom(6).hex()
-        self.http = httpx.Client(base_url=url + "gradio_api/", timeout=600)
+        self.http = httpx.Client(base_url=url + "gradio_api/", timeout=600, headers=as_visitor(address))
         self._alive = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, daemon=True)
         self._beat.start()
@@ -239,7 +246,8 @@ def event_data(app: dict, dep: int, form: dict | None = None, **by_label) -> lis
     return values
 
 
-def explore_attack(url: str, app: dict, model_name: str, store: Path, enough, counts: dict, lock) -> None:
+def explore_attack(url: str, address: str, app: dict, model_name: str, store: Path, enough, counts: dict,
+                   lock) -> None:
     """One attacker of Explore and Recover, through the raw event API (these endpoints are not public). Each cycle
     opens a fresh tab (its page-load events, Past runs' listing among them), calibrates it with its own seed and
     set-up (so the tabs' calibrations differ), asks for a split with a block size of 65536, then for 64 windows of
@@ -251,7 +259,7 @@ def explore_attack(url: str, app: dict, model_name: str, store: Path, enough, co
     cycle = 0
     while not enough():
         cycle += 1
-        tab = RawSession(url, app)
+        tab = RawSession(url, app, address)
         form = dict(model_path=model_name, method=methods[cycle % 4], pattern="three_tier", calib="pydoc",
                     nsamples=2 + cycle % 4, seqlen=32 + 16 * (cycle % 3), eval_source="pydoc",
                     seed=int.from_bytes(os.urandom(3), "big"))
@@ -355,7 +363,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None, help="write the numbers here too")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (model, run store, server log)")
     ap.add_argument("--public", action="store_true", help="serve under the public policy (the model as a hub id)")
-    ap.add_argument("--hostile", type=int, default=0, help="attacking clients among the normal ones (default 0)")
+    ap.add_argument("--hostile", type=int, default=0,
+                    help="attacking sessions of each kind (runs; Explore and Recover) beside the normal ones "
+                         "(default 0)")
+    ap.add_argument("--hostile_addresses", type=int, default=1,
+                    help="addresses the attacking sessions come from (default 1: one stranger with many tabs)")
     args = ap.parse_args(argv)
 
     from gradio_client import Client
@@ -376,7 +388,7 @@ def main(argv=None) -> dict:
         return time.monotonic() > deadline or (args.runs is not None and len(latencies) + len(errors) >= args.runs)
 
     def client_loop(i: int) -> None:
-        client = Client(url, verbose=False)
+        client = Client(url, verbose=False, headers=as_visitor(normal_address(i)))
         k = i
         while not enough():
             setup = {**COMMON, **SETUPS[k % len(SETUPS)], "model_path": model_name}
@@ -398,6 +410,12 @@ def main(argv=None) -> dict:
                     warmed.set()
 
     hostile_counts: dict = {}
+
+    def normal_address(i: int) -> str:  # each normal client is a visitor of its own
+        return f"198.51.100.{i + 1}"
+
+    def hostile_address(k: int) -> str:  # the attacking sessions, spread over --hostile_addresses addresses
+        return f"203.0.113.{k % max(1, args.hostile_addresses) + 1}"
     warmed, rss_before = threading.Event(), []  # the attackers start once the first round is done
     app = app_config(url) if args.hostile else None
 
@@ -415,11 +433,13 @@ def main(argv=None) -> dict:
             time.sleep(1.0)
 
     threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(args.clients)]
-    threads += [threading.Thread(target=attacker, args=(hostile_loop, url, enough, hostile_counts, lock), daemon=True)
-                for _ in range(args.hostile)]
-    threads += [threading.Thread(target=attacker, args=(explore_attack, url, app, model_name, scratch / "runs",
-                                                        enough, hostile_counts, lock), daemon=True)
-                for _ in range(args.hostile)]
+    threads += [threading.Thread(target=attacker, args=(hostile_loop, url, hostile_address(k), enough,
+                                                        hostile_counts, lock), daemon=True)
+                for k in range(args.hostile)]
+    threads += [threading.Thread(target=attacker, args=(explore_attack, url, hostile_address(args.hostile + k), app,
+                                                        model_name, scratch / "runs", enough, hostile_counts, lock),
+                                 daemon=True)
+                for k in range(args.hostile)]
     threads.append(threading.Thread(target=watch_store, daemon=True))
     try:
         for t in threads:
@@ -429,7 +449,8 @@ def main(argv=None) -> dict:
         # every attacker's tab is closed: give Gradio a heartbeat (15 s) to notice and run the unload listeners
         time.sleep(25)
         rss_idle = rss_mb(server.pid)
-        check = model_check(Client(url, verbose=False), {**COMMON, **SETUPS[0], "model_path": model_name},
+        check = model_check(Client(url, verbose=False, headers=as_visitor(normal_address(0))),
+                            {**COMMON, **SETUPS[0], "model_path": model_name},
                             scratch)
     finally:
         server.terminate()
@@ -443,7 +464,8 @@ def main(argv=None) -> dict:
     q = statistics.quantiles(latencies, n=20) if len(latencies) >= 2 else latencies * 19
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"), "clients": args.clients, "public": args.public,
-        "hostile_clients": args.hostile, "hostile_requests": dict(sorted(hostile_counts.items())),
+        "hostile_clients": args.hostile, "hostile_addresses": args.hostile_addresses if args.hostile else 0,
+        "hostile_requests": dict(sorted(hostile_counts.items())),
         "minutes": round((time.monotonic() - started) / 60, 2),
         "jobs": len(latencies), "errors": len(errors), "error_samples": errors[:3],
         "latency_p50_s": round(statistics.median(latencies), 2) if latencies else None,

@@ -1,0 +1,130 @@
+"""The engine's line shared fairly among visitors (components/jobs.py EngineQueue), on a hand-set clock."""
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from components.jobs import EngineQueue, Job
+from components.policy import visitor_of
+from engine.errors import UserError
+
+
+class Clock:
+    """A hand-set clock for the queue's engine-time accounting."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def turn(queue: EngineQueue, clock: Clock, seconds: float = 1.0) -> "Job":
+    """Give the next turn, hold the engine `seconds`, and return whose turn it was."""
+    job = queue._order()[0]
+    assert queue.wait_turn(job) is True
+    clock.now += seconds
+    queue.leave(job)
+    return job
+
+
+def test_the_engine_queue_gives_a_visitors_second_job_its_turn_after_everyone_elses_first():
+    clock = Clock()
+    queue = EngineQueue(clock=clock)
+    many = [Job(lambda p, c: None, visitor="203.0.113.9") for _ in range(3)]  # one stranger's three tabs
+    one, two = Job(lambda p, c: None, visitor="198.51.100.1"), Job(lambda p, c: None, visitor="198.51.100.2")
+    for job in [*many, one, two]:  # the stranger came first
+        queue.join(job)
+    assert [queue.ahead(j) for j in [*many, one, two]] == [0, 3, 4, 1, 2]
+    order = [turn(queue, clock) for _ in range(5)]
+    assert order == [many[0], one, two, many[1], many[2]]
+
+
+def test_the_engine_queue_serves_the_visitor_with_the_least_engine_time_lately_first():
+    clock = Clock()
+    queue = EngineQueue(half_life=60.0, clock=clock)
+    heavy, light = "203.0.113.9", "198.51.100.1"
+    queue.join(Job(lambda p, c: None, visitor=heavy))
+    turn(queue, clock, 30.0)                  # the heavy visitor held the engine 30 s
+    queue.join(Job(lambda p, c: None, visitor=light))
+    turn(queue, clock, 2.0)                   # the light one 2 s
+    assert queue.used(heavy) == pytest.approx(30.0 * 0.5 ** (2 / 60))
+    assert queue.used(light) == pytest.approx(2.0)
+    first = Job(lambda p, c: None, visitor=heavy)  # both waiting again, the heavy one first in time
+    then = Job(lambda p, c: None, visitor=light)
+    queue.join(first)
+    queue.join(then)
+    assert turn(queue, clock) is then        # the least time lately goes first
+    assert turn(queue, clock) is first
+    clock.now += 600                           # ten minutes idle: the heavy visitor's 30 s weigh 2^-10 of them
+    assert queue.used(heavy) == pytest.approx((30.0 * 0.5 ** (4 / 60) + 1.0) * 0.5 ** (600 / 60))
+    assert queue.used("never seen") == 0.0
+
+
+def test_a_job_without_a_visitor_queues_first_come_first_served_as_before():
+    clock = Clock()
+    queue = EngineQueue(clock=clock)
+    jobs = [Job(lambda p, c: None) for _ in range(4)]
+    for job in jobs:
+        queue.join(job)
+    assert [turn(queue, clock, s) for s in (5.0, 1.0, 3.0, 1.0)] == jobs
+    assert queue._used == {}                    # nothing remembered of visitors that never come back
+
+
+def test_one_visitors_jobs_in_the_line_are_capped_and_the_refusal_is_one_line():
+    queue = EngineQueue()
+    mine = [Job(lambda p, c: None, visitor="203.0.113.9") for _ in range(3)]
+    queue.join(mine[0], max_waiting=8, per_visitor=2)
+    queue.join(mine[1], max_waiting=8, per_visitor=2)
+    with pytest.raises(UserError, match="you already have 2 jobs waiting or running"):
+        queue.join(mine[2], max_waiting=8, per_visitor=2)
+    queue.join(Job(lambda p, c: None, visitor="198.51.100.1"), max_waiting=8, per_visitor=2)  # others still can
+    queue.join(Job(lambda p, c: None), max_waiting=8, per_visitor=2)  # and so can a job without a visitor
+    queue.leave(mine[0])
+    queue.join(mine[2], max_waiting=8, per_visitor=2)  # one ended: room again
+
+
+def test_a_new_job_never_takes_the_turn_of_the_running_one():
+    clock = Clock()
+    queue = EngineQueue(clock=clock)
+    heavy = Job(lambda p, c: None, visitor="203.0.113.9")
+    queue.join(heavy)
+    assert queue.wait_turn(heavy) is True
+    newcomer = Job(lambda p, c: None, visitor="198.51.100.1")
+    queue.join(newcomer)
+    assert queue.ahead(heavy) == 0 and queue.ahead(newcomer) == 1
+    stopped = threading.Event()
+
+    def wait():
+        stopped.set() if queue.wait_turn(newcomer) else None
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive()                   # it waits while the running job holds the engine
+    queue.leave(heavy)
+    waiter.join(5)
+    assert not waiter.is_alive() and stopped.is_set()
+
+
+def test_the_visitor_is_the_clients_address_or_behind_a_proxy_the_entry_the_proxy_appended():
+    request = SimpleNamespace(client=SimpleNamespace(host="10.0.0.7"),
+                              headers={"x-forwarded-for": "1.2.3.4, 203.0.113.9"})  # 1.2.3.4: what the client claimed
+    assert visitor_of(request, behind_proxy=False) == "10.0.0.7"
+    assert visitor_of(request, behind_proxy=True) == "203.0.113.9"
+    bare = SimpleNamespace(client=SimpleNamespace(host="10.0.0.7"), headers={})
+    assert visitor_of(bare, behind_proxy=True) == "10.0.0.7"  # no header: the peer
+    assert visitor_of(SimpleNamespace(client=None, headers={"x-forwarded-for": "x" * 10_000}), True) == "x" * 64
+    assert visitor_of(None, behind_proxy=True) is None
+
+
+def test_a_public_server_caps_a_visitors_jobs_and_a_space_reads_its_proxys_header():
+    from components.server import Settings
+    assert Settings(public=True).per_visitor == 2 and Settings().per_visitor is None
+    assert Settings.from_env({"SPACE_ID": "me/space"}).behind_proxy is True
+    assert Settings.from_env({"SPARSITY_BEHIND_PROXY": "1"}).behind_proxy is True
+    assert Settings.from_env({"SPACE_ID": "me/space", "SPARSITY_BEHIND_PROXY": "off"}).behind_proxy is False
+    assert Settings.from_env({}).behind_proxy is False
+    with pytest.raises(UserError, match="SPARSITY_BEHIND_PROXY='maybe' is not a switch"):
+        Settings.from_env({"SPARSITY_BEHIND_PROXY": "maybe"})
