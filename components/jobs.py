@@ -105,9 +105,8 @@ class EngineQueue:
         with self._changed:
             if job is self._running:
                 now = self._clock()
-                who = job.visitor if job.visitor is not None else id(job)
-                if job.visitor is not None:  # a visitor of its own never comes back: nothing to remember
-                    self._used[who] = (self._decayed(who, now) + now - self._began, now)
+                if job.visitor is not None:  # a job that is a visitor of its own never comes back: nothing to keep
+                    self._used[job.visitor] = (self._decayed(job.visitor, now) + now - self._began, now)
                     self._forget_idle(now)
                 self._running = None
             if job in self._line:
