@@ -48,7 +48,8 @@ class EngineQueue:
             if max_waiting is not None and len(self._line) > max_waiting:
                 raise UserError(f"the queue is full ({len(self._line) - 1} runs waiting); try again in a few minutes")
             if per_visitor is not None and job.visitor is not None:
-                mine = sum(j.visitor == job.visitor for j in self._line)
+                # a stopped job never starts, and one stopped while running ends at its next step: neither counts
+                mine = sum(j.visitor == job.visitor and not j.cancel.is_set() for j in self._line)
                 if mine >= per_visitor:
                     raise UserError(f"you already have {mine} job{'s' if mine > 1 else ''} waiting or running on "
                                     "this server (its limit); wait for one to end or press Stop")

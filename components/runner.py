@@ -259,15 +259,18 @@ def for_visitor(page, fn, params: list[inspect.Parameter] | None = None, pass_re
     (which Gradio then passes last, and leaves out of the API). Before `fn` runs, the visitor who sent the event is
     set on the tab's state among the values (a Session or an ExploreState: whatever has a `visitor` field), so the
     jobs it starts take that visitor's share of the engine's line, whichever route the event came by."""
-    def handler(*values):
-        *values, request = values
+    if params is None:
+        params = list(inspect.signature(fn).parameters.values())
+    width = len(params)
+
+    def handler(*values, request: gr.Request = None):
+        # Gradio passes the request in the slot after fn's own parameters; a direct call may leave it out
+        values, request = values[:width], (values[width] if len(values) > width else request)
         who = policy.visitor_of(request, page.settings.behind_proxy)
         for value in values:
             if hasattr(value, "visitor"):
                 value.visitor = who
         yield from (fn(*values, request=request) if pass_request else fn(*values))
-    if params is None:
-        params = list(inspect.signature(fn).parameters.values())
     handler.__signature__ = inspect.Signature([*params, REQUEST])
     handler.__annotations__ = {"request": gr.Request}
     handler.__doc__ = fn.__doc__

@@ -86,6 +86,23 @@ def test_one_visitors_jobs_in_the_line_are_capped_and_the_refusal_is_one_line():
     queue.join(mine[2], max_waiting=8, per_visitor=2)  # one ended: room again
 
 
+def test_a_visitors_stopped_jobs_do_not_count_against_the_cap_while_they_end():
+    """Dragging a slider in Explore stops the last split's estimate and starts the next one: the stopped job may
+    still hold the engine for a step, or wait to notice its Stop, but it never starts work again."""
+    queue = EngineQueue()
+    running, waiting, third = (Job(lambda p, c: None, visitor="198.51.100.1") for _ in range(3))
+    queue.join(running, per_visitor=2)
+    assert queue.wait_turn(running) is True
+    queue.join(waiting, per_visitor=2)
+    running.stop()  # superseded while it holds the engine (it ends at its next window)
+    waiting.stop()  # superseded before its turn (it leaves the line when it wakes)
+    queue.join(third, per_visitor=2)
+    fourth = Job(lambda p, c: None, visitor="198.51.100.1")
+    queue.join(fourth, per_visitor=2)  # the two live ones: the cap again
+    with pytest.raises(UserError, match="you already have 2 jobs"):
+        queue.join(Job(lambda p, c: None, visitor="198.51.100.1"), per_visitor=2)
+
+
 def test_a_new_job_never_takes_the_turn_of_the_running_one():
     clock = Clock()
     queue = EngineQueue(clock=clock)
