@@ -44,7 +44,7 @@ from engine.patterns.registry import PATTERNS, pattern_params
 from engine.spec import PruneSpec
 from engine.walk.layer_walk import prune_model
 
-from .jobs import Job
+from .jobs import Job, release_memory
 
 CALIBRATIONS = CalibrationCache(size=2)  # one per process, like the model cache (runner.MODELS) it refers to
 MAX_EXPLORATIONS = 8                     # live explorations per server (tabs that calibrated); the oldest is closed
@@ -92,6 +92,7 @@ class ExploreState:
     shown_module: str | None = None
     closed: str | None = None            # why the server closed this exploration (the page is told)
     visitor: str | None = None           # who sent the tab's latest event (its jobs take that visitor's turns)
+    search_ended: str | None = None      # how the tab's last search ended: "finished" (its budget), "stopped", None
 
     def supersede(self, job: Job | None = None) -> None:
         """Stop the running estimate at once (between windows) and make `job` the current one."""
@@ -138,6 +139,7 @@ class Explorations:
         state = ref() if ref is not None else None
         if state is not None:
             state.close("this page was closed")
+            release_memory()  # its plan and masks are freed: give the heap's pages back now, not at the next job
 
     def __len__(self) -> int:
         with self._lock:

@@ -118,6 +118,7 @@ class SearchPanel:
     status: gr.HTML
     past: gr.Dropdown
     exact: gr.Button
+    exact_after: gr.Checkbox
 
 
 def render_search(page) -> SearchPanel:
@@ -146,11 +147,13 @@ def render_search(page) -> SearchPanel:
             start = gr.Button("Start search", variant="primary", elem_id="xs-search-start")
             stop = gr.Button("Stop search", elem_id="xs-search-stop")
             exact = gr.Button(f"Run exact on the front's best {EXACT_BEST}", elem_id="xs-search-exact")
+            exact_after = gr.Checkbox(False, label=f"then Run exact on the front's best {EXACT_BEST} when the "
+                                                   "search has used its budget", elem_id="xs-search-exact-after")
         status = gr.HTML("", elem_id="xs-search-status")
         past = gr.Dropdown(past_choices(page, ""), value=None, label="Past searches (open one: its trials and front)",
                            interactive=True, elem_id="xs-search-past")
     return SearchPanel(objective, low, high, max_bits, trials, minutes, storage, study, start, stop, status, past,
-                       exact)
+                       exact, exact_after)
 
 
 EXACT_BEST = 3
@@ -466,6 +469,7 @@ def start_search(page, xs: ExploreState, objective, low, high, max_bits, trials,
     """Add trials to this calibration's study, streaming each finished trial into the Pareto view and the points
     table; Stop (or a new split) ends it between estimate windows, every finished trial kept."""
     panel = page.explore.search
+    xs.search_ended = None
     if xs.setup is None:
         yield {panel.status: banner("warn", "Press Calibrate first: the search plans every trial from its "
                                             "statistics.")}
@@ -524,7 +528,7 @@ def start_search(page, xs: ExploreState, objective, low, high, max_bits, trials,
     if job.error:
         yield {panel.status: banner("err", job.error)}
         return
-    how = "stopped" if job.cancel.is_set() else "finished"
+    how = xs.search_ended = "stopped" if job.cancel.is_set() else "finished"
     yield {panel.status: banner("ok", f"Search {name} {how}: {added} trials added, all kept in the study."),
            panel.past: gr.Dropdown(choices=past_choices(page, typed_url))}
 
@@ -590,6 +594,15 @@ def run_exact_front(page, *values):
     for p in front:
         yield from exact_run(page, dict(zip(page.form, form_values)), xs, s, PruneSpec.from_dict(p["requested"]),
                              p["label"])
+
+
+def exact_after_search(page, *values):
+    """When asked: Run exact on the front's best once the search the tab just ran has used its budget (a stopped or
+    failed search runs nothing)."""
+    *values, asked = values
+    xs = values[-3]
+    if asked and xs.search_ended == "finished":
+        yield from run_exact_front(page, *values)
 
 
 def exact_run(page, form: dict, xs: ExploreState, s, spec: PruneSpec, label: str):
@@ -678,8 +691,15 @@ def wire(page) -> None:
         yield from start_search(page, *values)
     search_inputs = [xs, panel.objective, panel.low, panel.high, panel.max_bits, panel.trials, panel.minutes,
                      panel.storage, panel.study, *est]
-    panel.start.click(visited(search_start, search_inputs), search_inputs, shown + [panel.status, panel.past],
-                      **explore_event)
+    searched = panel.start.click(visited(search_start, search_inputs), search_inputs,
+                                 shown + [panel.status, panel.past], **explore_event)
+
+    def exact_after(*values):
+        yield from exact_after_search(page, *values)
+    exact_after_inputs = [*form.values(), xs, page.session, w.axis, panel.exact_after]
+    searched.then(visited(exact_after, exact_after_inputs), exact_after_inputs,
+                  page.JOB_OUTPUTS + [w.status, w.pareto, w.points, w.open],
+                  api_visibility="private", **runner.engine_event(page))
 
     def search_stop(x: ExploreState):
         if x.job is not None:

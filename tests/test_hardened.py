@@ -355,8 +355,13 @@ def test_the_oldest_exploration_is_closed_beyond_the_cap_and_told(capped_page, t
     assert tabs[0].setup is None and tabs[0].plan is None and tabs[1].setup is not None
     assert "closed to make room for newer ones" in _status(capped_page, _move(capped_page, tabs[0]))
     assert len(explore_session.EXPLORATIONS) == 2
+    trimmed = []
+    monkeypatch.setattr(explore_session, "release_memory", lambda: trimmed.append(True))
     explore_session.EXPLORATIONS.end(f"tab-{id(tabs[2])}")  # the tab went away (demo.unload)
     assert tabs[2].setup is None and len(explore_session.EXPLORATIONS) == 1
+    assert trimmed == [True]  # the freed heap goes back to the system at once (an idle server's RSS falls)
+    explore_session.EXPLORATIONS.end(f"tab-{id(tabs[2])}")  # a second unload of the same tab: nothing to free
+    assert trimmed == [True]
 
 
 def test_an_estimated_split_keeps_its_maps_not_its_masks(capped_page, tiny_llama_dir):

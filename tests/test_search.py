@@ -239,6 +239,50 @@ def test_a_search_stopped_mid_estimate_keeps_the_finished_trials(setup, tmp_path
 
 # --- many workers, one study ---------------------------------------------------------------------------------------
 
+def test_a_trial_left_running_by_a_killed_worker_is_failed_by_the_next_worker(setup, tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    model, base, cal, eval_ids = setup
+    space = _small_space(base, cal)
+    settings = SearchSettings(trials=1, seed=0, windows=1)
+    ident = study_identity(cal.key, space, settings, evaluation_key(eval_ids, SEQLEN, settings.windows, estimate))
+    url = f"sqlite:///{tmp_path}/stale.db"
+    dead = open_study(open_storage(url, heartbeat_s=1, grace_s=2), "s", ident, settings, model="tiny")
+    with pytest.warns(UserWarning, match="Heartbeat of storage"):  # Optuna's, for an ask outside optimize
+        orphan = dead.ask()  # a worker asked, beat once, and was killed before it told the result
+    dead._storage.record_heartbeat(orphan._trial_id)
+    time.sleep(3.5)  # past the grace period (the storage keeps heartbeats to the second)
+    alive = open_study(open_storage(url, heartbeat_s=1, grace_s=2), "s", ident, settings, model="tiny")
+    assert alive.trials[orphan.number].state == TrialState.RUNNING  # nothing has looked yet
+    records = search(alive, cal, space, settings, eval_ids, SEQLEN)
+    states = [t.state for t in optuna.load_study(study_name="s", storage=open_storage(url)).trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE] and len(records) == 1
+
+
+def test_a_long_trial_keeps_beating_so_no_other_worker_fails_it(setup, tmp_path, monkeypatch):
+    from optuna.trial import TrialState
+
+    from engine.explore import split_search
+
+    model, base, cal, eval_ids = setup
+    space = _small_space(base, cal)
+    settings = SearchSettings(trials=1, seed=0, windows=1)
+    ident = study_identity(cal.key, space, settings, evaluation_key(eval_ids, SEQLEN, settings.windows, estimate))
+    url = f"sqlite:///{tmp_path}/beat.db"
+    seen = []
+
+    def slow_estimate(*args, **kw):  # longer than the grace period; meanwhile another worker looks for stale trials
+        time.sleep(3.5)
+        other = open_study(open_storage(url, heartbeat_s=1, grace_s=2), "s", ident, settings, model="tiny")
+        split_search.fail_stale_trials(other)
+        seen.append(other.trials[0].state)
+        return estimate(*args, **kw)
+    study = open_study(open_storage(url, heartbeat_s=1, grace_s=2), "s", ident, settings, model="tiny")
+    records = search(study, cal, space, settings, eval_ids, SEQLEN, estimate_fn=slow_estimate)
+    assert seen == [TrialState.RUNNING] and len(records) == 1 and study.trials[0].state == TrialState.COMPLETE
+
+
 WORKER = textwrap.dedent("""
     import sys, torch
     sys.path[:0] = [sys.argv[3], sys.argv[4]]

@@ -76,6 +76,12 @@ def test_a_search_streams_its_trials_and_stop_keeps_the_finished_ones(dash, cali
     study = optuna.load_study(study_name=name, storage=open_storage(f"sqlite:///{runs}/searches.sqlite3"))
     assert len(trial_records(study)) == 2
     assert last(outs, panel.past).constructor_args["choices"][0][1] == name
+    # "then Run exact on the front's best" is for a search that used its budget, not one stopped
+    assert xs.search_ended == "stopped"
+    from components.session import Session
+    s = Session()
+    assert list(explore_tab.exact_after_search(dash, *form_values(dash), xs, s, "sparsity", True)) == []
+    assert s.runs == []
 
 
 def test_a_restarted_server_lists_the_search_and_reopens_its_front(dash, calibrated, runs):
@@ -105,7 +111,7 @@ def test_a_restarted_server_lists_the_search_and_reopens_its_front(dash, calibra
 
 
 @pytest.mark.slow
-def test_run_exact_on_the_fronts_best_puts_exact_numbers_beside_their_estimates(dash, calibrated, tiny_llama_dir):
+def test_run_exact_on_the_fronts_best_after_a_search_puts_exact_numbers_by_estimates(dash, calibrated, tiny_llama_dir):
     from components.session import Session
 
     xs = calibrated
@@ -113,9 +119,11 @@ def test_run_exact_on_the_fronts_best_puts_exact_numbers_beside_their_estimates(
     trials = [p for p in xs.points if p["kind"] == explore_session.SEARCH]
     front = sorted((trials[i] for i in explore_session.pareto_front([p["sparsity"] for p in trials],
                                                             [p["ppl"] for p in trials])), key=lambda p: p["ppl"])[:3]
+    assert xs.search_ended == "finished"
     s = Session()
     values = form_values(dash, model_path=str(tiny_llama_dir), **FAST)
-    list(explore_tab.run_exact_front(dash, *values, xs, s, "sparsity"))
+    assert list(explore_tab.exact_after_search(dash, *values, xs, s, "sparsity", False)) == []  # not asked
+    list(explore_tab.exact_after_search(dash, *values, xs, s, "sparsity", True))  # the search's end, when asked
     assert len(s.runs) == len(front) and all(r["status"] == "completed" for r in s.runs)
     for p, run in zip(front, s.runs):
         assert run["spec"]["ratios"] == list(PruneSpec.from_dict(p["requested"]).ratios)

@@ -84,7 +84,7 @@ def as_hub_cache(model: Path, cache: Path) -> None:
     (repo / "refs" / "main").write_text(commit)
 
 
-def start_server(port: int, scratch: Path, public: bool = False) -> subprocess.Popen:
+def start_server(port: int, scratch: Path, public: bool = False, cpus: set[int] | None = None) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", SPARSITY_CACHE=str(scratch / "baselines"), SPARSITY_BEHIND_PROXY="1",
                GRADIO_ANALYTICS_ENABLED="False", TOKENIZERS_PARALLELISM="false", HF_HUB_CACHE=str(scratch / "hub"))
     env.pop("SPACE_ID", None)
@@ -93,7 +93,8 @@ def start_server(port: int, scratch: Path, public: bool = False) -> subprocess.P
     command = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port),
                "--runs_dir", str(scratch / "runs")]
     command += ["--public"] if public else []
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None  # before exec: every server thread inherits it
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -263,6 +264,8 @@ def explore_attack(url: str, address: str, app: dict, model_name: str, store: Pa
         form = dict(model_path=model_name, method=methods[cycle % 4], pattern="three_tier", calib="pydoc",
                     nsamples=2 + cycle % 4, seqlen=32 + 16 * (cycle % 3), eval_source="pydoc",
                     seed=int.from_bytes(os.urandom(3), "big"))
+        with lock:
+            counts.setdefault("attack_seeds", []).append(form["seed"])  # its runs, told apart in the store
         steps = [
             ("calibrate", lambda: tab.submit(app["calibrate"], event_data(app, app["calibrate"], form,
                                                                           Estimate_windows=2,
@@ -368,16 +371,27 @@ def main(argv=None) -> dict:
                          "(default 0)")
     ap.add_argument("--hostile_addresses", type=int, default=1,
                     help="addresses the attacking sessions come from (default 1: one stranger with many tabs)")
+    ap.add_argument("--split_cpus", action="store_true",
+                    help="the server on the first CPU, this script's clients (normal and hostile) on the others, as "
+                         "on a deployment where visitors' browsers and scripts run on their own machines")
     args = ap.parse_args(argv)
+    server_cpus = None
+    if args.split_cpus:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            ap.error("--split_cpus needs at least 2 CPUs")
+        server_cpus = {cpus[0]}
+        os.sched_setaffinity(0, set(cpus[1:]))  # before any client thread starts: they all inherit it
 
     from gradio_client import Client
 
+    load_start = list(os.getloadavg())
     scratch = Path(tempfile.mkdtemp(prefix="sparsity-soak-"))
     model = save_tiny_model(scratch / "tiny-llama")
     as_hub_cache(model, scratch / "hub")
     model_name = HUB_ID if args.public else str(model)
     port = free_port()
-    server = start_server(port, scratch, public=args.public)
+    server = start_server(port, scratch, public=args.public, cpus=server_cpus)
     url = f"http://127.0.0.1:{port}/"
     lock = threading.Lock()
     latencies, errors, rss = [], [], []  # rss: (jobs done, MB) after every job
@@ -462,8 +476,11 @@ def main(argv=None) -> dict:
     first_round = next((mb for n, mb in rss if n >= args.clients * len(SETUPS)), rss[0][1] if rss else None)
     at_50 = next((mb for n, mb in rss if n >= 50), None)
     q = statistics.quantiles(latencies, n=20) if len(latencies) >= 2 else latencies * 19
+    attack_seeds = set(hostile_counts.pop("attack_seeds", []))
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"), "clients": args.clients, "public": args.public,
+        "split_cpus": {"server": sorted(server_cpus), "clients": sorted(os.sched_getaffinity(0))} if server_cpus
+        else None, "load_avg_start": load_start, "load_avg_end": list(os.getloadavg()),
         "hostile_clients": args.hostile, "hostile_addresses": args.hostile_addresses if args.hostile else 0,
         "hostile_requests": dict(sorted(hostile_counts.items())),
         "minutes": round((time.monotonic() - started) / 60, 2),
@@ -486,8 +503,11 @@ def main(argv=None) -> dict:
                   store_kb_peak=round(store_peak[1] / 1024, 1))
     records = [json.loads(p.read_text()) for p in (scratch / "runs").glob("*.json")]
     engine = [r["timings"]["total_s"] for r in records if r.get("status") == "completed"]
+    normal = [r["timings"]["total_s"] for r in records if r.get("status") == "completed"
+              and r.get("spec", {}).get("seed") not in attack_seeds]
     report.update(stored_records=len(records), stored_completed=len(engine),
-                  engine_p50_s=round(statistics.median(engine), 2) if engine else None)
+                  engine_p50_s=round(statistics.median(engine), 2) if engine else None,
+                  engine_p50_normal_s=round(statistics.median(normal), 2) if normal else None)
     print(json.dumps({k: v for k, v in report.items() if k != "rss_by_jobs"}, indent=1))
     print("rss by jobs done:", " ".join(f"{n}:{mb:.0f}" for n, mb in report["rss_by_jobs"]))
     if args.json:

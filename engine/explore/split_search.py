@@ -26,6 +26,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -47,6 +48,8 @@ MAX_TRIALS = 100_000     # trials one process adds, at most
 MAX_MINUTES = 7 * 24 * 60
 RATIO_STEP = 0.05        # the ratio simplex is searched on this grid
 STORAGE_FILE = "searches.sqlite3"
+HEARTBEAT_S = 20         # a worker's running trial says it is alive this often (Optuna's RDB heartbeat) ...
+GRACE_S = 120            # ... and one silent this long (its worker was killed) is failed by the next worker's ask
 Progress = Callable[[dict], None]
 EstimateFn = Callable[..., Estimate]  # estimate(model, plan, eval_ids, seqlen, *, windows, progress, cancel,
                                       #          update_from)
@@ -298,16 +301,20 @@ def shown_url(url: str) -> str:
         return excerpt(url, 60)
 
 
-def open_storage(url: str):
+def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_S):
     """An Optuna storage for `url` (sqlite:///file, postgresql://user@host/db, ... any SQLAlchemy URL Optuna
-    accepts), connected once now so that a wrong or unreachable URL is one line, before any work."""
+    accepts), connected once now so that a wrong or unreachable URL is one line, before any work. Running trials
+    beat every `heartbeat_s` (see `beating`); a trial silent for `grace_s` is failed by the next worker to ask."""
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(3):
         try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5: used deliberately here
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s,
+                                                     grace_period=grace_s)
             storage.get_all_studies()
             return storage
         except SQLAlchemyError as e:
@@ -476,6 +483,42 @@ def run_trial(calibration: Calibration, spec: PruneSpec, settings: SearchSetting
     return record
 
 
+class beating:
+    """While the block runs, `trial`'s heartbeat goes to the study's storage every heartbeat interval, from a thread
+    of its own (an estimate window can outlast the grace period on a big model, so the beat cannot wait for one)."""
+
+    def __init__(self, study, trial):
+        self.storage, self.trial_id = study._storage, trial._trial_id
+        self.interval = getattr(self.storage, "get_heartbeat_interval", lambda: None)()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="trial-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            self.storage.record_heartbeat(self.trial_id)
+            if self.stopped.wait(self.interval):
+                return
+
+    def __enter__(self):
+        if self.interval:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+def fail_stale_trials(study) -> None:
+    """Trials left RUNNING by a worker that died (no heartbeat for the grace period) become FAIL: the study's
+    listings and samplers no longer count them as in progress."""
+    import optuna
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def search(study, calibration: Calibration, space: SearchSpace, settings: SearchSettings, eval_ids: torch.Tensor,
            seqlen: int, *, estimate_fn: EstimateFn = estimate, progress: Progress | None = None,
            cancel: threading.Event | None = None) -> list[dict]:
@@ -495,7 +538,10 @@ def search(study, calibration: Calibration, space: SearchSpace, settings: Search
     asked = 0  # trials asked for: a combination of explicit choices that is no valid spec spends one too
     while (settings.trials is None or asked < settings.trials) and \
             (deadline is None or time.monotonic() < deadline) and not (cancel is not None and cancel.is_set()):
-        trial = study.ask()
+        fail_stale_trials(study)
+        with warnings.catch_warnings():  # Optuna's note that heartbeats are meant for Study.optimize: this loop
+            warnings.filterwarnings("ignore", "Heartbeat of storage")  # beats itself (`beating`), as optimize does
+            trial = study.ask()
         asked += 1
         try:
             spec = space.suggest(trial)
@@ -504,8 +550,9 @@ def search(study, calibration: Calibration, space: SearchSpace, settings: Search
             study.tell(trial, state=TrialState.FAIL)
             continue
         try:
-            record = run_trial(calibration, spec, settings, eval_ids, seqlen, estimate_fn=estimate_fn, known=known,
-                               progress=progress, cancel=cancel)
+            with beating(study, trial):
+                record = run_trial(calibration, spec, settings, eval_ids, seqlen, estimate_fn=estimate_fn,
+                                   known=known, progress=progress, cancel=cancel)
         except BaseException as e:
             trial.set_user_attr("error", excerpt(str(e), 400))
             study.tell(trial, state=TrialState.FAIL)
