@@ -599,10 +599,9 @@ def run_exact_front(page, *values):
 def exact_after_search(page, *values):
     """When asked: Run exact on the front's best once the search the tab just ran has used its budget (a stopped or
     failed search runs nothing)."""
-    *values, asked = values
-    xs = values[-3]
+    *form_values, xs, s, axis, asked = values
     if asked and xs.search_ended == "finished":
-        yield from run_exact_front(page, *values)
+        yield from run_exact_front(page, *form_values, xs, s, axis)
 
 
 def exact_run(page, form: dict, xs: ExploreState, s, spec: PruneSpec, label: str):

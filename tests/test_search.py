@@ -260,7 +260,7 @@ def test_a_trial_left_running_by_a_killed_worker_is_failed_by_the_next_worker(se
     assert states == [TrialState.FAIL, TrialState.COMPLETE] and len(records) == 1
 
 
-def test_a_long_trial_keeps_beating_so_no_other_worker_fails_it(setup, tmp_path, monkeypatch):
+def test_a_long_trial_keeps_beating_so_no_other_worker_fails_it(setup, tmp_path):
     from optuna.trial import TrialState
 
     from engine.explore import split_search

@@ -483,31 +483,12 @@ def run_trial(calibration: Calibration, spec: PruneSpec, settings: SearchSetting
     return record
 
 
-class beating:
-    """While the block runs, `trial`'s heartbeat goes to the study's storage every heartbeat interval, from a thread
-    of its own (an estimate window can outlast the grace period on a big model, so the beat cannot wait for one)."""
-
-    def __init__(self, study, trial):
-        self.storage, self.trial_id = study._storage, trial._trial_id
-        self.interval = getattr(self.storage, "get_heartbeat_interval", lambda: None)()
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._beat, name="trial-heartbeat", daemon=True)
-
-    def _beat(self) -> None:
-        while True:
-            self.storage.record_heartbeat(self.trial_id)
-            if self.stopped.wait(self.interval):
-                return
-
-    def __enter__(self):
-        if self.interval:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopped.set()
-        if self.thread.is_alive():
-            self.thread.join()
+def beating(study, trial):
+    """A context in which `trial`'s heartbeat goes to the study's storage every heartbeat interval from a thread of
+    its own (an estimate window can outlast the grace period on a big model): Optuna's own heartbeat thread, the one
+    Study.optimize runs around each trial (a no-op where the storage has no heartbeat)."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+    return get_heartbeat_thread(trial._trial_id, study._storage)
 
 
 def fail_stale_trials(study) -> None:
