@@ -408,7 +408,7 @@ def search_job(setup: Setup, settings, storage_url: str, study_name: str | None,
         if ensure_dense(setup, models) and on_restore is not None:
             on_restore()
         cal = setup.calibration
-        space = search_space(setup.spec, cal.model)
+        space = search_space(setup.spec, cal.model, band=settings.band)
         identity = study_identity(cal.key, space, settings, evaluation_key(setup.eval_ids, tokens, settings.windows,
                                                                            estimate, setup.spec.updates_weights))
         study = open_study(open_storage(storage_url), study_name, identity, settings,

@@ -22,6 +22,7 @@ from engine.errors import UserError
 from engine.explore import calibrate, estimate, replan
 from engine.explore.split_search import (
     SearchSettings,
+    band_ratios,
     evaluation_key,
     export_study,
     list_studies,
@@ -104,6 +105,35 @@ def test_a_band_makes_the_search_constrained(setup, tmp_path):
     outside = [r for r in records if not 0.3 <= r["sparsity"] <= 0.5]
     assert outside and all(r["status"] == "outside" and r["ppl"] is None and r["estimate_s"] == 0 for r in outside)
     assert all(0.3 <= r["sparsity"] <= 0.5 for r in pareto_front(records, "sparsity"))
+
+
+def test_band_ratios_put_a_split_at_the_asked_sparsity_of_the_band():
+    base = PruneSpec(method="wanda", pattern="three_tier", block=16, keep=96)  # top-K blocks 62.5% sparse
+    assert band_ratios(base, (0.5, 0.55), 0.0, 0.0) == (0.0, 1.0, 0.0)   # the band's low end, no top-K blocks
+    assert band_ratios(base, (0.5, 0.55), 0.0, 1.0) == (0.2, 0.0, 0.8)   # the same sparsity, no 2:4 blocks
+    assert band_ratios(base, (0.5, 0.55), 1.0, 0.5) == (0.06, 0.3, 0.64)  # 0.3 / 2 + 0.64 * 0.625 = 0.55
+    assert base.replace(ratios=band_ratios(base, (0.5, 0.55), 1.0, 0.5)).nominal_sparsity() == pytest.approx(0.55)
+    # K = 200 of 256: the top-K tier is 21.9% sparse, so 50% is all 2:4 and no split of this K reaches 55%
+    assert band_ratios(base.replace(keep=200), (0.5, 0.55), 0.7, 0.3) == (0.0, 1.0, 0.0)
+    assert band_ratios(base.replace(keep=200), (0.6, 0.9), 0.2, 0.9) == (0.0, 1.0, 0.0)  # the nearest it reaches
+    assert band_ratios(base, (0.0, 0.0), 0.5, 0.5) == (1.0, 0.0, 0.0)    # nothing pruned: all dense
+
+
+def test_a_band_search_only_suggests_splits_inside_the_band(setup, tmp_path):
+    model, base, cal, eval_ids = setup
+    band = (0.45, 0.5)
+    settings = SearchSettings(trials=10, seed=3, windows=1, band=band)
+    space = search_space(base, cal.model, band=band)
+    records = search(_study(f"sqlite:///{tmp_path}/band.db", cal, space, settings, eval_ids), cal, space, settings,
+                     eval_ids, SEQLEN)
+    nominal = [PruneSpec.from_dict(r["requested"]).nominal_sparsity() for r in records]
+    assert len(nominal) == 10 and all(band[0] - 1e-3 <= s <= band[1] + 1e-3 for s in nominal), nominal
+    assert len({r["label"] for r in records}) > 5  # spread over the band, not one point
+    unstructured = base.replace(pattern="unstructured")
+    space = search_space(unstructured, cal.model, band=band)
+    study = _study(f"sqlite:///{tmp_path}/band-u.db", cal, space, settings, eval_ids)
+    got = [r["sparsity"] for r in search(study, cal, space, settings, eval_ids, SEQLEN)]
+    assert all(band[0] - 1e-2 <= s <= band[1] + 1e-2 for s in got), got
 
 
 def test_the_default_space_comes_from_the_patterns_fields(setup):

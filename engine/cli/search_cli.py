@@ -151,7 +151,7 @@ def search_main(args, base: PruneSpec, request) -> int:
     model, tok = lm.model, lm.tokenizer
     seqlen = textdata.default_seqlen(model.config, base.seqlen)
     base = base.replace(seqlen=seqlen)
-    space = search_space(base, model, given)
+    space = search_space(base, model, given, band=settings.band)
     eval_ids = textdata.evaluation_ids(tok, eval_src)
     windows = textdata.calibration_windows(tok, calib_src, base.nsamples, seqlen, base.seed) if uses_data else None
     data_name = calib_src.name if uses_data else None

@@ -43,7 +43,7 @@ from engine.patterns.registry import PATTERNS, pattern_params
 from engine.spec import PruneSpec
 from engine.walk.discovery import find_decoder_layers, find_targets
 
-SEARCH_VERSION = 1       # bump when what a trial stores or how it is measured changes
+SEARCH_VERSION = 2       # bump when what a trial stores or how it is measured changes
 MAX_TRIALS = 100_000     # trials one process adds, at most
 MAX_MINUTES = 7 * 24 * 60
 RATIO_STEP = 0.05        # the ratio simplex is searched on this grid
@@ -176,10 +176,40 @@ def _suggest_keep(trial, base, ctx):
 
 
 def _suggest_ratios(trial, base, ctx):
-    """The simplex (dense, 2:4, top-K) on a RATIO_STEP grid: the dense share, then 2:4's share of the rest."""
+    """The simplex (dense, 2:4, top-K). Without a band: on a RATIO_STEP grid, the dense share, then 2:4's share of
+    the rest. With a band: only splits whose nominal sparsity lies in it (band_ratios), so no trial is spent on a
+    split the band refuses; both parameters keep one fixed range, as Optuna's samplers need."""
+    if ctx.get("band") is not None:
+        return {"ratios": band_ratios(base, ctx["band"], trial.suggest_float("in_band", 0.0, 1.0),
+                                      trial.suggest_float("top_k_side", 0.0, 1.0))}
     dense = round(trial.suggest_float("dense", 0.0, 1.0, step=RATIO_STEP), 6)
     two_four = round((1 - dense) * trial.suggest_float("two_four_of_rest", 0.0, 1.0, step=RATIO_STEP), 6)
     return {"ratios": (dense, two_four, round(1 - dense - two_four, 6))}
+
+
+def band_ratios(base: PruneSpec, band: tuple[float, float], in_band: float, top_k_side: float,
+                digits: int = 3) -> tuple[float, float, float]:
+    """The split of `base`'s tiers (its B and K fixed) at nominal sparsity low + in_band * (high - low) of the band,
+    `top_k_side` of the way along the line of splits with that sparsity (0: the fewest top-K blocks, 1: the most).
+    Nominal sparsity is linear in the ratios (each tier's own sparsity times its share), so the splits of one sparsity
+    are a segment across the simplex. A band this B and K cannot reach gives the reachable split nearest to it."""
+    tiers = [base.replace(ratios=tuple(float(i == j) for j in range(3))).nominal_sparsity() for i in range(3)]
+    low, high = max(band[0], min(tiers)), min(band[1], max(tiers))
+    target = min(max(band[0], min(tiers)), max(tiers)) if low > high else low + in_band * (high - low)
+    ends = []
+    for i, j in ((0, 1), (1, 2), (0, 2)):
+        if tiers[i] == tiers[j]:
+            ends += [tuple(float(k == v) for k in range(3)) for v in (i, j)] if tiers[i] == target else []
+            continue
+        lam = (target - tiers[j]) / (tiers[i] - tiers[j])
+        if -1e-12 <= lam <= 1 + 1e-12:
+            lam = min(max(lam, 0.0), 1.0)
+            ends.append(tuple(lam if k == i else 1 - lam if k == j else 0.0 for k in range(3)))
+    first, last = min(ends, key=lambda r: (r[2], r[1])), max(ends, key=lambda r: (r[2], r[1]))
+    point = [a + top_k_side * (b - a) for a, b in zip(first, last)]
+    top_k = round(point[2], digits)
+    two_four = min(round(point[1], digits), round(1 - top_k, digits))
+    return (max(round(1 - two_four - top_k, digits), 0.0) + 0.0, two_four + 0.0, top_k + 0.0)
 
 
 def _suggest_m(trial, base, ctx):
@@ -196,6 +226,13 @@ def _suggest_share(name, low=0.0, high=1.0, step=0.01):
     return lambda trial, base, ctx: {name: trial.suggest_float(name, low, high, step=step)}
 
 
+def _suggest_sparsity(trial, base, ctx):
+    """A pattern's own sparsity, in the band when there is one (a range fixed for the whole study)."""
+    if ctx.get("band") is None:
+        return {"sparsity": trial.suggest_float("sparsity", 0.05, 0.95, step=0.01)}
+    return {"sparsity": trial.suggest_float("sparsity", *ctx["band"])}
+
+
 def _suggest_choice(name):
     return lambda trial, base, ctx: {name: trial.suggest_categorical(name, ctx["choices"][name])}
 
@@ -203,7 +240,7 @@ def _suggest_choice(name):
 # In the order they are suggested: a range that depends on another field (K on B, N on M) comes after it.
 DIMENSIONS: dict[str, Callable] = {
     "block": _suggest_block, "keep": _suggest_keep, "ratios": _suggest_ratios, "m": _suggest_m, "n": _suggest_n,
-    "sparsity": _suggest_share("sparsity", 0.05, 0.95), "top_blocks_ratio": _suggest_share("top_blocks_ratio"),
+    "sparsity": _suggest_sparsity, "top_blocks_ratio": _suggest_share("top_blocks_ratio"),
     "score_threshold": _suggest_share("score_threshold"), **{name: _suggest_choice(name) for name in CHOICES},
 }
 
@@ -231,7 +268,7 @@ class SearchSpace:
     def describe(self) -> dict:
         return {"pattern": self.base.pattern, "fields": self.fields, "fixed": self.fixed,
                 "given": {k: [_encode(v) for v in vs] for k, vs in self.given.items()},
-                "choices": self.ctx["choices"], "min_side": self.ctx["min_side"]}
+                "choices": self.ctx["choices"], "min_side": self.ctx["min_side"], "band": self.ctx.get("band")}
 
 
 def _encode(value):
@@ -243,9 +280,10 @@ def _decode(name: str, value):
 
 
 def search_space(base: PruneSpec, model: torch.nn.Module, given: dict | None = None,
-                 fields: list[str] | None = None) -> SearchSpace:
+                 fields: list[str] | None = None, band: tuple[float, float] | None = None) -> SearchSpace:
     """The space of `base`'s pattern: every field its registry entry declares that DIMENSIONS knows how to search
-    (or only `fields`), each over its default range or the explicit choices in `given` {field: [values]}."""
+    (or only `fields`), each over its default range or the explicit choices in `given` {field: [values]}. With a
+    sparsity `band` (SearchSettings.band), the ratios and a pattern's sparsity are drawn inside it."""
     declared = PATTERNS[base.pattern].fields
     given = {k: list(v) for k, v in (given or {}).items()}
     wanted = list(fields) if fields is not None else [f for f in DIMENSIONS if f in declared]
@@ -263,7 +301,8 @@ def search_space(base: PruneSpec, model: torch.nn.Module, given: dict | None = N
                 raise UserError(f"search choice {name}={_encode(v)}: {e}") from None
     _, layers = find_decoder_layers(model)
     shapes = [tuple(t.weight().shape) for layer in layers for t in find_targets(layer, base.prune_router)]
-    ctx = {"min_side": min(min(s) for s in shapes), "min_width": min(s[1] for s in shapes), "choices": {}}
+    ctx = {"min_side": min(min(s) for s in shapes), "min_width": min(s[1] for s in shapes), "choices": {},
+           "band": tuple(band) if band is not None else None}
     for name in CHOICES:
         if name in declared:
             ctx["choices"][name] = [c for c in CHOICES[name] if _valid_unchanged(base, name, c)]
