@@ -301,7 +301,7 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
     job = Job(make_target(n, seqlen, forget_run), name="explore", visitor=xs.visitor)
     xs.supersede(job)
     try:
-        job.start(page.settings.max_waiting, page.settings.per_visitor)
+        job.start(page.settings.max_waiting, page.settings.per_visitor, page.settings.engine_quota_s)
     except UserError as err:
         yield {w.status: banner("err", str(err))}
         return
@@ -369,7 +369,7 @@ def calibrate(page, *values, request: gr.Request | None = None):
     job = Job(target, name="calibrate", visitor=xs.visitor)
     xs.job = job
     try:
-        job.start(page.settings.max_waiting, page.settings.per_visitor)
+        job.start(page.settings.max_waiting, page.settings.per_visitor, page.settings.engine_quota_s)
     except UserError as err:
         yield {w.status: banner("err", str(err))}
         return
@@ -489,7 +489,7 @@ def start_search(page, xs: ExploreState, objective, low, high, max_bits, trials,
                                          runner.MODELS, forget_run), name="search", visitor=xs.visitor)
     xs.supersede(job)
     try:
-        job.start(page.settings.max_waiting, page.settings.per_visitor)
+        job.start(page.settings.max_waiting, page.settings.per_visitor, page.settings.engine_quota_s)
     except UserError as err:
         yield {panel.status: banner("err", str(err))}
         return

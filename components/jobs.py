@@ -11,6 +11,7 @@ import ctypes
 import gc
 import html
 import logging
+import math
 import threading
 import time
 import traceback
@@ -32,28 +33,73 @@ class EngineQueue:
     visitor (a local server's, which knows none) counts as a visitor of its own, so a local server is first come,
     first served. A waiting job knows its place and leaves the line at once when stopped. `max_waiting` bounds the
     line and `per_visitor` one visitor's jobs in it (the running one included): beyond them a job is refused, not
-    queued.
+    queued, and the refused visitor is charged `REFUSAL_CHARGE_S` engine seconds.
+
+    `quota` (a public server's): a visitor whose engine time lately exceeds it yields. Its waiting jobs go after
+    everyone else's and start only when no other visitor has a job in the line or had the engine in the last
+    `recent_s` seconds, or once its time has decayed under the quota. A visitor alone on the server is never held
+    back; one who keeps the engine busy (or keeps being refused) while others use it waits for its time to decay.
     """
 
-    def __init__(self, half_life: float = 60.0, clock=time.monotonic):
+    REFUSAL_CHARGE_S = 10.0  # engine seconds charged for a job refused at the door or by the engine
+
+    def __init__(self, half_life: float = 60.0, clock=time.monotonic, recent_s: float = 10.0):
         self._line: list[Job] = []     # arrival order; the running job stays in it until it leaves
         self._running: Job | None = None
         self._began = 0.0              # when the running job's turn came
         self._used: dict[object, tuple[float, float]] = {}  # visitor -> (engine seconds, as of when)
-        self._half_life, self._clock = half_life, clock
+        self._last_turn: dict[object, float] = {}            # visitor -> when it last had the engine
+        self._quota: dict[Job, float] = {}                  # job -> its visitor's quota (public servers)
+        self._half_life, self._clock, self._recent_s = half_life, clock, recent_s
         self._changed = threading.Condition()
 
-    def join(self, job: "Job", max_waiting: int | None = None, per_visitor: int | None = None) -> None:
+    def join(self, job: "Job", max_waiting: int | None = None, per_visitor: int | None = None,
+             quota: float | None = None) -> None:
         with self._changed:
             if max_waiting is not None and len(self._line) > max_waiting:
+                self._charge(job.visitor, self.REFUSAL_CHARGE_S)
                 raise UserError(f"the queue is full ({len(self._line) - 1} runs waiting); try again in a few minutes")
             if per_visitor is not None and job.visitor is not None:
                 # a stopped job never starts, and one stopped while running ends at its next step: neither counts
                 mine = sum(j.visitor == job.visitor and not j.cancel.is_set() for j in self._line)
                 if mine >= per_visitor:
+                    self._charge(job.visitor, self.REFUSAL_CHARGE_S)
                     raise UserError(f"you already have {mine} job{'s' if mine > 1 else ''} waiting or running on "
                                     "this server (its limit); wait for one to end or press Stop")
             self._line.append(job)
+            if quota is not None and job.visitor is not None:
+                self._quota[job] = quota
+
+    def charge(self, visitor, seconds: float) -> None:
+        """Count `seconds` of engine time against `visitor` (a refusal's cost; nothing for a job without one)."""
+        with self._changed:
+            self._charge(visitor, seconds)
+
+    def _charge(self, visitor, seconds: float) -> None:
+        if visitor is not None:
+            now = self._clock()
+            self._used[visitor] = (self._decayed(visitor, now) + seconds, now)
+
+    def yields(self, job: "Job") -> float:
+        """Seconds until `job`'s visitor is back under its quota while it yields to others (0: it does not)."""
+        with self._changed:
+            return self._yield_s(job, self._clock())
+
+    def _yield_s(self, job: "Job", now: float) -> float:
+        quota = self._quota.get(job)
+        if quota is None:
+            return 0.0
+        used = self._decayed(job.visitor, now)
+        if used <= quota:
+            return 0.0
+        # only visitors under the quota count: two over it never yield to each other
+        light = lambda who: who != job.visitor and self._decayed(who, now) <= quota  # noqa: E731
+        others_waiting = any(light(j.visitor if j.visitor is not None else id(j)) for j in self._line
+                             if j is not self._running)
+        others_recent = any(light(w) and now - t < self._recent_s for w, t in self._last_turn.items())
+        if not (others_waiting or others_recent):
+            return 0.0
+        return self._half_life * math.log2(used / quota)
 
     def used(self, visitor) -> float:
         """Engine seconds `visitor` has had lately (decayed: each second's weight halves every half_life)."""
@@ -71,7 +117,7 @@ class EngineQueue:
             if job is self._running:
                 continue
             who = job.visitor if job.visitor is not None else id(job)
-            keys[job] = (rank.get(who, 0), self._decayed(who, now), arrival)
+            keys[job] = (self._yield_s(job, now) > 0, rank.get(who, 0), self._decayed(who, now), arrival)
             rank[who] = rank.get(who, 0) + 1
         waiting = sorted(keys, key=keys.get)
         return ([self._running] if self._running is not None else []) + waiting
@@ -90,15 +136,18 @@ class EngineQueue:
             while True:
                 if job.cancel.is_set():  # also when its turn came with the Stop: a stopped job never starts
                     self._line.remove(job)
+                    self._quota.pop(job, None)
                     self._changed.notify_all()
                     return False
-                order = self._order()
-                if self._running is None and order[0] is job:
-                    self._running, self._began = job, self._clock()
+                order, now = self._order(), self._clock()
+                held_back = self._yield_s(job, now)
+                if self._running is None and order[0] is job and not held_back:
+                    self._running, self._began = job, now
                     return True
-                if on_wait and reported != order.index(job):
-                    reported = order.index(job)
-                    on_wait(reported)
+                place = (order.index(job), round(held_back / 10) * 10)  # told again when it moves, or per 10 s
+                if on_wait and reported != place:
+                    reported = place
+                    on_wait(*place)
                 self._changed.wait(0.2)
 
     def leave(self, job: "Job") -> None:
@@ -106,19 +155,23 @@ class EngineQueue:
         with self._changed:
             if job is self._running:
                 now = self._clock()
+                self._last_turn[job.visitor if job.visitor is not None else id(job)] = now
                 if job.visitor is not None:  # a job that is a visitor of its own never comes back: nothing to keep
                     self._used[job.visitor] = (self._decayed(job.visitor, now) + now - self._began, now)
-                    self._forget_idle(now)
+                self._forget_idle(now)
                 self._running = None
             if job in self._line:
                 self._line.remove(job)
+            self._quota.pop(job, None)
             self._changed.notify_all()
 
     def _forget_idle(self, now: float) -> None:
-        """Drop visitors whose time has decayed below a millisecond (the table stays as small as the recent
-        visitors)."""
+        """Drop visitors whose time has decayed below a millisecond and turns older than `recent_s` (the tables
+        stay as small as the recent visitors)."""
         for who in [w for w in self._used if self._decayed(w, now) < 1e-3]:
             del self._used[who]
+        for who in [w for w, t in self._last_turn.items() if now - t >= self._recent_s]:
+            del self._last_turn[who]
 
 
 ENGINE = EngineQueue()  # one per process, like the model cache it guards
@@ -145,10 +198,11 @@ class Job:
         self._target = target
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
-    def start(self, max_waiting: int | None = None, per_visitor: int | None = None) -> "Job":
+    def start(self, max_waiting: int | None = None, per_visitor: int | None = None,
+              quota: float | None = None) -> "Job":
         """Take a place in the engine's line (UserError when it, or this visitor's share of it, is full) and start
         the worker."""
-        ENGINE.join(self, max_waiting, per_visitor)
+        ENGINE.join(self, max_waiting, per_visitor, quota)
         self._thread.start()
         return self
 
@@ -170,15 +224,19 @@ class Job:
 
     def _main(self):
         try:
-            def waiting(ahead):
-                self.progress({"stage": "wait", "ahead": ahead,
-                               "message": f"{ahead} run{'s' if ahead > 1 else ''} ahead of this one in the queue"})
+            def waiting(ahead, held_back_s=0):
+                message = f"{ahead} run{'s' if ahead > 1 else ''} ahead of this one in the queue"
+                if held_back_s:
+                    message = (f"this server's share of the engine for you is used up while others wait: starts "
+                               f"within about {held_back_s:.0f} s, or sooner when the others are done")
+                self.progress({"stage": "wait", "ahead": ahead, "message": message})
             if ENGINE.wait_turn(self, waiting):
                 self.started_work = True
                 self.progress({"stage": "queued", "message": "starting"})
                 self.result = self._target(self.progress, self.cancel)
         except UserError as err:
             self.error, self.user_error = str(err), True
+            ENGINE.charge(self.visitor, ENGINE.REFUSAL_CHARGE_S)
         except Exception as err:  # a bug: keep the page alive, put the traceback in the server log
             log.error("engine job failed\n%s", traceback.format_exc())
             self.error = f"Internal error ({type(err).__name__}: {err}). The server log has the traceback."

@@ -62,7 +62,7 @@ def stream(page, s: Session, target, label: str, summary, spec: dict | None = No
                            print_exception=False, title="Already running")
         job = Job(target, name=label, visitor=s.visitor)
         try:
-            job.start(page.settings.max_waiting, page.settings.per_visitor)
+            job.start(page.settings.max_waiting, page.settings.per_visitor, page.settings.engine_quota_s)
         except UserError as err:
             raise gr.Error(str(err), print_exception=False, title="Server busy") from None
         s.job = job

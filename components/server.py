@@ -20,6 +20,8 @@ class Settings:
     limits: policy.Limits | None = None     # caps on a run's work (public) and model size (whenever set)
     max_waiting: int = 8                    # runs waiting for the engine behind the running one; more are refused
     per_visitor: int | None = None          # one visitor's jobs in the engine's line (None: 2 public, no cap local)
+    engine_quota_s: float | None = None     # engine seconds lately (halving each minute) beyond which a visitor
+                                            # yields to the others (components/jobs.py; None: 30 public, none local)
     behind_proxy: bool = False              # visitors are the last X-Forwarded-For entry (a Space's proxy sets it)
     queue_size: int | None = None           # Gradio's queue of events beyond that (None: 16 public, 64 local)
     analytics: bool = False                 # Gradio's usage analytics (a third party): only if the owner says so
@@ -34,6 +36,8 @@ class Settings:
             object.__setattr__(self, "queue_size", 16 if self.public else 64)
         if self.public and self.per_visitor is None:  # one stranger's many tabs share one visitor's turns
             object.__setattr__(self, "per_visitor", 2)
+        if self.public and self.engine_quota_s is None:  # about a third of the engine, held for a while
+            object.__setattr__(self, "engine_quota_s", 30.0)
 
     @classmethod
     def from_env(cls, env=None, public: bool = False, trust_remote_code: bool = False,

@@ -1,6 +1,7 @@
 """The engine's line shared fairly among visitors (components/jobs.py EngineQueue), on a hand-set clock."""
 from __future__ import annotations
 
+import math
 import threading
 from types import SimpleNamespace
 
@@ -145,3 +146,93 @@ def test_a_public_server_caps_a_visitors_jobs_and_a_space_reads_its_proxys_heade
     assert Settings.from_env({}).behind_proxy is False
     with pytest.raises(UserError, match="SPARSITY_BEHIND_PROXY='maybe' is not a switch"):
         Settings.from_env({"SPARSITY_BEHIND_PROXY": "maybe"})
+
+
+def held(queue: EngineQueue, clock: Clock, visitor: str, seconds: float) -> None:
+    """`visitor` holds the engine `seconds` now."""
+    job = Job(lambda p, c: None, visitor=visitor)
+    queue.join(job)
+    assert queue.wait_turn(job) is True
+    clock.now += seconds
+    queue.leave(job)
+
+
+def test_a_visitor_over_its_quota_yields_while_others_use_the_engine_and_not_when_it_is_alone():
+    clock = Clock()
+    queue = EngineQueue(half_life=60.0, clock=clock, recent_s=10.0)
+    held(queue, clock, "203.0.113.9", 60.0)            # the heavy visitor: 60 s lately, its quota 30
+    held(queue, clock, "198.51.100.1", 2.0)            # a light one had the engine just now
+    heavy = Job(lambda p, c: None, visitor="203.0.113.9")
+    queue.join(heavy, quota=30.0)
+    # 60 s decayed over the light job's 2 s: 60 * 2^(-2/60); it is back under 30 after log2(that / 30) half-lives
+    used = 60.0 * 0.5 ** (2.0 / 60.0)
+    assert queue.yields(heavy) == pytest.approx(60.0 * math.log2(used / 30.0))
+    light = Job(lambda p, c: None, visitor="198.51.100.2")
+    queue.join(light, quota=30.0)                      # came later, goes first
+    assert queue.ahead(light) == 0 and queue.ahead(heavy) == 1
+    assert turn(queue, clock, 1.0) is light
+    clock.now += 9.5                                   # the light visitors' turns are 10.5 s and 9.5 s old
+    assert queue.yields(heavy) > 0                     # the second light one's turn is recent still
+    clock.now += 0.5                                   # nobody else for 10 s: the engine is the heavy one's
+    assert queue.yields(heavy) == 0.0 and queue.wait_turn(heavy) is True
+    queue.leave(heavy)
+
+
+def test_an_over_quota_visitor_is_served_once_its_time_decays_and_never_without_a_quota():
+    clock = Clock()
+    queue = EngineQueue(half_life=60.0, clock=clock, recent_s=1e9)  # others always count as recent here
+    held(queue, clock, "198.51.100.1", 1.0)
+    held(queue, clock, "203.0.113.9", 120.0)
+    capped, uncapped = Job(lambda p, c: None, visitor="203.0.113.9"), Job(lambda p, c: None, visitor="203.0.113.9")
+    queue.join(capped, quota=30.0)
+    queue.join(uncapped)                               # a local server's job: no quota
+    assert queue.yields(uncapped) == 0.0 and queue.yields(capped) == pytest.approx(120.0)  # 120 -> 30: 2 half-lives
+    assert queue.ahead(uncapped) == 0                  # the capped job goes last although it came first
+    assert turn(queue, clock, 0.0) is uncapped
+    clock.now += 119.0
+    assert queue.yields(capped) > 0
+    clock.now += 1.0
+    assert queue.yields(capped) == 0.0 and turn(queue, clock, 0.0) is capped
+
+
+def test_two_visitors_over_the_quota_never_yield_to_each_other():
+    clock = Clock()
+    queue = EngineQueue(half_life=60.0, clock=clock)
+    held(queue, clock, "203.0.113.8", 100.0)           # 100 s, halved by the other's turn: 50, over 30
+    held(queue, clock, "203.0.113.9", 100.0)
+    first, second = Job(lambda p, c: None, visitor="203.0.113.8"), Job(lambda p, c: None, visitor="203.0.113.9")
+    queue.join(first, quota=30.0)
+    queue.join(second, quota=30.0)
+    assert queue.yields(first) == 0.0 and queue.yields(second) == 0.0
+    assert turn(queue, clock) is first                 # the least time lately (31.5 s against 100) first
+
+
+def test_a_refused_visitor_is_charged_for_the_refusal():
+    clock = Clock()
+    queue = EngineQueue(half_life=60.0, clock=clock)
+    mine = [Job(lambda p, c: None, visitor="203.0.113.9") for _ in range(3)]
+    for job in mine[:2]:
+        queue.join(job, per_visitor=2)
+    for _ in range(3):
+        with pytest.raises(UserError, match="you already have 2 jobs"):
+            queue.join(mine[2], per_visitor=2)
+    assert queue.used("203.0.113.9") == 3 * EngineQueue.REFUSAL_CHARGE_S
+    queue.charge(None, 5.0)                            # a job without a visitor: nobody to charge
+    assert queue.used(None) == 0.0
+
+
+def test_a_job_the_engine_refuses_charges_its_visitor(monkeypatch):
+    from components import jobs
+    queue = EngineQueue(clock=Clock())                 # time stands still: the job held the engine 0 s
+    monkeypatch.setattr(jobs, "ENGINE", queue)
+
+    def refused(progress, cancel):
+        raise UserError("block size 65536 is wider than this model's matrices")
+    job = Job(refused, visitor="203.0.113.9").start()
+    assert job.done.wait(10) and job.user_error
+    assert queue.used("203.0.113.9") == EngineQueue.REFUSAL_CHARGE_S
+
+
+def test_a_public_server_has_an_engine_quota_and_a_local_one_none():
+    from components.server import Settings
+    assert Settings(public=True).engine_quota_s == 30.0 and Settings().engine_quota_s is None
