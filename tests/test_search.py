@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM
 from conftest import tiny_config
 from engine.errors import UserError
 from engine.explore import calibrate, estimate, replan
+from engine.explore.calibration import NO_UPDATE_NOTE
 from engine.explore.split_search import (
     SearchSettings,
     band_ratios,
@@ -503,6 +504,7 @@ def test_a_recipe_that_updates_weights_is_searched_with_the_update(tmp_path):
     study = open_study(open_storage(f"sqlite:///{tmp_path}/u.db"), "u", ident, settings, model="tiny")
     records = [r for r in search(study, cal, space, settings, eval_ids, SEQLEN) if r["status"] == "estimated"]
     assert records and all(r["estimate_kind"] == "with update" for r in records)
+    assert not any(NO_UPDATE_NOTE in r["notes"] for r in records)  # the trial's number is not masks only
     for r in records:
         plan = replan(cal, PruneSpec.from_dict(r["requested"]))
         assert r["ppl"] == estimate(model, plan, eval_ids, SEQLEN, windows=2, update_from=cal).ppl

@@ -32,12 +32,15 @@ Progress = Callable[[dict], None]
 
 # --- the cache key --------------------------------------------------------------------------------------------
 
+NO_UPDATE_NOTE = "masks only: no OBS update of the kept weights"
+
+
 def masks_only(spec: PruneSpec) -> tuple[PruneSpec, list[str]]:
     """The spec a re-plan builds masks for, and what was replaced: no OBS update; weights inside blocks chosen by
     the method's score instead of the OBS saliency during the update."""
     notes = []
     if spec.updates_weights:
-        notes.append("masks only: no OBS update of the kept weights")
+        notes.append(NO_UPDATE_NOTE)
     if spec.within_block == "obs":
         notes.append("weights inside 2:4 / top-K blocks chosen by the method's score, not by the OBS saliency "
                      "during the update")

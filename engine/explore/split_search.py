@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 
 from engine.errors import SpecError, UserError, excerpt
-from engine.explore.calibration import DEFAULT_ESTIMATE_WINDOWS, Calibration, masks_only
+from engine.explore.calibration import DEFAULT_ESTIMATE_WINDOWS, NO_UPDATE_NOTE, Calibration, masks_only
 from engine.explore.estimates import Estimate, estimate
 from engine.explore.replanning import check_fresh, replan
 from engine.explore.storage import storage_estimate
@@ -518,6 +518,8 @@ def run_trial(calibration: Calibration, spec: PruneSpec, settings: SearchSetting
             record.update(ppl=est.ppl, ppl_low=est.ppl_low, ppl_high=est.ppl_high, windows=est.windows,
                           estimate_s=est.seconds, status="estimated" if est.status == "completed" else est.status,
                           estimate_kind=est.kind, estimate_note=est.note)
+            if est.kind == "with update":  # the plan's maps are masks only; this trial's perplexity is not
+                record["notes"] = [n for n in plan.notes if n != NO_UPDATE_NOTE]
     record["seconds"] = time.perf_counter() - t0
     return record
 
