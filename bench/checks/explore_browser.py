@@ -7,7 +7,9 @@ bench/quality/explore.py (which writes the numbers into bench/RESULTS.md); alone
 Set-up: the dashboard served on a local port with the form as it opens (the best three-tier recipe, engine/spec.py)
 except the calibration (--samples x --tokens of the local WikiText-2: the
 re-plan does not depend on it) and a one-window estimate of --tokens tokens, which runs after the maps are drawn;
-each release waits for the previous estimate to finish. The clock starts at the mouse release and stops when the
+each release waits for the previous estimate to finish; with --during_estimate (and an estimate of --windows
+windows, long enough to be still streaming) each release comes 1 s after the previous maps, while that split's
+estimate is still running, as a user dragging on would. The clock starts at the mouse release and stops when the
 plot's data in the page differs from what it showed before (polled every animation frame).
 Needs Debian's Chromium and the playwright package (as tests/test_browser.py).
 """
@@ -33,7 +35,8 @@ DATA_OF = "(sel) => JSON.stringify(document.querySelector(sel + ' .js-plotly-plo
 OK = "() => !!document.querySelector('#xs-status .banner.ok') || !!document.querySelector('#xs-status .banner.err')"
 
 
-def round_trips(data: str, positions=(0.1, 0.3, 0.5, 0.2, 0.4), samples: int = 4, tokens: int = 128) -> dict:
+def round_trips(data: str, positions=(0.1, 0.3, 0.5, 0.2, 0.4), samples: int = 4, tokens: int = 128,
+                windows: int = 1, during_estimate: bool = False) -> dict:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
@@ -45,7 +48,7 @@ def round_trips(data: str, positions=(0.1, 0.3, 0.5, 0.2, 0.4), samples: int = 4
         page.wait_for_selector("#layer-heatmap")
         use_local_text(page, data, samples, tokens)
         page.get_by_role("tab", name="Explore").click()
-        page.get_by_label("Estimate windows").fill("1")
+        page.get_by_label("Estimate windows").fill(str(windows))
         page.get_by_label("Tokens per window").fill(str(tokens))
         t0 = time.perf_counter()
         page.locator("#xs-calibrate").click()
@@ -60,6 +63,7 @@ def round_trips(data: str, positions=(0.1, 0.3, 0.5, 0.2, 0.4), samples: int = 4
             slider = page.locator("#xs-dense input[type=range]")
             slider.scroll_into_view_if_needed()
             box = slider.bounding_box()
+            streaming = not page.evaluate(OK)  # the previous split's estimate is still running
             start = time.perf_counter()
             page.mouse.click(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2)
             done = {}
@@ -75,9 +79,13 @@ def round_trips(data: str, positions=(0.1, 0.3, 0.5, 0.2, 0.4), samples: int = 4
                 if sel == PLOTS[0]:
                     status = page.inner_text("#xs-status")
             found = re.search(r"Re-planned in ([0-9.]+) s", status)
-            page.wait_for_function(OK, timeout=LONG)  # the estimate that follows, before the next release
-            check(page)
-            trips.append({"position": fraction, "heatmap_s": done[PLOTS[0]],
+            if during_estimate:
+                time.sleep(1.0)  # the estimate that follows has started: release again while it streams
+            else:
+                page.wait_for_function(OK, timeout=LONG)  # the estimate that follows, before the next release
+                check(page)
+            trips.append({"position": fraction, "estimate_running_at_release": streaming,
+                          "heatmap_s": done[PLOTS[0]],
                           "all_maps_s": max(v for v in done.values() if v is not None),
                           "unchanged": [sel for sel, v in done.items() if v is None],
                           "replan_s": float(found.group(1)) if found else None,
@@ -87,8 +95,10 @@ def round_trips(data: str, positions=(0.1, 0.3, 0.5, 0.2, 0.4), samples: int = 4
     from components.registry import FORM_SPEC
     return {"setup": f"Dashboard form as it opens ({FORM_SPEC.label()}), calibration "
                      f"{samples} x {tokens} tokens of the local valid.txt ({calibrated:.0f} s incl. the model's load "
-                     f"and the first split), estimate 1 window x {tokens} tokens after the maps; the dense-blocks "
-                     "slider released by a click on its track.", "calibrated_s": calibrated, "trips": trips}
+                     f"and the first split), estimate {windows} window{'s' if windows > 1 else ''} x {tokens} tokens "
+                     "after the maps; the dense-blocks slider released by a click on its track"
+                     + (", 1 s after the previous maps, while that estimate streams" if during_estimate else
+                        ", after the previous estimate ended") + ".", "calibrated_s": calibrated, "trips": trips}
 
 
 def check(page) -> None:
@@ -100,5 +110,9 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--positions", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.2, 0.4])
+    p.add_argument("--windows", type=int, default=1, help="estimate windows (default 1)")
+    p.add_argument("--during_estimate", action="store_true",
+                   help="release 1 s after the previous maps, while its estimate still streams")
     a = p.parse_args()
-    print(json.dumps(round_trips(a.data, a.positions), indent=1))
+    print(json.dumps(round_trips(a.data, a.positions, windows=a.windows, during_estimate=a.during_estimate),
+                     indent=1))

@@ -73,14 +73,14 @@ def splits_stage(a) -> None:
     eval_ids = textdata.evaluation_ids(tok, textdata.resolve_text(a.data, "evaluation"))
     base = PruneSpec(pattern="three_tier", nsamples=a.nsamples, seqlen=a.seqlen, **BEST_THREE_TIER)
     rec = header(a) | {"spec": base.to_dict(), "windows": a.windows, "rows": []}
-    path = RESULTS / "estimate_update_splits.json"
+    path = Path(a.out) if a.out else RESULTS / "estimate_update_splits.json"
     with Stopwatch() as sw:
         cal = calibrate(model, base, windows, data="wikitext-2 valid", hessians=True)
     rec["calibration"] = {"wall_s": sw.wall, "cpu_s": sw.cpu, "vectors_bytes": cal.nbytes,
                           "hessian_bytes": cal.hessian_nbytes, "note": cal.hessians_note}
     print(f"calibration {sw.wall:.1f}s, Hessians {cal.hessian_nbytes / 2**20:.0f} MiB", flush=True)
     finish(path, rec)
-    for block, keep, ratios in SPLITS[:a.splits]:
+    for block, keep, ratios in SPLITS[a.skip:a.splits]:
         spec = base.replace(block=block, keep=keep, ratios=ratios)
         plan = replan(cal, spec)
         masks = estimate(model, plan, eval_ids, a.seqlen, windows=a.windows)
@@ -176,6 +176,8 @@ def main() -> None:
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--windows", type=int, default=6, help="evaluation windows of the estimates and the exact runs")
     p.add_argument("--splits", type=int, default=len(SPLITS))
+    p.add_argument("--skip", type=int, default=0, help="start at this split of the list (a run that added splits)")
+    p.add_argument("--out", default=None, help="splits stage's file (default bench/results/estimate_update_splits.json)")
     p.add_argument("--no-exact", action="store_true", help="estimates only, no exact walks")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     a = p.parse_args()
