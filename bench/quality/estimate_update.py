@@ -177,7 +177,8 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=6, help="evaluation windows of the estimates and the exact runs")
     p.add_argument("--splits", type=int, default=len(SPLITS))
     p.add_argument("--skip", type=int, default=0, help="start at this split of the list (a run that added splits)")
-    p.add_argument("--out", default=None, help="splits stage's file (default bench/results/estimate_update_splits.json)")
+    p.add_argument("--out", default=None,
+                   help="splits stage's file (default bench/results/estimate_update_splits.json)")
     p.add_argument("--no-exact", action="store_true", help="estimates only, no exact walks")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     a = p.parse_args()
