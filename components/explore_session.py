@@ -51,6 +51,7 @@ MAX_EXPLORATIONS = 8                     # live explorations per server (tabs th
 REPLANS = threading.Lock()               # a re-plan fills its calibration's per-block store: one at a time
 ESTIMATE_WINDOWS = 4                     # ~1-2 s a window of 256 tokens for SmolLM2 on 2 CPU cores
 ESTIMATE_TOKENS = 256
+MAPS_FIRST_S = 1.0                       # an estimate waits this long at most for its plan's maps to reach the page
 # a Pareto point's kind: a split estimated masks only, a reference re-planned the same way, a reference pruned for real,
 # a trial of a split search (estimated as a split is)
 SPLIT, REFERENCE, EXACT_REFERENCE, SEARCH = "split", "reference", "exact reference", "search trial"
@@ -253,11 +254,15 @@ def ensure_dense(setup: Setup, models) -> bool:
     return True
 
 
-def explore_job(setup: Setup, specs: list[PruneSpec], models, windows: int | None, tokens: int, on_restore=None):
+def explore_job(setup: Setup, specs: list[PruneSpec], models, windows: int | None, tokens: int, on_restore=None,
+                maps_shown: threading.Event | None = None):
     """A job target: for each spec, re-plan ({"stage": "planned", "plan"}), then estimate on `windows` windows of
     `tokens` tokens (streamed; {"stage": "estimated", "plan", "estimate"} at the end; windows None: maps only);
     when the recipe updates weights and the calibration kept its Hessians, a second estimate with the update follows
-    (its events' "kind" says which). The model is left exactly dense; a set cancel stops at once."""
+    (its events' "kind" says which). The model is left exactly dense; a set cancel stops at once.
+
+    maps_shown: set by the page once it has sent a plan's maps; the estimate waits for it (at most MAPS_FIRST_S)
+    so that drawing the maps does not share the cores with the estimate's forward passes."""
     def target(progress, cancel):
         if ensure_dense(setup, models) and on_restore is not None:
             on_restore()
@@ -267,6 +272,11 @@ def explore_job(setup: Setup, specs: list[PruneSpec], models, windows: int | Non
             with REPLANS:
                 plan = replan(setup.calibration, spec)
             progress({"stage": "planned", "plan": plan, "storage": storage_estimate(plan)})
+            if windows and maps_shown is not None:
+                maps_shown.wait(MAPS_FIRST_S)
+                maps_shown.clear()
+                if cancel.is_set():
+                    return
             if windows:
                 cal = setup.calibration
                 est = estimate(cal.model, plan, setup.eval_ids, tokens, windows=windows, progress=progress,

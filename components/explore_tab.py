@@ -4,6 +4,7 @@ every estimated split lands on a Pareto view. The work is components/explore_ses
 engine/explore/."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import gradio as gr
@@ -274,13 +275,17 @@ def explore_specs(page, xs: ExploreState, specs: list[PruneSpec], windows, token
                   kind: str = explore_session.SPLIT):
     """Re-plan and estimate `specs` on the engine's line, streaming maps, then the running estimate; a newer
     call (the next slider release) stops this one between windows and this stream ends without a word."""
+    shown = threading.Event()  # the maps were sent: the estimate may take the cores
     yield from stream(page, xs, lambda n, seqlen, restored: explore_session.explore_job(
-        xs.setup, specs, runner.MODELS, n, seqlen, restored), windows, tokens, axis, kind)
+        xs.setup, specs, runner.MODELS, n, seqlen, restored, maps_shown=shown), windows, tokens, axis, kind,
+        maps_shown=shown)
 
 
-def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str):
+def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str,
+           maps_shown: threading.Event | None = None):
     """Check the estimate's windows, start make_target(windows, tokens, on_restore) as the tab's job and stream its
-    events: maps of a plan, the running estimate, a finished point, the walk of an exact reference."""
+    events: maps of a plan, the running estimate, a finished point, the walk of an exact reference. maps_shown is
+    set once a plan's maps were sent to the page (Gradio resumes the stream after sending what it yielded)."""
     w = page.explore
     if xs.setup is None:
         yield {w.status: banner("warn", xs.not_ready())}
@@ -341,6 +346,8 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
                                                  f"{'; ' + est.note if est.note else ''}).")
             if out:
                 yield out
+                if maps_shown is not None and w.heatmap in out:
+                    maps_shown.set()
     finally:
         if job.running and xs.job is job:
             job.stop()  # the page went away: free the engine

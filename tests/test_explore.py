@@ -515,6 +515,27 @@ def test_a_cancelled_estimate_lets_go_inside_a_forward_pass():
     assert est.status == "cancelled" and est.windows == 0 and ran == []
 
 
+def test_a_cancel_while_the_masks_are_built_stops_before_the_next_matrix_and_leaves_the_model_dense():
+    """A plan builds its keep-masks when the estimate first needs them (seconds for a real model at a large K): a
+    cancel set meanwhile is read before the next matrix, not after all of them and a window."""
+    model, windows = _model(layers=2), _windows()
+    dense = _params(model)
+    spec = S(method="wanda", **TT)
+    plan = replan(calibrate(model, spec, windows), spec)
+    cancel, built = threading.Event(), []
+    for key, m in plan.matrices.items():
+        def build(original=m.build, key=key):
+            built.append(key)
+            if len(built) == 2:
+                cancel.set()
+            return original()
+        m.build = build
+    est = estimate(model, plan, _windows(n=1, seqlen=200), 32, windows=5, cancel=cancel)
+    assert est.status == "cancelled" and est.windows == 0
+    assert len(built) == 2 < len(plan.matrices)
+    assert _bit_equal(model, dense)
+
+
 def test_progressive_calibration_first_rests_on_a_few_windows_then_on_all(one_layer):
     model, windows, _ = one_layer
     spec = S(method="wanda", **TT)

@@ -119,6 +119,37 @@ def test_a_new_split_stops_the_running_estimate_and_the_model_is_left_dense(dash
     assert not any(p["label"].startswith("wanda three-tier 0.5/0.3") for p in xs.points)  # not a finished point
 
 
+def test_the_estimate_waits_until_the_maps_were_sent(dash, calibrated, monkeypatch):
+    """The maps go to the page before the estimate's forward passes take the cores: the job holds its estimate until
+    the stream resumes after yielding the maps (Gradio resumes it once it has sent them), at most MAPS_FIRST_S."""
+    xs, _, _ = calibrated
+    monkeypatch.setattr(explore_session, "MAPS_FIRST_S", 30.0)
+    gen = move(dash, xs, dense=0.3, two_four=0.3)
+    out = next(gen)
+    while dash.explore.heatmap not in out:
+        out = next(gen)
+    time.sleep(0.5)  # the maps are out, not yet sent: the stream has not resumed
+    job = xs.job
+    assert not any(e.get("stage") in ("estimate", "estimated") for e in job.events)
+    rest = drain(gen)  # resumed: the maps were sent
+    assert job.done.wait(30)
+    assert any(e.get("stage") == "estimated" for e in job.events)
+    assert "of 2 windows" in last(rest, dash.explore.estimate)
+
+
+def test_the_estimate_starts_anyway_when_the_page_never_takes_the_maps(dash, calibrated, monkeypatch):
+    xs, _, _ = calibrated
+    monkeypatch.setattr(explore_session, "MAPS_FIRST_S", 0.2)
+    gen = move(dash, xs, dense=0.25, two_four=0.35)
+    out = next(gen)
+    while dash.explore.heatmap not in out:
+        out = next(gen)
+    job = xs.job
+    assert job.done.wait(30)  # the stream is never resumed: the estimate ran after 0.2 s
+    assert [e["estimate"].status for e in job.events if e.get("stage") == "estimated"] == ["completed"]
+    gen.close()
+
+
 def test_the_pareto_view_lists_every_explored_point(dash, calibrated):
     xs, _, _ = calibrated
     drain(move(dash, xs, dense=0.6, two_four=0.2))

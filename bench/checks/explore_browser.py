@@ -5,12 +5,12 @@ bench/quality/explore.py (which writes the numbers into bench/RESULTS.md); alone
     python bench/checks/explore_browser.py [--positions 0.1 0.2 ...]
 
 Set-up: the dashboard served on a local port with the form as it opens (the best three-tier recipe, engine/spec.py)
-except the calibration (--samples x --tokens of the local WikiText-2: the
-re-plan does not depend on it) and a one-window estimate of --tokens tokens, which runs after the maps are drawn;
-each release waits for the previous estimate to finish; with --during_estimate (and an estimate of --windows
-windows, long enough to be still streaming) each release comes 1 s after the previous maps, while that split's
-estimate is still running, as a user dragging on would. The clock starts at the mouse release and stops when the
-plot's data in the page differs from what it showed before (polled every animation frame).
+except the calibration (--samples x --tokens of the local WikiText-2: the re-plan does not depend on it) and a
+one-window estimate of --tokens tokens, which runs after the maps are drawn; each release waits for the previous
+split's estimates (masks only, then with the update: the recipe has it) to finish; with --during_estimate (and an
+estimate of --windows windows, long enough to be still streaming) each release comes 1 s after the previous maps,
+while that split's estimates are still running, as a user dragging on would. The clock starts at the mouse release
+and stops when the plot's data in the page differs from what it showed before (polled every animation frame).
 Needs Debian's Chromium and the playwright package (as tests/test_browser.py).
 """
 from __future__ import annotations
@@ -32,7 +32,10 @@ from bench.screenshots.dashboard_shot import ARGS, CHROMIUM, served_dashboard, u
 LONG = 1_800_000
 PLOTS = ("#xs-heatmap", "#xs-shares", "#xs-tiermap")
 DATA_OF = "(sel) => JSON.stringify(document.querySelector(sel + ' .js-plotly-plot')?.data ?? null)"
-OK = "() => !!document.querySelector('#xs-status .banner.ok') || !!document.querySelector('#xs-status .banner.err')"
+# the engine is idle: the split's last estimate ended (the form's recipe has the update: a second estimate, with it,
+# follows the masks-only one; its status says "with update", or "masks only: <why not>"), or an error
+IDLE = ("() => !!document.querySelector('#xs-status .banner.err') || "
+        "/with update|masks only: /.test(document.querySelector('#xs-status .banner.ok')?.innerText ?? '')")
 
 
 def round_trips(data: str, positions=(0.1, 0.3, 0.5, 0.2, 0.4), samples: int = 4, tokens: int = 128,
@@ -54,7 +57,7 @@ def round_trips(data: str, positions=(0.1, 0.3, 0.5, 0.2, 0.4), samples: int = 4
         page.locator("#xs-calibrate").click()
         page.wait_for_function("() => document.querySelector('#xs-calib-note')?.innerText.includes('MiB of "
                                "statistics') || document.querySelector('#xs-status .banner.err')", timeout=LONG)
-        page.wait_for_function(OK, timeout=LONG)
+        page.wait_for_function(IDLE, timeout=LONG)
         check(page)
         calibrated = time.perf_counter() - t0
         print(f"calibrated and first split estimated in {calibrated:.1f} s", flush=True)
@@ -63,7 +66,7 @@ def round_trips(data: str, positions=(0.1, 0.3, 0.5, 0.2, 0.4), samples: int = 4
             slider = page.locator("#xs-dense input[type=range]")
             slider.scroll_into_view_if_needed()
             box = slider.bounding_box()
-            streaming = not page.evaluate(OK)  # the previous split's estimate is still running
+            streaming = not page.evaluate(IDLE)  # the previous split's estimates are still running
             start = time.perf_counter()
             page.mouse.click(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2)
             done = {}
@@ -82,7 +85,7 @@ def round_trips(data: str, positions=(0.1, 0.3, 0.5, 0.2, 0.4), samples: int = 4
             if during_estimate:
                 time.sleep(1.0)  # the estimate that follows has started: release again while it streams
             else:
-                page.wait_for_function(OK, timeout=LONG)  # the estimate that follows, before the next release
+                page.wait_for_function(IDLE, timeout=LONG)  # both estimates that follow, before the next release
                 check(page)
             trips.append({"position": fraction, "estimate_running_at_release": streaming,
                           "heatmap_s": done[PLOTS[0]],
