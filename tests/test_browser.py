@@ -111,6 +111,19 @@ def _show_field(page, label: str, accordion: str):
         page.get_by_text(accordion, exact=True).click()
 
 
+# the Pareto view's marker of the point labelled `label`: [its trace's place among the scatter traces, its place in
+# the trace], both counted from 1 as CSS's nth-of-type counts
+POINT_OF = """(label) => {
+    const data = document.querySelector('#xs-pareto .js-plotly-plot').data;
+    const traces = data.filter(t => (t.type ?? 'scatter') === 'scatter');
+    for (let t = 0; t < traces.length; t++) {
+        const i = (traces[t].text ?? []).indexOf(label);
+        if (i >= 0) return [t + 1, i + 1];
+    }
+    return null;
+}"""
+
+
 def _stable_box(page, selector: str, tries: int = 5) -> dict:
     """The bounding box of the first element matching `selector`, scrolled into view. Plotly redraws a figure by
     replacing its nodes, so a later update of the same figure (the estimate's last window, the points table) can
@@ -157,10 +170,14 @@ def test_explore_a_moved_slider_redraws_the_heatmap_without_run(page, tiny_llama
     page.wait_for_function("() => document.querySelector('#xs-summary')?.innerText.includes('three-tier 0.0')",
                            timeout=15_000)
     assert page.inner_text("#status") == runs_before  # nothing ran: the Run banner is as it was
-    page.wait_for_function("() => document.querySelector('#xs-status .banner.ok')", timeout=60_000)  # estimated
+    # estimated: masks only, then with the form's OBS update (the last estimate; it may reorder the Pareto points)
+    page.wait_for_function("() => document.querySelector('#xs-status .banner.ok')?.innerText.includes('with update')",
+                           timeout=60_000)
     assert "wanda" in page.inner_text("#xs-points") or "three-tier" in page.inner_text("#xs-points")
-    # a click on a point of the Pareto view re-opens that split's maps: #1, the split calibrated first
-    b = _stable_box(page, "#xs-pareto .scatterlayer .points path")
+    # a click on a point of the Pareto view re-opens that split's maps: #1, the split calibrated first, found by its
+    # label (the traces' point order is not the points' numbers)
+    trace, index = page.evaluate(POINT_OF, "#1")
+    b = _stable_box(page, f"#xs-pareto .scatterlayer .trace:nth-of-type({trace}) .points path:nth-of-type({index})")
     page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
     page.wait_for_timeout(300)  # Plotly's hover picks the point first
     page.mouse.click(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
