@@ -24,7 +24,7 @@ run: install            ## the dashboard on http://127.0.0.1:7860
 cli: install            ## the command line on the embedded model (Wanda 50%, quick evaluation)
 	$(PYTHON) main.py --prune_method wanda --sparsity_ratio 0.5 --sparsity_type unstructured --eval_windows 16 --baselines
 
-test: install $(EVAL_STAMP)  ## lint (ruff.toml), then the whole suite (about 13 minutes on 2 cores)
+test: install $(EVAL_STAMP)  ## lint (ruff.toml), then the whole suite (13-23 minutes on 2 cores)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -q
 
