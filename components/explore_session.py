@@ -272,12 +272,12 @@ def explore_job(setup: Setup, specs: list[PruneSpec], models, windows: int | Non
             with REPLANS:
                 plan = replan(setup.calibration, spec)
             progress({"stage": "planned", "plan": plan, "storage": storage_estimate(plan)})
-            if windows and maps_shown is not None:
-                maps_shown.wait(MAPS_FIRST_S)
-                maps_shown.clear()
-                if cancel.is_set():
-                    return
             if windows:
+                if maps_shown is not None:
+                    maps_shown.wait(MAPS_FIRST_S)
+                    maps_shown.clear()
+                    if cancel.is_set():
+                        return
                 cal = setup.calibration
                 est = estimate(cal.model, plan, setup.eval_ids, tokens, windows=windows, progress=progress,
                                cancel=cancel)

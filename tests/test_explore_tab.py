@@ -45,6 +45,12 @@ def last(outs: list[dict], component):
     return next((o[component] for o in reversed(outs) if component in o), None)
 
 
+def until_maps(dash, gen) -> None:
+    """Advance a stream up to the update that carries a plan's maps, and leave it there (not resumed)."""
+    while dash.explore.heatmap not in next(gen):
+        pass
+
+
 def params(model) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -125,9 +131,7 @@ def test_the_estimate_waits_until_the_maps_were_sent(dash, calibrated, monkeypat
     xs, _, _ = calibrated
     monkeypatch.setattr(explore_session, "MAPS_FIRST_S", 30.0)
     gen = move(dash, xs, dense=0.3, two_four=0.3)
-    out = next(gen)
-    while dash.explore.heatmap not in out:
-        out = next(gen)
+    until_maps(dash, gen)
     time.sleep(0.5)  # the maps are out, not yet sent: the stream has not resumed
     job = xs.job
     assert not any(e.get("stage") in ("estimate", "estimated") for e in job.events)
@@ -141,9 +145,7 @@ def test_the_estimate_starts_anyway_when_the_page_never_takes_the_maps(dash, cal
     xs, _, _ = calibrated
     monkeypatch.setattr(explore_session, "MAPS_FIRST_S", 0.2)
     gen = move(dash, xs, dense=0.25, two_four=0.35)
-    out = next(gen)
-    while dash.explore.heatmap not in out:
-        out = next(gen)
+    until_maps(dash, gen)
     job = xs.job
     assert job.done.wait(30)  # the stream is never resumed: the estimate ran after 0.2 s
     assert [e["estimate"].status for e in job.events if e.get("stage") == "estimated"] == ["completed"]
