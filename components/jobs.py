@@ -150,8 +150,9 @@ class EngineQueue:
                     on_wait(*place)
                 self._changed.wait(0.2)
 
-    def leave(self, job: "Job") -> None:
-        """`job` is out of the line; if it held the engine, its visitor is charged the time it held it."""
+    def leave(self, job: "Job") -> bool:
+        """`job` is out of the line; if it held the engine, its visitor is charged the time it held it. True when
+        other jobs are waiting (the engine goes straight to the next one)."""
         with self._changed:
             if job is self._running:
                 now = self._clock()
@@ -164,6 +165,7 @@ class EngineQueue:
                 self._line.remove(job)
             self._quota.pop(job, None)
             self._changed.notify_all()
+            return bool(self._line)
 
     def _forget_idle(self, now: float) -> None:
         """Drop visitors whose time has decayed below a millisecond and turns older than `recent_s` (the tables
@@ -189,6 +191,7 @@ class Job:
         self.cancel = threading.Event()
         self.done = threading.Event()
         self.events: list[dict] = []
+        self._news = threading.Event()     # set by progress and at the end: the watcher wakes at once
         self.result = None
         self.error: str | None = None      # one line for the page
         self.user_error = False            # the user can fix it (UserError), as opposed to a bug
@@ -208,6 +211,7 @@ class Job:
 
     def progress(self, event: dict) -> None:
         self.events.append(event)
+        self._news.set()
 
     def stop(self) -> None:
         if self.stop_requested is None:
@@ -241,19 +245,28 @@ class Job:
             log.error("engine job failed\n%s", traceback.format_exc())
             self.error = f"Internal error ({type(err).__name__}: {err}). The server log has the traceback."
         finally:
-            ENGINE.leave(self)
+            handed_over = ENGINE.leave(self)
             self.done.set()
-            release_memory()
+            self._news.set()
+            if not handed_over:  # the heap goes back when the engine idles; a trim (~0.5 s holding the GIL on a
+                release_memory()  # busy server) would otherwise delay the next job's start by as much
 
     def watch(self, interval: float = 0.25, heartbeat: float = 1.0):
-        """Yield lists of new events until the job ends (an empty list now and then, so clocks keep ticking)."""
-        seen, last = 0, time.monotonic()
+        """Yield lists of new events until the job ends (an empty list now and then, so clocks keep ticking). The
+        first event after a quiet `interval` is yielded at once; a burst is gathered into one list per interval."""
+        seen, last, sent = 0, time.monotonic(), -math.inf  # sent: when the last list of events went out
         while True:
-            finished = self.done.wait(interval)
+            self._news.wait(interval)
+            burst = interval - (time.monotonic() - sent)
+            if self._news.is_set() and burst > 0 and not self.done.is_set():
+                self.done.wait(burst)  # the previous list went out less than an interval ago
+            self._news.clear()
+            finished = self.done.is_set()
             new = self.events[seen:]
             seen += len(new)
             if new or finished or time.monotonic() - last >= heartbeat:
                 last = time.monotonic()
+                sent = last if new else sent
                 yield new
             if finished:
                 return

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -236,3 +237,48 @@ def test_a_job_the_engine_refuses_charges_its_visitor(monkeypatch):
 def test_a_public_server_has_an_engine_quota_and_a_local_one_none():
     from components.server import Settings
     assert Settings(public=True).engine_quota_s == 30.0 and Settings().engine_quota_s is None
+
+
+def test_a_job_that_hands_the_engine_to_a_waiting_one_leaves_the_heap_trim_to_the_last(monkeypatch):
+    """The trim (gc + malloc_trim) holds the GIL for ~0.5 s on a busy server: run by a job that hands the engine
+    straight to the next one, it delayed that job's start (a slider released during an estimate waited for it)."""
+    from components import jobs
+    trims, started = [], []
+    monkeypatch.setattr(jobs, "release_memory", lambda: trims.append(list(started)))
+    go = threading.Event()
+    first = Job(lambda p, c: go.wait(10), visitor="198.51.100.1").start()
+    second = Job(lambda p, c: started.append("second"), visitor="198.51.100.1")
+    assert first.done.wait(0.2) is False
+    second.start()
+    go.set()
+    assert first.done.wait(10) and second.done.wait(10)
+    second._thread.join(10)
+    assert trims == [["second"]]  # once, after the second job ran: none between the two
+
+
+def test_a_watched_job_s_event_is_yielded_at_once_and_a_burst_once_per_interval():
+    """The page's stream wakes on a job's event instead of its next poll (a re-plan's maps went out up to one
+    interval late), and a burst of events (a walk's matrices) is still one list per interval."""
+    go, end = threading.Event(), threading.Event()
+    sent = {}
+
+    def target(progress, cancel):
+        time.sleep(2.5)  # a quiet interval after "starting"
+        sent["first"] = time.monotonic()
+        progress({"stage": "first"})
+        go.wait(10)
+        for i in range(50):
+            progress({"stage": "burst", "i": i})
+        end.wait(10)
+    job = Job(target, visitor="198.51.100.7").start()
+    watch = job.watch(interval=2.0, heartbeat=60.0)
+    while not any(e["stage"] == "first" for e in next(watch)):
+        pass
+    assert time.monotonic() - sent["first"] < 0.75  # polled, it waited for the next 2 s tick: 1.5 s here
+    go.set()
+    t0 = time.monotonic()
+    burst = next(watch)
+    end.set()
+    rest = [e for got in watch for e in got]
+    assert time.monotonic() - t0 >= 1.5  # within an interval of the last list: gathered, not one list per event
+    assert [e["i"] for e in burst + rest if e["stage"] == "burst"] == list(range(50))

@@ -13,6 +13,7 @@ from engine.eval.perplexity import perplexity
 from engine.explore import (
     CalibrationCache,
     Replan,
+    apply_masks,
     apply_update,
     block_choices,
     calibrate,
@@ -533,6 +534,27 @@ def test_a_cancel_while_the_masks_are_built_stops_before_the_next_matrix_and_lea
     est = estimate(model, plan, _windows(n=1, seqlen=200), 32, windows=5, cancel=cancel)
     assert est.status == "cancelled" and est.windows == 0
     assert len(built) == 2 < len(plan.matrices)
+    assert _bit_equal(model, dense)
+
+
+@pytest.mark.parametrize("copy_bytes", [0, 10**12, "half"])
+def test_the_masks_undo_is_bit_exact_from_copies_removed_values_or_both(copy_bytes):
+    """apply_masks keeps whole copies of the matrices up to its byte budget (a fast undo) and the removed values of
+    the rest: every mix restores the dense weights bit for bit, and the masked model holds the plan's zeros."""
+    model, windows = _model(layers=2), _windows()
+    dense = _params(model)
+    spec = S(method="wanda", **TT)
+    plan = replan(calibrate(model, spec, windows), spec)
+    if copy_bytes == "half":
+        sizes = [m.numel * 4 for m in plan.matrices.values()]
+        copy_bytes = sum(sizes[:len(sizes) // 2])
+    _, layers = find_decoder_layers(model)
+    targets = {(i, t.name): t for i, layer in enumerate(layers) for t in find_targets(layer, False)}
+    before = {k: t.weight().clone() for k, t in targets.items()}
+    undo = apply_masks(model, plan, copy_bytes=copy_bytes)
+    for k, t in targets.items():
+        assert torch.equal(t.weight(), before[k].masked_fill(~plan.matrices[k].keep, 0))
+    undo()
     assert _bit_equal(model, dense)
 
 

@@ -243,3 +243,14 @@ def test_every_pattern_is_labelled_by_its_spec_in_the_runs_table_past_runs_and_r
 def test_a_stored_spec_that_no_longer_validates_is_labelled_by_its_method_and_pattern():
     assert spec_label({"method": "wanda", "pattern": "nm", "n": 4, "m": 4}) == "wanda nm"
     assert spec_label(None) == spec_label({}) == "?"
+
+
+def test_a_tier_map_is_encoded_as_one_digit_string_per_row_and_decodes_back():
+    from engine.io.record import decode_tier_map
+    tiers = np.array([[0, 1, 2], [2, 2, 0]], dtype=np.int8)
+    assert encode_tier_map(tiers) == {"shape": [2, 3], "rows": ["012", "220"]}
+    assert encode_tier_map(tiers.T) == {"shape": [3, 2], "rows": ["02", "12", "20"]}  # a strided view
+    assert encode_tier_map(np.zeros((2, 0), np.int8)) == {"shape": [2, 0], "rows": ["", ""]}
+    assert encode_tier_map(np.zeros((0, 4), np.int8)) == {"shape": [0, 4], "rows": []}
+    big = np.random.default_rng(0).integers(0, 3, (96, 36)).astype(np.int8)
+    assert np.array_equal(decode_tier_map(encode_tier_map(big)), big)
