@@ -25,6 +25,7 @@ from engine.explore import (
     held_masks,
     matrix_entries,
     replan,
+    replan_kept,
     storage_estimate,
 )
 from engine.explore.split_search import (
@@ -156,7 +157,7 @@ def calibrate(req, models, progress, cancel, first: tuple[int, int] | None = Non
     """Load (or reuse) the request's model, dense, and calibrate it for the request's spec; served from
     CALIBRATIONS when nothing it depends on changed. Runs on an engine job (it has the model to itself).
     first: (estimate windows, tokens): when the calibration is not served from the cache, first calibrate on a few
-    windows and stream the form's split from them ({"stage": "first", "setup"}, then explore_job's events) before
+    windows and stream the form's split from them ({"stage": "first", "setup"}, then ExploreJob's events) before
     the full calibration, which is returned."""
     spec = req.spec
     t0 = time.perf_counter()
@@ -189,7 +190,7 @@ def calibrate(req, models, progress, cancel, first: tuple[int, int] | None = Non
                                        hessians=True, cache=CALIBRATIONS, first=FIRST_WINDOWS if first else 0):
         if windows is not None and cal.windows < len(windows):  # the first maps, from a few windows
             progress({"stage": "first", "setup": setup_of(cal)})
-            explore_job(setup_of(cal), [spec.replace(seqlen=seqlen)], models, *first)(progress, cancel)
+            ExploreJob(setup_of(cal), [spec.replace(seqlen=seqlen)], models, *first)(progress, cancel)
             progress({"stage": "calibration", "message": f"the other {len(windows) - cal.windows} of "
                                                          f"{len(windows)} calibration windows"})
     return setup_of(cal)
@@ -254,39 +255,59 @@ def ensure_dense(setup: Setup, models) -> bool:
     return True
 
 
-def explore_job(setup: Setup, specs: list[PruneSpec], models, windows: int | None, tokens: int, on_restore=None,
-                maps_shown: threading.Event | None = None):
+class ExploreJob:
     """A job target: for each spec, re-plan ({"stage": "planned", "plan"}), then estimate on `windows` windows of
     `tokens` tokens (streamed; {"stage": "estimated", "plan", "estimate"} at the end; windows None: maps only);
     when the recipe updates weights and the calibration kept its Hessians, a second estimate with the update follows
     (its events' "kind" says which). The model is left exactly dense; a set cancel stops at once.
 
+    `ahead` (Job's, before the job's turn): the first spec re-planned from the calibration alone when it can be
+    (replan_kept: a three-tier split whose ratios or scope moved), so a new split's maps do not wait for the previous
+    split's estimate to stop and put the dense weights back.
+
     maps_shown: set by the page once it has sent a plan's maps; the estimate waits for it (at most MAPS_FIRST_S)
     so that drawing the maps does not share the cores with the estimate's forward passes."""
-    def target(progress, cancel):
-        if ensure_dense(setup, models) and on_restore is not None:
-            on_restore()
-        for spec in specs:
+
+    def __init__(self, setup: Setup, specs: list[PruneSpec], models, windows: int | None, tokens: int,
+                 on_restore=None, maps_shown: threading.Event | None = None):
+        self.setup, self.specs, self.models, self.windows, self.tokens = setup, specs, models, windows, tokens
+        self.on_restore, self.maps_shown = on_restore, maps_shown
+        self.planned: Replan | None = None  # the first spec's plan, made ahead
+
+    def ahead(self, progress, cancel) -> None:
+        self.planned = replan_kept(self.setup.calibration, self.specs[0])
+        if self.planned is not None:
+            progress({"stage": "planned", "plan": self.planned, "storage": storage_estimate(self.planned)})
+
+    def __call__(self, progress, cancel) -> None:
+        setup = self.setup
+        if ensure_dense(setup, self.models) and self.on_restore is not None:
+            self.on_restore()
+        for i, spec in enumerate(self.specs):
             if cancel.is_set():
                 return
-            with REPLANS:
-                plan = replan(setup.calibration, spec)
-            progress({"stage": "planned", "plan": plan, "storage": storage_estimate(plan)})
-            if windows:
-                if maps_shown is not None:
-                    maps_shown.wait(MAPS_FIRST_S)
-                    maps_shown.clear()
-                    if cancel.is_set():
-                        return
-                cal = setup.calibration
-                est = estimate(cal.model, plan, setup.eval_ids, tokens, windows=windows, progress=progress,
-                               cancel=cancel)
-                progress({"stage": "estimated", "plan": plan, "estimate": est})
-                if est.status == "completed" and plan.requested.updates_weights and cal.hessians is not None:
-                    est = estimate(cal.model, plan, setup.eval_ids, tokens, windows=windows, progress=progress,
-                                   cancel=cancel, update_from=cal)
-                    progress({"stage": "estimated", "plan": plan, "estimate": est})
-    return target
+            plan = self.planned if i == 0 else None
+            if plan is None:
+                with REPLANS:
+                    plan = replan(setup.calibration, spec)
+                progress({"stage": "planned", "plan": plan, "storage": storage_estimate(plan)})
+            if self.windows:
+                self.estimate(plan, progress, cancel)
+
+    def estimate(self, plan: Replan, progress, cancel) -> None:
+        if self.maps_shown is not None:
+            self.maps_shown.wait(MAPS_FIRST_S)
+            self.maps_shown.clear()
+            if cancel.is_set():
+                return
+        cal, setup = self.setup.calibration, self.setup
+        est = estimate(cal.model, plan, setup.eval_ids, self.tokens, windows=self.windows, progress=progress,
+                       cancel=cancel)
+        progress({"stage": "estimated", "plan": plan, "estimate": est})
+        if est.status == "completed" and plan.requested.updates_weights and cal.hessians is not None:
+            est = estimate(cal.model, plan, setup.eval_ids, self.tokens, windows=self.windows, progress=progress,
+                           cancel=cancel, update_from=cal)
+            progress({"stage": "estimated", "plan": plan, "estimate": est})
 
 
 def keep_maps_only(plan: Replan) -> None:

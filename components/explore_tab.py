@@ -276,16 +276,17 @@ def explore_specs(page, xs: ExploreState, specs: list[PruneSpec], windows, token
     """Re-plan and estimate `specs` on the engine's line, streaming maps, then the running estimate; a newer
     call (the next slider release) stops this one between windows and this stream ends without a word."""
     shown = threading.Event()  # the maps were sent: the estimate may take the cores
-    yield from stream(page, xs, lambda n, seqlen, restored: explore_session.explore_job(
+    yield from stream(page, xs, lambda n, seqlen, restored: explore_session.ExploreJob(
         xs.setup, specs, runner.MODELS, n, seqlen, restored, maps_shown=shown), windows, tokens, axis, kind,
         maps_shown=shown)
 
 
 def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str,
            maps_shown: threading.Event | None = None):
-    """Check the estimate's windows, start make_target(windows, tokens, on_restore) as the tab's job and stream its
-    events: maps of a plan, the running estimate, a finished point, the walk of an exact reference. maps_shown is
-    set once a plan's maps were sent to the page (Gradio resumes the stream after sending what it yielded)."""
+    """Check the estimate's windows, start make_target(windows, tokens, on_restore) as the tab's job (with the
+    target's `ahead`, when it has one: Job) and stream its events: maps of a plan, the running estimate, a finished
+    point, the walk of an exact reference. maps_shown is set once a plan's maps were sent to the page (Gradio
+    resumes the stream after sending what it yielded)."""
     w = page.explore
     if xs.setup is None:
         yield {w.status: banner("warn", xs.not_ready())}
@@ -303,7 +304,8 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
 
     def forget_run():  # the model held a run's pruned weights; they are back to dense now
         runner.MODELS.holds_run = None
-    job = Job(make_target(n, seqlen, forget_run), name="explore", visitor=xs.visitor)
+    target = make_target(n, seqlen, forget_run)
+    job = Job(target, name="explore", visitor=xs.visitor, ahead=getattr(target, "ahead", None))
     xs.supersede(job)
     try:
         job.start(page.settings.max_waiting, page.settings.per_visitor, page.settings.engine_quota_s)

@@ -177,16 +177,21 @@ class EngineQueue:
 
 
 ENGINE = EngineQueue()  # one per process, like the model cache it guards
+AHEAD = threading.Lock()  # a job's work before its turn (Job's ahead), one at a time
 
 
 class Job:
-    """One call of `target(progress, cancel)` on a worker thread, after its turn in ENGINE's line.
+    """One call of `target(progress, cancel)` on a worker thread, after its turn in ENGINE's line. `ahead(progress,
+    cancel)`, when given, is the part of the work that needs no turn (it never touches the model): it runs first,
+    on the same thread, while the job holds its place in the line and the job before it lets go of the engine;
+    one job's at a time (AHEAD), so a burst of jobs each stopped by the next skips it, and its seconds are charged
+    to the visitor as engine time.
 
     The engine calls `progress(event)` from the worker; the page reads `events` from the handler's thread.
     list.append and slicing are atomic under the GIL, so no lock is needed for that hand-over.
     """
 
-    def __init__(self, target, name: str = "engine-job", visitor: str | None = None):
+    def __init__(self, target, name: str = "engine-job", visitor: str | None = None, ahead=None):
         self.visitor = visitor             # who asked for it (the engine's line shares turns by visitor)
         self.cancel = threading.Event()
         self.done = threading.Event()
@@ -198,7 +203,7 @@ class Job:
         self.started_work = False          # False: stopped while it waited for its turn
         self.started = time.monotonic()
         self.stop_requested: float | None = None
-        self._target = target
+        self._target, self._ahead = target, ahead
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
     def start(self, max_waiting: int | None = None, per_visitor: int | None = None,
@@ -234,6 +239,14 @@ class Job:
                     message = (f"this server's share of the engine for you is used up while others wait: starts "
                                f"within about {held_back_s:.0f} s, or sooner when the others are done")
                 self.progress({"stage": "wait", "ahead": ahead, "message": message})
+            if self._ahead is not None:
+                with AHEAD:
+                    if not self.cancel.is_set():
+                        t0 = time.monotonic()
+                        try:
+                            self._ahead(self.progress, self.cancel)
+                        finally:
+                            ENGINE.charge(self.visitor, time.monotonic() - t0)
             if ENGINE.wait_turn(self, waiting):
                 self.started_work = True
                 self.progress({"stage": "queued", "message": "starting"})

@@ -282,3 +282,31 @@ def test_a_watched_job_s_event_is_yielded_at_once_and_a_burst_once_per_interval(
     rest = [e for got in watch for e in got]
     assert time.monotonic() - t0 >= 1.5  # within an interval of the last list: gathered, not one list per event
     assert [e["i"] for e in burst + rest if e["stage"] == "burst"] == list(range(50))
+
+
+def test_a_jobs_ahead_work_runs_while_the_job_before_it_holds_the_engine_and_is_charged():
+    """A job's `ahead` (the work that never touches the model: a split re-planned from kept block choices) runs
+    at once, while the job ahead of it still holds the engine; the target waits for the turn; the visitor is
+    charged the ahead's seconds as engine time; a job stopped before its ahead ran skips it."""
+    from components import jobs
+    go = threading.Event()
+    holder = Job(lambda p, c: go.wait(10), visitor="198.51.100.1").start()
+    log = []
+
+    def ahead(progress, cancel):
+        time.sleep(0.3)
+        log.append(("ahead", holder.running))
+        progress({"stage": "planned"})
+    job = Job(lambda p, c: log.append(("target", holder.running)), visitor="198.51.100.2", ahead=ahead).start()
+    deadline = time.monotonic() + 10
+    while not any(e.get("stage") == "planned" for e in job.events) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log == [("ahead", True)] and job.running  # planned before its turn, which has not come
+    go.set()
+    assert job.done.wait(10) and log == [("ahead", True), ("target", False)]
+    assert jobs.ENGINE.used("198.51.100.2") >= 0.3 * 0.5 ** (10 / 60)  # the ahead's 0.3 s counts as engine time
+
+    skipped = Job(lambda p, c: None, ahead=lambda p, c: log.append("skipped's ahead"))
+    skipped.stop()
+    skipped.start()
+    assert skipped.done.wait(10) and "skipped's ahead" not in log and not skipped.started_work

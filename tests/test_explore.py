@@ -26,6 +26,7 @@ from engine.explore import (
     masks_only,
     matrix_mask,
     replan,
+    replan_kept,
     storage_estimate,
     sweep,
     sweep_spec,
@@ -33,6 +34,7 @@ from engine.explore import (
 from engine.io.record import encode_tier_map
 from engine.methods.scores import obs_scores
 from engine.patterns.masks import nm_mask, unstructured_mask
+from engine.patterns.registry import PATTERNS
 from engine.patterns.three_tier import three_tier_mask
 from engine.spec import PruneSpec
 from engine.walk.capture import StatsHooks, capture_layer_inputs, run_layer
@@ -242,6 +244,40 @@ def test_replan_refuses_a_spec_the_calibration_was_not_made_for():
         replan(cal, S(method="wanda", seed=3, **TT))
     assert replan(cal, S(method="wanda", keep=3, **TT)).spec.keep == 3
 
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.pattern == "three_tier"],
+                         ids=lambda s: s.label().replace(" ", "_"))
+def test_a_split_whose_ratios_or_scope_moved_is_planned_without_the_model(spec):
+    """replan_kept reads the per-block choices a three-tier plan kept, not the model: while an estimate holds the
+    weights masked (here: zeroed) it gives replan's masks and grids on the dense weights for any ratios or scope of
+    the same block, K, choice inside blocks and assignment; anything else (no plan of them yet, another K, a rule
+    without kept choices) is None."""
+    model, windows = _model(layers=2), _windows()
+    cal = calibrate(model, spec, windows)
+    if not PATTERNS["three_tier"].fixed_grid(spec):  # the original rule: scored again each time
+        replan(cal, spec)
+        assert replan_kept(cal, spec.replace(ratios=(0.1, 0.2, 0.7))) is None
+        return
+    moved = [spec.replace(ratios=(0.1, 0.2, 0.7)),
+             spec.replace(tier_scope="matrix" if spec.tier_scope != "matrix" else "model", ratios=(0.4, 0.4, 0.2))]
+    assert replan_kept(cal, spec) is None  # nothing planned yet: it needs the weights
+    replan(cal, spec)
+    want = [replan(cal, s) for s in moved]
+    with torch.no_grad():
+        for t in _targets(model).values():
+            t.set_weight(torch.zeros_like(t.weight()))  # what an estimate's masks do to the weights, and worse
+    for s, exact in zip(moved, want):
+        plan = replan_kept(cal, s)
+        assert plan.spec == exact.spec and plan.fingerprint == exact.fingerprint == cal.key["fingerprint"]
+        assert plan.sparsity == exact.sparsity
+        for k, m in plan.matrices.items():
+            assert torch.equal(m.keep, exact.matrices[k].keep) and torch.equal(m.tiers, exact.matrices[k].tiers), k
+    assert replan_kept(cal, spec.replace(keep=spec.keep + 1)) is None
+    with pytest.raises(UserError, match="method"):
+        replan_kept(cal, spec.replace(method="ria" if spec.method != "ria" else "wanda"))
+    with pytest.raises(UserError, match="weights changed"):  # replan itself still refuses a model that changed
+        replan(cal, moved[0])
 
 # --- the estimate ------------------------------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ split in well under a second and a quick perplexity estimate of them.
                                          that read the loss) -> Calibration: vectors per matrix, not scores
     replan(calibration, spec)            masks and tier grids of every matrix for any ratios, K, block size, tier
                                          scope or assignment, from the cache: no forward pass -> Replan
+    replan_kept(calibration, spec)       the same without reading the model, when only the ratios or the scope of a
+                                         three-tier split planned before moved (None otherwise) -> Replan | None
     estimate(model, replan, eval_ids)    apply the masks, evaluate a few windows (running perplexity +- spread
                                          streamed), put the dense weights back bit for bit -> Estimate
     sweep(...)                           one calibration, then re-plan + estimate per split -> one record each
@@ -12,8 +14,9 @@ split in well under a second and a quick perplexity estimate of them.
     search(study, calibration, space, …) trials of re-plan + estimate over the pattern's parameters (Optuna)
 
 One module a stage: calibration.py (calibrate, Calibration, CalibrationCache, the cache key), replanning.py (replan,
-Replan, per-block choices), storage.py (storage_estimate), estimates.py (estimate, apply_masks, apply_update,
-evaluate_windows, held_masks), sweeps.py (sweep, sweep_spec), split_search.py (the search and its studies).
+replan_kept, Replan, per-block choices), storage.py (storage_estimate), estimates.py (estimate, apply_masks,
+apply_update, evaluate_windows, held_masks), sweeps.py (sweep, sweep_spec), split_search.py (the search and its
+studies).
 
 Masks only: the OBS update is per matrix and expensive, so a re-plan never runs it. A spec that asks for it (a
 method that chooses while updating, `reconstruct`, within_block "obs") is planned as its masks-only twin, and the
@@ -41,6 +44,7 @@ __getattr__ = lazy_exports(__name__, {
     "FIRST_WINDOWS": "calibration", "hessian_bytes": "calibration", "masks_only": "calibration",
     "block_choices": "replanning", "check_fresh": "replanning", "keep_from_choices": "replanning",
     "matrix_entries": "replanning", "matrix_mask": "replanning", "Replan": "replanning", "replan": "replanning",
+    "replan_kept": "replanning",
     "storage_estimate": "storage",
     "apply_masks": "estimates", "apply_update": "estimates", "Estimate": "estimates", "estimate": "estimates",
     "evaluate_windows": "estimates", "held_masks": "estimates",

@@ -100,7 +100,8 @@ class KeptInputs:
 @dataclass
 class Calibration:
     """Calibration statistics of a dense model for one method: re-plan from it as often as you like. It refers to
-    the model (the weights are read, never copied) and refuses to serve once the model's weights have changed."""
+    the model (the weights are read, never copied) and refuses to serve once the model's weights have changed (but
+    for replan_kept, which reads the per-block choices made from the dense weights, not the model)."""
     key: dict
     model: nn.Module
     matrices: dict[Key, KeptInputs]

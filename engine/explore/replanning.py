@@ -108,6 +108,14 @@ def matrix_entries(plan: Replan) -> list[dict]:
 def check_fresh(calibration: Calibration, spec: PruneSpec) -> None:
     """Refuse a calibration made for another method (or damp, nsamples, seed ...) than `spec`, or whose model no
     longer holds the weights it was measured on (pruned, fine-tuned, reloaded)."""
+    check_settings(calibration, spec)
+    if model_fingerprint(calibration.model) != calibration.key["fingerprint"]:
+        raise UserError("the model's weights changed since this calibration (pruned, fine-tuned or another model): "
+                        "restore the dense weights or calibrate again")
+
+
+def check_settings(calibration: Calibration, spec: PruneSpec) -> None:
+    """Refuse a calibration made for another method (or damp, nsamples, seed ...) than `spec`."""
     identity = calibration_identity(spec)
     have = calibration.key["spec"]
     if identity.get("seqlen", 0) is None:  # the spec leaves seqlen to the model: the calibration's windows decide
@@ -115,9 +123,6 @@ def check_fresh(calibration: Calibration, spec: PruneSpec) -> None:
     if identity != have:
         differ = sorted(k for k in set(identity) | set(have) if identity.get(k) != have.get(k))
         raise UserError(f"this calibration was made for other settings ({', '.join(differ)}): calibrate again")
-    if model_fingerprint(calibration.model) != calibration.key["fingerprint"]:
-        raise UserError("the model's weights changed since this calibration (pruned, fine-tuned or another model): "
-                        "restore the dense weights or calibrate again")
 
 
 @torch.no_grad()
@@ -157,6 +162,23 @@ def replan(calibration: Calibration, spec: PruneSpec) -> Replan:
             out[k] = _select(pattern, W, cache(scores), twin, plans.pop(k, NO_PLAN))
     return Replan(twin, spec, notes, calibration.key["fingerprint"], out, time.perf_counter() - t0)
 
+
+@torch.no_grad()
+def replan_kept(calibration: Calibration, spec: PruneSpec) -> Replan | None:
+    """replan(calibration, spec) without reading the model, when the calibration already holds the per-block choices
+    that the spec's masks follow from (a three-tier split that moves only the ratios or the scope of one planned
+    before): the choices were made from the dense weights, so this may run while an estimate holds the model
+    masked. None when the spec needs the weights: replan it with the model to itself."""
+    t0 = time.perf_counter()
+    twin, notes = masks_only(spec)
+    check_settings(calibration, spec)
+    if not _tiers_only(twin):
+        return None
+    choices = calibration.choices.get(_choices_key(twin))  # one read: a re-plan elsewhere may swap the set
+    if choices is None:
+        return None
+    out = _place_from_choices(choices, twin, PATTERNS[twin.pattern].scope(twin))
+    return Replan(twin, spec, notes, calibration.key["fingerprint"], out, time.perf_counter() - t0)
 
 # The three-tier exact rule, fast: inside a block, which weights 2:4 keeps and which K weights top-K keeps do not
 # depend on the ratios or the scope, nor do the blocks' importances and tier costs. They are made once per
@@ -203,16 +225,25 @@ def block_choices(W: torch.Tensor, scores: torch.Tensor, spec: PruneSpec) -> Blo
                         tuple(W.shape), kept.cpu())
 
 
+def _choices_key(spec: PruneSpec) -> tuple:
+    return spec.block, spec.keep, spec.within_block, spec.assignment, spec.damp
+
+
 def _replan_tiers(calibration: Calibration, spec: PruneSpec, targets, scope: str, scores_of) -> dict:
-    memo_key = (spec.block, spec.keep, spec.within_block, spec.assignment, spec.damp)
-    if memo_key not in calibration.choices:
+    memo_key = _choices_key(spec)
+    choices = calibration.choices.get(memo_key)
+    if choices is None:
         calibration.choices.clear()  # one set at a time: it holds a byte per weight
-        made = {}
+        choices = {}
         for k, t in targets:
             W = t.weight().float()
-            made[k] = block_choices(W, scores_of(k, W), spec)
-        calibration.choices[memo_key] = made
-    choices = calibration.choices[memo_key]
+            choices[k] = block_choices(W, scores_of(k, W), spec)
+        calibration.choices[memo_key] = choices  # stored whole: replan_kept reads the set without a lock
+    return _place_from_choices(choices, spec, scope)
+
+
+def _place_from_choices(choices: dict, spec: PruneSpec, scope: str) -> dict[Key, MatrixMask]:
+    """Every matrix's tier grid placed (as the pattern places them) on its kept block choices, and its mask."""
     plans = {}
     if scope == "model":
         plans = plan_model_wide({k: c.ranking for k, c in choices.items()}, spec)
