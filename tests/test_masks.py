@@ -170,6 +170,39 @@ def test_cost_assignment_gives_top_k_to_blocks_whose_mass_is_concentrated():
     assert by_importance.tolist() == [[TOPK, TWO_FOUR, DENSE]]  # ... to 2:4, and the flat block loses 14/16 to top-K
 
 
+def _cost_assignment_by_masked_sorts(costs, counts):
+    """The cost assignment as four sorts, each over every block with the taken ones pushed to +inf (the earlier
+    rule, kept here as the reference for finite costs)."""
+    c24, ctop = costs[1].flatten(), costs[2].flatten()
+    candidates = []
+    for dense_first in (True, False):
+        tiers, free = torch.full_like(c24, TWO_FOUR, dtype=torch.int8), torch.ones_like(c24, dtype=torch.bool)
+        for tier in ((DENSE, TOPK) if dense_first else (TOPK, DENSE)):
+            key = -c24 if tier == DENSE else ctop - c24
+            order = torch.argsort(torch.where(free, key, torch.full_like(key, math.inf)), stable=True)
+            order = order[:counts[0] if tier == DENSE else counts[2]]
+            tiers[order], free[order] = tier, False
+        candidates.append((float(c24[tiers == TWO_FOUR].sum() + ctop[tiers == TOPK].sum()), tiers))
+    return min(candidates, key=lambda c: c[0])[1].view(costs.shape[1:])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cost_assignment_sorts_each_preference_once_and_keeps_the_counts_whatever_the_costs(seed):
+    from engine.patterns.three_tier import assign_tiers_by_cost, tier_counts
+    g = torch.Generator().manual_seed(seed)
+    costs = torch.randint(0, 6, (3, 9, 31), generator=g).float()  # few values: many ties, broken by block index
+    costs[0] = 0
+    for ratios in [(0.2, 0.3, 0.5), (0.0, 0.5, 0.5), (0.5, 0.0, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.0, 0.0, 1.0)]:
+        counts = tier_counts(costs[0].numel(), ratios)
+        tiers = assign_tiers_by_cost(costs, counts)
+        assert torch.equal(tiers, _cost_assignment_by_masked_sorts(costs, counts)), ratios
+    # an infinite or NaN cost (an overflowed score) once let the second tier take blocks the first had taken
+    costs[2, 0, :12] = math.inf
+    costs[1, 1, :5] = math.nan
+    counts = tier_counts(costs[0].numel(), (0.2, 0.0, 0.8))  # more top-K blocks than finite costs left free
+    tiers = assign_tiers_by_cost(costs, counts)
+    assert torch.bincount(tiers.flatten().long(), minlength=3).tolist() == list(counts)
+
 def test_unstructured_ties_are_cut_to_the_exact_count():
     scores = torch.tensor([[1., 1., 1., 1., 0., 2.], [3., 3., 3., 3., 3., 3.]])
     mask = unstructured_mask(scores, 0.5, "row")

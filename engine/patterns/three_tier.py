@@ -121,20 +121,21 @@ def assign_tiers_by_cost(costs: torch.Tensor, counts: tuple[int, int, int]) -> t
 
     Two greedy orders are tried and the cheaper kept: (a) dense where 2:4 would cost most, then top-K where it
     costs least over 2:4 among the rest; (b) top-K first where it costs least over 2:4, then dense among the rest.
+    Each preference is sorted once (ties by block index) and the second tier takes the first blocks of its order
+    still free, so the counts hold exactly whatever the costs (inf, NaN).
     """
     c24, ctop = costs[1].flatten(), costs[2].flatten()
     n_dense, n_24, n_top = counts
-    extra = ctop - c24
+    preference = {DENSE: torch.argsort(-c24, stable=True), TOPK: torch.argsort(ctop - c24, stable=True)}
     candidates = []
     for dense_first in (True, False):
         tiers = torch.full_like(c24, TWO_FOUR, dtype=torch.int8)
         free = torch.ones_like(c24, dtype=torch.bool)
         for tier in ((DENSE, TOPK) if dense_first else (TOPK, DENSE)):
-            key = -c24 if tier == DENSE else extra  # ascending order of key = preference
-            n = n_dense if tier == DENSE else n_top
-            order = torch.argsort(torch.where(free, key, torch.full_like(key, math.inf)), stable=True)[:n]
-            tiers[order] = tier
-            free[order] = False
+            order = preference[tier]
+            chosen = order[free[order]][:n_dense if tier == DENSE else n_top]
+            tiers[chosen] = tier
+            free[chosen] = False
         cost = c24[tiers == TWO_FOUR].sum() + ctop[tiers == TOPK].sum()
         candidates.append((float(cost), tiers))
     return min(candidates, key=lambda c: c[0])[1].view(costs.shape[1:])
