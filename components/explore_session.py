@@ -90,6 +90,9 @@ class ExploreState:
     record: dict | None = None           # the plan as a run record lists matrices (what the figures draw)
     points: list[dict] = field(default_factory=list)
     job: Job | None = None               # the re-plan + estimate running now (a new split stops it)
+    calibrating: Job | None = None       # the calibration running now: a new split never stops it
+    first_stop: threading.Event | None = None  # stops the first maps' estimate inside the calibration (a new split)
+    asked: tuple[list[PruneSpec], str] | None = None  # the specs (and point kind) asked for while it calibrated
     shown_layer: int | None = None
     shown_module: str | None = None
     closed: str | None = None            # why the server closed this exploration (the page is told)
@@ -97,14 +100,29 @@ class ExploreState:
     search_ended: str | None = None      # how the tab's last search ended: "finished" (its budget), "stopped", None
 
     def supersede(self, job: Job | None = None) -> None:
-        """Stop the running estimate at once (between windows) and make `job` the current one."""
+        """Stop the running estimate at once (between windows), and the first maps' estimate if the calibration is
+        still running it (the calibration goes on), and make `job` the current one."""
         if self.job is not None:
             self.job.stop()
+        if self.first_stop is not None:
+            self.first_stop.set()
         self.job = job
 
-    def close(self, why: str) -> None:
-        """Stop its job and let go of everything big it refers to (its setup, plan and maps); the points stay."""
+    @property
+    def calibration_running(self) -> bool:
+        return self.calibrating is not None and self.calibrating.running
+
+    def stop(self) -> bool:
+        """Stop its job and its calibration (Stop, a closed tab): True when either was running."""
+        running = [j for j in (self.job, self.calibrating) if j is not None and j.running]
         self.supersede(None)
+        if self.calibrating is not None:
+            self.calibrating.stop()
+        return bool(running)
+
+    def close(self, why: str) -> None:
+        """Stop its jobs and let go of everything big it refers to (its setup, plan and maps); the points stay."""
+        self.stop()
         self.setup, self.plan, self.record, self.closed = None, None, None, why
 
     def not_ready(self) -> str:
@@ -157,8 +175,8 @@ def calibrate(req, models, progress, cancel, first: tuple[int, int] | None = Non
     """Load (or reuse) the request's model, dense, and calibrate it for the request's spec; served from
     CALIBRATIONS when nothing it depends on changed. Runs on an engine job (it has the model to itself).
     first: (estimate windows, tokens): when the calibration is not served from the cache, first calibrate on a few
-    windows and stream the form's split from them ({"stage": "first", "setup"}, then ExploreJob's events) before
-    the full calibration, which is returned."""
+    windows and stream the form's split from them ({"stage": "first", "setup", "stop"}, then ExploreJob's events;
+    "stop": an Event that ends that estimate, not the calibration) before the full calibration, which is returned."""
     spec = req.spec
     t0 = time.perf_counter()
     eval_src = textdata.resolve_text(req.eval, "evaluation") if req.eval else None
@@ -189,11 +207,23 @@ def calibrate(req, models, progress, cancel, first: tuple[int, int] | None = Non
     for cal in calibrate_progressively(lm.model, spec, windows, data=data, progress=progress, cancel=cancel,
                                        hessians=True, cache=CALIBRATIONS, first=FIRST_WINDOWS if first else 0):
         if windows is not None and cal.windows < len(windows):  # the first maps, from a few windows
-            progress({"stage": "first", "setup": setup_of(cal)})
-            ExploreJob(setup_of(cal), [spec.replace(seqlen=seqlen)], models, *first)(progress, cancel)
+            first_stop = threading.Event()  # a newer split of the tab stops this estimate, not the calibration
+            progress({"stage": "first", "setup": setup_of(cal), "stop": first_stop})
+            ExploreJob(setup_of(cal), [spec.replace(seqlen=seqlen)], models, *first)(
+                progress, EitherSet(cancel, first_stop))
             progress({"stage": "calibration", "message": f"the other {len(windows) - cal.windows} of "
                                                          f"{len(windows)} calibration windows"})
     return setup_of(cal)
+
+
+class EitherSet:
+    """A cancel that reads as set when either of two events is (the engine's loops only ask is_set)."""
+
+    def __init__(self, a: threading.Event, b: threading.Event):
+        self.a, self.b = a, b
+
+    def is_set(self) -> bool:
+        return self.a.is_set() or self.b.is_set()
 
 
 def calibration_text(setup: Setup) -> str:

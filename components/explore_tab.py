@@ -26,6 +26,10 @@ from .setup_form import param_widget
 STORAGE_FORMULA = ("**Storage estimate** (v = 16 bits a value): "  # each pattern's formula, from its entry
                    + "; ".join(dict.fromkeys(p.storage_note for p in PATTERNS.values())) + ".")
 MAX_WINDOWS = 64
+WAITING_FOR_CALIBRATION = ("The calibration's other windows are running: this split is planned again from all of "
+                           "them, and estimated, when they land.")
+STILL_CALIBRATING = ("The calibration is still running (the maps shown rest on its first windows): {} when it has "
+                     "landed.")
 
 
 class ExploreWidgets:
@@ -274,7 +278,10 @@ def _count(value, name: str, low: int, high: int) -> int:
 def explore_specs(page, xs: ExploreState, specs: list[PruneSpec], windows, tokens, axis,
                   kind: str = explore_session.SPLIT):
     """Re-plan and estimate `specs` on the engine's line, streaming maps, then the running estimate; a newer
-    call (the next slider release) stops this one between windows and this stream ends without a word."""
+    call (the next slider release) stops this one between windows and this stream ends without a word. Asked while
+    the calibration still runs, the maps come from its first windows and the specs are planned again when it lands."""
+    if xs.calibration_running:
+        xs.asked = (specs, kind)
     shown = threading.Event()  # the maps were sent: the estimate may take the cores
     yield from stream(page, xs, lambda n, seqlen, restored: explore_session.ExploreJob(
         xs.setup, specs, runner.MODELS, n, seqlen, restored, maps_shown=shown), windows, tokens, axis, kind,
@@ -323,7 +330,8 @@ def stream(page, xs: ExploreState, make_target, windows, tokens, axis, kind: str
             for event in events:
                 stage = event.get("stage")
                 if stage == "wait":
-                    out[w.status] = banner("info", f"Waiting for the engine: {event['message']}.")
+                    out[w.status] = banner("info", WAITING_FOR_CALIBRATION if xs.calibration_running
+                                           else f"Waiting for the engine: {event['message']}.")
                 elif stage == "exact" and not finished:
                     out[w.status] = banner("info", event["message"])
                 elif stage == "planned":
@@ -362,7 +370,8 @@ def calibrate(page, *values, request: gr.Request | None = None):
     `request`: the tab's, which the server's live explorations (explore_session.EXPLORATIONS) know it by."""
     w = page.explore
     *form_values, xs, windows, tokens, axis = values
-    xs.supersede(None)
+    xs.stop()
+    xs.asked = None
     try:
         req = runner.request(page, dict(zip(page.form, form_values)))
         first = None if not windows else (_count(windows, "estimate windows", 1, MAX_WINDOWS),
@@ -376,7 +385,7 @@ def calibrate(page, *values, request: gr.Request | None = None):
         runner.MODELS.holds_run = None  # the model was restored to dense to calibrate it
         return setup
     job = Job(target, name="calibrate", visitor=xs.visitor)
-    xs.job = job
+    xs.calibrating = job
     try:
         job.start(page.settings.max_waiting, page.settings.per_visitor, page.settings.engine_quota_s)
     except UserError as err:
@@ -399,11 +408,15 @@ def calibrate(page, *values, request: gr.Request | None = None):
     if job.error:
         yield {w.status: banner("err", job.error)}
         raise gr.Error(job.error, print_exception=False, title="Cannot calibrate")
-    if xs.job is not job or job.result is None:
+    if xs.calibrating is not job or job.result is None:
         return
-    xs.setup, xs.closed = job.result, None
+    xs.setup, xs.closed, xs.first_stop = job.result, None, None
     explore_session.EXPLORATIONS.admit(getattr(request, "session_hash", None) or f"tab-{id(xs)}", xs)
-    spec = xs.setup.spec
+    spec, (asked, xs.asked) = xs.setup.spec, (xs.asked, None)
+    if asked is not None:  # the tab moved on from the first maps meanwhile: what it shows now, on the full statistics
+        yield {w.calib_note: explore_session.calibration_text(xs.setup)}
+        yield from explore_specs(page, xs, *asked, windows, tokens, axis)
+        return
     yield {**controls_for(page, spec), w.calib_note: explore_session.calibration_text(xs.setup),
            w.topk_note: topk_text(*spec.ratios[:2])}
     yield from explore_specs(page, xs, [spec], windows, tokens, axis)
@@ -411,11 +424,14 @@ def calibrate(page, *values, request: gr.Request | None = None):
 
 def first_maps(page, xs: ExploreState, event: dict) -> dict:
     """What the calibration job streams before the full calibration lands: the form's split re-planned and
-    estimated (masks only) from the first few calibration windows, labelled with how many."""
+    estimated (masks only) from the first few calibration windows, labelled with how many, until the tab asks for
+    another split (which stops that estimate; the calibration goes on, and that split is re-planned when it lands)."""
     w, stage = page.explore, event.get("stage")
     if stage == "first":
-        xs.setup = event["setup"]
+        xs.setup, xs.first_stop = event["setup"], event["stop"]
         return {**controls_for(page, xs.setup.spec), w.calib_note: explore_session.calibration_text(xs.setup)}
+    if xs.first_stop is not None and xs.first_stop.is_set():
+        return {}  # the tab asked for another split since: the maps and the estimate are that split's
     rests = f"from {xs.setup.calibration.windows} calibration windows" if xs.setup is not None else ""
     if stage == "planned":
         return {**show_plan(page, xs, event["plan"], event["storage"]),
@@ -479,6 +495,9 @@ def start_search(page, xs: ExploreState, objective, low, high, max_bits, trials,
     table; Stop (or a new split) ends it between estimate windows, every finished trial kept."""
     panel = page.explore.search
     xs.search_ended = None
+    if xs.calibration_running:
+        yield {panel.status: banner("warn", STILL_CALIBRATING.format("start the search"))}
+        return
     if xs.setup is None:
         yield {panel.status: banner("warn", "Press Calibrate first: the search plans every trial from its "
                                             "statistics.")}
@@ -573,8 +592,9 @@ def references(page, xs: ExploreState, windows, tokens, axis):
 def strongest_references(page, xs: ExploreState, windows, tokens, axis):
     """SparseGPT 2:4 and unstructured 50%, pruned for real on the calibration's windows and evaluated on the
     estimate's: the strongest yardsticks the engine has (minutes: each is a full walk with the OBS update)."""
-    if xs.setup is None:
-        yield {page.explore.status: banner("warn", xs.not_ready())}
+    if xs.setup is None or xs.calibration_running:
+        yield {page.explore.status: banner("warn", STILL_CALIBRATING.format("add them") if xs.setup is not None
+                                           else xs.not_ready())}
         return
     specs = explore_session.strongest_specs(xs.setup.spec)
     yield from stream(page, xs, lambda n, seqlen, restored: explore_session.reference_job(

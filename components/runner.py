@@ -230,14 +230,12 @@ def stop(page, s: Session, request: gr.Request = None, explore=None):
     queued = queued_runs(page, request.session_hash) if request is not None else 0
     s.stop_queued = max(s.stop_queued, queued)  # each of those ends at once when its turn comes (a second
     # press counts the same waiting runs again, so it takes the larger count rather than adding)
-    exploring = explore is not None and explore.job is not None and explore.job.running
-    if exploring:
-        explore.supersede(None)  # out of the engine's line if it waits there, else it ends between windows
+    exploring = explore is not None and explore.stop()  # out of the engine's line, else it ends between windows
     if s.job is not None and s.job.running:
         s.job.stop()
         return banner("warn", "Stopping after the current step…")
     if exploring:
-        return banner("warn", "Stopped the Explore tab's estimate.")
+        return banner("warn", "Stopped the Explore tab's job.")
     if queued:
         return banner("warn", "Stopped while waiting in the queue.")
     return gr.skip()

@@ -4,6 +4,7 @@ the running estimate and leaves the model dense bit for bit, the Pareto view lis
 beside the estimate, bad input is one line."""
 from __future__ import annotations
 
+import html
 import json
 import threading
 import time
@@ -307,3 +308,45 @@ def test_calibrate_streams_first_maps_from_a_few_windows_then_replans_on_all(das
     assert first_maps < landed  # maps drawn before the full calibration landed
     assert xs.setup.calibration.windows == explore_session.FIRST_WINDOWS + 4 and "first maps" not in notes[-1]
     assert len(xs.points) == 1  # the split of the full calibration; the first estimate is shown, not kept
+
+
+def test_a_split_moved_while_the_rest_calibrates_keeps_the_calibration_going_and_is_replanned_when_it_lands(
+        dash, tiny_llama_dir, monkeypatch):
+    """A slider released after the first maps, while the other calibration windows run, stops the first split's
+    estimate but not the calibration (it stopped it: the tab went on from the first windows alone, its note still
+    saying the rest were coming); the moved split is drawn at once and planned again on all windows when they land.
+    A search or the SparseGPT references wait for the landing (one line)."""
+    held, real = threading.Event(), explore_session.calibrate_progressively
+
+    def rest_held(*args, **kwargs):  # the other windows start only once the test has moved the slider
+        gen = real(*args, **kwargs)
+        yield next(gen)
+        held.wait(30)
+        yield from gen
+    monkeypatch.setattr(explore_session, "calibrate_progressively", rest_held)
+    xs, first = ExploreState(), explore_session.FIRST_WINDOWS
+    values = form_values(dash, model_path=str(tiny_llama_dir), **{**FAST, "nsamples": first + 4, "seed": 11})
+    calibrating = explore_tab.calibrate(dash, *values, xs, WINDOWS, TOKENS, "sparsity")
+    try:
+        until_maps(dash, calibrating)
+        assert xs.setup.calibration.windows == first
+        moved = move(dash, xs, dense=0.1, two_four=0.3, keep=xs.setup.spec.keep)  # the ratios moved: drawn at once
+        seen = []  # its maps at once; its estimate waits for the calibration, and says so
+        while not (any(dash.explore.heatmap in o for o in seen) and any(
+                html.escape(explore_tab.WAITING_FOR_CALIBRATION) in str(o.get(dash.explore.status)) for o in seen)):
+            seen.append(next(moved))
+        assert xs.plan.spec.ratios == pytest.approx((0.1, 0.3, 0.6)) and not held.is_set()
+        searched = drain(explore_tab.start_search(dash, xs, "sparsity", 0.4, 0.6, None, 2, None, None, None,
+                                                  WINDOWS, TOKENS, "sparsity"))
+        strongest = drain(explore_tab.strongest_references(dash, xs, WINDOWS, TOKENS, "sparsity"))
+    finally:
+        held.set()
+    drain(moved)
+    outs = drain(calibrating)
+    assert xs.setup.calibration.windows == first + 4  # the rest landed
+    assert "first maps" not in last(outs, dash.explore.calib_note)
+    assert xs.plan.spec.ratios == pytest.approx((0.1, 0.3, 0.6))  # the moved split, on all windows
+    assert [p["label"] for p in xs.points] == [xs.plan.spec.label()]
+    assert last(outs, dash.explore.dense) is None  # the sliders stay where the user left them
+    assert "still running" in last(searched, dash.explore.search.status)
+    assert "still running" in last(strongest, dash.explore.status)
