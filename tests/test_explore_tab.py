@@ -4,6 +4,7 @@ the running estimate and leaves the model dense bit for bit, the Pareto view lis
 beside the estimate, bad input is one line."""
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import threading
@@ -45,6 +46,21 @@ def drain(gen) -> list[dict]:
 
 def last(outs: list[dict], component):
     return next((o[component] for o in reversed(outs) if component in o), None)
+
+
+@contextlib.contextmanager
+def a_long_estimate(dash, xs, dense: float, two_four: float):
+    """A split whose estimate of 64 slowed windows (~0.1 s each) is streaming: (its stream, its job); the windows
+    are slowed until the block ends."""
+    hook = xs.setup.calibration.model.model.layers[0].register_forward_pre_hook(lambda *a: time.sleep(0.05))
+    try:
+        old = move(dash, xs, dense=dense, two_four=two_four, windows=explore_tab.MAX_WINDOWS)
+        for out in old:
+            if "of 64 windows" in (out.get(dash.explore.estimate) or ""):
+                break
+        yield old, xs.job
+    finally:
+        hook.remove()
 
 
 def until_maps(dash, gen) -> None:
@@ -107,22 +123,13 @@ def test_a_new_split_stops_the_running_estimate_and_the_model_is_left_dense(dash
     xs, _, _ = calibrated
     model = xs.setup.calibration.model
     dense = params(model)
-    layer = model.model.layers[0]
-    hook = layer.register_forward_pre_hook(lambda *a: time.sleep(0.05))  # each window ~0.1 s: long enough to catch
-    try:
-        old = move(dash, xs, dense=0.5, two_four=0.3, windows=explore_tab.MAX_WINDOWS)
-        for out in old:
-            if "of 64 windows" in (out.get(dash.explore.estimate) or ""):
-                break
-        old_job = xs.job
+    with a_long_estimate(dash, xs, dense=0.5, two_four=0.3) as (old, old_job):
         new = drain(move(dash, xs, dense=0.2, two_four=0.4))
         assert old_job.done.wait(10)
         assert drain(old) == []  # superseded: the old stream ends without a word
         ended = [e["estimate"] for e in old_job.events if e.get("stage") == "estimated"]
         assert ended and ended[0].status == "cancelled" and ended[0].windows < 64
         assert "of 2 windows" in last(new, dash.explore.estimate)
-    finally:
-        hook.remove()
     assert bit_equal(model, dense)
     assert not any(p["label"].startswith("wanda three-tier 0.5/0.3") for p in xs.points)  # not a finished point
 
@@ -137,25 +144,19 @@ def test_a_release_during_an_estimate_draws_its_maps_before_the_old_estimate_let
     dense = params(model)
     let_go, real_undo = threading.Event(), estimates._undo
     monkeypatch.setattr(estimates, "_undo", lambda removed: (let_go.wait(5), real_undo(removed)))
-    hook = model.model.layers[0].register_forward_pre_hook(lambda *a: time.sleep(0.05))
-    try:
-        old = move(dash, xs, dense=0.45, two_four=0.3, windows=explore_tab.MAX_WINDOWS)
-        for out in old:
-            if "of 64 windows" in (out.get(dash.explore.estimate) or ""):
-                break
-        old_job = xs.job
-        new = move(dash, xs, dense=0.15, two_four=0.4)
-        until_maps(dash, new)
-        assert old_job.running  # still letting go of the engine: the maps did not wait for it
-        assert xs.plan.spec.ratios == pytest.approx((0.15, 0.4, 0.45))
-        let_go.set()
+    with a_long_estimate(dash, xs, dense=0.45, two_four=0.3) as (old, old_job):
+        try:
+            new = move(dash, xs, dense=0.15, two_four=0.4)
+            until_maps(dash, new)
+            assert old_job.running  # still letting go of the engine: the maps did not wait for it
+            assert xs.plan.spec.ratios == pytest.approx((0.15, 0.4, 0.45))
+        finally:
+            let_go.set()
         rest = drain(new)
         assert old_job.done.wait(10) and drain(old) == []
         assert "of 2 windows" in last(rest, dash.explore.estimate)
-    finally:
-        let_go.set()
-        hook.remove()
     assert bit_equal(model, dense)
+
 
 def test_the_estimate_waits_until_the_maps_were_sent(dash, calibrated, monkeypatch):
     """The maps go to the page before the estimate's forward passes take the cores: the job holds its estimate until
