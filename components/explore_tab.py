@@ -414,8 +414,9 @@ def calibrate(page, *values, request: gr.Request | None = None):
     explore_session.EXPLORATIONS.admit(getattr(request, "session_hash", None) or f"tab-{id(xs)}", xs)
     spec, (asked, xs.asked) = xs.setup.spec, (xs.asked, None)
     if asked is not None:  # the tab moved on from the first maps meanwhile: what it shows now, on the full statistics
+        specs, kind = asked
         yield {w.calib_note: explore_session.calibration_text(xs.setup)}
-        yield from explore_specs(page, xs, *asked, windows, tokens, axis)
+        yield from explore_specs(page, xs, specs, windows, tokens, axis, kind)
         return
     yield {**controls_for(page, spec), w.calib_note: explore_session.calibration_text(xs.setup),
            w.topk_note: topk_text(*spec.ratios[:2])}
