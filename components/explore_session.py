@@ -226,6 +226,18 @@ class EitherSet:
         return self.a.is_set() or self.b.is_set()
 
 
+def asked_plan(xs: ExploreState) -> Replan | None:
+    """The split the tab asked for while its calibration ran, when its maps could not be drawn ahead (the first
+    windows' block choices were still being made) and now can: planned from those windows (replan_kept). None when
+    it is shown already or still needs the model."""
+    if xs.asked is None or xs.setup is None or (xs.plan is not None and xs.plan.requested == xs.asked[0][0]):
+        return None
+    try:
+        return replan_kept(xs.setup.calibration, xs.asked[0][0])
+    except UserError:  # the split's own job says why
+        return None
+
+
 def calibration_text(setup: Setup) -> str:
     cal = setup.calibration
     how = (f"served from the cache in {setup.seconds:.2f} s (calibrated in {cal.seconds:.1f} s)" if setup.cached

@@ -431,8 +431,9 @@ def first_maps(page, xs: ExploreState, event: dict) -> dict:
     if stage == "first":
         xs.setup, xs.first_stop = event["setup"], event["stop"]
         return {**controls_for(page, xs.setup.spec), w.calib_note: explore_session.calibration_text(xs.setup)}
-    if xs.first_stop is not None and xs.first_stop.is_set():
-        return {}  # the tab asked for another split since: the maps and the estimate are that split's
+    if xs.first_stop is not None and xs.first_stop.is_set():  # the tab asked for another split since: its maps
+        plan = explore_session.asked_plan(xs) if stage == "planned" else None  # (now that they can be drawn)
+        return show_plan(page, xs, plan, explore_session.storage_estimate(plan)) if plan is not None else {}
     rests = f"from {xs.setup.calibration.windows} calibration windows" if xs.setup is not None else ""
     if stage == "planned":
         return {**show_plan(page, xs, event["plan"], event["storage"]),

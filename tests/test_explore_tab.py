@@ -353,3 +353,44 @@ def test_a_split_moved_while_the_rest_calibrates_keeps_the_calibration_going_and
     assert last(outs, dash.explore.dense) is None  # the sliders stay where the user left them
     assert "still running" in last(searched, dash.explore.search.status)
     assert "still running" in last(strongest, dash.explore.status)
+
+
+def test_a_split_moved_before_the_first_maps_is_drawn_from_the_first_windows_once_it_can_be(dash, tiny_llama_dir,
+                                                                                            monkeypatch):
+    """Released before the first split's maps (its block choices still being made, so nothing to plan it from
+    ahead), the moved split is drawn from the first windows as soon as they exist, not the form's split."""
+    gate, held = threading.Event(), threading.Event()
+    real_replan, real_progressively = explore_session.replan, explore_session.calibrate_progressively
+
+    def gated_replan(*args):  # the first split's plan (and its block choices) waits for the test's release
+        gate.wait(30)
+        return real_replan(*args)
+
+    def rest_held(*args, **kwargs):
+        gen = real_progressively(*args, **kwargs)
+        yield next(gen)
+        held.wait(30)
+        yield from gen
+    monkeypatch.setattr(explore_session, "replan", gated_replan)
+    monkeypatch.setattr(explore_session, "calibrate_progressively", rest_held)
+    xs = ExploreState()
+    values = form_values(dash, model_path=str(tiny_llama_dir), **{**FAST, "nsamples": explore_session.FIRST_WINDOWS
+                                                                  + 4, "seed": 13})
+    calibrating = explore_tab.calibrate(dash, *values, xs, WINDOWS, TOKENS, "sparsity")
+    try:
+        while xs.first_stop is None:  # up to the first windows' calibration, before its split is planned
+            next(calibrating)
+        moved = move(dash, xs, dense=0.1, two_four=0.3, keep=xs.setup.spec.keep)
+        while html.escape(explore_tab.WAITING_FOR_CALIBRATION) not in str(next(moved).get(dash.explore.status)):
+            pass  # no maps ahead: they wait
+        assert xs.plan is None
+        gate.set()
+        until_maps(dash, calibrating)
+        assert xs.plan.spec.ratios == pytest.approx((0.1, 0.3, 0.6))
+        assert xs.setup.calibration.windows == explore_session.FIRST_WINDOWS  # drawn from the first windows
+    finally:
+        gate.set()
+        held.set()
+    outs = drain(calibrating)
+    assert drain(moved) == [] and xs.setup.calibration.windows == explore_session.FIRST_WINDOWS + 4
+    assert xs.plan.spec.ratios == pytest.approx((0.1, 0.3, 0.6)) and "banner ok" in last(outs, dash.explore.status)
