@@ -28,6 +28,7 @@ STORAGE_FORMULA = ("**Storage estimate** (v = 16 bits a value): "  # each patter
 MAX_WINDOWS = 64
 WAITING_FOR_CALIBRATION = ("The calibration's other windows are running: this split is planned again from all of "
                            "them, and estimated, when they land.")
+WAITING_NOTE = "estimated when the other calibration windows land"
 STILL_CALIBRATING = ("The calibration is still running (the maps shown rest on its first windows): {} when it has "
                      "landed.")
 
@@ -433,7 +434,8 @@ def first_maps(page, xs: ExploreState, event: dict) -> dict:
         return {**controls_for(page, xs.setup.spec), w.calib_note: explore_session.calibration_text(xs.setup)}
     if xs.first_stop is not None and xs.first_stop.is_set():  # the tab asked for another split since: its maps
         plan = explore_session.asked_plan(xs) if stage == "planned" else None  # (now that they can be drawn)
-        return show_plan(page, xs, plan, explore_session.storage_estimate(plan)) if plan is not None else {}
+        return {} if plan is None else {**show_plan(page, xs, plan, explore_session.storage_estimate(plan)),
+                                        page.explore.estimate: explore_session.estimate_html(None, WAITING_NOTE)}
     rests = f"from {xs.setup.calibration.windows} calibration windows" if xs.setup is not None else ""
     if stage == "planned":
         return {**show_plan(page, xs, event["plan"], event["storage"]),

@@ -385,7 +385,8 @@ def test_a_split_moved_before_the_first_maps_is_drawn_from_the_first_windows_onc
             pass  # no maps ahead: they wait
         assert xs.plan is None
         gate.set()
-        until_maps(dash, calibrating)
+        drawn = next(o for o in calibrating if dash.explore.heatmap in o)
+        assert explore_tab.WAITING_NOTE in drawn[dash.explore.estimate]  # its estimate waits for the landing
         assert xs.plan.spec.ratios == pytest.approx((0.1, 0.3, 0.6))
         assert xs.setup.calibration.windows == explore_session.FIRST_WINDOWS  # drawn from the first windows
     finally:
