@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.common import DEFAULT_DATA  # noqa: E402
-from bench.screenshots.dashboard_shot import ARGS, CHROMIUM, served_dashboard, use_local_text  # noqa: E402
+from bench.screenshots.dashboard_shot import ARGS, CHROMIUM, explore_tab_page, served_dashboard  # noqa: E402
 
 LONG = 1_800_000
 NOTE = "document.querySelector('#xs-calib-note')?.innerText ?? ''"
@@ -31,13 +31,7 @@ def release_while_calibrating(data: str, samples: int, tokens: int, position: fl
 
     with served_dashboard("explore-progressive-") as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.goto(url)
-        page.wait_for_selector("#layer-heatmap")
-        use_local_text(page, data, samples, tokens)
-        page.get_by_role("tab", name="Explore").click()
-        page.get_by_label("Estimate windows").fill("2")
-        page.get_by_label("Tokens per window").fill(str(tokens))
+        page = explore_tab_page(browser, url, data, samples, tokens, windows=2, height=1100)
         t0 = time.perf_counter()
         page.locator("#xs-calibrate").click()
         page.wait_for_function(f"() => ({NOTE}).includes('first maps from')", timeout=LONG)

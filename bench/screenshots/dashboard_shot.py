@@ -1,6 +1,6 @@
 """What the README's dashboard screenshots share: the page served on a free local port, Debian's Chromium, a
 Gradio dropdown picked by its label, the form pointed at local text (bench/screenshots/recover_screenshot.py,
-bench/screenshots/explore_screenshot.py, bench/checks/explore_browser.py)."""
+bench/screenshots/explore_screenshot.py, bench/checks/explore_browser.py, bench/checks/explore_progressive.py)."""
 from __future__ import annotations
 
 import socket
@@ -46,6 +46,19 @@ def use_local_text(page, data: str, samples: int, tokens: int) -> None:
     paths.last.fill(data)
     page.wait_for_timeout(300)
     assert paths.last.input_value() == data, "the evaluation path did not take"
+
+
+def explore_tab_page(browser, url: str, data: str, samples: int, tokens: int, windows: int, height: int = 1000):
+    """A new page of the dashboard at `url` on its Explore tab, the form on the local text `data` (use_local_text)
+    and the estimate set to `windows` windows of `tokens` tokens."""
+    page = browser.new_page(viewport={"width": 1500, "height": height})
+    page.goto(url)
+    page.wait_for_selector("#layer-heatmap")
+    use_local_text(page, data, samples, tokens)
+    page.get_by_role("tab", name="Explore").click()
+    page.get_by_label("Estimate windows").fill(str(windows))
+    page.get_by_label("Tokens per window").fill(str(tokens))
+    return page
 
 
 def choose(page, label: str, option: str) -> None:
