@@ -311,20 +311,26 @@ def test_calibrate_streams_first_maps_from_a_few_windows_then_replans_on_all(das
     assert len(xs.points) == 1  # the split of the full calibration; the first estimate is shown, not kept
 
 
+def hold_the_rest(monkeypatch) -> threading.Event:
+    """A progressive calibration whose other windows start only once the returned event is set (at most 30 s):
+    the first windows' maps come, the rest waits for the test."""
+    held, real = threading.Event(), explore_session.calibrate_progressively
+
+    def rest_held(*args, **kwargs):
+        gen = real(*args, **kwargs)
+        yield next(gen)
+        held.wait(30)
+        yield from gen
+    monkeypatch.setattr(explore_session, "calibrate_progressively", rest_held)
+    return held
+
 def test_a_split_moved_while_the_rest_calibrates_keeps_the_calibration_going_and_is_replanned_when_it_lands(
         dash, tiny_llama_dir, monkeypatch):
     """A slider released after the first maps, while the other calibration windows run, stops the first split's
     estimate but not the calibration (it stopped it: the tab went on from the first windows alone, its note still
     saying the rest were coming); the moved split is drawn at once and planned again on all windows when they land.
     A search or the SparseGPT references wait for the landing (one line)."""
-    held, real = threading.Event(), explore_session.calibrate_progressively
-
-    def rest_held(*args, **kwargs):  # the other windows start only once the test has moved the slider
-        gen = real(*args, **kwargs)
-        yield next(gen)
-        held.wait(30)
-        yield from gen
-    monkeypatch.setattr(explore_session, "calibrate_progressively", rest_held)
+    held = hold_the_rest(monkeypatch)
     xs, first = ExploreState(), explore_session.FIRST_WINDOWS
     values = form_values(dash, model_path=str(tiny_llama_dir), **{**FAST, "nsamples": first + 4, "seed": 11})
     calibrating = explore_tab.calibrate(dash, *values, xs, WINDOWS, TOKENS, "sparsity")
@@ -359,20 +365,13 @@ def test_a_split_moved_before_the_first_maps_is_drawn_from_the_first_windows_onc
                                                                                             monkeypatch):
     """Released before the first split's maps (its block choices still being made, so nothing to plan it from
     ahead), the moved split is drawn from the first windows as soon as they exist, not the form's split."""
-    gate, held = threading.Event(), threading.Event()
-    real_replan, real_progressively = explore_session.replan, explore_session.calibrate_progressively
+    gate, real_replan = threading.Event(), explore_session.replan
 
     def gated_replan(*args):  # the first split's plan (and its block choices) waits for the test's release
         gate.wait(30)
         return real_replan(*args)
-
-    def rest_held(*args, **kwargs):
-        gen = real_progressively(*args, **kwargs)
-        yield next(gen)
-        held.wait(30)
-        yield from gen
     monkeypatch.setattr(explore_session, "replan", gated_replan)
-    monkeypatch.setattr(explore_session, "calibrate_progressively", rest_held)
+    held = hold_the_rest(monkeypatch)
     xs = ExploreState()
     values = form_values(dash, model_path=str(tiny_llama_dir), **{**FAST, "nsamples": explore_session.FIRST_WINDOWS
                                                                   + 4, "seed": 13})

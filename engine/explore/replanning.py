@@ -180,6 +180,7 @@ def replan_kept(calibration: Calibration, spec: PruneSpec) -> Replan | None:
     out = _place_from_choices(choices, twin, PATTERNS[twin.pattern].scope(twin))
     return Replan(twin, spec, notes, calibration.key["fingerprint"], out, time.perf_counter() - t0)
 
+
 # The three-tier exact rule, fast: inside a block, which weights 2:4 keeps and which K weights top-K keeps do not
 # depend on the ratios or the scope, nor do the blocks' importances and tier costs. They are made once per
 # (block, K, within_block, assignment) and kept in the calibration (one byte per weight: 106 MB for
