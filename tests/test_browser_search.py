@@ -72,7 +72,9 @@ def test_search_streams_stops_survives_a_restart_and_opens_maps(tiny_llama_dir, 
             status = page.inner_text("#xs-search-status")
             kept = page.evaluate(SEARCH_ROWS)
             assert 2 <= kept < 6 and "all kept in the study" in status
-            assert page.locator("#xs-pareto .scatterlayer .trace .points path").count() >= kept
+            # the Pareto view gets the same updates as the table; Plotly draws them asynchronously, so wait for them
+            page.wait_for_function("(kept) => document.querySelectorAll('#xs-pareto .scatterlayer .trace .points path')"
+                                   ".length >= kept", arg=kept, timeout=10_000)
 
             demo.close()  # the server restarts on the same run store
             demo, url = _serve(runs)
